@@ -1,0 +1,179 @@
+"""The three commands. Each ``main(argv)`` parses arguments, calls the library, returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from typing import Any, NoReturn
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ExecutionerError, PoolError, WorkflowErrors
+from .layout import PoolLayout, RunLayout
+from .status import is_run_dir, pool_status, run_status
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # usage errors exit 2 with one line
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _fail(prog: str, error: Exception | str) -> int:
+    for line in str(error).splitlines() or [""]:
+        print(f"{prog}: error: {line}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _pool_arg(value: str | None) -> str | None:
+    return value or os.environ.get("EXEC_POOL")
+
+
+# ---- exec-submit ------------------------------------------------------------------------
+def submit_main(argv: list[str] | None = None) -> int:
+    p = _Parser(prog="exec-submit", description="Validate a workflow and create a run in a pool.")
+    p.add_argument("workflow", help="workflow file (.yaml, .yml or .json)")
+    p.add_argument("--pool", help="pool directory (default: $EXEC_POOL)")
+    p.add_argument("--workers", type=int, default=0, metavar="N", help="start N local workers for this run")
+    p.add_argument("-j", "--jobs-per-worker", type=int, default=1, metavar="K",
+                   help="jobs each local worker runs at once (default 1)")
+    p.add_argument("--wait", action="store_true", help="wait for the run to end; exit 1 if any job failed")
+    a = p.parse_args(argv)
+    from .submit import create_run
+    from .workflow import load_workflow
+
+    pool_dir = _pool_arg(a.pool)
+    if not pool_dir:
+        return _fail(p.prog, "no pool: pass --pool DIR or set EXEC_POOL")
+    if a.workers < 0 or a.jobs_per_worker < 1:
+        return _fail(p.prog, "--workers must be >= 0 and -j >= 1")
+    try:
+        workflow = load_workflow(a.workflow)
+        pool = PoolLayout(os.path.abspath(pool_dir))
+        run = create_run(pool, workflow)
+    except (WorkflowErrors, PoolError) as e:
+        return _fail(p.prog, e)
+    print(f"{run.run_id} {run.root}", flush=True)
+    if a.workers:
+        from .launch import start_local_workers
+
+        start_local_workers(pool, run, a.workers, slots=a.jobs_per_worker)
+    if not a.wait:
+        return EXIT_OK
+    from .progress import wait_for_run
+
+    try:
+        status = wait_for_run(run, total=len(workflow.jobs))
+    except KeyboardInterrupt:
+        return 130
+    c = status["counts"]
+    print(f"{run.run_id}: {status['state']} (done {c['done']}, failed {c['failed']}, "
+          f"blocked {c['blocked']})", flush=True)
+    return EXIT_OK if status["state"] == "done" else EXIT_FAILED
+
+
+# ---- exec-worker ------------------------------------------------------------------------
+def worker_main(argv: list[str] | None = None) -> int:
+    p = _Parser(prog="exec-worker", description="Claim and run jobs from the runs of a pool.")
+    p.add_argument("--pool", help="pool directory (default: $EXEC_POOL)")
+    p.add_argument("--run", action="append", dest="runs", metavar="RUN_ID", help="only this run (repeatable)")
+    p.add_argument("-j", "--jobs", type=int, default=1, metavar="K", help="jobs to run at once (default 1)")
+    p.add_argument("--exit-when-idle", type=float, metavar="SECONDS",
+                   help="exit after this long with nothing to run")
+    p.add_argument("--max-jobs", type=int, metavar="N", help="exit after claiming N jobs")
+    p.add_argument("--heartbeat", type=float, default=10.0, metavar="SECONDS",
+                   help="heartbeat interval (default 10)")
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    a = p.parse_args(argv)
+    from .worker import Worker
+
+    pool_dir = _pool_arg(a.pool)
+    if not pool_dir:
+        return _fail(p.prog, "no pool: pass --pool DIR or set EXEC_POOL")
+    if not os.path.isdir(pool_dir):
+        return _fail(p.prog, f"{pool_dir}: no such pool directory")
+    if a.jobs < 1 or (a.max_jobs is not None and a.max_jobs < 1) or a.heartbeat <= 0:
+        return _fail(p.prog, "-j and --max-jobs must be >= 1, --heartbeat > 0")
+    for run_id in a.runs or []:
+        if not is_run_dir(os.path.join(pool_dir, run_id)):
+            return _fail(p.prog, f"{pool_dir}: no run {run_id!r}")
+    logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    worker = Worker(pool_dir, run_ids=a.runs, slots=a.jobs, exit_when_idle=a.exit_when_idle,
+                    max_jobs=a.max_jobs, heartbeat=a.heartbeat)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if worker._stop.is_set() and signum == signal.SIGINT:
+            os._exit(130)  # a second Ctrl-C: stop at once
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    finished = worker.run()
+    logging.getLogger("executioner.worker").info("worker %s exits after %d jobs", worker.worker_id, finished)
+    return EXIT_OK
+
+
+# ---- exec-status ------------------------------------------------------------------------
+def status_main(argv: list[str] | None = None) -> int:
+    p = _Parser(prog="exec-status", description="Show the runs of a pool, or the jobs of a run.")
+    p.add_argument("dir", help="a pool directory or a run directory")
+    p.add_argument("run_id", nargs="?", help="a run of the pool")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    a = p.parse_args(argv)
+    try:
+        if a.run_id or is_run_dir(a.dir):
+            path = os.path.join(a.dir, a.run_id) if a.run_id else a.dir
+            if not is_run_dir(path):
+                raise PoolError("no such run (no run.json)", path)
+            data = run_status(RunLayout(os.path.abspath(path)))
+            _print(data, a.json, _run_table)
+        else:
+            data = pool_status(PoolLayout(os.path.abspath(a.dir)))
+            _print(data, a.json, _pool_table)
+    except ExecutionerError as e:
+        return _fail(p.prog, e)
+    return EXIT_OK
+
+
+def _print(data: dict[str, Any], as_json: bool, table: Any) -> None:
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+        sys.stdout.flush()
+    else:
+        Console(highlight=False).print(table(data))
+
+
+_COLORS = {"done": "green", "failed": "red", "blocked": "magenta", "running": "cyan", "queued": "yellow"}
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return "  ".join(f"{k} {v}" for k, v in counts.items() if v)
+
+
+def _pool_table(data: dict[str, Any]) -> Table:
+    t = Table("run", "name", "state", "jobs")
+    for r in data["runs"]:
+        color = _COLORS.get(r["state"], "")
+        t.add_row(r["run_id"], r["name"], f"[{color}]{r['state']}[/]", _counts_text(r["counts"]))
+    if not data["runs"]:
+        t.caption = "no runs yet"
+    return t
+
+
+def _run_table(data: dict[str, Any]) -> Table:
+    t = Table("job", "state", "tries", "exit", "duration", "host", "reason",
+              title=f"{data['run_id']} ({data['name']}): {data['state']}  -  {_counts_text(data['counts'])}")
+    for j in data["jobs"]:
+        color = _COLORS.get(j["state"], "")
+        dur = "" if j["duration"] is None else f"{j['duration']:.1f}s"
+        t.add_row(j["id"], f"[{color}]{j['state']}[/]", str(j["tries"]),
+                  "" if j["exit_code"] is None else str(j["exit_code"]), dur, j["host"] or "",
+                  j["reason"] or "")
+    return t

@@ -1,0 +1,65 @@
+"""Every exception executioner raises on purpose, rooted at :class:`ExecutionerError`.
+
+Each class also inherits the builtin it specialises, carries the fields a caller
+needs (file, job id, key), and is picklable so it can cross submitit.
+"""
+
+from __future__ import annotations
+
+
+class ExecutionerError(Exception):
+    """Root of all executioner errors."""
+
+
+class WorkflowError(ExecutionerError, ValueError):
+    """A workflow file is invalid: one problem, named by file, job and key."""
+
+    def __init__(self, message: str, file: str = "", job: str | None = None, key: str | None = None):
+        self.message = message
+        self.file = file
+        self.job = job
+        self.key = key
+        super().__init__(message, file, job, key)
+
+    def __str__(self) -> str:
+        where = [self.file] if self.file else []
+        if self.job is not None:
+            where.append(f"job {self.job!r}")
+        if self.key is not None:
+            where.append(f"key {self.key!r}")
+        return f"{': '.join(where)}: {self.message}" if where else self.message
+
+
+class PoolError(ExecutionerError, FileNotFoundError):
+    """A pool or run directory is missing or is not what it should be."""
+
+    def __init__(self, message: str, path: str = ""):
+        self.message = message
+        self.path = path
+        super().__init__(message, path)
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class CorruptFileError(ExecutionerError, ValueError):
+    """A file in a run directory cannot be read as what it should be."""
+
+    def __init__(self, message: str, path: str = ""):
+        self.message = message
+        self.path = path
+        super().__init__(message, path)
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class WorkflowErrors(ExecutionerError, ValueError):
+    """Every problem found in one workflow file; each prints as one line."""
+
+    def __init__(self, errors: list[WorkflowError]):
+        self.errors = list(errors)
+        super().__init__(self.errors)
+
+    def __str__(self) -> str:
+        return "\n".join(str(e) for e in self.errors)

@@ -1,0 +1,155 @@
+"""Run one try of a job: environment, working directory, logs, timeout, killing the tree."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import psutil
+
+TryStatus = Literal["done", "failed", "timeout", "lost"]
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class TryResult:
+    status: TryStatus
+    exit_code: int | None  # 128 + n when killed by signal n (shell convention)
+    signal: str | None
+    start: float
+    end: float
+    reason: str | None = None
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """Replace ``${VAR}`` with its value in ``env`` (empty when unset, as a shell does)."""
+    return _VAR.sub(lambda m: env.get(m.group(1), ""), value)
+
+
+def build_env(base: dict[str, str], layers: list[dict[str, str]], extra: dict[str, str]) -> dict[str, str]:
+    """``base`` (os.environ), then each layer in order, each value expanded against what is set so far."""
+    env = dict(base)
+    for layer in layers:
+        for name, value in layer.items():
+            env[name] = expand(value, env)
+    env.update(extra)
+    return env
+
+
+def command_argv(command: str | list[str], env: dict[str, str]) -> list[str]:
+    if isinstance(command, str):
+        return ["/bin/sh", "-c", command]
+    return [expand(a, env) for a in command]
+
+
+def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str, err_path: str,
+                timeout: float | None, kill_grace: float, marker: str,
+                keep_going: Callable[[], bool] | None = None, tick: float = 1.0) -> TryResult:
+    """Run ``argv`` in its own session; kill its whole tree on timeout or when told to stop.
+
+    ``marker`` is the value of ``EXEC_CLAIM`` in the child's environment: it finds
+    descendants that left the process group. ``keep_going`` is asked every ``tick``
+    seconds; when it returns False the tree is killed and the try is ``lost``.
+    """
+    start = time.time()
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        try:
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=err, start_new_session=True)
+        except FileNotFoundError as e:
+            missing = e.filename if e.filename != cwd else cwd
+            reason = f"working directory not found: {cwd}" if not os.path.isdir(cwd) else \
+                f"command not found: {missing}"
+            err.write((reason + "\n").encode())
+            return TryResult("failed", 127, None, start, time.time(), reason)
+        except PermissionError as e:
+            reason = f"permission denied: {e.filename}"
+            err.write((reason + "\n").encode())
+            return TryResult("failed", 126, None, start, time.time(), reason)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    status: TryStatus = "done"
+    reason = None
+    while True:
+        wait = tick if deadline is None else min(tick, max(0.0, deadline - time.monotonic()))
+        try:
+            proc.wait(timeout=wait if keep_going is not None or deadline is not None else None)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if deadline is not None and time.monotonic() >= deadline:
+            status, reason = "timeout", f"timed out after {timeout:g} s"
+            kill_tree(proc, marker, kill_grace)
+            break
+        if keep_going is not None and not keep_going():
+            status, reason = "lost", "the claim was taken away; command stopped"
+            kill_tree(proc, marker, kill_grace)
+            break
+    _kill_group(proc.pid, signal.SIGKILL)  # leftovers of a finished command
+    rc = proc.returncode
+    sig = signal.Signals(-rc).name if rc is not None and rc < 0 else None
+    code = None if rc is None else (128 - rc if rc < 0 else rc)
+    if status == "done" and code != 0:
+        status = "failed"
+        reason = f"killed by {sig}" if sig else f"exit code {code}"
+    return TryResult(status, code, sig, start, time.time(), reason)
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _tree(proc: subprocess.Popen[Any], marker: str) -> dict[int, psutil.Process]:
+    """The command's descendants, plus any process carrying its marker (double-forked ones)."""
+    found: dict[int, psutil.Process] = {}
+    try:
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            found[p.pid] = p
+    except psutil.NoSuchProcess:
+        pass
+    for p in psutil.process_iter():
+        if p.pid in found or p.pid == proc.pid or p.pid == os.getpid():
+            continue
+        try:
+            if p.environ().get("EXEC_CLAIM") == marker:
+                found[p.pid] = p
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def kill_tree(proc: subprocess.Popen[Any], marker: str, grace: float) -> None:
+    """SIGTERM to the group and every descendant, ``grace`` seconds, then SIGKILL to all."""
+    tree = _tree(proc, marker)
+    _kill_group(proc.pid, signal.SIGTERM)
+    for p in tree.values():
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    if tree:
+        psutil.wait_procs(list(tree.values()), timeout=max(0.0, grace / 2))
+    tree.update(_tree(proc, marker))
+    _kill_group(proc.pid, signal.SIGKILL)
+    for p in tree.values():
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    proc.kill() if proc.poll() is None else None
+    proc.wait()
+
+
+def missing_outputs(cwd: str, outputs: list[str]) -> list[str]:
+    return [o for o in outputs if not os.path.exists(os.path.join(cwd, o))]

@@ -1,0 +1,74 @@
+"""Small filesystem primitives that every writer in executioner goes through.
+
+Every write is: a temp file whose name carries host and pid, ``fsync``, then an
+atomic ``rename`` into place, so no reader on any machine sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from typing import Any
+
+import orjson
+
+HOST = socket.gethostname()
+TEMP_PREFIX = ".tmp-"
+
+
+def temp_name(directory: str) -> str:
+    """A fresh temp file path in ``directory``; the name says who wrote it."""
+    return os.path.join(directory, f"{TEMP_PREFIX}{HOST}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def is_temp(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX)
+
+
+def dumps(data: Any) -> bytes:
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+
+
+def write_temp(directory: str, payload: bytes) -> str:
+    """Write ``payload`` to a new fsynced temp file in ``directory``; return its path."""
+    tmp = temp_name(directory)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, payload)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def atomic_write(path: str, payload: bytes) -> None:
+    """Replace ``path`` with ``payload``: temp file, fsync, rename."""
+    tmp = write_temp(os.path.dirname(path) or ".", payload)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def atomic_write_json(path: str, data: Any) -> None:
+    atomic_write(path, dumps(data))
+
+
+def read_json(path: str) -> Any:
+    with open(path, "rb") as f:
+        return orjson.loads(f.read())
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+unlink_quietly = _unlink_quietly

@@ -1,0 +1,138 @@
+"""The on-disk format of a pool and its runs, and the one object that builds every path.
+
+Format version 1. A *pool* is a directory of runs::
+
+    POOL/
+      workers/<worker_id>.json       one per worker process: who it is (host, pid, start
+                                     time); its mtime is the worker's heartbeat
+      <run_id>/                      one run, e.g. etl-0007
+        run.json                     run record: id, name, created, workdir, env, job count,
+                                     submitter; written last, so a run without it is
+                                     still being built and is ignored
+        workflow.yaml                verbatim copy of the submitted file (.json if JSON)
+        waiting/<job>.json           dependencies not done yet (or blocked by a failure)
+        queued/<job>.json            ready to run (a retry may carry "not_before")
+        running/<job>@<token>.json   claimed; <token> names the claim
+        done/<job>.json              finished with success
+        failed/<job>.json            finished without success, retries used up
+        claims/<job>@<token>.json    the claim's lock: worker, host, pid, pid start time,
+                                     token, time claimed
+        logs/<job>.<try>.out|.err    stdout and stderr of each try
+        launch/                      submitit's files for local workers started by exec-submit
+
+A job's state is the folder its file is in, and nothing else. A job file holds the job's
+definition (``spec``), ``dependencies``, ``dependents``, every try so far (``tries``),
+``last_exit_code`` and, while waiting for a retry delay, ``not_before``. State changes
+are single ``rename`` calls (see :mod:`executioner.store`); every write is temp file +
+fsync + rename, with temp files named ``.tmp-<host>-<pid>-<random>``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Final, Literal
+
+FORMAT_VERSION: Final = 1
+STATES: Final = ("waiting", "queued", "running", "done", "failed")
+State = Literal["waiting", "queued", "running", "done", "failed"]
+TOKEN_SEP: Final = "@"
+JOB_SUFFIX: Final = ".json"
+RUN_RECORD: Final = "run.json"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Every path inside one run directory."""
+
+    root: str
+
+    @property
+    def run_id(self) -> str:
+        return os.path.basename(os.path.normpath(self.root))
+
+    @property
+    def record(self) -> str:
+        return os.path.join(self.root, RUN_RECORD)
+
+    def workflow_copy(self, suffix: str) -> str:
+        return os.path.join(self.root, "workflow" + suffix)
+
+    def state_dir(self, state: str) -> str:
+        return os.path.join(self.root, state)
+
+    @property
+    def claims_dir(self) -> str:
+        return os.path.join(self.root, "claims")
+
+    @property
+    def logs_dir(self) -> str:
+        return os.path.join(self.root, "logs")
+
+    @property
+    def launch_dir(self) -> str:
+        return os.path.join(self.root, "launch")
+
+    def all_dirs(self) -> list[str]:
+        return [self.state_dir(s) for s in STATES] + [self.claims_dir, self.logs_dir]
+
+    def job(self, job_id: str, state: str) -> str:
+        """Path of a job file in a state folder other than ``running``."""
+        return os.path.join(self.root, state, job_id + JOB_SUFFIX)
+
+    def running(self, job_id: str, token: str) -> str:
+        return os.path.join(self.root, "running", f"{job_id}{TOKEN_SEP}{token}{JOB_SUFFIX}")
+
+    def claim_lock(self, job_id: str, token: str) -> str:
+        return os.path.join(self.root, "claims", f"{job_id}{TOKEN_SEP}{token}{JOB_SUFFIX}")
+
+    def log(self, job_id: str, try_number: int, stream: Literal["out", "err"]) -> str:
+        return os.path.join(self.root, "logs", f"{job_id}.{try_number}.{stream}")
+
+
+@dataclass(frozen=True)
+class PoolLayout:
+    """Every path at pool level."""
+
+    root: str
+
+    @property
+    def workers_dir(self) -> str:
+        return os.path.join(self.root, "workers")
+
+    def heartbeat(self, worker_id: str) -> str:
+        return os.path.join(self.root, "workers", worker_id + JOB_SUFFIX)
+
+    def run(self, run_id: str) -> RunLayout:
+        return RunLayout(os.path.join(self.root, run_id))
+
+    def run_ids(self) -> list[str]:
+        """Published runs (those with a run record), oldest first."""
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        runs = [n for n in names if not n.startswith(".") and n != "workers"
+                and os.path.exists(os.path.join(self.root, n, RUN_RECORD))]
+        return sorted(runs, key=run_sort_key)
+
+
+def run_sort_key(run_id: str) -> tuple[int, str]:
+    """Runs sort by their pool-wide sequence number, then by name."""
+    name, _, seq = run_id.rpartition("-")
+    return (int(seq), name) if seq.isdigit() else (1 << 62, run_id)
+
+
+def split_running_name(filename: str) -> tuple[str, str] | None:
+    """``job@token.json`` -> (job, token); None for anything else."""
+    if not filename.endswith(JOB_SUFFIX) or filename.startswith("."):
+        return None
+    job_id, sep, token = filename[: -len(JOB_SUFFIX)].rpartition(TOKEN_SEP)
+    return (job_id, token) if sep and job_id and token else None
+
+
+def job_id_of(filename: str) -> str | None:
+    """``job.json`` -> job; None for temp files and foreign names."""
+    if not filename.endswith(JOB_SUFFIX) or filename.startswith("."):
+        return None
+    return filename[: -len(JOB_SUFFIX)]

@@ -1,0 +1,159 @@
+"""What a run or a pool looks like right now, computed from the folders alone."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import fsio
+from .errors import PoolError
+from .layout import STATES, PoolLayout, RunLayout, job_id_of, split_running_name
+
+JOB_STATES = ("waiting", "queued", "running", "done", "failed", "blocked")
+
+
+@dataclass
+class JobView:
+    id: str
+    state: str
+    record: dict[str, Any] | None
+    claim: dict[str, Any] | None = None
+    reason: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        r = self.record or {}
+        tries = r.get("tries", [])
+        last = tries[-1] if tries else {}
+        host = (self.claim or {}).get("host") if self.state == "running" else last.get("host")
+        return {"id": self.id, "state": self.state, "tries": len(tries),
+                "exit_code": r.get("last_exit_code"), "duration": last.get("duration"),
+                "host": host, "reason": self.reason}
+
+
+def _snapshot(run: RunLayout) -> dict[str, tuple[str, str]]:
+    """job id -> (state, file path); listed again if a job was caught moving."""
+    for _ in range(5):
+        seen: dict[str, tuple[str, str]] = {}
+        moving = False
+        for state in STATES:
+            try:
+                names = os.listdir(run.state_dir(state))
+            except FileNotFoundError:
+                raise PoolError("not a run directory (no state folders)", run.root) from None
+            for name in names:
+                if state == "running":
+                    parts = split_running_name(name)
+                    job_id = parts[0] if parts else None
+                else:
+                    job_id = job_id_of(name)
+                if job_id is None:
+                    continue
+                if job_id in seen:
+                    moving = True
+                seen[job_id] = (state, os.path.join(run.state_dir(state), name))
+        if not moving:
+            return seen
+    return seen
+
+
+def job_views(run: RunLayout) -> list[JobView]:
+    views: dict[str, JobView] = {}
+    for job_id, (state, path) in _snapshot(run).items():
+        try:
+            record = fsio.read_json(path)
+        except (OSError, ValueError):
+            record = None  # moved since the listing, or not readable: shown without details
+        claim = None
+        if state == "running":
+            try:
+                claim = fsio.read_json(run.claim_lock(job_id, os.path.basename(path)[len(job_id) + 1:-5]))
+            except (OSError, ValueError):
+                pass
+        views[job_id] = JobView(job_id, state, record, claim)
+    _mark_blocked(views)
+    for v in views.values():
+        r = v.record or {}
+        if v.state == "failed":
+            v.reason = r.get("reason")
+        elif v.state == "running" and v.claim:
+            v.reason = f"on {v.claim.get('host')} (worker {v.claim.get('worker')})"
+        elif v.state == "queued" and r.get("not_before") and r["not_before"] > time.time():
+            v.reason = "retry after " + time.strftime("%H:%M:%S", time.localtime(r["not_before"]))
+    return sorted(views.values(), key=lambda v: v.id)
+
+
+def _mark_blocked(views: dict[str, JobView]) -> None:
+    """A waiting job is blocked when a job it needs (directly or not) has failed."""
+    cause: dict[str, str | None] = {}
+
+    def upstream_failure(job_id: str, trail: frozenset[str]) -> str | None:
+        if job_id in cause:
+            return cause[job_id]
+        v = views.get(job_id)
+        found = None
+        if v is not None and v.state == "failed":
+            found = job_id
+        elif v is not None and v.state == "waiting" and v.record and job_id not in trail:
+            for dep in v.record.get("dependencies", []):
+                found = upstream_failure(dep, trail | {job_id})
+                if found:
+                    break
+        cause[job_id] = found
+        return found
+
+    for v in views.values():
+        if v.state == "waiting":
+            failed = upstream_failure(v.id, frozenset())
+            if failed:
+                v.state = "blocked"
+                v.reason = f"upstream failed: {failed}"
+
+
+def run_state(counts: dict[str, int]) -> str:
+    if counts["queued"] or counts["running"] or counts["waiting"]:
+        return "running"
+    if counts["failed"] or counts["blocked"]:
+        return "failed"
+    return "done"
+
+
+def run_status(run: RunLayout) -> dict[str, Any]:
+    try:
+        record = fsio.read_json(run.record)
+    except FileNotFoundError:
+        raise PoolError("not a run directory (no run.json)", run.root) from None
+    except ValueError as e:
+        raise PoolError(f"run.json is not valid JSON: {e}", run.root) from None
+    views = job_views(run)
+    counts = {s: 0 for s in JOB_STATES}
+    for v in views:
+        counts[v.state] += 1
+    return {"run_id": record.get("run_id", run.run_id), "name": record.get("name"),
+            "state": run_state(counts), "counts": counts, "jobs": [v.row() for v in views]}
+
+
+def last_update(run: RunLayout) -> float:
+    stamps = []
+    for d in run.all_dirs():
+        try:
+            stamps.append(os.stat(d).st_mtime)
+        except FileNotFoundError:
+            pass
+    return max(stamps, default=0.0)
+
+
+def pool_status(pool: PoolLayout) -> dict[str, Any]:
+    if not os.path.isdir(pool.root):
+        raise PoolError("no such pool directory", pool.root)
+    runs = []
+    for run_id in pool.run_ids():
+        status = run_status(pool.run(run_id))
+        runs.append({"run_id": status["run_id"], "name": status["name"], "state": status["state"],
+                     "counts": status["counts"]})
+    return {"runs": runs}
+
+
+def is_run_dir(path: str) -> bool:
+    return os.path.exists(os.path.join(path, "run.json"))

@@ -1,0 +1,202 @@
+"""Job files and the one function that moves a job between state folders.
+
+Every rename across ``waiting/ queued/ running/ done/ failed/`` happens in
+:func:`transition`. Claiming is ``rename(queued/J.json, running/J@T.json)`` with a fresh
+token ``T``; finishing is a rename *from that claim*, so a worker whose claim was taken
+away (a reaper requeued it) fails the rename and writes nothing: this is the fence.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psutil
+
+from . import fsio
+from .layout import FORMAT_VERSION, RunLayout, job_id_of
+from .workflow import JobSpec
+
+FinalState = Literal["done", "failed"]
+
+
+def new_job_record(run_id: str, spec: JobSpec, dependents: list[str]) -> dict[str, Any]:
+    return {
+        "format": FORMAT_VERSION,
+        "id": spec.id,
+        "run_id": run_id,
+        "spec": spec.to_spec(),
+        "dependencies": list(spec.dependencies),
+        "dependents": dependents,
+        "tries": [],
+        "last_exit_code": None,
+        "not_before": None,
+    }
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who holds claims: written into each claim lock."""
+
+    worker_id: str
+    host: str
+    pid: int
+    pid_start: float
+
+    @classmethod
+    def current(cls, worker_id: str) -> "Owner":
+        return cls(worker_id, fsio.HOST, os.getpid(), psutil.Process().create_time())
+
+
+@dataclass(frozen=True)
+class Claim:
+    run: RunLayout
+    job_id: str
+    token: str
+    record: dict[str, Any]  # the job file as read right after the claim rename
+    owner: Owner
+    claimed_at: float
+
+    @property
+    def path(self) -> str:
+        return self.run.running(self.job_id, self.token)
+
+    @property
+    def lock(self) -> str:
+        return self.run.claim_lock(self.job_id, self.token)
+
+    def still_held(self) -> bool:
+        return os.path.exists(self.path)
+
+
+def transition(run: RunLayout, job_id: str, src: str, dst: str, *, token: str | None = None,
+               record: dict[str, Any] | None = None) -> bool:
+    """Move one job from state ``src`` to state ``dst``; False if it was not there.
+
+    ``token`` names the claim when ``src`` or ``dst`` is ``running``. ``record``, when
+    given, becomes the job file's new content in ``dst`` (only when leaving ``running``).
+    Losing a race is a normal result and returns False; nothing is written then.
+    """
+    if dst == "running":
+        assert token is not None and src == "queued"
+        # RACE: two workers rename the same queued file; the kernel (or NFS server) lets
+        # exactly one succeed, the other gets ENOENT and returns False here.
+        return _rename(run.job(job_id, src), run.running(job_id, token))
+    source = run.running(job_id, token) if src == "running" else run.job(job_id, src)
+    target = run.job(job_id, dst)
+    if record is None:
+        # RACE: promotion waiting -> queued by two workers at once: one rename wins, the
+        # other sees ENOENT. An unchanged file put back from running is ours alone.
+        return _rename(source, target)
+    assert src == "running"
+    tmp = fsio.write_temp(run.state_dir(dst), fsio.dumps(record))
+    if dst in ("done", "failed"):
+        # The fence: this rename succeeds only while our claim file is where we put it.
+        if not _rename(source, target):
+            fsio.unlink_quietly(tmp)
+            return False
+        # RACE: until the replace below, done/J.json holds the job as it was claimed. Only
+        # this worker writes it now (no one moves files out of done/ or failed/ here), so
+        # readers see a valid, older file; a crash here loses only this try's record.
+        os.replace(tmp, target)
+        return True
+    # Back to queued with new content (a retry). A file in queued/ can be claimed at any
+    # moment, so its new content must be in place before it appears there: first fence
+    # the claim into a hidden stage name, then rename the new content into queued/.
+    stage = os.path.join(run.state_dir("running"), f".{job_id}@{token}.requeue")
+    if not _rename(source, stage):
+        fsio.unlink_quietly(tmp)
+        return False
+    # RACE: between these two renames the job is only in the stage file (hidden, ignored
+    # by claimers); the commit point is the rename into queued/ just below.
+    os.rename(tmp, target)
+    fsio.unlink_quietly(stage)
+    return True
+
+
+def _rename(src: str, dst: str) -> bool:
+    try:
+        os.rename(src, dst)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def claim(run: RunLayout, job_id: str, owner: Owner) -> Claim | None:
+    """Claim a queued job: rename it into running/ under a new token, then write the lock."""
+    token = secrets.token_hex(6)
+    if not transition(run, job_id, "queued", "running", token=token):
+        return None
+    now = time.time()
+    record = fsio.read_json(run.running(job_id, token))
+    return Claim(run, job_id, token, record, owner, now)
+
+
+def write_lock(claim: Claim) -> None:
+    o = claim.owner
+    fsio.atomic_write_json(claim.lock, {
+        "job": claim.job_id, "token": claim.token, "worker": o.worker_id, "host": o.host,
+        "pid": o.pid, "pid_start": o.pid_start, "claimed_at": claim.claimed_at,
+    })
+
+
+def release(claim: Claim) -> bool:
+    """Give back a claim unchanged (it was not due yet). Done before the lock is written."""
+    return transition(claim.run, claim.job_id, "running", "queued", token=claim.token)
+
+
+def finish(claim: Claim, record: dict[str, Any], state: str) -> bool:
+    """Leave running/ for ``state`` with the new ``record``; False if the claim was lost."""
+    ok = transition(claim.run, claim.job_id, "running", state, token=claim.token, record=record)
+    fsio.unlink_quietly(claim.lock)
+    return ok
+
+
+def list_jobs(run: RunLayout, state: str) -> list[str]:
+    """Job ids in a state folder (for running/: ``job@token`` stems)."""
+    try:
+        names = os.listdir(run.state_dir(state))
+    except FileNotFoundError:
+        return []
+    return [j for j in (job_id_of(n) for n in names) if j is not None]
+
+
+def deps_done(run: RunLayout, record: dict[str, Any], done: set[str] | None = None) -> bool:
+    if done is not None:
+        return all(d in done for d in record["dependencies"])
+    return all(os.path.exists(run.job(d, "done")) for d in record["dependencies"])
+
+
+def promote(run: RunLayout, job_ids: list[str]) -> list[str]:
+    """Move those of ``job_ids`` still waiting whose dependencies are all done to queued/."""
+    moved = []
+    for job_id in job_ids:
+        try:
+            record = fsio.read_json(run.job(job_id, "waiting"))
+        except (FileNotFoundError, ValueError):
+            continue  # promoted by someone else already, or being rewritten
+        # RACE: two workers finishing two dependencies of one job: each checks after its
+        # own rename into done/, so the later one sees both done; both may try, one wins.
+        if deps_done(run, record) and transition(run, job_id, "waiting", "queued"):
+            moved.append(job_id)
+    return moved
+
+
+def sweep(run: RunLayout) -> list[str]:
+    """Promote every waiting job whose dependencies are done (a missed promotion, a crash)."""
+    waiting = list_jobs(run, "waiting")
+    if not waiting:
+        return []
+    done = set(list_jobs(run, "done"))
+    ready = []
+    for job_id in waiting:
+        try:
+            record = fsio.read_json(run.job(job_id, "waiting"))
+        except (FileNotFoundError, ValueError):
+            continue
+        if deps_done(run, record, done):
+            ready.append(job_id)
+    return [j for j in ready if transition(run, j, "waiting", "queued")]

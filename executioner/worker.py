@@ -1,0 +1,306 @@
+"""The worker: claims queued jobs from the runs of a pool, runs up to K at once, records them.
+
+``Worker(pool, ...).run()`` is the whole loop and can be driven in-process by tests;
+``exec-worker`` is a thin wrapper around it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import threading
+import time
+from typing import Any
+
+import filelock
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from . import fsio, store
+from .execute import build_env, command_argv, missing_outputs, run_command
+from .layout import PoolLayout, RunLayout
+from .retry import decide
+
+log = logging.getLogger("executioner.worker")
+
+
+class _Wake(FileSystemEventHandler):
+    """Wakes an idle worker when a job file lands in a queued/ or waiting/ folder here."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        path = str(getattr(event, "dest_path", "") or event.src_path)
+        if os.path.basename(os.path.dirname(path)) in ("queued", "waiting", "done"):
+            self.event.set()
+
+
+class Worker:
+    def __init__(self, pool: str, run_ids: list[str] | None = None, slots: int = 1,
+                 exit_when_idle: float | None = None, max_jobs: int | None = None,
+                 heartbeat: float = 10.0, poll_min: float = 0.2, poll_max: float = 5.0,
+                 sweep_every: float = 2.0):
+        self.pool = PoolLayout(os.path.abspath(pool))
+        self.run_ids = run_ids
+        self.slots = max(1, slots)
+        self.exit_when_idle = exit_when_idle
+        self.max_jobs = max_jobs
+        self.heartbeat = heartbeat
+        self.poll_min, self.poll_max = poll_min, poll_max
+        self.sweep_every = sweep_every
+        self.worker_id = f"{fsio.HOST}-{os.getpid()}-{secrets.token_hex(2)}"
+        self.owner = store.Owner.current(self.worker_id)
+        self.claimed = 0
+        self.finished = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._active: set[threading.Thread] = set()
+        self._runs: list[str] = []
+        self._candidates: dict[str, list[str]] = {}
+        self._not_before: dict[tuple[str, str], float] = {}
+        self._records: dict[str, dict[str, Any]] = {}
+        self._last_sweep: dict[str, float] = {}
+        self._rng = random.Random()
+
+    # ---- public -------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop claiming; running commands are stopped and their jobs put back in queued/."""
+        self._stop.set()
+        self._wake.set()
+
+    def run(self) -> int:
+        """Work until stopped, idle for ``exit_when_idle`` s, or ``max_jobs`` claimed; return jobs finished."""
+        os.makedirs(self.pool.workers_dir, exist_ok=True)
+        beat_path = self.pool.heartbeat(self.worker_id)
+        fsio.atomic_write_json(beat_path, {
+            "worker": self.worker_id, "host": self.owner.host, "pid": self.owner.pid,
+            "pid_start": self.owner.pid_start, "started": time.time(), "heartbeat": self.heartbeat,
+            "runs": self.run_ids, "slots": self.slots})
+        beater = threading.Thread(target=self._beat, args=(beat_path,), daemon=True)
+        beater.start()
+        observer = self._watch()
+        try:
+            self._loop()
+        finally:
+            self._stop.set()
+            for t in list(self._active):
+                t.join()
+            if observer is not None:
+                observer.stop()
+            fsio.unlink_quietly(beat_path)
+        return self.finished
+
+    # ---- main loop ----------------------------------------------------------------
+    def _loop(self) -> None:
+        idle_since: float | None = None
+        delay = self.poll_min
+        while not self._stop.is_set():
+            if self.max_jobs is not None and self.claimed >= self.max_jobs:
+                self._drain()
+                return
+            if len(self._active) >= self.slots:
+                self._wake.wait(self.poll_max)
+                self._wake.clear()
+                continue
+            claim = self._claim_next()
+            if claim is not None:
+                idle_since, delay = None, self.poll_min
+                self._start(claim)
+                continue
+            if self._sweep():
+                continue
+            if self._active or self._work_pending():
+                idle_since = None
+            else:
+                idle_since = idle_since or time.monotonic()
+                if self.exit_when_idle is not None and time.monotonic() - idle_since >= self.exit_when_idle:
+                    return
+            self._wake.wait(self._idle_wait(delay))
+            self._wake.clear()
+            delay = min(self.poll_max, delay * 2)
+
+    def _drain(self) -> None:
+        while self._active:
+            self._wake.wait(self.poll_max)
+            self._wake.clear()
+
+    def _idle_wait(self, delay: float) -> float:
+        now = time.time()
+        due = [nb - now for nb in self._not_before.values() if nb > now]
+        return max(0.01, min([delay, *due]))
+
+    def _scope(self) -> list[str]:
+        return list(self.run_ids) if self.run_ids is not None else self.pool.run_ids()
+
+    def _work_pending(self) -> bool:
+        """Jobs running in our runs (they may release dependents) or retries not yet due."""
+        if any(nb > time.time() for nb in self._not_before.values()):
+            return True
+        return any(store.list_jobs(self.pool.run(r), "running") for r in self._runs)
+
+    # ---- claiming -----------------------------------------------------------------
+    def _claim_next(self) -> store.Claim | None:
+        refreshed = False
+        while True:
+            for run_id in self._runs:
+                claim = self._claim_in(run_id)
+                if claim is not None:
+                    return claim
+            if refreshed:
+                return None
+            self._runs = [r for r in self._scope() if self._record(r) is not None]
+            self._candidates = {}
+            refreshed = True
+
+    def _claim_in(self, run_id: str) -> store.Claim | None:
+        run = self.pool.run(run_id)
+        candidates = self._candidates.get(run_id)
+        if candidates is None:
+            candidates = store.list_jobs(run, "queued")
+            # Workers take queued jobs in different orders, so they rarely race for one.
+            self._rng.shuffle(candidates)
+            self._candidates[run_id] = candidates
+        now = time.time()
+        while candidates:
+            job_id = candidates.pop()
+            if self._not_before.get((run_id, job_id), 0) > now:
+                continue
+            claim = store.claim(run, job_id, self.owner)
+            if claim is None:
+                continue
+            not_before = claim.record.get("not_before")
+            if not_before and not_before > time.time():
+                # RACE: no lock written yet, and only we hold this claim name: put it back.
+                store.release(claim)
+                self._not_before[(run_id, job_id)] = not_before
+                continue
+            self._not_before.pop((run_id, job_id), None)
+            store.write_lock(claim)
+            return claim
+        return None
+
+    def _record(self, run_id: str) -> dict[str, Any] | None:
+        if run_id not in self._records:
+            try:
+                self._records[run_id] = fsio.read_json(self.pool.run(run_id).record)
+            except (OSError, ValueError) as e:
+                log.warning("skipping run %s: cannot read its run record: %s", run_id, e)
+                return None
+        return self._records[run_id]
+
+    def _sweep(self) -> bool:
+        """Promote waiting jobs whose dependencies are done; at most every sweep_every s per run."""
+        promoted = False
+        for run_id in self._runs:
+            now = time.monotonic()
+            if now - self._last_sweep.get(run_id, -1e9) < self.sweep_every:
+                continue
+            self._last_sweep[run_id] = now
+            run = self.pool.run(run_id)
+            # One sweeper per run at a time; a lease, so a dead sweeper's marker expires.
+            # Overlap after expiry is harmless: promotion is idempotent.
+            lease = filelock.SoftFileLease(os.path.join(run.state_dir("waiting"), ".sweep.lock"),
+                                           lease_duration=30.0, timeout=0)
+            try:
+                with lease:
+                    moved = store.sweep(run)
+            except filelock.Timeout:
+                continue
+            if moved:
+                self._candidates.pop(run_id, None)
+                promoted = True
+        return promoted
+
+    # ---- running ------------------------------------------------------------------
+    def _start(self, claim: store.Claim) -> None:
+        self.claimed += 1
+        t = threading.Thread(target=self._run_claim, args=(claim,), daemon=True,
+                             name=f"job-{claim.job_id}")
+        with self._lock:
+            self._active.add(t)
+        t.start()
+
+    def _run_claim(self, claim: store.Claim) -> None:
+        try:
+            self._execute(claim)
+        except Exception:
+            log.exception("job %s of run %s: unexpected error", claim.job_id, claim.run.run_id)
+        finally:
+            with self._lock:
+                self._active.discard(threading.current_thread())
+            self._wake.set()
+
+    def _execute(self, claim: store.Claim) -> None:
+        run, record = claim.run, claim.record
+        spec = record["spec"]
+        run_record = self._records[run.run_id]
+        try_number = len(record["tries"]) + 1
+        cwd = os.path.normpath(os.path.join(run_record["workdir"], spec["workdir"] or ""))
+        env = build_env(dict(os.environ), [run_record["env"], spec["env"]], {
+            "EXEC_RUN_ID": run.run_id, "EXEC_JOB_ID": claim.job_id, "EXEC_TRY": str(try_number),
+            "EXEC_RUN_DIR": run.root, "EXEC_CLAIM": claim.token})
+        out, err = run.log(claim.job_id, try_number, "out"), run.log(claim.job_id, try_number, "err")
+        result = run_command(command_argv(spec["command"], env), cwd, env, out, err,
+                             spec["timeout"], spec["kill_grace"], claim.token,
+                             keep_going=lambda: not self._stop.is_set() and claim.still_held(),
+                             tick=min(self.heartbeat, 1.0))
+        status, reason = result.status, result.reason
+        if status == "done":
+            missing = missing_outputs(cwd, spec["outputs"])
+            if missing:
+                status, reason = "failed", f"missing outputs: {', '.join(missing)}"
+        if status == "lost":
+            if not claim.still_held():
+                log.warning("job %s of run %s: claim lost; wrote nothing", claim.job_id, run.run_id)
+                fsio.unlink_quietly(claim.lock)
+                return
+            status, reason = "preempted", "worker stopped; job put back in queued/"
+        attempt = {
+            "try": try_number, "worker": self.worker_id, "host": self.owner.host,
+            "worker_pid": self.owner.pid, "start": result.start, "end": result.end,
+            "duration": round(result.end - result.start, 6), "exit_code": result.exit_code,
+            "signal": result.signal, "status": status, "reason": reason,
+            "stdout": os.path.relpath(out, run.root), "stderr": os.path.relpath(err, run.root)}
+        new = dict(record, tries=[*record["tries"], attempt], last_exit_code=result.exit_code,
+                   not_before=None)
+        if status == "done":
+            if store.finish(claim, new, "done"):
+                self.finished += 1
+                store.promote(run, record["dependents"])
+            return
+        if status == "preempted":
+            store.finish(claim, new, "queued")
+            return
+        decision = decide(spec, new["tries"], time.time(), self._rng)
+        if decision.retry:
+            new["not_before"] = decision.not_before
+            if store.finish(claim, new, "queued"):
+                self._not_before[(run.run_id, claim.job_id)] = decision.not_before or 0
+            return
+        new["reason"] = f"{reason}; {decision.reason}"
+        if store.finish(claim, new, "failed"):
+            self.finished += 1
+
+    # ---- liveness -----------------------------------------------------------------
+    def _beat(self, path: str) -> None:
+        while not self._stop.wait(self.heartbeat):
+            try:
+                # No explicit time: the filesystem stamps it in its own clock domain.
+                os.utime(path)
+            except FileNotFoundError:
+                fsio.atomic_write_json(path, {"worker": self.worker_id, "recreated": True})
+
+    def _watch(self) -> Any:
+        try:
+            observer = Observer()
+            observer.schedule(_Wake(self._wake), self.pool.root, recursive=True)
+            observer.daemon = True
+            observer.start()
+            return observer
+        except Exception as e:  # no inotify here (or out of watches): polling still works
+            log.info("no filesystem events (%s); polling only", e)
+            return None

@@ -1,0 +1,347 @@
+"""Read a workflow file (YAML, or JSON by its ``.json`` suffix) and validate it completely.
+
+Nothing is written here: :func:`load_workflow` returns a frozen :class:`Workflow` or raises
+:class:`~executioner.errors.WorkflowErrors` listing every problem, one line each, naming
+the file, the job and the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import graphlib
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import orjson
+import yaml
+
+from .errors import WorkflowError, WorkflowErrors
+
+JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+TOP_KEYS: Final = ("name", "workdir", "env", "defaults", "jobs")
+RETRY_STATUSES: Final = ("failed", "timeout")
+TryStatus = Literal["done", "failed", "timeout"]
+
+# key -> (kind, default). Kinds are checked by _check_value.
+JOB_OPTIONS: Final[dict[str, tuple[str, Any]]] = {
+    "env": ("env", {}),
+    "workdir": ("str", None),
+    "timeout": ("pos_number_or_null", None),
+    "kill_grace": ("nonneg_number", 5.0),
+    "max_retries": ("nonneg_int", 0),
+    "retry_delay": ("nonneg_number", 0.0),
+    "retry_backoff": ("pos_number", 1.0),
+    "retry_jitter": ("fraction", 0.0),
+    "retry_on_exit_codes": ("int_list_or_null", None),
+    "retry_on_status": ("status_list", list(RETRY_STATUSES)),
+    "max_retry_time": ("pos_number_or_null", None),
+    "outputs": ("str_list", []),
+}
+JOB_KEYS: Final = ("id", "command", "dependencies", *JOB_OPTIONS)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job of a workflow, with defaults applied."""
+
+    id: str
+    command: str | tuple[str, ...]
+    dependencies: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str | None = None
+    timeout: float | None = None
+    kill_grace: float = 5.0
+    max_retries: int = 0
+    retry_delay: float = 0.0
+    retry_backoff: float = 1.0
+    retry_jitter: float = 0.0
+    retry_on_exit_codes: tuple[int, ...] | None = None
+    retry_on_status: tuple[str, ...] = RETRY_STATUSES
+    max_retry_time: float | None = None
+    outputs: tuple[str, ...] = ()
+
+    def to_spec(self) -> dict[str, Any]:
+        """The definition as stored in the job file (everything but id and dependencies)."""
+        return {
+            "command": list(self.command) if isinstance(self.command, tuple) else self.command,
+            "env": self.env, "workdir": self.workdir, "timeout": self.timeout,
+            "kill_grace": self.kill_grace, "max_retries": self.max_retries,
+            "retry_delay": self.retry_delay, "retry_backoff": self.retry_backoff,
+            "retry_jitter": self.retry_jitter,
+            "retry_on_exit_codes": None if self.retry_on_exit_codes is None else list(self.retry_on_exit_codes),
+            "retry_on_status": list(self.retry_on_status), "max_retry_time": self.max_retry_time,
+            "outputs": list(self.outputs),
+        }
+
+
+@dataclass(frozen=True)
+class Workflow:
+    name: str
+    path: str  # absolute path of the source file
+    raw: bytes  # the file's bytes, copied verbatim into the run
+    workdir: str  # absolute
+    env: dict[str, str]
+    jobs: tuple[JobSpec, ...]
+
+    @property
+    def suffix(self) -> str:
+        return ".json" if self.path.endswith(".json") else ".yaml"
+
+    def dependents(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {j.id: [] for j in self.jobs}
+        for j in self.jobs:
+            for d in j.dependencies:
+                out[d].append(j.id)
+        return out
+
+
+def load_workflow(path: str) -> Workflow:
+    """Parse and validate ``path``; raise WorkflowErrors with every problem found."""
+    shown = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise WorkflowErrors([WorkflowError(f"cannot read: {e.strerror}", shown)]) from None
+    data = _parse(raw, shown)
+    return _Validator(shown, raw).workflow(data)
+
+
+def _parse(raw: bytes, shown: str) -> Any:
+    try:
+        if shown.endswith(".json"):
+            return orjson.loads(raw)
+        return yaml.safe_load(raw)
+    except orjson.JSONDecodeError as e:
+        raise WorkflowErrors([WorkflowError(f"not valid JSON: {e}", shown)]) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "syntax error"
+        raise WorkflowErrors([WorkflowError(f"not valid YAML{where}: {problem}", shown)]) from None
+
+
+def _suggest(key: str, choices: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+class _Validator:
+    def __init__(self, file: str, raw: bytes):
+        self.file = file
+        self.raw = raw
+        self.errors: list[WorkflowError] = []
+
+    def err(self, message: str, job: str | None = None, key: str | None = None) -> None:
+        self.errors.append(WorkflowError(message, self.file, job, key))
+
+    def workflow(self, data: Any) -> Workflow:
+        if not isinstance(data, dict):
+            self.err(f"the top level must be a mapping with a 'jobs' list, not {_type_name(data)}")
+            raise WorkflowErrors(self.errors)
+        for key in data:
+            if key not in TOP_KEYS:
+                self.err(f"unknown key{_suggest(str(key), TOP_KEYS)}", key=str(key))
+        stem = os.path.splitext(os.path.basename(self.file))[0]
+        name = data.get("name", re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip("._-") or "run")
+        if not isinstance(name, str) or not JOB_ID_RE.fullmatch(name):
+            self.err(f"must match {JOB_ID_RE.pattern} (it names the run's directory)", key="name")
+            name = "run"
+        base = os.path.dirname(os.path.abspath(self.file))
+        workdir = data.get("workdir", ".")
+        if not isinstance(workdir, str):
+            self.err(f"must be a string, not {_type_name(workdir)}", key="workdir")
+            workdir = "."
+        env = self.env(data.get("env", {}), None)
+        defaults = data.get("defaults", {})
+        if not isinstance(defaults, dict):
+            self.err(f"must be a mapping, not {_type_name(defaults)}", key="defaults")
+            defaults = {}
+        for key in list(defaults):
+            if key in ("id", "command", "dependencies"):
+                self.err("cannot be set in defaults", key=f"defaults.{key}")
+            elif key not in JOB_OPTIONS:
+                self.err(f"unknown key{_suggest(str(key), tuple(JOB_OPTIONS))}", key=f"defaults.{key}")
+            else:
+                self.value(key, defaults[key], None, f"defaults.{key}")
+        jobs = self.jobs(data.get("jobs"), defaults)
+        if not self.errors:
+            self.cycles(jobs)
+        if self.errors:
+            raise WorkflowErrors(self.errors)
+        return Workflow(name=name, path=os.path.abspath(self.file), raw=self.raw,
+                        workdir=os.path.normpath(os.path.join(base, workdir)), env=env,
+                        jobs=tuple(jobs))
+
+    def jobs(self, items: Any, defaults: dict[str, Any]) -> list[JobSpec]:
+        if items is None:
+            self.err("missing: a workflow needs a 'jobs' list", key="jobs")
+            return []
+        if not isinstance(items, list):
+            self.err(f"must be a list of jobs, not {_type_name(items)}", key="jobs")
+            return []
+        if not items:
+            self.err("is empty: a workflow needs at least one job", key="jobs")
+            return []
+        specs: list[JobSpec] = []
+        seen: set[str] = set()
+        for index, item in enumerate(items):
+            spec = self.job(index, item, defaults)
+            if spec is None:
+                continue
+            if spec.id in seen:
+                self.err("duplicate job id", job=spec.id, key="id")
+                continue
+            seen.add(spec.id)
+            specs.append(spec)
+        for spec in specs:
+            for dep in spec.dependencies:
+                if dep not in seen:
+                    self.err(f"unknown dependency {dep!r}{_suggest(dep, tuple(sorted(seen)))}",
+                             job=spec.id, key="dependencies")
+                elif dep == spec.id:
+                    self.err("a job cannot depend on itself", job=spec.id, key="dependencies")
+        return specs
+
+    def job(self, index: int, item: Any, defaults: dict[str, Any]) -> JobSpec | None:
+        label = f"#{index + 1}"
+        if not isinstance(item, dict):
+            self.err(f"must be a mapping, not {_type_name(item)}", job=label)
+            return None
+        job_id = item.get("id")
+        if job_id is None:
+            self.err("missing", job=label, key="id")
+            return None
+        if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
+            self.err(f"{job_id!r} must match {JOB_ID_RE.pattern} (no '/', no spaces; it becomes a file name)",
+                     job=label, key="id")
+            return None
+        ok = True
+        for key in item:
+            if key not in JOB_KEYS:
+                self.err(f"unknown key{_suggest(str(key), JOB_KEYS)}", job=job_id, key=str(key))
+                ok = False
+        command = item.get("command")
+        if command is None:
+            self.err("missing", job=job_id, key="command")
+            ok = False
+        elif isinstance(command, str):
+            if not command.strip():
+                self.err("is empty", job=job_id, key="command")
+                ok = False
+        elif isinstance(command, list):
+            if not command or not all(isinstance(a, (str, int, float)) and not isinstance(a, bool)
+                                      for a in command):
+                self.err("a list command must be a non-empty list of strings", job=job_id, key="command")
+                ok = False
+            else:
+                command = tuple(str(a) for a in command)
+        else:
+            self.err(f"must be a string or a list of strings, not {_type_name(command)}",
+                     job=job_id, key="command")
+            ok = False
+        deps = item.get("dependencies", [])
+        if deps is None:
+            deps = []
+        if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+            self.err("must be a list of job ids", job=job_id, key="dependencies")
+            ok = False
+        options: dict[str, Any] = {}
+        for key, (_, default) in JOB_OPTIONS.items():
+            if key in item:
+                value = self.value(key, item[key], job_id, key)
+                ok = ok and value is not _BAD
+            elif key in defaults:
+                value = self.value(key, defaults[key], None, f"defaults.{key}", report=False)
+            else:
+                value = default
+            options[key] = value
+        if not ok or any(v is _BAD for v in options.values()):
+            return None
+        return JobSpec(id=job_id, command=command, dependencies=tuple(dict.fromkeys(deps)), **options)
+
+    def value(self, key: str, value: Any, job: str | None, shown_key: str, report: bool = True) -> Any:
+        kind = JOB_OPTIONS[key][0]
+        result = _check_value(kind, value)
+        if isinstance(result, _Problem):
+            if report:
+                self.err(result.message, job=job, key=shown_key)
+            return _BAD
+        if kind == "env":
+            return self.env(value, job, shown_key)
+        return result
+
+    def env(self, value: Any, job: str | None, key: str = "env") -> dict[str, str]:
+        if not isinstance(value, dict):
+            self.err(f"must be a mapping of names to strings, not {_type_name(value)}", job=job, key=key)
+            return {}
+        out: dict[str, str] = {}
+        for name, v in value.items():
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                self.err(f"{name!r} is not a valid variable name", job=job, key=key)
+            elif isinstance(v, bool) or not isinstance(v, (str, int, float)):
+                self.err(f"{name} must be a string or number, not {_type_name(v)}", job=job, key=key)
+            else:
+                out[name] = str(v)
+        return out
+
+    def cycles(self, jobs: list[JobSpec]) -> None:
+        sorter = graphlib.TopologicalSorter({j.id: j.dependencies for j in jobs})
+        try:
+            sorter.prepare()
+        except graphlib.CycleError as e:
+            # graphlib lists each node before the one that needs it; print "needs" order.
+            path = list(reversed(e.args[1]))
+            self.err(f"dependency cycle: {' -> '.join(path)} (each job depends on the next)",
+                     job=path[0], key="dependencies")
+
+
+class _Problem:
+    def __init__(self, message: str):
+        self.message = message
+
+
+_BAD: Final = object()
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_value(kind: str, v: Any) -> Any:
+    """The normalised value, or a _Problem saying what is wrong with it."""
+    if kind == "env":
+        return v
+    if kind == "str":
+        return v if isinstance(v, str) else _Problem(f"must be a string, not {_type_name(v)}")
+    if kind in ("pos_number", "pos_number_or_null"):
+        if v is None and kind.endswith("_or_null"):
+            return None
+        return float(v) if _is_number(v) and v > 0 else _Problem(f"must be a number > 0, not {v!r}")
+    if kind == "nonneg_number":
+        return float(v) if _is_number(v) and v >= 0 else _Problem(f"must be a number >= 0, not {v!r}")
+    if kind == "nonneg_int":
+        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else _Problem(
+            f"must be a whole number >= 0, not {v!r}")
+    if kind == "fraction":
+        return float(v) if _is_number(v) and 0 <= v <= 1 else _Problem(f"must be a number from 0 to 1, not {v!r}")
+    if kind == "int_list_or_null":
+        if v is None:
+            return None
+        ok = isinstance(v, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in v)
+        return tuple(v) if ok else _Problem("must be a list of whole numbers (exit codes)")
+    if kind == "status_list":
+        if isinstance(v, list) and all(s in RETRY_STATUSES for s in v):
+            return tuple(v)
+        return _Problem(f"must be a list of {', '.join(RETRY_STATUSES)}")
+    if kind == "str_list":
+        ok = isinstance(v, list) and all(isinstance(s, str) and s for s in v)
+        return tuple(v) if ok else _Problem("must be a list of file paths")
+    raise AssertionError(kind)
