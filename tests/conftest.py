@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from executioner import PoolLayout, RunLayout, Worker, create_run, load_workflow
+
+HOSTILE = "pool with spaces 'quote\" ; echo x"
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Path:
+    """A pool directory whose name has spaces, both quotes and a semicolon."""
+    return tmp_path / HOSTILE
+
+
+@pytest.fixture
+def make_workflow(tmp_path: Path):
+    def make(jobs: list[dict[str, Any]], name: str = "wf", **top: Any) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"name": name, "jobs": jobs, **top}, sort_keys=False))
+        return path
+    return make
+
+
+def submit(pool: Path, workflow: Path) -> RunLayout:
+    return create_run(PoolLayout(str(pool)), load_workflow(str(workflow)))
+
+
+def work(pool: Path, run: RunLayout | None = None, slots: int = 2, idle: float = 0.3, **kw: Any) -> Worker:
+    worker = Worker(str(pool), run_ids=[run.run_id] if run else None, slots=slots,
+                    exit_when_idle=idle, poll_min=0.02, poll_max=0.2, sweep_every=0.1, **kw)
+    worker.run()
+    return worker
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run one of the console scripts as a user would (through the installed module)."""
+    prog, *rest = args
+    entry = {"exec-submit": "submit_main", "exec-worker": "worker_main", "exec-status": "status_main"}[prog]
+    code = f"import sys; from executioner.cli import {entry}; sys.exit({entry}(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *rest], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def files(run: RunLayout, state: str) -> list[str]:
+    return sorted(os.listdir(run.state_dir(state)))

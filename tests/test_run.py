@@ -1,0 +1,186 @@
+"""A workflow submitted and worked on: order, failure, retries, timeouts, outputs, logs."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import psutil
+
+from executioner import run_status
+from executioner.fsio import read_json
+
+from .conftest import files, submit, work
+
+
+def ledger_cmd(ledger: Path, name: str, extra: str = "") -> str:
+    return f"{extra}echo {name} $(date +%s.%N) >> '{ledger}'"
+
+
+def test_diamond_runs_in_dependency_order(pool: Path, tmp_path: Path, make_workflow) -> None:
+    ledger = tmp_path / "ledger"
+    wf = make_workflow([
+        {"id": "top", "command": ledger_cmd(ledger, "top", "sleep 0.2; ")},
+        {"id": "left", "command": ledger_cmd(ledger, "left"), "dependencies": ["top"]},
+        {"id": "right", "command": ledger_cmd(ledger, "right", "sleep 0.1; "), "dependencies": ["top"]},
+        {"id": "bottom", "command": ledger_cmd(ledger, "bottom"), "dependencies": ["left", "right"]},
+    ])
+    run = submit(pool, wf)
+    assert files(run, "queued") == ["top.json"]
+    assert files(run, "waiting") == ["bottom.json", "left.json", "right.json"]
+    work(pool, run)
+    order = [line.split()[0] for line in ledger.read_text().splitlines()]
+    assert order[0] == "top" and order[-1] == "bottom" and sorted(order[1:3]) == ["left", "right"]
+    assert files(run, "done") == ["bottom.json", "left.json", "right.json", "top.json"]
+    status = run_status(run)
+    assert status["state"] == "done" and status["counts"]["done"] == 4
+
+
+def test_failed_job_blocks_its_dependents(pool: Path, make_workflow) -> None:
+    wf = make_workflow([
+        {"id": "a", "command": "exit 3"},
+        {"id": "b", "command": "true", "dependencies": ["a"]},
+        {"id": "c", "command": "true", "dependencies": ["b"]},
+        {"id": "free", "command": "true"},
+    ])
+    run = submit(pool, wf)
+    work(pool, run)
+    assert files(run, "failed") == ["a.json"] and files(run, "done") == ["free.json"]
+    assert files(run, "waiting") == ["b.json", "c.json"]
+    status = run_status(run)
+    jobs = {j["id"]: j for j in status["jobs"]}
+    assert status["state"] == "failed"
+    assert jobs["a"]["exit_code"] == 3 and "exit code 3" in jobs["a"]["reason"]
+    assert jobs["b"]["state"] == jobs["c"]["state"] == "blocked"
+    assert jobs["b"]["reason"] == jobs["c"]["reason"] == "upstream failed: a"
+    assert status["counts"] == {"waiting": 0, "queued": 0, "running": 0, "done": 1, "failed": 1, "blocked": 2}
+
+
+def tries_of(run, job: str, state: str) -> list[dict]:
+    return read_json(run.job(job, state))["tries"]
+
+
+def test_retry_delay_and_backoff_read_from_recorded_tries(pool: Path, make_workflow) -> None:
+    wf = make_workflow([{"id": "r", "command": "exit 1", "max_retries": 3, "retry_delay": 0.3,
+                         "retry_backoff": 2.0}])
+    run = submit(pool, wf)
+    work(pool, run, idle=0.3)
+    tries = tries_of(run, "r", "failed")
+    assert [t["status"] for t in tries] == ["failed"] * 4
+    gaps = [b["start"] - a["end"] for a, b in zip(tries, tries[1:])]
+    for gap, expected in zip(gaps, [0.3, 0.6, 1.2]):
+        assert gap >= expected, gaps
+        assert gap < expected + 1.0, gaps
+
+
+def test_retry_only_on_listed_exit_codes(pool: Path, make_workflow, tmp_path: Path) -> None:
+    counter = tmp_path / "n"
+    # exit 75 on the first try (retried), then exit 3 (not in the list: no more tries)
+    cmd = f"echo x >> '{counter}'; test $(wc -l < '{counter}') -ge 2 && exit 3; exit 75"
+    wf = make_workflow([{"id": "r", "command": cmd, "max_retries": 5, "retry_on_exit_codes": [75]}])
+    run = submit(pool, wf)
+    work(pool, run)
+    tries = tries_of(run, "r", "failed")
+    assert [t["exit_code"] for t in tries] == [75, 3]
+    record = read_json(run.job("r", "failed"))
+    assert record["last_exit_code"] == 3 and "retry_on_exit_codes" in record["reason"]
+
+
+def test_retry_on_status_filter_skips_timeouts(pool: Path, make_workflow) -> None:
+    wf = make_workflow([{"id": "t", "command": "sleep 5", "timeout": 0.3, "kill_grace": 0.2,
+                         "max_retries": 3, "retry_on_status": ["failed"]}])
+    run = submit(pool, wf)
+    work(pool, run)
+    tries = tries_of(run, "t", "failed")
+    assert [t["status"] for t in tries] == ["timeout"]
+
+
+def test_max_retry_time_stops_new_tries(pool: Path, make_workflow) -> None:
+    wf = make_workflow([{"id": "m", "command": "sleep 0.2; exit 1", "max_retries": 50,
+                         "retry_delay": 0.2, "max_retry_time": 1.0}])
+    run = submit(pool, wf)
+    work(pool, run)
+    tries = tries_of(run, "m", "failed")
+    assert 2 <= len(tries) <= 4
+    assert all(t["start"] - tries[0]["start"] <= 1.0 for t in tries)
+    assert "max_retry_time" in read_json(run.job("m", "failed"))["reason"]
+
+
+def test_timeout_kills_a_grandchild_that_left_the_group(pool: Path, make_workflow, tmp_path: Path) -> None:
+    pidfile = tmp_path / "grandchild.pid"
+    # The grandchild starts its own session (leaves the process group) and ignores SIGTERM.
+    grandchild = f"import os,signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); os.setsid(); " \
+                 f"open({str(pidfile)!r},'w').write(str(os.getpid())); time.sleep(60)"
+    cmd = ["python3", "-c", f"import subprocess,time; subprocess.Popen(['python3','-c',{grandchild!r}]); time.sleep(60)"]
+    wf = make_workflow([{"id": "slow", "command": cmd, "timeout": 1.0, "kill_grace": 0.5}])
+    run = submit(pool, wf)
+    work(pool, run)
+    [attempt] = tries_of(run, "slow", "failed")
+    assert attempt["status"] == "timeout" and "timed out" in attempt["reason"]
+    pid = int(pidfile.read_text())
+    deadline = time.time() + 5
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and time.time() < deadline:
+        time.sleep(0.05)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_missing_outputs_fail_the_try(pool: Path, make_workflow, tmp_path: Path) -> None:
+    wf = make_workflow([
+        {"id": "makes", "command": "touch made.txt", "outputs": ["made.txt"]},
+        {"id": "forgets", "command": "true", "outputs": ["never.txt", "made.txt"]},
+    ], workdir=str(tmp_path / "wd"))
+    (tmp_path / "wd").mkdir()
+    run = submit(pool, wf)
+    work(pool, run)
+    assert files(run, "done") == ["makes.json"]
+    record = read_json(run.job("forgets", "failed"))
+    assert record["tries"][0]["exit_code"] == 0 and record["tries"][0]["status"] == "failed"
+    assert "missing outputs: never.txt" in record["reason"]
+
+
+def test_logs_exit_codes_env_and_workdir_recorded_per_try(pool: Path, make_workflow, tmp_path: Path) -> None:
+    (tmp_path / "base" / "sub").mkdir(parents=True)
+    cmd = 'echo "out $EXEC_TRY $GREETING $EXEC_JOB_ID $(basename $PWD)"; echo "err $EXEC_TRY" >&2; exit $((EXEC_TRY + 4))'
+    wf = make_workflow([{"id": "j", "command": cmd, "max_retries": 1, "workdir": "sub",
+                         "env": {"GREETING": "${WHO}-hi"}}],
+                       workdir=str(tmp_path / "base"), env={"WHO": "wf"})
+    run = submit(pool, wf)
+    work(pool, run)
+    record = read_json(run.job("j", "failed"))
+    assert [t["exit_code"] for t in record["tries"]] == [5, 6] and record["last_exit_code"] == 6
+    for n, t in enumerate(record["tries"], 1):
+        assert t["try"] == n and t["host"] and t["worker"] and t["end"] >= t["start"]
+        out = (Path(run.root) / t["stdout"]).read_text()
+        assert out == f"out {n} wf-hi j sub\n"
+        assert (Path(run.root) / t["stderr"]).read_text() == f"err {n}\n"
+
+
+def test_list_command_runs_without_a_shell(pool: Path, make_workflow, tmp_path: Path) -> None:
+    wf = make_workflow([{"id": "argv", "command": ["printf", "%s|", "a b", "$HOME", "${X}"], "env": {"X": "y"}}])
+    run = submit(pool, wf)
+    work(pool, run)
+    t = read_json(run.job("argv", "done"))["tries"][0]
+    assert (Path(run.root) / t["stdout"]).read_text() == "a b|$HOME|y|"
+
+
+def test_missing_program_is_a_failed_try_not_a_crash(pool: Path, make_workflow) -> None:
+    wf = make_workflow([{"id": "nope", "command": ["no-such-program-xyz"]}])
+    run = submit(pool, wf)
+    work(pool, run)
+    record = read_json(run.job("nope", "failed"))
+    assert record["last_exit_code"] == 127 and "command not found" in record["reason"]
+
+
+def test_waiting_retry_does_not_hold_a_slot(pool: Path, make_workflow, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    wf = make_workflow([
+        {"id": "slowretry", "command": f"echo fail >> '{ledger}'; exit 1", "max_retries": 1, "retry_delay": 1.5},
+        *[{"id": f"q{i}", "command": f"echo q{i} >> '{ledger}'"} for i in range(5)],
+    ])
+    run = submit(pool, wf)
+    work(pool, run, slots=1)
+    lines = ledger.read_text().split()
+    assert lines.count("fail") == 2
+    # With one slot, every other job ran while the retry waited out its delay.
+    assert len(lines) == 7 and lines[-1] == "fail", lines
