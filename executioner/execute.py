@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import subprocess
 import time
@@ -57,30 +58,31 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str, e
     seconds; when it returns False the tree is killed and the try is ``lost``.
     """
     start = time.time()
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        try:
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=err, start_new_session=True)
-        except FileNotFoundError as e:
-            missing = e.filename if e.filename != cwd else cwd
-            reason = f"working directory not found: {cwd}" if not os.path.isdir(cwd) else \
-                f"command not found: {missing}"
-            err.write((reason + "\n").encode())
-            return TryResult("failed", 127, None, start, time.time(), reason)
-        except PermissionError as e:
-            reason = f"permission denied: {e.filename}"
-            err.write((reason + "\n").encode())
-            return TryResult("failed", 126, None, start, time.time(), reason)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    out, err = os.open(out_path, flags, 0o644), os.open(err_path, flags, 0o644)
+    try:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=err, start_new_session=True)
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        if not os.path.isdir(cwd):
+            code, reason = 127, f"working directory not found: {cwd}"
+        elif isinstance(e, PermissionError):
+            code, reason = 126, f"permission denied: {e.filename}"
+        else:
+            code, reason = 127, f"command not found: {e.filename}"
+        os.write(err, (reason + "\n").encode())
+        return TryResult("failed", code, None, start, time.time(), reason)
+    finally:
+        os.close(out)
+        os.close(err)
     deadline = None if timeout is None else time.monotonic() + timeout
     status: TryStatus = "done"
     reason = None
+    exited = _exit_waiter(proc)
     while True:
         wait = tick if deadline is None else min(tick, max(0.0, deadline - time.monotonic()))
-        try:
-            proc.wait(timeout=wait if keep_going is not None or deadline is not None else None)
+        if exited(wait if keep_going is not None or deadline is not None else None):
             break
-        except subprocess.TimeoutExpired:
-            pass
         if deadline is not None and time.monotonic() >= deadline:
             status, reason = "timeout", f"timed out after {timeout:g} s"
             kill_tree(proc, marker, kill_grace)
@@ -97,6 +99,33 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str, e
         status = "failed"
         reason = f"killed by {sig}" if sig else f"exit code {code}"
     return TryResult(status, code, sig, start, time.time(), reason)
+
+
+def _exit_waiter(proc: subprocess.Popen[Any]) -> Callable[[float | None], bool]:
+    """``exited(timeout)``: wait up to ``timeout`` s for ``proc``; True once it has exited.
+
+    A pidfd wakes us the moment the child exits; ``Popen.wait(timeout)`` would poll with
+    growing sleeps and add milliseconds to every short job.
+    """
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        def poll_wait(timeout: float | None) -> bool:
+            try:
+                proc.wait(timeout=timeout)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        return poll_wait
+
+    def pidfd_wait(timeout: float | None) -> bool:
+        ready, _, _ = select.select([pidfd], [], [], timeout)
+        if ready or proc.poll() is not None:
+            proc.wait()
+            os.close(pidfd)
+            return True
+        return False
+    return pidfd_wait
 
 
 def _kill_group(pgid: int, sig: int) -> None:

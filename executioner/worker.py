@@ -24,17 +24,24 @@ from .layout import PoolLayout, RunLayout
 from .retry import decide
 
 log = logging.getLogger("executioner.worker")
+# watchdog logs a benign error when events arrive while its observer stops
+logging.getLogger("watchdog").setLevel(logging.CRITICAL)
 
 
 class _Wake(FileSystemEventHandler):
-    """Wakes an idle worker when a job file lands in a queued/ or waiting/ folder here."""
+    """Wakes idle slots when a job file appears in a watched queued/ folder (or a run appears)."""
 
     def __init__(self, event: threading.Event):
         self.event = event
 
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        path = str(getattr(event, "dest_path", "") or event.src_path)
-        if os.path.basename(os.path.dirname(path)) in ("queued", "waiting", "done"):
+    def on_created(self, event: FileSystemEvent) -> None:
+        self._maybe(str(event.src_path))
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        self._maybe(str(event.dest_path))
+
+    def _maybe(self, path: str) -> None:
+        if not fsio.is_temp(os.path.basename(path)):
             self.event.set()
 
 
@@ -58,9 +65,14 @@ class Worker:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
-        self._active: set[threading.Thread] = set()
+        self._busy = 0
+        self._observer: Any = None
+        self._watched: set[str] = set()
+        self._idle_since: float | None = None
         self._runs: list[str] = []
         self._candidates: dict[str, list[str]] = {}
+        self._cursor: dict[str, int] = {}
+        self._lost_in_row = 0
         self._not_before: dict[tuple[str, str], float] = {}
         self._records: dict[str, dict[str, Any]] = {}
         self._last_sweep: dict[str, float] = {}
@@ -82,51 +94,63 @@ class Worker:
             "runs": self.run_ids, "slots": self.slots})
         beater = threading.Thread(target=self._beat, args=(beat_path,), daemon=True)
         beater.start()
-        observer = self._watch()
+        self._observer = observer = self._watch()
+        slots = [threading.Thread(target=self._slot, daemon=True, name=f"slot-{i}") for i in range(self.slots)]
         try:
-            self._loop()
+            for t in slots:
+                t.start()
+            for t in slots:
+                while t.is_alive():
+                    t.join(0.5)  # short joins keep the main thread responsive to signals
         finally:
             self._stop.set()
-            for t in list(self._active):
+            self._wake.set()
+            for t in slots:
                 t.join()
             if observer is not None:
                 observer.stop()
             fsio.unlink_quietly(beat_path)
         return self.finished
 
-    # ---- main loop ----------------------------------------------------------------
-    def _loop(self) -> None:
-        idle_since: float | None = None
+    # ---- the slots ----------------------------------------------------------------
+    def _slot(self) -> None:
+        """One of K identical loops: claim a job, run it, record it; when idle, sweep and wait."""
         delay = self.poll_min
         while not self._stop.is_set():
-            if self.max_jobs is not None and self.claimed >= self.max_jobs:
-                self._drain()
-                return
-            if len(self._active) >= self.slots:
-                self._wake.wait(self.poll_max)
-                self._wake.clear()
-                continue
-            claim = self._claim_next()
-            if claim is not None:
-                idle_since, delay = None, self.poll_min
-                self._start(claim)
-                continue
-            if self._sweep():
-                continue
-            if self._active or self._work_pending():
-                idle_since = None
-            else:
-                idle_since = idle_since or time.monotonic()
-                if self.exit_when_idle is not None and time.monotonic() - idle_since >= self.exit_when_idle:
+            with self._lock:
+                if self.max_jobs is not None and self.claimed >= self.max_jobs:
                     return
-            self._wake.wait(self._idle_wait(delay))
+                claim = self._claim_next()
+                if claim is not None:
+                    self.claimed += 1
+                    self._busy += 1
+                    self._idle_since = None
+            if claim is not None:
+                delay = self.poll_min
+                try:
+                    self._execute(claim)
+                except Exception:
+                    log.exception("job %s of run %s: unexpected error", claim.job_id, claim.run.run_id)
+                finally:
+                    with self._lock:
+                        self._busy -= 1
+                continue
+            with self._lock:
+                if self._sweep():
+                    continue
+                if self._busy or self._work_pending():
+                    self._idle_since = None
+                else:
+                    self._idle_since = self._idle_since or time.monotonic()
+                    if self.exit_when_idle is not None and \
+                            time.monotonic() - self._idle_since >= self.exit_when_idle:
+                        self._stop.set()
+                        self._wake.set()
+                        return
+                wait = self._idle_wait(delay)
+            self._wake.wait(wait)
             self._wake.clear()
             delay = min(self.poll_max, delay * 2)
-
-    def _drain(self) -> None:
-        while self._active:
-            self._wake.wait(self.poll_max)
-            self._wake.clear()
 
     def _idle_wait(self, delay: float) -> float:
         now = time.time()
@@ -153,6 +177,8 @@ class Worker:
             if refreshed:
                 return None
             self._runs = [r for r in self._scope() if self._record(r) is not None]
+            for run_id in self._runs:
+                self._watch_run(run_id)
             self._candidates = {}
             refreshed = True
 
@@ -160,18 +186,30 @@ class Worker:
         run = self.pool.run(run_id)
         candidates = self._candidates.get(run_id)
         if candidates is None:
-            candidates = store.list_jobs(run, "queued")
-            # Workers take queued jobs in different orders, so they rarely race for one.
-            self._rng.shuffle(candidates)
+            candidates = sorted(store.list_jobs(run, "queued"))
             self._candidates[run_id] = candidates
+            self._cursor[run_id] = self._rng.randrange(len(candidates)) if candidates else 0
         now = time.time()
         while candidates:
-            job_id = candidates.pop()
+            # Each worker walks the sorted listing from its own random cursor, so workers
+            # work in different regions; after losing a race it jumps elsewhere instead of
+            # walking behind the worker that beat it through already-claimed names.
+            i = self._cursor[run_id] % len(candidates)
+            job_id = candidates.pop(i)
+            self._cursor[run_id] = i
             if self._not_before.get((run_id, job_id), 0) > now:
                 continue
             claim = store.claim(run, job_id, self.owner)
             if claim is None:
+                # Lost a race: jump elsewhere; lost twice in a row: the listing is stale.
+                self._lost_in_row += 1
+                if self._lost_in_row >= 2:
+                    self._lost_in_row = 0
+                    del self._candidates[run_id]
+                    return self._claim_in(run_id)
+                self._cursor[run_id] = self._rng.randrange(len(candidates)) if candidates else 0
                 continue
+            self._lost_in_row = 0
             not_before = claim.record.get("not_before")
             if not_before and not_before > time.time():
                 # RACE: no lock written yet, and only we hold this claim name: put it back.
@@ -216,24 +254,6 @@ class Worker:
         return promoted
 
     # ---- running ------------------------------------------------------------------
-    def _start(self, claim: store.Claim) -> None:
-        self.claimed += 1
-        t = threading.Thread(target=self._run_claim, args=(claim,), daemon=True,
-                             name=f"job-{claim.job_id}")
-        with self._lock:
-            self._active.add(t)
-        t.start()
-
-    def _run_claim(self, claim: store.Claim) -> None:
-        try:
-            self._execute(claim)
-        except Exception:
-            log.exception("job %s of run %s: unexpected error", claim.job_id, claim.run.run_id)
-        finally:
-            with self._lock:
-                self._active.discard(threading.current_thread())
-            self._wake.set()
-
     def _execute(self, claim: store.Claim) -> None:
         run, record = claim.run, claim.record
         spec = record["spec"]
@@ -279,7 +299,8 @@ class Worker:
         if decision.retry:
             new["not_before"] = decision.not_before
             if store.finish(claim, new, "queued"):
-                self._not_before[(run.run_id, claim.job_id)] = decision.not_before or 0
+                with self._lock:
+                    self._not_before[(run.run_id, claim.job_id)] = decision.not_before or 0
             return
         new["reason"] = f"{reason}; {decision.reason}"
         if store.finish(claim, new, "failed"):
@@ -295,12 +316,23 @@ class Worker:
                 fsio.atomic_write_json(path, {"worker": self.worker_id, "recreated": True})
 
     def _watch(self) -> Any:
+        """Local filesystem events wake idle slots at once; polling alone still guarantees progress."""
         try:
             observer = Observer()
-            observer.schedule(_Wake(self._wake), self.pool.root, recursive=True)
+            observer.schedule(_Wake(self._wake), self.pool.root, recursive=False)
             observer.daemon = True
             observer.start()
             return observer
         except Exception as e:  # no inotify here (or out of watches): polling still works
             log.info("no filesystem events (%s); polling only", e)
             return None
+
+    def _watch_run(self, run_id: str) -> None:
+        """Watch a run's queued/ folder only: few events per job, none from logs or temp files."""
+        if self._observer is None or run_id in self._watched:
+            return
+        self._watched.add(run_id)
+        try:
+            self._observer.schedule(_Wake(self._wake), self.pool.run(run_id).state_dir("queued"))
+        except Exception as e:
+            log.info("cannot watch run %s (%s); polling it", run_id, e)

@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Throughput benchmark: N jobs running `true` with 2 local workers, against xargs -P2 and
+GNU parallel -j2 on the same commands in the same run, plus filesystem metadata operations
+per job in the pool directory (counted with strace on a smaller run).
+
+    python scripts/bench.py [--jobs 10000] [--workers 2] [--strace-jobs 1000]
+
+Needs `parallel` and `strace` (Debian packages of those names). Prints a table; the
+README quotes its latest output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import orjson
+
+MUTATING = {"rename", "renameat", "renameat2", "unlink", "unlinkat", "mkdir", "mkdirat", "rmdir",
+            "utimensat", "utime", "utimes", "link", "linkat", "symlink", "symlinkat", "chmod", "fchmodat"}
+
+
+def workflow(path: str, n: int, workdir: str) -> None:
+    jobs = [{"id": f"j{i:05d}", "command": "true"} for i in range(n)]
+    with open(path, "wb") as f:
+        f.write(orjson.dumps({"name": "bench", "workdir": workdir, "jobs": jobs}))
+
+
+def timed(cmd: list[str], **kw) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, **kw)
+    return time.perf_counter() - t
+
+
+def run_ours(tmp: str, n: int, workers: int, strace_log: str | None = None) -> float:
+    pool = os.path.join(tmp, f"pool-{n}-{time.time_ns()}")
+    wf = os.path.join(tmp, f"bench-{n}.json")
+    workflow(wf, n, tmp)
+    bin_dir = os.path.dirname(sys.executable)
+    submit = [os.path.join(bin_dir, "exec-submit"), wf, "--pool", pool]
+    worker = [os.path.join(bin_dir, "exec-worker"), "--pool", pool, "--exit-when-idle", "0.2", "-q"]
+    prefix = ["strace", "-f", "-qq", "-y", "-e", "trace=%file,getdents64", "-o", strace_log] if strace_log else []
+    t = time.perf_counter()
+    if strace_log:
+        subprocess.run(prefix[:-1] + [strace_log + ".submit"] + submit, check=True, stdout=subprocess.DEVNULL)
+    else:
+        subprocess.run(submit, check=True, stdout=subprocess.DEVNULL)
+    procs = [subprocess.Popen(prefix[:-1] + [f"{strace_log}.w{i}"] + worker if strace_log else worker)
+             for i in range(workers)]
+    for p in procs:
+        if p.wait() != 0:
+            raise SystemExit("a worker failed")
+    elapsed = time.perf_counter() - t
+    done = len(os.listdir(os.path.join(pool, "bench-0001", "done")))
+    if done != n:
+        raise SystemExit(f"only {done} of {n} jobs done")
+    return elapsed if not strace_log else pool
+
+
+def count_ops(logs: list[str], pool: str) -> collections.Counter[str]:
+    counts: collections.Counter[str] = collections.Counter()
+    call = re.compile(r"^\d+\s+(\w+)\((.*)")
+    for path in logs:
+        with open(path, errors="replace") as f:
+            for line in f:
+                m = call.match(line)
+                if not m:
+                    continue
+                name, args = m.groups()
+                if pool not in args or '"", ' in args:
+                    continue  # not the pool, or fd-based (fstat of an open file: no name lookup)
+                if name == "getdents64":
+                    counts["listing"] += 1
+                    continue
+                if "= -1 ENOENT" in args:
+                    counts["lost race"] += 1
+                elif name in MUTATING or (name.startswith("open") and "O_CREAT" in args):
+                    counts["mutating"] += 1
+                else:
+                    counts["lookup"] += 1
+    return counts
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--jobs", type=int, default=10000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--strace-jobs", type=int, default=2000)
+    a = p.parse_args()
+    for tool in ("parallel", "xargs", "strace"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found: apt-get install {tool}")
+    with tempfile.TemporaryDirectory(prefix="exec-bench-") as tmp:
+        cmds = os.path.join(tmp, "commands")
+        with open(cmds, "w") as f:
+            f.write("true\n" * a.jobs)
+        with open(cmds) as f:
+            t_xargs = timed(["xargs", "-P", str(a.workers), "-d", "\n", "-n", "1", "sh", "-c"], stdin=f)
+        with open(cmds) as f:
+            t_parallel = timed(["parallel", "--will-cite", "-j", str(a.workers)], stdin=f)
+        t_ours = run_ours(tmp, a.jobs, a.workers)
+        pool = run_ours(tmp, a.strace_jobs, a.workers, strace_log=os.path.join(tmp, "strace"))
+        logs = [os.path.join(tmp, n) for n in os.listdir(tmp) if n.startswith("strace.")]
+        ops = count_ops([x for x in logs if not x.endswith(".submit")], pool)
+        submit_ops = count_ops([x for x in logs if x.endswith(".submit")], pool)
+    n = a.strace_jobs
+    print(f"{a.jobs} jobs of `true`, {a.workers} workers, {os.cpu_count()} cores")
+    print(f"  xargs -P{a.workers}      {t_xargs:7.2f} s")
+    print(f"  parallel -j{a.workers}   {t_parallel:7.2f} s")
+    print(f"  executioner     {t_ours:7.2f} s   (submit + workers until they exit)")
+    print(f"  ratio vs GNU parallel {t_ours / t_parallel:5.2f}   (target <= 1.0)")
+    print(f"  ratio vs xargs        {t_ours / t_xargs:5.2f}   (target <= 1.5)")
+    print(f"metadata operations per job in the pool ({n} jobs under strace):")
+    print(f"  workers: mutating {ops['mutating'] / n:.2f}, lookups {ops['lookup'] / n:.2f}, "
+          f"listings {ops['listing'] / n:.2f}, lost races {ops['lost race'] / n:.2f}, "
+          f"total {sum(ops.values()) / n:.2f}   (target <= 10)")
+    print(f"  submit:  mutating {submit_ops['mutating'] / n:.2f}, lookups {submit_ops['lookup'] / n:.2f}, "
+          f"listings {submit_ops['listing'] / n:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
