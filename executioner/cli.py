@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Any, NoReturn
 
 import orjson
@@ -15,7 +16,7 @@ from rich.table import Table
 
 from .errors import ExecutionerError, PoolError, WorkflowErrors
 from .layout import PoolLayout, RunLayout
-from .status import is_run_dir, pool_status, run_status
+from .status import is_run_dir, last_update, pool_status, run_status
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -135,8 +136,9 @@ def status_main(argv: list[str] | None = None) -> int:
             data = run_status(RunLayout(os.path.abspath(path)))
             _print(data, a.json, _run_table)
         else:
-            data = pool_status(PoolLayout(os.path.abspath(a.dir)))
-            _print(data, a.json, _pool_table)
+            pool = PoolLayout(os.path.abspath(a.dir))
+            data = pool_status(pool)
+            _print(data, a.json, lambda d: _pool_table(d, pool))
     except ExecutionerError as e:
         return _fail(p.prog, e)
     return EXIT_OK
@@ -157,11 +159,12 @@ def _counts_text(counts: dict[str, int]) -> str:
     return "  ".join(f"{k} {v}" for k, v in counts.items() if v)
 
 
-def _pool_table(data: dict[str, Any]) -> Table:
-    t = Table("run", "name", "state", "jobs")
+def _pool_table(data: dict[str, Any], pool: PoolLayout) -> Table:
+    t = Table("run", "name", "state", "jobs", "last update")
     for r in data["runs"]:
         color = _COLORS.get(r["state"], "")
-        t.add_row(r["run_id"], r["name"], f"[{color}]{r['state']}[/]", _counts_text(r["counts"]))
+        updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last_update(pool.run(r["run_id"]))))
+        t.add_row(r["run_id"], r["name"], f"[{color}]{r['state']}[/]", _counts_text(r["counts"]), updated)
     if not data["runs"]:
         t.caption = "no runs yet"
     return t

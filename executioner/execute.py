@@ -25,6 +25,7 @@ class TryResult:
     start: float
     end: float
     reason: str | None = None
+    pid: int | None = None  # of the command's process
 
 
 def expand(value: str, env: dict[str, str]) -> str:
@@ -98,7 +99,7 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str, e
     if status == "done" and code != 0:
         status = "failed"
         reason = f"killed by {sig}" if sig else f"exit code {code}"
-    return TryResult(status, code, sig, start, time.time(), reason)
+    return TryResult(status, code, sig, start, time.time(), reason, proc.pid)
 
 
 def _exit_waiter(proc: subprocess.Popen[Any]) -> Callable[[float | None], bool]:

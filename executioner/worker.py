@@ -281,7 +281,7 @@ class Worker:
             status, reason = "preempted", "worker stopped; job put back in queued/"
         attempt = {
             "try": try_number, "worker": self.worker_id, "host": self.owner.host,
-            "worker_pid": self.owner.pid, "start": result.start, "end": result.end,
+            "worker_pid": self.owner.pid, "pid": result.pid, "start": result.start, "end": result.end,
             "duration": round(result.end - result.start, 6), "exit_code": result.exit_code,
             "signal": result.signal, "status": status, "reason": reason,
             "stdout": os.path.relpath(out, run.root), "stderr": os.path.relpath(err, run.root)}

@@ -46,6 +46,8 @@ def test_submit_worker_status_with_hostile_pool_path(pool: Path, tmp_path: Path)
             [("a", "done", 1, 0), ("b", "done", 1, 0)]
     human = cli("exec-status", str(pool), run_id)
     assert human.returncode == 0 and "demo-0001" in human.stdout and "done" in human.stdout
+    table = cli("exec-status", str(pool))
+    assert table.returncode == 0 and "last update" in table.stdout and "done 2" in table.stdout
 
 
 def test_pool_from_environment_and_run_ids_are_sequential(pool: Path, tmp_path: Path) -> None:

@@ -151,6 +151,7 @@ def test_logs_exit_codes_env_and_workdir_recorded_per_try(pool: Path, make_workf
     assert [t["exit_code"] for t in record["tries"]] == [5, 6] and record["last_exit_code"] == 6
     for n, t in enumerate(record["tries"], 1):
         assert t["try"] == n and t["host"] and t["worker"] and t["end"] >= t["start"]
+        assert t["pid"] > 0 and t["pid"] != os.getpid() and t["signal"] is None
         out = (Path(run.root) / t["stdout"]).read_text()
         assert out == f"out {n} wf-hi j sub\n"
         assert (Path(run.root) / t["stderr"]).read_text() == f"err {n}\n"
@@ -184,3 +185,13 @@ def test_waiting_retry_does_not_hold_a_slot(pool: Path, make_workflow, tmp_path:
     assert lines.count("fail") == 2
     # With one slot, every other job ran while the retry waited out its delay.
     assert len(lines) == 7 and lines[-1] == "fail", lines
+
+
+def test_a_command_killed_by_a_signal_records_the_signal(pool: Path, make_workflow) -> None:
+    wf = make_workflow([{"id": "k", "command": "kill -KILL $$"}])
+    run = submit(pool, wf)
+    work(pool, run)
+    record = read_json(run.job("k", "failed"))
+    [t] = record["tries"]
+    assert (t["signal"], t["exit_code"], record["last_exit_code"]) == ("SIGKILL", 137, 137)
+    assert "killed by SIGKILL" in record["reason"]
