@@ -110,7 +110,7 @@ def worker_main(argv: list[str] | None = None) -> int:
                     max_jobs=a.max_jobs, heartbeat=a.heartbeat)
 
     def on_signal(signum: int, frame: Any) -> None:
-        if worker._stop.is_set() and signum == signal.SIGINT:
+        if worker._abort.is_set() and signum == signal.SIGINT:
             os._exit(130)  # a second Ctrl-C: stop at once
         worker.stop()
 

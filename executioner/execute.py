@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
@@ -9,7 +10,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import psutil
 
@@ -34,8 +35,9 @@ def expand(value: str, env: dict[str, str]) -> str:
 
 
 def build_env(base: dict[str, str], layers: list[dict[str, str]], extra: dict[str, str]) -> dict[str, str]:
-    """``base`` (os.environ), then each layer in order, each value expanded against what is set so far."""
-    env = dict(base)
+    """``base`` (os.environ) and ``extra`` (EXEC_*), then each layer in order, each value
+    expanded against what is set so far; ``extra`` wins in the end."""
+    env = {**base, **extra}
     for layer in layers:
         for name, value in layer.items():
             env[name] = expand(value, env)
@@ -64,13 +66,13 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str, e
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=err, start_new_session=True)
-    except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
+    except OSError as e:
         if not os.path.isdir(cwd):
             code, reason = 127, f"working directory not found: {cwd}"
-        elif isinstance(e, PermissionError):
-            code, reason = 126, f"permission denied: {e.filename}"
-        else:
-            code, reason = 127, f"command not found: {e.filename}"
+        elif isinstance(e, FileNotFoundError):
+            code, reason = 127, f"command not found: {e.filename or argv[0]}"
+        else:  # no permission, no shebang (ENOEXEC), a directory, ...
+            code, reason = 126, f"cannot execute {argv[0]}: {e.strerror}"
         os.write(err, (reason + "\n").encode())
         return TryResult("failed", code, None, start, time.time(), reason)
     finally:
@@ -79,19 +81,19 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str, e
     deadline = None if timeout is None else time.monotonic() + timeout
     status: TryStatus = "done"
     reason = None
-    exited = _exit_waiter(proc)
-    while True:
-        wait = tick if deadline is None else min(tick, max(0.0, deadline - time.monotonic()))
-        if exited(wait if keep_going is not None or deadline is not None else None):
-            break
-        if deadline is not None and time.monotonic() >= deadline:
-            status, reason = "timeout", f"timed out after {timeout:g} s"
-            kill_tree(proc, marker, kill_grace)
-            break
-        if keep_going is not None and not keep_going():
-            status, reason = "lost", "the claim was taken away; command stopped"
-            kill_tree(proc, marker, kill_grace)
-            break
+    with _exit_waiter(proc) as exited:
+        while True:
+            wait = tick if deadline is None else min(tick, max(0.0, deadline - time.monotonic()))
+            if exited(wait if keep_going is not None or deadline is not None else None):
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                status, reason = "timeout", f"timed out after {timeout:g} s"
+                kill_tree(proc, marker, kill_grace)
+                break
+            if keep_going is not None and not keep_going():
+                status, reason = "lost", "the claim was taken away; command stopped"
+                kill_tree(proc, marker, kill_grace)
+                break
     _kill_group(proc.pid, signal.SIGKILL)  # leftovers of a finished command
     rc = proc.returncode
     sig = signal.Signals(-rc).name if rc is not None and rc < 0 else None
@@ -102,7 +104,8 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str, e
     return TryResult(status, code, sig, start, time.time(), reason, proc.pid)
 
 
-def _exit_waiter(proc: subprocess.Popen[Any]) -> Callable[[float | None], bool]:
+@contextlib.contextmanager
+def _exit_waiter(proc: subprocess.Popen[Any]) -> Iterator[Callable[[float | None], bool]]:
     """``exited(timeout)``: wait up to ``timeout`` s for ``proc``; True once it has exited.
 
     A pidfd wakes us the moment the child exits; ``Popen.wait(timeout)`` would poll with
@@ -117,16 +120,21 @@ def _exit_waiter(proc: subprocess.Popen[Any]) -> Callable[[float | None], bool]:
                 return True
             except subprocess.TimeoutExpired:
                 return False
-        return poll_wait
+        yield poll_wait
+        return
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
 
     def pidfd_wait(timeout: float | None) -> bool:
-        ready, _, _ = select.select([pidfd], [], [], timeout)
+        ready = poller.poll(None if timeout is None else timeout * 1000)
         if ready or proc.poll() is not None:
             proc.wait()
-            os.close(pidfd)
             return True
         return False
-    return pidfd_wait
+    try:
+        yield pidfd_wait
+    finally:
+        os.close(pidfd)
 
 
 def _kill_group(pgid: int, sig: int) -> None:

@@ -13,11 +13,13 @@ Format version 1. A *pool* is a directory of runs::
         waiting/<job>.json           dependencies not done yet (or blocked by a failure)
         queued/<job>.json            ready to run (a retry may carry "not_before")
         running/<job>@<token>.json   claimed; <token> names the claim
+                                     (<token>.requeue: on its way back to queued/ for a retry)
         done/<job>.json              finished with success
         failed/<job>.json            finished without success, retries used up
         claims/<job>@<token>.json    the claim's lock: worker, host, pid, pid start time,
                                      token, time claimed
         logs/<job>.<try>.out|.err    stdout and stderr of each try
+        quarantine/<file>[.reason]   broken files taken out of the state folders, and why
         launch/                      submitit's files for local workers started by exec-submit
 
 A job's state is the folder its file is in, and nothing else. A job file holds the job's
@@ -64,6 +66,10 @@ class RunLayout:
     @property
     def claims_dir(self) -> str:
         return os.path.join(self.root, "claims")
+
+    @property
+    def quarantine_dir(self) -> str:
+        return os.path.join(self.root, "quarantine")
 
     @property
     def logs_dir(self) -> str:

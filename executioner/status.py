@@ -32,8 +32,9 @@ class JobView:
                 "host": host, "reason": self.reason}
 
 
-def _snapshot(run: RunLayout) -> dict[str, tuple[str, str]]:
-    """job id -> (state, file path); listed again if a job was caught moving."""
+def _snapshot(run: RunLayout, expected: int = 0) -> dict[str, tuple[str, str]]:
+    """job id -> (state, file path); listed again if a job was caught moving (seen twice,
+    or fewer jobs than the run has)."""
     for _ in range(5):
         seen: dict[str, tuple[str, str]] = {}
         moving = False
@@ -53,14 +54,14 @@ def _snapshot(run: RunLayout) -> dict[str, tuple[str, str]]:
                 if job_id in seen:
                     moving = True
                 seen[job_id] = (state, os.path.join(run.state_dir(state), name))
-        if not moving:
+        if not moving and len(seen) >= expected:
             return seen
     return seen
 
 
-def job_views(run: RunLayout) -> list[JobView]:
+def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
     views: dict[str, JobView] = {}
-    for job_id, (state, path) in _snapshot(run).items():
+    for job_id, (state, path) in _snapshot(run, expected).items():
         try:
             record = fsio.read_json(path)
         except (OSError, ValueError):
@@ -126,7 +127,7 @@ def run_status(run: RunLayout) -> dict[str, Any]:
         raise PoolError("not a run directory (no run.json)", run.root) from None
     except ValueError as e:
         raise PoolError(f"run.json is not valid JSON: {e}", run.root) from None
-    views = job_views(run)
+    views = job_views(run, record.get("jobs", 0) if isinstance(record, dict) else 0)
     counts = {s: 0 for s in JOB_STATES}
     for v in views:
         counts[v.state] += 1

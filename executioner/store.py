@@ -18,9 +18,12 @@ import psutil
 
 from . import fsio
 from .layout import FORMAT_VERSION, RunLayout, job_id_of
-from .workflow import JobSpec
+from .workflow import JOB_OPTIONS, JobSpec
+
+SPEC_KEYS = ("command", *JOB_OPTIONS)
 
 FinalState = Literal["done", "failed"]
+STAGE_SUFFIX = ".requeue"  # running/J@T.requeue.json: a claim on its way back to queued/
 
 
 def new_job_record(run_id: str, spec: JobSpec, dependents: list[str]) -> dict[str, Any]:
@@ -105,13 +108,15 @@ def transition(run: RunLayout, job_id: str, src: str, dst: str, *, token: str | 
         return True
     # Back to queued with new content (a retry). A file in queued/ can be claimed at any
     # moment, so its new content must be in place before it appears there: first fence
-    # the claim into a hidden stage name, then rename the new content into queued/.
-    stage = os.path.join(run.state_dir("running"), f".{job_id}@{token}.requeue")
+    # the claim into a stage name (still in running/, so the job is never out of sight),
+    # then rename the new content into queued/.
+    stage = run.running(job_id, f"{token}{STAGE_SUFFIX}")
     if not _rename(source, stage):
         fsio.unlink_quietly(tmp)
         return False
-    # RACE: between these two renames the job is only in the stage file (hidden, ignored
-    # by claimers); the commit point is the rename into queued/ just below.
+    # RACE: between these two renames the job is only in the stage file, which claimers
+    # never take (it is not in queued/) and status shows as running; the commit point is
+    # the rename into queued/ just below. A crash here leaves the stage for the reaper.
     os.rename(tmp, target)
     fsio.unlink_quietly(stage)
     return True
@@ -126,13 +131,56 @@ def _rename(src: str, dst: str) -> bool:
 
 
 def claim(run: RunLayout, job_id: str, owner: Owner) -> Claim | None:
-    """Claim a queued job: rename it into running/ under a new token, then write the lock."""
+    """Claim a queued job: rename it into running/ under a new token. None if we lost the race.
+
+    The caller writes the lock (:func:`write_lock`) once it decides to run the job.
+    """
     token = secrets.token_hex(6)
+    path = run.running(job_id, token)
     if not transition(run, job_id, "queued", "running", token=token):
-        return None
+        # RACE: on NFS a retransmitted rename can report ENOENT although the first one
+        # worked; the destination carries our fresh token, so its existence settles it.
+        if not os.path.exists(path):
+            return None
     now = time.time()
-    record = fsio.read_json(run.running(job_id, token))
+    try:
+        record = _read_claimed(path, job_id)
+    except FileNotFoundError:
+        return None
+    except ValueError as e:
+        quarantine(run, path, f"unreadable job file: {e}")
+        return None
     return Claim(run, job_id, token, record, owner, now)
+
+
+def _read_claimed(path: str, job_id: str) -> dict[str, Any]:
+    """The claimed file's content; a second read a moment later before calling it broken
+    (a network filesystem can show a file torn for an instant around a rename)."""
+    try:
+        record = fsio.read_json(path)
+    except ValueError:
+        time.sleep(0.2)
+        record = fsio.read_json(path)
+    if not isinstance(record, dict):
+        raise ValueError("not a job record (not a JSON object)")
+    missing = [k for k in ("spec", "tries", "dependencies", "dependents") if k not in record]
+    spec = record.get("spec")
+    if isinstance(spec, dict):
+        missing += [f"spec.{k}" for k in SPEC_KEYS if k not in spec]
+    if missing or not isinstance(spec, dict) or not isinstance(record["tries"], list):
+        raise ValueError(f"not a job record (missing or wrong: {', '.join(missing) or 'spec, tries'})")
+    if record.get("id") != job_id:
+        raise ValueError(f"the file of job {job_id!r} holds job {record.get('id')!r}")
+    return record
+
+
+def quarantine(run: RunLayout, path: str, reason: str) -> None:
+    """Move a broken file we own out of the state folders, with a note saying why."""
+    os.makedirs(run.quarantine_dir, exist_ok=True)
+    name = os.path.basename(path)
+    target = os.path.join(run.quarantine_dir, name)
+    if _rename(path, target):
+        fsio.atomic_write(target + ".reason", (reason + "\n").encode())
 
 
 def write_lock(claim: Claim) -> None:

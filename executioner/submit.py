@@ -49,14 +49,14 @@ def _reserve_run_dir(pool: PoolLayout, name: str) -> RunLayout:
 def _build(run: RunLayout, workflow: Workflow) -> None:
     for d in run.all_dirs():
         os.mkdir(d)
-    _write_new(run.workflow_copy(workflow.suffix), workflow.raw)
+    _write_unsynced(run.workflow_copy(workflow.suffix), workflow.raw)
     dependents = workflow.dependents()
     for spec in workflow.jobs:
         state = "waiting" if spec.dependencies else "queued"
         record = new_job_record(run.run_id, spec, dependents[spec.id])
-        _write_new(run.job(spec.id, state), fsio.dumps(record))
-    # RACE: nothing reads a run before run.json exists, so job files are written in place
-    # and made durable by one syncfs here instead of one fsync each.
+        _write_unsynced(run.job(spec.id, state), fsio.dumps(record))
+    # One syncfs makes every file above durable (instead of one fsync each) before
+    # run.json publishes the run; nothing reads a run before that.
     _sync_filesystem(run.root)
     fsio.atomic_write_json(run.record, run_record(run, workflow))
 
@@ -76,12 +76,12 @@ def run_record(run: RunLayout, workflow: Workflow) -> dict[str, Any]:
     }
 
 
-def _write_new(path: str, payload: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        os.write(fd, payload)
-    finally:
-        os.close(fd)
+def _write_unsynced(path: str, payload: bytes) -> None:
+    """Temp file + rename, with the fsync left to the one syncfs of the whole run."""
+    tmp = fsio.temp_name(os.path.dirname(path))
+    with open(tmp, "xb") as f:
+        f.write(payload)
+    os.rename(tmp, path)
 
 
 def _sync_filesystem(path: str) -> None:

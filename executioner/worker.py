@@ -62,7 +62,8 @@ class Worker:
         self.owner = store.Owner.current(self.worker_id)
         self.claimed = 0
         self.finished = 0
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # claim no more
+        self._abort = threading.Event()  # and stop the running commands too
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._busy = 0
@@ -73,6 +74,7 @@ class Worker:
         self._candidates: dict[str, list[str]] = {}
         self._cursor: dict[str, int] = {}
         self._lost_in_row = 0
+        self._sweeping = threading.Lock()
         self._not_before: dict[tuple[str, str], float] = {}
         self._records: dict[str, dict[str, Any]] = {}
         self._last_sweep: dict[str, float] = {}
@@ -81,6 +83,7 @@ class Worker:
     # ---- public -------------------------------------------------------------------
     def stop(self) -> None:
         """Stop claiming; running commands are stopped and their jobs put back in queued/."""
+        self._abort.set()
         self._stop.set()
         self._wake.set()
 
@@ -114,47 +117,78 @@ class Worker:
 
     # ---- the slots ----------------------------------------------------------------
     def _slot(self) -> None:
-        """One of K identical loops: claim a job, run it, record it; when idle, sweep and wait."""
+        """One of K identical loops: claim a job, run it, record it; when idle, sweep and wait.
+
+        Nothing that goes wrong here (a broken file, a full disk for a moment) ends the
+        slot: it is logged and the loop goes on after a pause.
+        """
         delay = self.poll_min
         while not self._stop.is_set():
-            with self._lock:
-                if self.max_jobs is not None and self.claimed >= self.max_jobs:
+            try:
+                if self._run_one():
+                    delay = self.poll_min
+                    continue
+                if self._max_jobs_reached():
                     return
-                claim = self._claim_next()
-                if claim is not None:
-                    self.claimed += 1
-                    self._busy += 1
-                    self._idle_since = None
-            if claim is not None:
-                delay = self.poll_min
-                try:
-                    self._execute(claim)
-                except Exception:
-                    log.exception("job %s of run %s: unexpected error", claim.job_id, claim.run.run_id)
-                finally:
-                    with self._lock:
-                        self._busy -= 1
-                continue
-            with self._lock:
                 if self._sweep():
                     continue
-                if self._busy or self._work_pending():
-                    self._idle_since = None
-                else:
-                    self._idle_since = self._idle_since or time.monotonic()
-                    if self.exit_when_idle is not None and \
-                            time.monotonic() - self._idle_since >= self.exit_when_idle:
-                        self._stop.set()
-                        self._wake.set()
-                        return
-                wait = self._idle_wait(delay)
-            self._wake.wait(wait)
+                if self._idle_long_enough():
+                    self.stop_claiming()
+                    return
+            except Exception:
+                log.exception("worker %s: unexpected error; going on", self.worker_id)
+            self._wake.wait(self._idle_wait(delay))
             self._wake.clear()
             delay = min(self.poll_max, delay * 2)
 
+    def stop_claiming(self) -> None:
+        """Idle exit: the other slots finish what they run, then stop too."""
+        self._stop.set()
+        self._wake.set()
+
+    def _max_jobs_reached(self) -> bool:
+        with self._lock:
+            return self.max_jobs is not None and self.claimed >= self.max_jobs
+
+    def _run_one(self) -> bool:
+        """Claim one job and run it to the end; False when there was nothing to claim."""
+        with self._lock:
+            if self.max_jobs is not None and self.claimed >= self.max_jobs:
+                return False
+            self.claimed += 1  # reserved, so K slots never claim more than max_jobs together
+        claim = self._claim_next()
+        with self._lock:
+            if claim is None:
+                self.claimed -= 1
+                return False
+            self._busy += 1
+            self._idle_since = None
+        try:
+            self._execute(claim)
+        except Exception as e:
+            log.exception("job %s of run %s: unexpected error", claim.job_id, claim.run.run_id)
+            self._fail_internal(claim, e)
+        finally:
+            with self._lock:
+                self._busy -= 1
+        return True
+
+    def _idle_long_enough(self) -> bool:
+        with self._lock:
+            busy = self._busy
+        pending = busy or self._work_pending()
+        with self._lock:
+            if pending:
+                self._idle_since = None
+                return False
+            self._idle_since = self._idle_since or time.monotonic()
+            return self.exit_when_idle is not None and \
+                time.monotonic() - self._idle_since >= self.exit_when_idle
+
     def _idle_wait(self, delay: float) -> float:
         now = time.time()
-        due = [nb - now for nb in self._not_before.values() if nb > now]
+        with self._lock:
+            due = [nb - now for nb in self._not_before.values() if nb > now]
         return max(0.01, min([delay, *due]))
 
     def _scope(self) -> list[str]:
@@ -162,64 +196,100 @@ class Worker:
 
     def _work_pending(self) -> bool:
         """Jobs running in our runs (they may release dependents) or retries not yet due."""
-        if any(nb > time.time() for nb in self._not_before.values()):
-            return True
-        return any(store.list_jobs(self.pool.run(r), "running") for r in self._runs)
+        now = time.time()
+        with self._lock:
+            if any(nb > now for nb in self._not_before.values()):
+                return True
+            runs = list(self._runs)
+        return any(store.list_jobs(self.pool.run(r), "running") for r in runs)
 
     # ---- claiming -----------------------------------------------------------------
+    # The shared lists and dicts are touched under self._lock; every filesystem call
+    # (listing, claim rename, lock write) happens outside it, so slots never queue
+    # behind each other's I/O.
     def _claim_next(self) -> store.Claim | None:
         refreshed = False
         while True:
-            for run_id in self._runs:
+            with self._lock:
+                runs = list(self._runs)
+            for run_id in runs:
                 claim = self._claim_in(run_id)
                 if claim is not None:
                     return claim
             if refreshed:
                 return None
-            self._runs = [r for r in self._scope() if self._record(r) is not None]
-            for run_id in self._runs:
+            runs = [r for r in self._scope() if self._record(r) is not None]
+            with self._lock:
+                self._runs = runs
+                self._candidates = {}
+            for run_id in runs:
                 self._watch_run(run_id)
-            self._candidates = {}
             refreshed = True
 
     def _claim_in(self, run_id: str) -> store.Claim | None:
         run = self.pool.run(run_id)
-        candidates = self._candidates.get(run_id)
-        if candidates is None:
-            candidates = sorted(store.list_jobs(run, "queued"))
-            self._candidates[run_id] = candidates
-            self._cursor[run_id] = self._rng.randrange(len(candidates)) if candidates else 0
-        now = time.time()
-        while candidates:
-            # Each worker walks the sorted listing from its own random cursor, so workers
-            # work in different regions; after losing a race it jumps elsewhere instead of
-            # walking behind the worker that beat it through already-claimed names.
-            i = self._cursor[run_id] % len(candidates)
-            job_id = candidates.pop(i)
-            self._cursor[run_id] = i
-            if self._not_before.get((run_id, job_id), 0) > now:
+        listings = 0
+        while True:
+            with self._lock:
+                need_listing = run_id not in self._candidates
+            if need_listing:
+                if listings >= 3:
+                    return None  # others keep beating us to every job: let them, for now
+                names = sorted(store.list_jobs(run, "queued"))
+                listings += 1
+                with self._lock:
+                    self._candidates[run_id] = names
+                    self._cursor[run_id] = self._rng.randrange(len(names)) if names else 0
+                if not names:
+                    return None
+            job_id = self._pick(run_id)
+            if job_id is None:
+                with self._lock:
+                    self._candidates.pop(run_id, None)
+                if listings:
+                    return None  # what a fresh listing held is taken or not due yet
                 continue
             claim = store.claim(run, job_id, self.owner)
             if claim is None:
-                # Lost a race: jump elsewhere; lost twice in a row: the listing is stale.
-                self._lost_in_row += 1
-                if self._lost_in_row >= 2:
-                    self._lost_in_row = 0
-                    del self._candidates[run_id]
-                    return self._claim_in(run_id)
-                self._cursor[run_id] = self._rng.randrange(len(candidates)) if candidates else 0
+                self._lost_race(run_id)
                 continue
-            self._lost_in_row = 0
             not_before = claim.record.get("not_before")
             if not_before and not_before > time.time():
                 # RACE: no lock written yet, and only we hold this claim name: put it back.
                 store.release(claim)
-                self._not_before[(run_id, job_id)] = not_before
+                with self._lock:
+                    self._not_before[(run_id, job_id)] = not_before
                 continue
-            self._not_before.pop((run_id, job_id), None)
+            with self._lock:
+                self._lost_in_row = 0
+                self._not_before.pop((run_id, job_id), None)
             store.write_lock(claim)
             return claim
-        return None
+
+    def _pick(self, run_id: str) -> str | None:
+        """The next candidate: each worker walks the sorted listing from its own random
+        cursor, so workers work in different regions of the queue and rarely collide."""
+        now = time.time()
+        with self._lock:
+            candidates = self._candidates.get(run_id) or []
+            while candidates:
+                i = self._cursor[run_id] % len(candidates)
+                job_id = candidates.pop(i)
+                self._cursor[run_id] = i
+                if self._not_before.get((run_id, job_id), 0) <= now:
+                    return job_id
+            return None
+
+    def _lost_race(self, run_id: str) -> None:
+        """Jump elsewhere in the listing; after two losses in a row, list again."""
+        with self._lock:
+            self._lost_in_row += 1
+            candidates = self._candidates.get(run_id)
+            if self._lost_in_row >= 2 or not candidates:
+                self._lost_in_row = 0
+                self._candidates.pop(run_id, None)
+            else:
+                self._cursor[run_id] = self._rng.randrange(len(candidates))
 
     def _record(self, run_id: str) -> dict[str, Any] | None:
         if run_id not in self._records:
@@ -232,26 +302,34 @@ class Worker:
 
     def _sweep(self) -> bool:
         """Promote waiting jobs whose dependencies are done; at most every sweep_every s per run."""
-        promoted = False
-        for run_id in self._runs:
-            now = time.monotonic()
-            if now - self._last_sweep.get(run_id, -1e9) < self.sweep_every:
-                continue
-            self._last_sweep[run_id] = now
-            run = self.pool.run(run_id)
-            # One sweeper per run at a time; a lease, so a dead sweeper's marker expires.
-            # Overlap after expiry is harmless: promotion is idempotent.
-            lease = filelock.SoftFileLease(os.path.join(run.state_dir("waiting"), ".sweep.lock"),
-                                           lease_duration=30.0, timeout=0)
-            try:
-                with lease:
-                    moved = store.sweep(run)
-            except filelock.Timeout:
-                continue
-            if moved:
-                self._candidates.pop(run_id, None)
-                promoted = True
-        return promoted
+        if not self._sweeping.acquire(blocking=False):
+            return False  # another slot of ours is sweeping
+        try:
+            with self._lock:
+                runs = list(self._runs)
+            promoted = False
+            for run_id in runs:
+                now = time.monotonic()
+                if now - self._last_sweep.get(run_id, -1e9) < self.sweep_every:
+                    continue
+                self._last_sweep[run_id] = now
+                run = self.pool.run(run_id)
+                # One sweeper per run at a time; a lease, so a dead sweeper's marker expires.
+                # Overlap after expiry is harmless: promotion is idempotent.
+                lease = filelock.SoftFileLease(os.path.join(run.state_dir("waiting"), ".sweep.lock"),
+                                               lease_duration=30.0, timeout=0)
+                try:
+                    with lease:
+                        moved = store.sweep(run)
+                except filelock.Timeout:
+                    continue
+                if moved:
+                    with self._lock:
+                        self._candidates.pop(run_id, None)
+                    promoted = True
+            return promoted
+        finally:
+            self._sweeping.release()
 
     # ---- running ------------------------------------------------------------------
     def _execute(self, claim: store.Claim) -> None:
@@ -266,7 +344,7 @@ class Worker:
         out, err = run.log(claim.job_id, try_number, "out"), run.log(claim.job_id, try_number, "err")
         result = run_command(command_argv(spec["command"], env), cwd, env, out, err,
                              spec["timeout"], spec["kill_grace"], claim.token,
-                             keep_going=lambda: not self._stop.is_set() and claim.still_held(),
+                             keep_going=lambda: not self._abort.is_set() and claim.still_held(),
                              tick=min(self.heartbeat, 1.0))
         status, reason = result.status, result.reason
         if status == "done":
@@ -289,7 +367,7 @@ class Worker:
                    not_before=None)
         if status == "done":
             if store.finish(claim, new, "done"):
-                self.finished += 1
+                self._count_finished()
                 store.promote(run, record["dependents"])
             return
         if status == "preempted":
@@ -304,7 +382,28 @@ class Worker:
             return
         new["reason"] = f"{reason}; {decision.reason}"
         if store.finish(claim, new, "failed"):
+            self._count_finished()
+
+    def _count_finished(self) -> None:
+        with self._lock:
             self.finished += 1
+
+    def _fail_internal(self, claim: store.Claim, error: Exception) -> None:
+        """An error of ours while handling a job: record it on the job, in failed/, if we still can."""
+        record = claim.record
+        now = time.time()
+        attempt = {"try": len(record.get("tries", [])) + 1, "worker": self.worker_id,
+                   "host": self.owner.host, "worker_pid": self.owner.pid, "pid": None,
+                   "start": claim.claimed_at, "end": now, "duration": round(now - claim.claimed_at, 6),
+                   "exit_code": None, "signal": None, "status": "failed",
+                   "reason": f"internal error: {error!r}", "stdout": None, "stderr": None}
+        new = dict(record, tries=[*record.get("tries", []), attempt], not_before=None,
+                   reason=f"internal error in the worker: {error!r}")
+        try:
+            if store.finish(claim, new, "failed"):
+                self._count_finished()
+        except Exception:
+            log.exception("job %s of run %s: could not record the error", claim.job_id, claim.run.run_id)
 
     # ---- liveness -----------------------------------------------------------------
     def _beat(self, path: str) -> None:

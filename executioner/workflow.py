@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import graphlib
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -109,11 +110,31 @@ def load_workflow(path: str) -> Workflow:
     return _Validator(shown, raw).workflow(data)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (the last would silently win)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                              _StrictLoader.construct_mapping)
+
+
 def _parse(raw: bytes, shown: str) -> Any:
     try:
         if shown.endswith(".json"):
             return orjson.loads(raw)
-        return yaml.safe_load(raw)
+        return yaml.load(raw, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise WorkflowErrors([WorkflowError("nested too deeply to read", shown)]) from None
     except orjson.JSONDecodeError as e:
         raise WorkflowErrors([WorkflowError(f"not valid JSON: {e}", shown)]) from None
     except yaml.YAMLError as e:
@@ -192,6 +213,7 @@ class _Validator:
             return []
         specs: list[JobSpec] = []
         seen: set[str] = set()
+        named = {item.get("id") for item in items if isinstance(item, dict)}
         for index, item in enumerate(items):
             spec = self.job(index, item, defaults)
             if spec is None:
@@ -203,7 +225,7 @@ class _Validator:
             specs.append(spec)
         for spec in specs:
             for dep in spec.dependencies:
-                if dep not in seen:
+                if dep not in seen and dep not in named:
                     self.err(f"unknown dependency {dep!r}{_suggest(dep, tuple(sorted(seen)))}",
                              job=spec.id, key="dependencies")
                 elif dep == spec.id:
@@ -275,7 +297,7 @@ class _Validator:
                 self.err(result.message, job=job, key=shown_key)
             return _BAD
         if kind == "env":
-            return self.env(value, job, shown_key)
+            return self.env(value, job, shown_key) if report else self.env_quiet(value)
         return result
 
     def env(self, value: Any, job: str | None, key: str = "env") -> dict[str, str]:
@@ -290,6 +312,13 @@ class _Validator:
                 self.err(f"{name} must be a string or number, not {_type_name(v)}", job=job, key=key)
             else:
                 out[name] = str(v)
+        return out
+
+    def env_quiet(self, value: Any) -> dict[str, str]:
+        """An env already reported on (from defaults): keep only its valid entries."""
+        before = len(self.errors)
+        out = self.env(value, None)
+        del self.errors[before:]
         return out
 
     def cycles(self, jobs: list[JobSpec]) -> None:
@@ -312,7 +341,8 @@ _BAD: Final = object()
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite int or float (not a bool, not inf or nan: they cannot be stored in JSON)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _check_value(kind: str, v: Any) -> Any:
@@ -328,15 +358,16 @@ def _check_value(kind: str, v: Any) -> Any:
     if kind == "nonneg_number":
         return float(v) if _is_number(v) and v >= 0 else _Problem(f"must be a number >= 0, not {v!r}")
     if kind == "nonneg_int":
-        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else _Problem(
-            f"must be a whole number >= 0, not {v!r}")
+        return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1_000_000 else _Problem(
+            f"must be a whole number from 0 to 1000000, not {v!r}")
     if kind == "fraction":
         return float(v) if _is_number(v) and 0 <= v <= 1 else _Problem(f"must be a number from 0 to 1, not {v!r}")
     if kind == "int_list_or_null":
         if v is None:
             return None
-        ok = isinstance(v, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in v)
-        return tuple(v) if ok else _Problem("must be a list of whole numbers (exit codes)")
+        ok = isinstance(v, list) and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255
+                                         for c in v)
+        return tuple(v) if ok else _Problem("must be a list of exit codes (whole numbers 0 to 255)")
     if kind == "status_list":
         if isinstance(v, list) and all(s in RETRY_STATUSES for s in v):
             return tuple(v)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from pathlib import Path
 
@@ -109,20 +110,34 @@ def test_max_retry_time_stops_new_tries(pool: Path, make_workflow) -> None:
 
 def test_timeout_kills_a_grandchild_that_left_the_group(pool: Path, make_workflow, tmp_path: Path) -> None:
     pidfile = tmp_path / "grandchild.pid"
-    # The grandchild starts its own session (leaves the process group) and ignores SIGTERM.
+    # The grandchild starts its own session (leaves the process group), ignores SIGTERM, and
+    # its parent exits at once: it is no one's descendant any more, only its environment
+    # (EXEC_CLAIM) still ties it to the job.
     grandchild = f"import os,signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); os.setsid(); " \
                  f"open({str(pidfile)!r},'w').write(str(os.getpid())); time.sleep(60)"
-    cmd = ["python3", "-c", f"import subprocess,time; subprocess.Popen(['python3','-c',{grandchild!r}]); time.sleep(60)"]
-    wf = make_workflow([{"id": "slow", "command": cmd, "timeout": 1.0, "kill_grace": 0.5}])
+    middle = f"import subprocess; subprocess.Popen(['python3','-c',{grandchild!r}])"
+    cmd = f"python3 -c {shlex.quote(middle)}; sleep 60"
+    wf = make_workflow([{"id": "slow", "command": cmd, "timeout": 1.5, "kill_grace": 0.5}])
     run = submit(pool, wf)
     work(pool, run)
     [attempt] = tries_of(run, "slow", "failed")
     assert attempt["status"] == "timeout" and "timed out" in attempt["reason"]
     pid = int(pidfile.read_text())
+    assert psutil.Process(pid).ppid() != attempt["pid"] if psutil.pid_exists(pid) else True
     deadline = time.time() + 5
     while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and time.time() < deadline:
         time.sleep(0.05)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_timeouts_leak_no_file_descriptors(tmp_path: Path) -> None:
+    from executioner.execute import run_command
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(20):
+        r = run_command(["sleep", "5"], str(tmp_path), dict(os.environ), str(tmp_path / f"{i}.out"),
+                        str(tmp_path / f"{i}.err"), 0.05, 0.1, f"m{i}")
+        assert r.status == "timeout"
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 def test_missing_outputs_fail_the_try(pool: Path, make_workflow, tmp_path: Path) -> None:
@@ -195,3 +210,23 @@ def test_a_command_killed_by_a_signal_records_the_signal(pool: Path, make_workfl
     [t] = record["tries"]
     assert (t["signal"], t["exit_code"], record["last_exit_code"]) == ("SIGKILL", 137, 137)
     assert "killed by SIGKILL" in record["reason"]
+
+
+def test_exec_variables_can_be_used_in_env_values(pool: Path, make_workflow) -> None:
+    wf = make_workflow([{"id": "e", "command": 'echo "$WHERE"', "env": {"WHERE": "${EXEC_JOB_ID}@${EXEC_RUN_ID}"}}])
+    run = submit(pool, wf)
+    work(pool, run)
+    t = read_json(run.job("e", "done"))["tries"][0]
+    assert (Path(run.root) / t["stdout"]).read_text() == f"e@{run.run_id}\n"
+
+
+def test_a_script_that_cannot_be_executed_fails_cleanly(pool: Path, make_workflow, tmp_path: Path) -> None:
+    script = tmp_path / "noshebang"
+    script.write_bytes(b"\x7fELF not really")
+    script.chmod(0o755)
+    wf = make_workflow([{"id": "x", "command": [str(script)]}, {"id": "y", "command": "true"}])
+    run = submit(pool, wf)
+    work(pool, run)
+    record = read_json(run.job("x", "failed"))
+    assert record["last_exit_code"] == 126 and "cannot execute" in record["reason"]
+    assert files(run, "done") == ["y.json"] and files(run, "running") == []

@@ -106,3 +106,24 @@ def test_cli_missing_file_and_missing_pool_are_one_line(tmp_path: Path) -> None:
     wf.write_text("jobs: [{id: a, command: 'true'}]\n")
     result = cli("exec-submit", str(wf), env={"EXEC_POOL": ""})
     assert result.returncode == 2 and "no pool" in result.stderr
+
+
+MORE_CASES = [
+    ("jobs: [{id: a, command: x, retry_delay: .inf}]\n", ["key 'retry_delay'"]),
+    ("jobs: [{id: a, command: x, timeout: .nan}]\n", ["key 'timeout'"]),
+    ("jobs: [{id: a, command: x, retry_on_exit_codes: [99999999999999999999]}]\n", ["key 'retry_on_exit_codes'"]),
+    ("jobs: [{id: a, command: x, retry_on_exit_codes: [-1]}]\n", ["key 'retry_on_exit_codes'"]),
+    ("jobs:\n  - id: a\n    command: x\n    command: y\n", ["key 'command' appears twice", "line 4"]),
+    ("defaults: {env: [bad]}\njobs: [{id: a, command: x}, {id: b, command: y}]\n", ["key 'defaults.env'"]),
+    ("jobs:\n  - {id: a, command: x, dependencies: oops}\n  - {id: b, command: y, dependencies: [a]}\n",
+     ["job 'a'", "key 'dependencies'"]),
+    ("jobs: " + "[" * 5000 + "]" * 5000 + "\n", ["nested too deeply"]),
+]
+
+
+@pytest.mark.parametrize("text,expected", MORE_CASES)
+def test_edge_cases_are_one_line_too(tmp_path: Path, text: str, expected: list[str]) -> None:
+    lines = problems(tmp_path, text)
+    assert len(lines) == 1, lines
+    for fragment in expected:
+        assert fragment in lines[0], lines
