@@ -16,8 +16,10 @@ Format version 1. A *pool* is a directory of runs::
                                      (<token>.requeue: on its way back to queued/ for a retry)
         done/<job>.json              finished with success
         failed/<job>.json            finished without success, retries used up
-        claims/<job>@<token>.json    the claim's lock: worker, host, pid, pid start time,
-                                     token, time claimed
+        logs/<job>.<try>.claim       the lock of try N, written right after the claim rename:
+                                     worker, host, pid, pid start time, token, time claimed;
+                                     it is live while running/<job>@<token>.json exists, and
+                                     stays afterwards as the record of who ran that try
         logs/<job>.<try>.out|.err    stdout and stderr of each try
         quarantine/<file>[.reason]   broken files taken out of the state folders, and why
         launch/                      submitit's files for local workers started by exec-submit
@@ -64,10 +66,6 @@ class RunLayout:
         return os.path.join(self.root, state)
 
     @property
-    def claims_dir(self) -> str:
-        return os.path.join(self.root, "claims")
-
-    @property
     def quarantine_dir(self) -> str:
         return os.path.join(self.root, "quarantine")
 
@@ -80,7 +78,7 @@ class RunLayout:
         return os.path.join(self.root, "launch")
 
     def all_dirs(self) -> list[str]:
-        return [self.state_dir(s) for s in STATES] + [self.claims_dir, self.logs_dir]
+        return [self.state_dir(s) for s in STATES] + [self.logs_dir]
 
     def job(self, job_id: str, state: str) -> str:
         """Path of a job file in a state folder other than ``running``."""
@@ -89,8 +87,9 @@ class RunLayout:
     def running(self, job_id: str, token: str) -> str:
         return os.path.join(self.root, "running", f"{job_id}{TOKEN_SEP}{token}{JOB_SUFFIX}")
 
-    def claim_lock(self, job_id: str, token: str) -> str:
-        return os.path.join(self.root, "claims", f"{job_id}{TOKEN_SEP}{token}{JOB_SUFFIX}")
+    def claim_record(self, job_id: str, try_number: int) -> str:
+        """The lock of try N: who claimed it, with which token. Kept as the try's record."""
+        return os.path.join(self.root, "logs", f"{job_id}.{try_number}.claim")
 
     def log(self, job_id: str, try_number: int, stream: Literal["out", "err"]) -> str:
         return os.path.join(self.root, "logs", f"{job_id}.{try_number}.{stream}")

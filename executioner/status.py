@@ -67,11 +67,13 @@ def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
         except (OSError, ValueError):
             record = None  # moved since the listing, or not readable: shown without details
         claim = None
-        if state == "running":
+        if state == "running" and isinstance(record, dict) and isinstance(record.get("tries"), list):
             try:
-                claim = fsio.read_json(run.claim_lock(job_id, os.path.basename(path)[len(job_id) + 1:-5]))
+                claim = fsio.read_json(run.claim_record(job_id, len(record["tries"]) + 1))
             except (OSError, ValueError):
-                pass
+                pass  # not written yet (the claim is a moment old), or torn: shown without it
+            if claim is not None and not os.path.basename(path).startswith(f"{job_id}@{claim.get('token')}"):
+                claim = None  # the record of another claim of the same try number
         views[job_id] = JobView(job_id, state, record, claim)
     _mark_blocked(views)
     for v in views.values():

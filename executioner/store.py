@@ -42,7 +42,7 @@ def new_job_record(run_id: str, spec: JobSpec, dependents: list[str]) -> dict[st
 
 @dataclass(frozen=True)
 class Owner:
-    """Who holds claims: written into each claim lock."""
+    """Who holds claims: written into each claim's lock (``logs/<job>.<try>.claim``)."""
 
     worker_id: str
     host: str
@@ -68,8 +68,12 @@ class Claim:
         return self.run.running(self.job_id, self.token)
 
     @property
+    def try_number(self) -> int:
+        return len(self.record["tries"]) + 1
+
+    @property
     def lock(self) -> str:
-        return self.run.claim_lock(self.job_id, self.token)
+        return self.run.claim_record(self.job_id, self.try_number)
 
     def still_held(self) -> bool:
         return os.path.exists(self.path)
@@ -186,7 +190,7 @@ def quarantine(run: RunLayout, path: str, reason: str) -> None:
 def write_lock(claim: Claim) -> None:
     o = claim.owner
     fsio.atomic_write_json(claim.lock, {
-        "job": claim.job_id, "token": claim.token, "worker": o.worker_id, "host": o.host,
+        "job": claim.job_id, "try": claim.try_number, "token": claim.token, "worker": o.worker_id, "host": o.host,
         "pid": o.pid, "pid_start": o.pid_start, "claimed_at": claim.claimed_at,
     })
 
@@ -198,9 +202,7 @@ def release(claim: Claim) -> bool:
 
 def finish(claim: Claim, record: dict[str, Any], state: str) -> bool:
     """Leave running/ for ``state`` with the new ``record``; False if the claim was lost."""
-    ok = transition(claim.run, claim.job_id, "running", state, token=claim.token, record=record)
-    fsio.unlink_quietly(claim.lock)
-    return ok
+    return transition(claim.run, claim.job_id, "running", state, token=claim.token, record=record)
 
 
 def list_jobs(run: RunLayout, state: str) -> list[str]:

@@ -336,7 +336,7 @@ class Worker:
         run, record = claim.run, claim.record
         spec = record["spec"]
         run_record = self._records[run.run_id]
-        try_number = len(record["tries"]) + 1
+        try_number = claim.try_number
         cwd = os.path.normpath(os.path.join(run_record["workdir"], spec["workdir"] or ""))
         env = build_env(dict(os.environ), [run_record["env"], spec["env"]], {
             "EXEC_RUN_ID": run.run_id, "EXEC_JOB_ID": claim.job_id, "EXEC_TRY": str(try_number),
@@ -354,7 +354,6 @@ class Worker:
         if status == "lost":
             if not claim.still_held():
                 log.warning("job %s of run %s: claim lost; wrote nothing", claim.job_id, run.run_id)
-                fsio.unlink_quietly(claim.lock)
                 return
             status, reason = "preempted", "worker stopped; job put back in queued/"
         attempt = {

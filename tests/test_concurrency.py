@@ -35,6 +35,6 @@ def test_four_worker_processes_run_500_jobs_exactly_once(pool: Path, tmp_path: P
     counts = collections.Counter(ledger.read_text().split())
     assert len(counts) == 500 and set(counts.values()) == {1}
     assert len(files(run, "done")) == 500
-    for state in ("waiting", "queued", "running", "failed", "claims"):
+    for state in ("waiting", "queued", "running", "failed"):
         assert files(run, state) == [], state
     assert run_status(run)["state"] == "done"

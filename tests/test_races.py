@@ -58,7 +58,8 @@ def test_finish_after_claim_taken_away_writes_nothing(pool: Path, make_workflow)
     assert files(run, "done") == [] and files(run, "queued") == ["a.json"]
     assert Path(run.job("a", "queued")).read_bytes() == before
     assert [n for n in os.listdir(run.state_dir("done"))] == []  # no temp file left behind
-    assert files(run, "claims") == []
+    # the claim's lock stays as the record of that try; it names the lost token
+    assert read_json(claim.lock)["token"] == claim.token
 
 
 def test_requeue_after_claim_taken_away_writes_nothing(pool: Path, make_workflow) -> None:
@@ -118,3 +119,17 @@ def test_temp_files_are_never_claimed(pool: Path, make_workflow) -> None:
     assert store.list_jobs(run, "queued") == ["a"]
     work(pool, run)
     assert tmp.exists() and files(run, "done") == ["a.json"]
+
+
+def test_a_running_job_shows_who_runs_it_from_its_claim_record(pool: Path, make_workflow) -> None:
+    from executioner import run_status
+    from executioner.fsio import HOST
+
+    run = one_job_run(pool, make_workflow)
+    claim = store.claim(run, "a", owner("w7"))
+    [job] = run_status(run)["jobs"]
+    assert (job["state"], job["host"]) == ("running", None)  # lock not written yet: no owner shown
+    store.write_lock(claim)
+    [job] = run_status(run)["jobs"]
+    assert (job["state"], job["host"]) == ("running", HOST) and "worker w7" in job["reason"]
+    assert os.path.basename(claim.lock) == "a.1.claim"

@@ -42,7 +42,7 @@ def test_an_internal_error_while_running_fails_the_job_and_the_worker_goes_on(
     record = read_json(run.job("boom", "failed"))
     assert "internal error" in record["reason"] and "disk on fire" in record["reason"]
     assert record["tries"][-1]["status"] == "failed"
-    assert files(run, "done") == ["fine.json"] and files(run, "running") == [] and files(run, "claims") == []
+    assert files(run, "done") == ["fine.json"] and files(run, "running") == []
 
 
 def test_a_crash_between_the_requeue_renames_leaves_the_job_visible(pool: Path, make_workflow, monkeypatch) -> None:
