@@ -5,6 +5,11 @@ cd "$root"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+echo "installing executioner into .venv (log: .venv/pip.log)" >&2
+if ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip &&
+       .venv/bin/python -m pip install --disable-pip-version-check -e ".[test]"; } > .venv/pip.log 2>&1; then
+  cat .venv/pip.log >&2
+  echo "pip install failed" >&2
+  exit 1
+fi
 export PATH="$root/.venv/bin:$PATH"
