@@ -10,11 +10,11 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import psutil
 
-TryStatus = Literal["done", "failed", "timeout", "lost"]
+TryStatus = Literal["done", "failed", "timeout", "lost", "preempted"]
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -68,19 +68,19 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str, e
                                 stderr=err, start_new_session=True)
     except OSError as e:
         if not os.path.isdir(cwd):
-            code, reason = 127, f"working directory not found: {cwd}"
+            why = (127, f"working directory not found: {cwd}")
         elif isinstance(e, FileNotFoundError):
-            code, reason = 127, f"command not found: {e.filename or argv[0]}"
+            why = (127, f"command not found: {e.filename or argv[0]}")
         else:  # no permission, no shebang (ENOEXEC), a directory, ...
-            code, reason = 126, f"cannot execute {argv[0]}: {e.strerror}"
-        os.write(err, (reason + "\n").encode())
-        return TryResult("failed", code, None, start, time.time(), reason)
+            why = (126, f"cannot execute {argv[0]}: {e.strerror}")
+        os.write(err, (why[1] + "\n").encode())
+        return TryResult("failed", why[0], None, start, time.time(), why[1])
     finally:
         os.close(out)
         os.close(err)
     deadline = None if timeout is None else time.monotonic() + timeout
     status: TryStatus = "done"
-    reason = None
+    reason: str | None = None
     with _exit_waiter(proc) as exited:
         while True:
             wait = tick if deadline is None else min(tick, max(0.0, deadline - time.monotonic()))
@@ -97,7 +97,7 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str, e
     _kill_group(proc.pid, signal.SIGKILL)  # leftovers of a finished command
     rc = proc.returncode
     sig = signal.Signals(-rc).name if rc is not None and rc < 0 else None
-    code = None if rc is None else (128 - rc if rc < 0 else rc)
+    code: int | None = None if rc is None else (128 - rc if rc < 0 else rc)
     if status == "done" and code != 0:
         status = "failed"
         reason = f"killed by {sig}" if sig else f"exit code {code}"
@@ -167,11 +167,7 @@ def kill_tree(proc: subprocess.Popen[Any], marker: str, grace: float) -> None:
     """SIGTERM to the group and every descendant, ``grace`` seconds, then SIGKILL to all."""
     tree = _tree(proc, marker)
     _kill_group(proc.pid, signal.SIGTERM)
-    for p in tree.values():
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
+    _signal_all(tree.values(), signal.SIGTERM)
     try:
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
@@ -180,13 +176,18 @@ def kill_tree(proc: subprocess.Popen[Any], marker: str, grace: float) -> None:
         psutil.wait_procs(list(tree.values()), timeout=max(0.0, grace / 2))
     tree.update(_tree(proc, marker))
     _kill_group(proc.pid, signal.SIGKILL)
-    for p in tree.values():
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    proc.kill() if proc.poll() is None else None
+    _signal_all(tree.values(), signal.SIGKILL)
+    if proc.poll() is None:
+        proc.kill()
     proc.wait()
+
+
+def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
+    for p in procs:
+        try:
+            p.send_signal(sig)
+        except psutil.Error:
+            pass  # gone already
 
 
 def missing_outputs(cwd: str, outputs: list[str]) -> list[str]:

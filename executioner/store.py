@@ -92,7 +92,7 @@ def transition(run: RunLayout, job_id: str, src: str, dst: str, *, token: str | 
         # RACE: two workers rename the same queued file; the kernel (or NFS server) lets
         # exactly one succeed, the other gets ENOENT and returns False here.
         return _rename(run.job(job_id, src), run.running(job_id, token))
-    source = run.running(job_id, token) if src == "running" else run.job(job_id, src)
+    source = run.running(job_id, token or "") if src == "running" else run.job(job_id, src)
     target = run.job(job_id, dst)
     if record is None:
         # RACE: promotion waiting -> queued by two workers at once: one rename wins, the

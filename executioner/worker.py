@@ -19,7 +19,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from . import fsio, store
-from .execute import build_env, command_argv, missing_outputs, run_command
+from .execute import TryStatus, build_env, command_argv, missing_outputs, run_command
 from .layout import PoolLayout, RunLayout
 from .retry import decide
 
@@ -346,7 +346,8 @@ class Worker:
                              spec["timeout"], spec["kill_grace"], claim.token,
                              keep_going=lambda: not self._abort.is_set() and claim.still_held(),
                              tick=min(self.heartbeat, 1.0))
-        status, reason = result.status, result.reason
+        status: TryStatus = result.status
+        reason = result.reason
         if status == "done":
             missing = missing_outputs(cwd, spec["outputs"])
             if missing:

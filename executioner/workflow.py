@@ -287,6 +287,7 @@ class _Validator:
             options[key] = value
         if not ok or any(v is _BAD for v in options.values()):
             return None
+        assert isinstance(command, (str, tuple))
         return JobSpec(id=job_id, command=command, dependencies=tuple(dict.fromkeys(deps)), **options)
 
     def value(self, key: str, value: Any, job: str | None, shown_key: str, report: bool = True) -> Any:
