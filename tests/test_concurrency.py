@@ -38,3 +38,20 @@ def test_four_worker_processes_run_500_jobs_exactly_once(pool: Path, tmp_path: P
     for state in ("waiting", "queued", "running", "failed"):
         assert files(run, state) == [], state
     assert run_status(run)["state"] == "done"
+
+
+def test_racing_submits_get_distinct_run_ids(pool: Path, tmp_path: Path) -> None:
+    wf = tmp_path / "race.yaml"
+    wf.write_text("jobs: [{id: a, command: 'true'}]\n")
+    start = tmp_path / "go"
+    code = ("import os, sys, time\n"
+            "from executioner import PoolLayout, create_run, load_workflow\n"
+            f"while not os.path.exists({str(start)!r}): time.sleep(0.005)\n"
+            "for _ in range(5):\n"
+            "    print(create_run(PoolLayout(sys.argv[1]), load_workflow(sys.argv[2])).run_id)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(pool), str(wf)], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    start.write_text("")
+    ids = [line for p in procs for line in p.communicate(timeout=60)[0].split()]
+    assert len(ids) == 20 and len(set(ids)) == 20
+    assert sorted(ids) == [f"race-{n:04d}" for n in range(1, 21)]

@@ -1,0 +1,55 @@
+"""exec-submit --wait: a rich progress bar on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import io
+import os
+import pty
+import threading
+from pathlib import Path
+
+from executioner.progress import wait_for_run
+
+from .conftest import submit, work
+
+
+def test_progress_bar_on_a_terminal_and_final_status(pool: Path, make_workflow) -> None:
+    run = submit(pool, make_workflow([{"id": f"j{i}", "command": "sleep 0.1"} for i in range(6)]))
+    leader, follower = pty.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(leader, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    worker = threading.Thread(target=work, args=(pool, run), daemon=True)
+    worker.start()
+    with os.fdopen(follower, "w") as tty:
+        status = wait_for_run(run, total=6, interval=0.05, stream=tty)
+    worker.join(30)
+    os.close(leader)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert status["state"] == "done" and status["counts"]["done"] == 6
+    assert run.run_id in screen and "6/6" in screen and "━" in screen
+
+
+def test_plain_lines_when_not_a_terminal(pool: Path, make_workflow) -> None:
+    run = submit(pool, make_workflow([{"id": "a", "command": "exit 1"}, {"id": "b", "command": "true",
+                                                                        "dependencies": ["a"]}]))
+    out = io.StringIO()
+    worker = threading.Thread(target=work, args=(pool, run), daemon=True)
+    worker.start()
+    status = wait_for_run(run, total=2, interval=0.05, stream=out)
+    worker.join(30)
+    assert status["state"] == "failed" and status["counts"]["blocked"] == 1
+    lines = out.getvalue().splitlines()
+    assert lines and all(f"{run.run_id}: waiting" in line for line in lines)
+    assert "━" not in out.getvalue()
