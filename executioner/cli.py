@@ -90,6 +90,8 @@ def worker_main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-jobs", type=int, metavar="N", help="exit after claiming N jobs")
     p.add_argument("--heartbeat", type=float, default=10.0, metavar="SECONDS",
                    help="heartbeat interval (default 10)")
+    p.add_argument("--stale-after", type=float, default=60.0, metavar="SECONDS",
+                   help="a claim whose worker has not beaten for this long is requeued (default 60)")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     a = p.parse_args(argv)
     from .worker import Worker
@@ -101,13 +103,15 @@ def worker_main(argv: list[str] | None = None) -> int:
         return _fail(p.prog, f"{pool_dir}: no such pool directory")
     if a.jobs < 1 or (a.max_jobs is not None and a.max_jobs < 1) or a.heartbeat <= 0:
         return _fail(p.prog, "-j and --max-jobs must be >= 1, --heartbeat > 0")
+    if a.stale_after <= 2 * a.heartbeat:
+        return _fail(p.prog, "--stale-after must be more than twice --heartbeat")
     for run_id in a.runs or []:
         if not is_run_dir(os.path.join(pool_dir, run_id)):
             return _fail(p.prog, f"{pool_dir}: no run {run_id!r}")
     logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
     worker = Worker(pool_dir, run_ids=a.runs, slots=a.jobs, exit_when_idle=a.exit_when_idle,
-                    max_jobs=a.max_jobs, heartbeat=a.heartbeat)
+                    max_jobs=a.max_jobs, heartbeat=a.heartbeat, stale_after=a.stale_after)
 
     def on_signal(signum: int, frame: Any) -> None:
         if worker._abort.is_set() and signum == signal.SIGINT:

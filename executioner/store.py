@@ -18,9 +18,10 @@ import psutil
 
 from . import fsio
 from .layout import FORMAT_VERSION, RunLayout, job_id_of
-from .workflow import JOB_OPTIONS, JobSpec
+from .workflow import JobSpec
 
-SPEC_KEYS = ("command", *JOB_OPTIONS)
+SPEC_KEYS = ("command",)  # the rest default: files written by an older version stay valid
+SPEC_DEFAULTS = {k: v for k, v in JobSpec(id="_", command="_").to_spec().items() if k not in SPEC_KEYS}
 
 FinalState = Literal["done", "failed"]
 STAGE_SUFFIX = ".requeue"  # running/J@T.requeue.json: a claim on its way back to queued/
@@ -175,6 +176,7 @@ def _read_claimed(path: str, job_id: str) -> dict[str, Any]:
         raise ValueError(f"not a job record (missing or wrong: {', '.join(missing) or 'spec, tries'})")
     if record.get("id") != job_id:
         raise ValueError(f"the file of job {job_id!r} holds job {record.get('id')!r}")
+    record["spec"] = {**SPEC_DEFAULTS, **spec}
     return record
 
 

@@ -21,6 +21,7 @@ from watchdog.observers import Observer
 from . import fsio, store
 from .execute import TryStatus, build_env, command_argv, missing_outputs, run_command
 from .layout import PoolLayout, RunLayout
+from .reap import Reaper
 from .retry import decide
 
 log = logging.getLogger("executioner.worker")
@@ -48,14 +49,16 @@ class _Wake(FileSystemEventHandler):
 class Worker:
     def __init__(self, pool: str, run_ids: list[str] | None = None, slots: int = 1,
                  exit_when_idle: float | None = None, max_jobs: int | None = None,
-                 heartbeat: float = 10.0, poll_min: float = 0.2, poll_max: float = 5.0,
-                 sweep_every: float = 2.0):
+                 heartbeat: float = 10.0, stale_after: float = 60.0, poll_min: float = 0.2,
+                 poll_max: float = 5.0, sweep_every: float = 2.0):
         self.pool = PoolLayout(os.path.abspath(pool))
         self.run_ids = run_ids
         self.slots = max(1, slots)
         self.exit_when_idle = exit_when_idle
         self.max_jobs = max_jobs
         self.heartbeat = heartbeat
+        self.stale_after = stale_after
+        self.reaper = Reaper(self.pool, stale_after)
         self.poll_min, self.poll_max = poll_min, poll_max
         self.sweep_every = sweep_every
         self.worker_id = f"{fsio.HOST}-{os.getpid()}-{secrets.token_hex(2)}"
@@ -95,7 +98,7 @@ class Worker:
             "worker": self.worker_id, "host": self.owner.host, "pid": self.owner.pid,
             "pid_start": self.owner.pid_start, "started": time.time(), "heartbeat": self.heartbeat,
             "runs": self.run_ids, "slots": self.slots})
-        beater = threading.Thread(target=self._beat, args=(beat_path,), daemon=True)
+        beater = threading.Thread(target=self._housekeep, args=(beat_path,), daemon=True)
         beater.start()
         self._observer = observer = self._watch()
         slots = [threading.Thread(target=self._slot, daemon=True, name=f"slot-{i}") for i in range(self.slots)]
@@ -366,23 +369,31 @@ class Worker:
         new = dict(record, tries=[*record["tries"], attempt], last_exit_code=result.exit_code,
                    not_before=None)
         if status == "done":
-            if store.finish(claim, new, "done"):
+            if self._finish(claim, new, "done"):
                 self._count_finished()
                 store.promote(run, record["dependents"])
             return
         if status == "preempted":
-            store.finish(claim, new, "queued")
+            self._finish(claim, new, "queued")
             return
         decision = decide(spec, new["tries"], time.time(), self._rng)
         if decision.retry:
             new["not_before"] = decision.not_before
-            if store.finish(claim, new, "queued"):
+            if self._finish(claim, new, "queued"):
                 with self._lock:
                     self._not_before[(run.run_id, claim.job_id)] = decision.not_before or 0
             return
         new["reason"] = f"{reason}; {decision.reason}"
-        if store.finish(claim, new, "failed"):
+        if self._finish(claim, new, "failed"):
             self._count_finished()
+
+    def _finish(self, claim: store.Claim, record: dict[str, Any], state: str) -> bool:
+        """Move our claim on; if it was taken away meanwhile, say so and write nothing."""
+        if store.finish(claim, record, state):
+            return True
+        log.warning("job %s of run %s: claim %s was taken away (requeued as stale?); its result "
+                    "is not recorded", claim.job_id, claim.run.run_id, claim.token)
+        return False
 
     def _count_finished(self) -> None:
         with self._lock:
@@ -406,13 +417,35 @@ class Worker:
             log.exception("job %s of run %s: could not record the error", claim.job_id, claim.run.run_id)
 
     # ---- liveness -----------------------------------------------------------------
-    def _beat(self, path: str) -> None:
+    def _housekeep(self, path: str) -> None:
+        """Every heartbeat: show we are alive, and requeue the claims of workers that are not."""
         while not self._stop.wait(self.heartbeat):
             try:
                 # No explicit time: the filesystem stamps it in its own clock domain.
                 os.utime(path)
             except FileNotFoundError:
                 fsio.atomic_write_json(path, {"worker": self.worker_id, "recreated": True})
+            except OSError as e:
+                log.warning("heartbeat %s: %s", path, e)
+            self.reap()
+
+    def reap(self) -> int:
+        """One reaping pass over our runs; never raises. Returns the number of jobs moved."""
+        moved = 0
+        with self._lock:
+            runs = list(self._runs)
+        for run_id in runs:
+            try:
+                found = self.reaper.reap(self.pool.run(run_id))
+            except Exception:
+                log.exception("reaping run %s", run_id)
+                continue
+            if found:
+                moved += len(found)
+                with self._lock:
+                    self._candidates.pop(run_id, None)
+                self._wake.set()
+        return moved
 
     def _watch(self) -> Any:
         """Local filesystem events wake idle slots at once; polling alone still guarantees progress."""

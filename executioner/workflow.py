@@ -32,6 +32,7 @@ JOB_OPTIONS: Final[dict[str, tuple[str, Any]]] = {
     "timeout": ("pos_number_or_null", None),
     "kill_grace": ("nonneg_number", 5.0),
     "max_retries": ("nonneg_int", 0),
+    "max_lost": ("pos_int", 3),
     "retry_delay": ("nonneg_number", 0.0),
     "retry_backoff": ("pos_number", 1.0),
     "retry_jitter": ("fraction", 0.0),
@@ -55,6 +56,7 @@ class JobSpec:
     timeout: float | None = None
     kill_grace: float = 5.0
     max_retries: int = 0
+    max_lost: int = 3
     retry_delay: float = 0.0
     retry_backoff: float = 1.0
     retry_jitter: float = 0.0
@@ -68,7 +70,7 @@ class JobSpec:
         return {
             "command": list(self.command) if isinstance(self.command, tuple) else self.command,
             "env": self.env, "workdir": self.workdir, "timeout": self.timeout,
-            "kill_grace": self.kill_grace, "max_retries": self.max_retries,
+            "kill_grace": self.kill_grace, "max_retries": self.max_retries, "max_lost": self.max_lost,
             "retry_delay": self.retry_delay, "retry_backoff": self.retry_backoff,
             "retry_jitter": self.retry_jitter,
             "retry_on_exit_codes": None if self.retry_on_exit_codes is None else list(self.retry_on_exit_codes),
@@ -361,6 +363,9 @@ def _check_value(kind: str, v: Any) -> Any:
     if kind == "nonneg_int":
         return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1_000_000 else _Problem(
             f"must be a whole number from 0 to 1000000, not {v!r}")
+    if kind == "pos_int":
+        return v if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1_000_000 else _Problem(
+            f"must be a whole number from 1 to 1000000, not {v!r}")
     if kind == "fraction":
         return float(v) if _is_number(v) and 0 <= v <= 1 else _Problem(f"must be a number from 0 to 1, not {v!r}")
     if kind == "int_list_or_null":

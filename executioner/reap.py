@@ -1,0 +1,166 @@
+"""Find claims whose worker is gone and put their jobs back in queued/ (or failed/).
+
+Staleness is judged in the storage's clock domain only: heartbeats are stamped by the
+filesystem (``os.utime`` with no explicit time), and "now" is read the same way from a
+probe file this checker touches in the pool. A node whose clock is an hour off neither
+requeues live claims nor keeps dead ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from . import fsio, store
+from .layout import PoolLayout, RunLayout, split_running_name
+
+log = logging.getLogger("executioner.reap")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    stale: bool
+    reason: str = ""
+
+
+def storage_now(pool: PoolLayout) -> float:
+    """The filesystem's idea of now: touch our probe file and read its mtime back."""
+    probe = os.path.join(pool.workers_dir, f".probe-{fsio.HOST}-{os.getpid()}")
+    try:
+        os.utime(probe)
+    except FileNotFoundError:
+        os.makedirs(pool.workers_dir, exist_ok=True)
+        with open(probe, "ab"):
+            pass
+        os.utime(probe)
+    return os.stat(probe).st_mtime
+
+
+def owner_dead_here(claim: dict[str, Any]) -> bool:
+    """Same-host fast path: the claim's process is gone (or its pid was reused)."""
+    if claim.get("host") != fsio.HOST:
+        return False
+    try:
+        return abs(psutil.Process(int(claim["pid"])).create_time() - float(claim["pid_start"])) > 1.0
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return True
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        return False
+
+
+class Reaper:
+    """Judges the claims of a pool; one per worker (or per ``exec-submit --wait``)."""
+
+    def __init__(self, pool: PoolLayout, stale_after: float = 60.0):
+        self.pool = pool
+        self.stale_after = stale_after
+        self._claims: dict[str, dict[str, Any] | None] = {}  # running path -> claim record
+
+    def judge(self, run: RunLayout, name: str, record: dict[str, Any], now: float,
+              beats: dict[str, float | None]) -> Verdict:
+        """Is the claim ``running/<name>`` stale? ``beats``: worker id -> heartbeat mtime."""
+        job_id, token = split_running_name(name) or ("", "")
+        path = os.path.join(run.state_dir("running"), name)
+        claim = self._claim_record(run, path, job_id, token.removesuffix(store.STAGE_SUFFIX), record)
+        if claim is None:
+            # Claimed but never locked (the worker died in between): the rename set the
+            # file's ctime, in the storage's clock.
+            age = now - os.stat(path).st_ctime
+            return Verdict(age > self.stale_after, f"claimed {age:.0f} s ago and never locked")
+        who = f"host {claim.get('host')}, worker {claim.get('worker')}"
+        if owner_dead_here(claim):
+            return Verdict(True, f"worker process gone ({who}, pid {claim.get('pid')})")
+        worker = str(claim.get("worker"))
+        if worker not in beats:
+            try:
+                beats[worker] = os.stat(self.pool.heartbeat(worker)).st_mtime
+            except FileNotFoundError:
+                beats[worker] = None
+        beat = beats[worker]
+        if beat is None:
+            age = now - os.stat(run.claim_record(job_id, len(record["tries"]) + 1)).st_mtime
+            return Verdict(age > self.stale_after, f"no heartbeat file ({who}); claimed {age:.0f} s ago")
+        age = now - beat
+        return Verdict(age > self.stale_after, f"last heartbeat {age:.0f} s ago ({who})")
+
+    def _claim_record(self, run: RunLayout, path: str, job_id: str, token: str,
+                      record: dict[str, Any]) -> dict[str, Any] | None:
+        if self._claims.get(path) is None:
+            try:
+                claim = fsio.read_json(run.claim_record(job_id, len(record["tries"]) + 1))
+                self._claims[path] = claim if isinstance(claim, dict) and claim.get("token") == token else None
+            except (OSError, ValueError):
+                self._claims[path] = None
+        return self._claims[path]
+
+    def reap(self, run: RunLayout) -> list[str]:
+        """Requeue (or fail, past max_lost) every stale claim of ``run``; return the job ids."""
+        try:
+            names = os.listdir(run.state_dir("running"))
+        except FileNotFoundError:
+            return []
+        names = [n for n in names if split_running_name(n)]
+        if not names:
+            return []
+        now = storage_now(self.pool)
+        beats: dict[str, float | None] = {}
+        moved = []
+        for name in names:
+            job_id, token = split_running_name(name)  # type: ignore[misc]
+            try:
+                record = fsio.read_json(os.path.join(run.state_dir("running"), name))
+                verdict = self.judge(run, name, record, now, beats)
+            except FileNotFoundError:
+                continue  # finished or requeued meanwhile
+            except (ValueError, KeyError, TypeError) as e:
+                log.warning("run %s: unreadable claim %s: %s", run.run_id, name, e)
+                continue
+            if verdict.stale and requeue_lost(run, job_id, token, record, verdict.reason,
+                                              self._claims.get(os.path.join(run.state_dir("running"), name))):
+                moved.append(job_id)
+        self._claims = {p: c for p, c in self._claims.items() if os.path.basename(p) in names}
+        return moved
+
+
+def requeue_lost(run: RunLayout, job_id: str, token: str, record: dict[str, Any], reason: str,
+                 claim: dict[str, Any] | None) -> bool:
+    """Record a ``lost`` try and move the job back to queued/, or to failed/ past max_lost.
+
+    The move is a rename from the stale claim's own name: if its worker finishes at the
+    same moment, exactly one of the two renames wins.
+    """
+    if token.endswith(store.STAGE_SUFFIX) and _elsewhere(run, job_id):
+        # RACE: a requeue that crashed after its commit rename: the job is already back.
+        fsio.unlink_quietly(run.running(job_id, token))
+        return False
+    now = time.time()
+    claim = claim or {}
+    attempt = {"try": len(record["tries"]) + 1, "status": "lost", "reason": reason,
+               "worker": claim.get("worker"), "host": claim.get("host"), "worker_pid": claim.get("pid"),
+               "pid": None, "start": claim.get("claimed_at"), "end": now, "duration": None,
+               "exit_code": None, "signal": None, "stdout": None, "stderr": None}
+    tries = [*record["tries"], attempt]
+    lost = sum(1 for t in tries if t.get("status") == "lost")
+    max_lost = record["spec"].get("max_lost", 3)
+    new = dict(record, tries=tries, not_before=None)
+    state = "queued"
+    if lost >= max_lost:
+        state = "failed"
+        new["reason"] = f"lost {lost} times (max_lost {max_lost}); last: {reason}"
+    ok = store.transition(run, job_id, "running", state, token=token, record=new)
+    if ok:
+        log.warning("run %s: job %s %s: %s", run.run_id, job_id,
+                    "failed" if state == "failed" else "requeued", reason)
+    return ok
+
+
+def _elsewhere(run: RunLayout, job_id: str) -> bool:
+    if any(os.path.exists(run.job(job_id, s)) for s in ("waiting", "queued", "done", "failed")):
+        return True
+    return any((split_running_name(n) or ("",))[0] == job_id and not n.endswith(store.STAGE_SUFFIX + ".json")
+               for n in os.listdir(run.state_dir("running")))

@@ -1,0 +1,176 @@
+"""Workers that die, freeze, or are stopped: no job lost, none completed twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from executioner import PoolLayout, store
+from executioner.fsio import HOST, atomic_write_json, read_json
+from executioner.reap import Reaper, requeue_lost, storage_now
+
+from .conftest import files, submit, work
+
+WORKER = ("import sys; from executioner.cli import worker_main; sys.exit(worker_main(sys.argv[1:]))")
+
+
+def start_worker(pool: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", WORKER, "--pool", str(pool), "-q", *args])
+
+
+def wait_for(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+def running_names(run) -> list[str]:
+    return [n for n in os.listdir(run.state_dir("running")) if not n.startswith(".")]
+
+
+def test_a_killed_worker_on_this_host_is_requeued_at_once(pool: Path, make_workflow, tmp_path: Path) -> None:
+    cmd = 'if [ "$EXEC_TRY" = 1 ]; then sleep 60; fi; echo ran >> ' + f"'{tmp_path}/ledger'"
+    run = submit(pool, make_workflow([{"id": "a", "command": cmd}]))
+    proc = start_worker(pool, "--stale-after", "3600")
+    wait_for(lambda: running_names(run) and os.path.exists(run.claim_record("a", 1)))
+    victim = psutil.Process(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # the stale-after bound is an hour: only the same-host pid check can requeue it now
+    assert Reaper(PoolLayout(str(pool)), stale_after=3600).reap(run) == ["a"]
+    record = read_json(run.job("a", "queued"))
+    [lost] = record["tries"]
+    assert lost["status"] == "lost" and "worker process gone" in lost["reason"] and HOST in lost["reason"]
+    work(pool, run)
+    record = read_json(run.job("a", "done"))
+    assert [t["status"] for t in record["tries"]] == ["lost", "done"]
+    assert (tmp_path / "ledger").read_text() == "ran\n"
+    for child in victim.children(recursive=True) if victim.is_running() else []:
+        child.kill()
+
+
+def fake_remote_claim(pool: Path, run, job: str, worker: str = "far-1-abcd"):
+    claim = store.claim(run, job, store.Owner(worker, "far-away-host", 4242, 1.0))
+    store.write_lock(claim)
+    atomic_write_json(PoolLayout(str(pool)).heartbeat(worker), {"worker": worker})
+    return claim
+
+
+def age(path: str, seconds: float, pool: Path) -> None:
+    t = storage_now(PoolLayout(str(pool))) - seconds
+    os.utime(path, (t, t))
+
+
+def test_a_remote_claim_is_requeued_only_when_its_heartbeat_is_stale(pool: Path, make_workflow) -> None:
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
+    fake_remote_claim(pool, run, "a")
+    beat = PoolLayout(str(pool)).heartbeat("far-1-abcd")
+    reaper = Reaper(PoolLayout(str(pool)), stale_after=60)
+    age(beat, 59, pool)
+    assert reaper.reap(run) == [] and len(running_names(run)) == 1
+    age(beat, 61, pool)
+    assert reaper.reap(run) == ["a"]
+    [lost] = read_json(run.job("a", "queued"))["tries"]
+    assert "last heartbeat 61 s ago" in lost["reason"] and "far-away-host" in lost["reason"]
+
+
+def test_a_claim_never_locked_is_judged_by_its_rename_time(pool: Path, make_workflow) -> None:
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
+    claim = store.claim(run, "a", store.Owner("w", "far-away-host", 1, 1.0))
+    name = os.path.basename(claim.path)
+    ctime = os.stat(claim.path).st_ctime
+    reaper = Reaper(PoolLayout(str(pool)), stale_after=60)
+    assert not reaper.judge(run, name, claim.record, ctime + 30, {}).stale
+    verdict = reaper.judge(run, name, claim.record, ctime + 90, {})
+    assert verdict.stale and "never locked" in verdict.reason
+
+
+def test_a_job_that_keeps_losing_its_worker_fails_after_max_lost(pool: Path, make_workflow) -> None:
+    run = submit(pool, make_workflow([{"id": "oom", "command": "true", "max_lost": 2}]))
+    reaper = Reaper(PoolLayout(str(pool)), stale_after=60)
+    for n in (1, 2):
+        fake_remote_claim(pool, run, "oom", worker=f"w{n}")
+        age(PoolLayout(str(pool)).heartbeat(f"w{n}"), 120, pool)
+        assert reaper.reap(run) == ["oom"]
+    record = read_json(run.job("oom", "failed"))
+    assert [t["status"] for t in record["tries"]] == ["lost", "lost"]
+    assert record["reason"].startswith("lost 2 times (max_lost 2)")
+
+
+def test_owner_finishing_while_the_reaper_decides_one_wins(pool: Path, make_workflow) -> None:
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
+    claim = fake_remote_claim(pool, run, "a")
+    # the reaper has read the claim and judged it stale; the owner finishes first
+    assert store.finish(claim, dict(claim.record, tries=[{"try": 1, "status": "done"}]), "done")
+    assert requeue_lost(run, "a", claim.token, claim.record, "stale", None) is False
+    assert files(run, "done") == ["a.json"] and files(run, "queued") == []
+    assert read_json(run.job("a", "done"))["tries"] == [{"try": 1, "status": "done"}]
+
+
+def test_a_frozen_worker_that_wakes_up_writes_nothing(pool: Path, make_workflow, tmp_path: Path) -> None:
+    """SIGSTOP a worker, requeue its claim, let another finish the job, SIGCONT the first."""
+    pidfile = tmp_path / "first.pid"
+    cmd = (f'if [ "$EXEC_TRY" = 1 ]; then echo $$ > \'{pidfile}\'; exec sleep 60; fi; '
+           f"echo try$EXEC_TRY >> '{tmp_path}/ledger'")
+    run = submit(pool, make_workflow([{"id": "a", "command": cmd}]))
+    frozen = start_worker(pool, "--heartbeat", "0.2", "--stale-after", "3600", "--exit-when-idle", "1")
+    wait_for(lambda: pidfile.exists() and os.path.exists(run.claim_record("a", 1)))
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        claim = read_json(run.claim_record("a", 1))
+        age(PoolLayout(str(pool)).heartbeat(claim["worker"]), 7200, pool)
+        assert Reaper(PoolLayout(str(pool)), stale_after=3600).reap(run) == ["a"]
+        work(pool, run, stale_after=3600)
+        done_bytes = Path(run.job("a", "done")).read_bytes()
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    assert frozen.wait(timeout=30) == 0
+    # the woken worker saw its claim gone, killed its command, and recorded nothing
+    first = int(pidfile.read_text())
+    wait_for(lambda: not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE)
+    assert Path(run.job("a", "done")).read_bytes() == done_bytes
+    assert [t["status"] for t in read_json(run.job("a", "done"))["tries"]] == ["lost", "done"]
+    assert (tmp_path / "ledger").read_text() == "try2\n"
+    assert all(files(run, s) == [] for s in ("queued", "running", "failed", "waiting"))
+
+
+def test_sigterm_hands_running_jobs_back_at_once(pool: Path, make_workflow, tmp_path: Path) -> None:
+    pidfile = tmp_path / "cmd.pid"
+    cmd = f'if [ "$EXEC_TRY" = 1 ]; then echo $$ > \'{pidfile}\'; exec sleep 60; fi'
+    run = submit(pool, make_workflow([{"id": "long", "command": cmd, "kill_grace": 2}]))
+    proc = start_worker(pool)
+    wait_for(lambda: pidfile.exists() and os.path.exists(run.claim_record("long", 1)))
+    t = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    assert time.monotonic() - t < 5
+    record = read_json(run.job("long", "queued"))
+    [t1] = record["tries"]
+    assert t1["status"] == "preempted" and record["not_before"] is None
+    assert not psutil.pid_exists(int(pidfile.read_text()))
+    # a preempted try uses up no retry (max_retries is 0) and counts as no lost try
+    work(pool, run)
+    assert [t["status"] for t in read_json(run.job("long", "done"))["tries"]] == ["preempted", "done"]
+
+
+def test_a_second_ctrl_c_stops_at_once(pool: Path, make_workflow, tmp_path: Path) -> None:
+    pidfile = tmp_path / "cmd.pid"
+    # the command ignores SIGTERM, so a graceful stop would wait out kill_grace (60 s)
+    cmd = f"trap '' TERM; echo $$ > '{pidfile}'; while true; do sleep 0.1; done"
+    run = submit(pool, make_workflow([{"id": "stubborn", "command": cmd, "kill_grace": 60}]))
+    proc = start_worker(pool)
+    wait_for(lambda: pidfile.exists())
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)  # not waiting for staleness: letting the first signal be handled
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=5) == 130
+    os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+    assert len(running_names(run)) == 1  # left for the reaper: its pid is gone now
+    assert Reaper(PoolLayout(str(pool)), stale_after=3600).reap(run) == ["stubborn"]
