@@ -45,6 +45,8 @@ def submit_main(argv: list[str] | None = None) -> int:
     p.add_argument("-j", "--jobs-per-worker", type=int, default=1, metavar="K",
                    help="jobs each local worker runs at once (default 1)")
     p.add_argument("--wait", action="store_true", help="wait for the run to end; exit 1 if any job failed")
+    p.add_argument("--stale-after", type=float, default=60.0, metavar="SECONDS",
+                   help="with --wait: requeue claims whose worker has not beaten for this long (default 60)")
     a = p.parse_args(argv)
     from .submit import create_run
     from .workflow import load_workflow
@@ -70,7 +72,7 @@ def submit_main(argv: list[str] | None = None) -> int:
     from .progress import wait_for_run
 
     try:
-        status = wait_for_run(run, total=len(workflow.jobs))
+        status = wait_for_run(run, total=len(workflow.jobs), stale_after=a.stale_after)
     except KeyboardInterrupt:
         return 130
     c = status["counts"]

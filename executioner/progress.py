@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .layout import STATES, RunLayout
+from .layout import STATES, PoolLayout, RunLayout
+from .reap import Reaper, storage_now
 from .status import run_status
 from .store import list_jobs
 
@@ -18,16 +21,65 @@ def _counts(run: RunLayout) -> dict[str, int]:
     return {s: len(list_jobs(run, s)) for s in STATES}
 
 
-def wait_for_run(run: RunLayout, total: int, interval: float = 0.5, stream: Any = None) -> dict[str, Any]:
-    """Block until the run is done or failed; show progress; return the final run status."""
+def live_workers(pool: PoolLayout, stale_after: float) -> int:
+    """How many workers of the pool have beaten within ``stale_after`` (storage clock)."""
+    try:
+        names = [n for n in os.listdir(pool.workers_dir) if n.endswith(".json") and not n.startswith(".")]
+    except FileNotFoundError:
+        return 0
+    now = storage_now(pool)
+    live = 0
+    for name in names:
+        try:
+            live += now - os.stat(os.path.join(pool.workers_dir, name)).st_mtime <= stale_after
+        except FileNotFoundError:
+            pass
+    return live
+
+
+class _Watchman:
+    """While waiting: reap the run's stale claims, and say so when no worker is alive."""
+
+    def __init__(self, run: RunLayout, stale_after: float, say: Callable[[str], None]):
+        self.pool = PoolLayout(os.path.dirname(run.root))
+        self.run = run
+        self.reaper = Reaper(self.pool, stale_after)
+        self.stale_after = stale_after
+        self.say = say
+        self.every = max(1.0, stale_after / 6)
+        self.last = -1e9
+        self.warned = False
+
+    def check(self, counts: dict[str, int]) -> None:
+        if time.monotonic() - self.last < self.every:
+            return
+        self.last = time.monotonic()
+        for job in self.reaper.reap(self.run):
+            self.say(f"{self.run.run_id}: requeued {job}: its worker is gone")
+        if counts["queued"] and not live_workers(self.pool, self.stale_after):
+            if not self.warned:
+                self.say(f"no live worker: start `exec-worker --pool {shlex.quote(self.pool.root)}`")
+                self.warned = True
+        else:
+            self.warned = False
+
+
+def wait_for_run(run: RunLayout, total: int, interval: float = 0.5, stream: Any = None,
+                 stale_after: float = 60.0) -> dict[str, Any]:
+    """Block until the run is done or failed; show progress; return the final run status.
+
+    Meanwhile it reaps the run's stale claims itself, and says when queued jobs have no
+    live worker to run them, rather than waiting silently forever.
+    """
     stream = stream or sys.stderr
     console = Console(file=stream)
+    watchman = _Watchman(run, stale_after, lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
     if console.is_terminal:
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console,
                       transient=False) as bar:
             task = bar.add_task(run.run_id, total=total, detail="")
-            return _follow(run, interval, lambda c: bar.update(
+            return _follow(run, interval, watchman, lambda c: bar.update(
                 task, completed=c["done"] + c["failed"],
                 detail=f"running {c['running']}  queued {c['queued']}  failed {c['failed']}"))
     last: list[str] = []
@@ -37,14 +89,15 @@ def wait_for_run(run: RunLayout, total: int, interval: float = 0.5, stream: Any 
         if line != (last[0] if last else None):
             print(f"{time.strftime('%H:%M:%S')} {run.run_id}: {line}", file=stream, flush=True)
             last[:] = [line]
-    return _follow(run, interval, plain)
+    return _follow(run, interval, watchman, plain)
 
 
-def _follow(run: RunLayout, interval: float, show: Any) -> dict[str, Any]:
+def _follow(run: RunLayout, interval: float, watchman: _Watchman, show: Any) -> dict[str, Any]:
     delay = interval
     while True:
         counts = _counts(run)
         show(counts)
+        watchman.check(counts)
         if not counts["queued"] and not counts["running"]:
             status = run_status(run)  # reads waiting jobs to tell blocked from promotable
             if status["state"] != "running":

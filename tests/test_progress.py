@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
 import pty
 import threading
 from pathlib import Path
@@ -50,6 +51,30 @@ def test_plain_lines_when_not_a_terminal(pool: Path, make_workflow) -> None:
     status = wait_for_run(run, total=2, interval=0.05, stream=out)
     worker.join(30)
     assert status["state"] == "failed" and status["counts"]["blocked"] == 1
-    lines = out.getvalue().splitlines()
+    lines = [line for line in out.getvalue().splitlines() if "no live worker" not in line]
     assert lines and all(f"{run.run_id}: waiting" in line for line in lines)
     assert "━" not in out.getvalue()
+
+
+def test_wait_reaps_stale_claims_and_says_when_no_worker_is_alive(pool: Path, make_workflow) -> None:
+    from executioner import PoolLayout
+    from .test_faults import age, fake_remote_claim
+
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}, {"id": "b", "command": "true"}]))
+    fake_remote_claim(pool, run, "a", worker="dead-1")
+    age(PoolLayout(str(pool)).heartbeat("dead-1"), 600, pool)
+    out = io.StringIO()
+    result: list[dict] = []
+    waiter = threading.Thread(target=lambda: result.append(
+        wait_for_run(run, total=2, interval=0.05, stream=out, stale_after=60)), daemon=True)
+    waiter.start()
+    deadline = __import__("time").monotonic() + 20
+    while "no live worker" not in out.getvalue():
+        assert __import__("time").monotonic() < deadline, out.getvalue()
+        __import__("time").sleep(0.05)
+    text = out.getvalue()
+    assert f"requeued a: its worker is gone" in text
+    assert f"start `exec-worker --pool {shlex.quote(str(pool))}`" in text
+    work(pool, run)
+    waiter.join(30)
+    assert result and result[0]["state"] == "done"
