@@ -158,7 +158,7 @@ def _print(data: dict[str, Any], as_json: bool, table: Any) -> None:
         Console(highlight=False).print(table(data))
 
 
-_COLORS = {"done": "green", "failed": "red", "blocked": "magenta", "running": "cyan", "queued": "yellow"}
+_COLORS = {"corrupt": "red", "done": "green", "failed": "red", "blocked": "magenta", "running": "cyan", "queued": "yellow"}
 
 
 def _counts_text(counts: dict[str, int]) -> str:
@@ -170,15 +170,17 @@ def _pool_table(data: dict[str, Any], pool: PoolLayout) -> Table:
     for r in data["runs"]:
         color = _COLORS.get(r["state"], "")
         updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last_update(pool.run(r["run_id"]))))
-        t.add_row(r["run_id"], r["name"], f"[{color}]{r['state']}[/]", _counts_text(r["counts"]), updated)
+        jobs = r.get("reason") or _counts_text(r["counts"])
+        t.add_row(r["run_id"], r["name"] or "", f"[{color}]{r['state']}[/]", jobs, updated)
     if not data["runs"]:
         t.caption = "no runs yet"
     return t
 
 
 def _run_table(data: dict[str, Any]) -> Table:
+    summary = data.get("reason") or _counts_text(data["counts"])
     t = Table("job", "state", "tries", "exit", "duration", "host", "reason",
-              title=f"{data['run_id']} ({data['name']}): {data['state']}  -  {_counts_text(data['counts'])}")
+              title=f"{data['run_id']} ({data['name']}): {data['state']}  -  {summary}")
     for j in data["jobs"]:
         color = _COLORS.get(j["state"], "")
         dur = "" if j["duration"] is None else f"{j['duration']:.1f}s"

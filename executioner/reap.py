@@ -18,6 +18,7 @@ import psutil
 
 from . import fsio, store
 from .layout import PoolLayout, RunLayout, split_running_name
+from .scrub import quarantine, read_checked
 
 log = logging.getLogger("executioner.reap")
 
@@ -112,14 +113,15 @@ class Reaper:
         moved = []
         for name in names:
             job_id, token = split_running_name(name)  # type: ignore[misc]
+            path = os.path.join(run.state_dir("running"), name)
             try:
-                record = fsio.read_json(os.path.join(run.state_dir("running"), name))
+                record, problem = read_checked(path, job_id)
+                if record is None:
+                    quarantine(run, path, f"unreadable job file: {problem}")
+                    continue
                 verdict = self.judge(run, name, record, now, beats)
             except FileNotFoundError:
                 continue  # finished or requeued meanwhile
-            except (ValueError, KeyError, TypeError) as e:
-                log.warning("run %s: unreadable claim %s: %s", run.run_id, name, e)
-                continue
             if verdict.stale and requeue_lost(run, job_id, token, record, verdict.reason,
                                               self._claims.get(os.path.join(run.state_dir("running"), name))):
                 moved.append(job_id)

@@ -123,12 +123,17 @@ def run_state(counts: dict[str, int]) -> str:
 
 
 def run_status(run: RunLayout) -> dict[str, Any]:
+    """The run's state and jobs; state ``corrupt`` (with ``reason``) if run.json is broken."""
     try:
         record = fsio.read_json(run.record)
+        if not isinstance(record, dict) or "workdir" not in record:
+            raise ValueError("not a run record")
     except FileNotFoundError:
         raise PoolError("not a run directory (no run.json)", run.root) from None
     except ValueError as e:
-        raise PoolError(f"run.json is not valid JSON: {e}", run.root) from None
+        return {"run_id": run.run_id, "name": None, "state": "corrupt",
+                "counts": {s: 0 for s in JOB_STATES}, "jobs": [],
+                "reason": f"run.json is corrupt ({e}); workers skip this run"}
     views = job_views(run, record.get("jobs", 0) if isinstance(record, dict) else 0)
     counts = {s: 0 for s in JOB_STATES}
     for v in views:
@@ -153,8 +158,10 @@ def pool_status(pool: PoolLayout) -> dict[str, Any]:
     runs = []
     for run_id in pool.run_ids():
         status = run_status(pool.run(run_id))
-        runs.append({"run_id": status["run_id"], "name": status["name"], "state": status["state"],
-                     "counts": status["counts"]})
+        row = {k: status[k] for k in ("run_id", "name", "state", "counts")}
+        if "reason" in status:
+            row["reason"] = status["reason"]
+        runs.append(row)
     return {"runs": runs}
 
 

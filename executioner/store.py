@@ -18,6 +18,7 @@ import psutil
 
 from . import fsio
 from .layout import FORMAT_VERSION, RunLayout, job_id_of
+from .scrub import quarantine, read_checked
 from .workflow import JobSpec
 
 SPEC_KEYS = ("command",)  # the rest default: files written by an older version stay valid
@@ -149,44 +150,14 @@ def claim(run: RunLayout, job_id: str, owner: Owner) -> Claim | None:
             return None
     now = time.time()
     try:
-        record = _read_claimed(path, job_id)
+        record, problem = read_checked(path, job_id)
     except FileNotFoundError:
         return None
-    except ValueError as e:
-        quarantine(run, path, f"unreadable job file: {e}")
+    if record is None:
+        quarantine(run, path, f"unreadable job file: {problem}")
         return None
+    record["spec"] = {**SPEC_DEFAULTS, **record["spec"]}
     return Claim(run, job_id, token, record, owner, now)
-
-
-def _read_claimed(path: str, job_id: str) -> dict[str, Any]:
-    """The claimed file's content; a second read a moment later before calling it broken
-    (a network filesystem can show a file torn for an instant around a rename)."""
-    try:
-        record = fsio.read_json(path)
-    except ValueError:
-        time.sleep(0.2)
-        record = fsio.read_json(path)
-    if not isinstance(record, dict):
-        raise ValueError("not a job record (not a JSON object)")
-    missing = [k for k in ("spec", "tries", "dependencies", "dependents") if k not in record]
-    spec = record.get("spec")
-    if isinstance(spec, dict):
-        missing += [f"spec.{k}" for k in SPEC_KEYS if k not in spec]
-    if missing or not isinstance(spec, dict) or not isinstance(record["tries"], list):
-        raise ValueError(f"not a job record (missing or wrong: {', '.join(missing) or 'spec, tries'})")
-    if record.get("id") != job_id:
-        raise ValueError(f"the file of job {job_id!r} holds job {record.get('id')!r}")
-    record["spec"] = {**SPEC_DEFAULTS, **spec}
-    return record
-
-
-def quarantine(run: RunLayout, path: str, reason: str) -> None:
-    """Move a broken file we own out of the state folders, with a note saying why."""
-    os.makedirs(run.quarantine_dir, exist_ok=True)
-    name = os.path.basename(path)
-    target = os.path.join(run.quarantine_dir, name)
-    if _rename(path, target):
-        fsio.atomic_write(target + ".reason", (reason + "\n").encode())
 
 
 def write_lock(claim: Claim) -> None:
@@ -246,8 +217,11 @@ def sweep(run: RunLayout) -> list[str]:
     ready = []
     for job_id in waiting:
         try:
-            record = fsio.read_json(run.job(job_id, "waiting"))
-        except (FileNotFoundError, ValueError):
+            record, problem = read_checked(run.job(job_id, "waiting"), job_id)
+        except FileNotFoundError:
+            continue
+        if record is None:
+            quarantine(run, run.job(job_id, "waiting"), f"unreadable job file: {problem}")
             continue
         if deps_done(run, record, done):
             ready.append(job_id)

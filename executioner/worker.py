@@ -21,7 +21,8 @@ from watchdog.observers import Observer
 from . import fsio, store
 from .execute import TryStatus, build_env, command_argv, missing_outputs, run_command
 from .layout import PoolLayout, RunLayout
-from .reap import Reaper
+from .reap import Reaper, storage_now
+from .scrub import Scrubber
 from .retry import decide
 
 log = logging.getLogger("executioner.worker")
@@ -81,6 +82,10 @@ class Worker:
         self._not_before: dict[tuple[str, str], float] = {}
         self._records: dict[str, dict[str, Any]] = {}
         self._last_sweep: dict[str, float] = {}
+        self._last_scrub: dict[str, float] = {}
+        self.scrub_every = 30.0
+        self.scrubber = Scrubber()
+        self._skipped: set[str] = set()
         self._rng = random.Random()
 
     # ---- public -------------------------------------------------------------------
@@ -299,7 +304,15 @@ class Worker:
             try:
                 self._records[run_id] = fsio.read_json(self.pool.run(run_id).record)
             except (OSError, ValueError) as e:
-                log.warning("skipping run %s: cannot read its run record: %s", run_id, e)
+                if run_id not in self._skipped:  # say it once, not on every poll
+                    self._skipped.add(run_id)
+                    log.warning("skipping run %s: its run record is corrupt: %s", run_id, e)
+                return None
+            if not isinstance(self._records[run_id], dict) or "workdir" not in self._records[run_id]:
+                del self._records[run_id]
+                if run_id not in self._skipped:
+                    self._skipped.add(run_id)
+                    log.warning("skipping run %s: its run record is corrupt: not a run record", run_id)
                 return None
         return self._records[run_id]
 
@@ -324,6 +337,9 @@ class Worker:
                 try:
                     with lease:
                         moved = store.sweep(run)
+                        if now - self._last_scrub.get(run_id, -1e9) >= self.scrub_every:
+                            self._last_scrub[run_id] = now
+                            self.scrubber.scrub(run, storage_now(self.pool))
                 except filelock.Timeout:
                     continue
                 if moved:

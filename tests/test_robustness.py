@@ -21,7 +21,7 @@ def test_a_broken_queued_file_is_quarantined_and_the_rest_runs(pool: Path, make_
     assert files(run, "done") == ["a.json", "c.json"] and files(run, "running") == []
     assert worker.finished == 2
     quarantined = sorted(os.listdir(run.quarantine_dir))
-    assert len(quarantined) == 2 and quarantined[0].startswith("b@") and quarantined[1].endswith(".reason")
+    assert len(quarantined) == 2 and quarantined[0].startswith("running--b@") and quarantined[1].endswith(".reason")
     assert "unreadable job file" in (Path(run.quarantine_dir) / quarantined[1]).read_text()
 
 
@@ -62,3 +62,60 @@ def test_a_crash_between_the_requeue_renames_leaves_the_job_visible(pool: Path, 
     status = run_status(run)
     assert status["counts"]["running"] == 1 and [j["id"] for j in status["jobs"]] == ["a"]
     assert status["state"] == "running"
+
+
+@pytest.mark.parametrize("state,make,why", [
+    ("done", lambda p: p.write_text(""), "empty file"),
+    ("done", lambda p: p.write_text('{"id": "zz", "spec": {"command": "x"}, "tries": [], "dependencies": [],'
+                                    ' "dependents": []}'), "holds job 'zz'"),
+    ("failed", lambda p: p.write_text('{"id": "x"}'), "missing spec"),
+    ("waiting", lambda p: p.mkdir(), "a directory"),
+    ("queued", lambda p: p.symlink_to("/etc/hostname"), "a symlink"),
+    ("done", lambda p: (p.parent / "notes.txt").write_text("hi"), "foreign name"),
+])
+def test_broken_files_in_any_state_folder_are_quarantined(pool: Path, make_workflow, state, make, why) -> None:
+    from executioner.scrub import Scrubber
+
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
+    make(Path(run.state_dir(state)) / "x.json")
+    quarantined = Scrubber().scrub(run, now=0.0)
+    assert len(quarantined) == 1
+    [reason] = [p for p in Path(run.quarantine_dir).iterdir() if p.name.endswith(".reason")]
+    assert why in reason.read_text()
+    assert files(run, "queued") == ["a.json"]  # the good job is untouched
+    work(pool, run)
+    assert files(run, "done") == ["a.json"]
+
+
+def test_stale_temp_files_are_cleaned_and_fresh_ones_left(pool: Path, make_workflow) -> None:
+    from executioner.fsio import HOST
+    from executioner.scrub import TEMP_MAX_AGE, Scrubber
+
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
+    queued = Path(run.state_dir("queued"))
+    dead = queued / f".tmp-{HOST}-999999999-abcd"  # this host, no such pid
+    old = queued / ".tmp-other-host-12-abcd"
+    fresh = queued / ".tmp-other-host-13-abcd"
+    for p in (dead, old, fresh):
+        p.write_text("{half")
+    os.utime(old, (1000.0, 1000.0))
+    os.utime(fresh, (5000.0, 5000.0))
+    Scrubber().scrub(run, now=1000.0 + TEMP_MAX_AGE + 1)
+    assert not dead.exists() and not old.exists() and fresh.exists()
+    assert not Path(run.quarantine_dir).exists()
+
+
+def test_a_corrupt_run_record_shows_as_corrupt_and_workers_skip_it(pool: Path, make_workflow) -> None:
+    from .conftest import cli
+
+    bad = submit(pool, make_workflow([{"id": "a", "command": "true"}], name="bad"))
+    good = submit(pool, make_workflow([{"id": "a", "command": "true"}], name="good"))
+    Path(bad.record).write_text("{garbage")
+    work(pool)
+    assert files(good, "done") == ["a.json"] and files(bad, "queued") == ["a.json"]
+    status = cli("exec-status", str(pool), "--json")
+    runs = {r["run_id"]: r for r in __import__("json").loads(status.stdout)["runs"]}
+    assert runs[bad.run_id]["state"] == "corrupt" and "run.json is corrupt" in runs[bad.run_id]["reason"]
+    assert runs[good.run_id]["state"] == "done"
+    human = cli("exec-status", str(pool))
+    assert "corrupt" in human.stdout
