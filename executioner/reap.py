@@ -61,6 +61,7 @@ class Reaper:
         self.pool = pool
         self.stale_after = stale_after
         self._claims: dict[str, dict[str, Any] | None] = {}  # running path -> claim record
+        self.running_seen: dict[str, int] = {}  # run id -> claims in running/ at the last pass
 
     def judge(self, run: RunLayout, name: str, record: dict[str, Any], now: float,
               beats: dict[str, float | None]) -> Verdict:
@@ -106,6 +107,7 @@ class Reaper:
         except FileNotFoundError:
             return []
         names = [n for n in names if split_running_name(n)]
+        self.running_seen[run.run_id] = len(names)
         if not names:
             return []
         now = storage_now(self.pool)

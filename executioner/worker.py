@@ -12,7 +12,7 @@ import random
 import secrets
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import filelock
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -20,7 +20,7 @@ from watchdog.observers import Observer
 
 from . import fsio, store
 from .execute import TryStatus, build_env, command_argv, missing_outputs, run_command
-from .layout import PoolLayout, RunLayout
+from .layout import PoolLayout, RunLayout, run_sort_key
 from .reap import Reaper, storage_now
 from .scrub import Scrubber
 from .retry import decide
@@ -33,8 +33,8 @@ logging.getLogger("watchdog").setLevel(logging.CRITICAL)
 class _Wake(FileSystemEventHandler):
     """Wakes idle slots when a job file appears in a watched queued/ folder (or a run appears)."""
 
-    def __init__(self, event: threading.Event):
-        self.event = event
+    def __init__(self, wake: Callable[[], None]):
+        self.wake = wake
 
     def on_created(self, event: FileSystemEvent) -> None:
         self._maybe(str(event.src_path))
@@ -44,14 +44,14 @@ class _Wake(FileSystemEventHandler):
 
     def _maybe(self, path: str) -> None:
         if not fsio.is_temp(os.path.basename(path)):
-            self.event.set()
+            self.wake()
 
 
 class Worker:
     def __init__(self, pool: str, run_ids: list[str] | None = None, slots: int = 1,
                  exit_when_idle: float | None = None, max_jobs: int | None = None,
                  heartbeat: float = 10.0, stale_after: float = 60.0, poll_min: float = 0.2,
-                 poll_max: float = 5.0, sweep_every: float = 2.0):
+                 poll_max: float = 5.0, sweep_every: float = 10.0, dormant_every: float = 60.0):
         self.pool = PoolLayout(os.path.abspath(pool))
         self.run_ids = run_ids
         self.slots = max(1, slots)
@@ -62,6 +62,7 @@ class Worker:
         self.reaper = Reaper(self.pool, stale_after)
         self.poll_min, self.poll_max = poll_min, poll_max
         self.sweep_every = sweep_every
+        self.dormant_every = dormant_every
         self.worker_id = f"{fsio.HOST}-{os.getpid()}-{secrets.token_hex(2)}"
         self.owner = store.Owner.current(self.worker_id)
         self.claimed = 0
@@ -83,7 +84,13 @@ class Worker:
         self._records: dict[str, dict[str, Any]] = {}
         self._last_sweep: dict[str, float] = {}
         self._last_scrub: dict[str, float] = {}
-        self.scrub_every = 30.0
+        self._last_reap: dict[str, float] = {}
+        self.scrub_every = 120.0
+        self._known: set[str] = set()  # pool entries already looked at (runs or not)
+        self._refreshed = -1e9
+        self._listed: dict[str, float] = {}  # run id -> when its queued/ was last listed
+        self._queued_empty: set[str] = set()
+        self._event = False  # a local filesystem event arrived: look at every run now
         self.scrubber = Scrubber()
         self._skipped: set[str] = set()
         self._rng = random.Random()
@@ -184,6 +191,8 @@ class Worker:
     def _idle_long_enough(self) -> bool:
         with self._lock:
             busy = self._busy
+        if self.exit_when_idle is None:
+            return False
         pending = busy or self._work_pending()
         with self._lock:
             if pending:
@@ -200,7 +209,28 @@ class Worker:
         return max(0.01, min([delay, *due]))
 
     def _scope(self) -> list[str]:
-        return list(self.run_ids) if self.run_ids is not None else self.pool.run_ids()
+        """Our runs, oldest first. A pool entry is examined once: new runs are new entries."""
+        if self.run_ids is not None:
+            return list(self.run_ids)
+        try:
+            names = os.listdir(self.pool.root)
+        except FileNotFoundError:
+            return []
+        for name in names:
+            if name not in self._known and not name.startswith(".") and name != "workers":
+                if os.path.exists(self.pool.run(name).record):
+                    self._known.add(name)  # else: not published yet, look again next time
+        return sorted((n for n in self._known if n in set(names)), key=run_sort_key)
+
+    def _dormant(self, run_id: str) -> bool:
+        """Nothing queued and nothing running: only a resume or a missed promotion can
+        change that, so such a run is looked at once every ``dormant_every`` seconds."""
+        return run_id in self._queued_empty and self.reaper.running_seen.get(run_id, 1) == 0
+
+    def _due(self, run_id: str, now: float) -> bool:
+        if not self._dormant(run_id):
+            return True
+        return now - self._listed.get(run_id, -1e9) >= self.dormant_every
 
     def _work_pending(self) -> bool:
         """Jobs running in our runs (they may release dependents) or retries not yet due."""
@@ -216,23 +246,27 @@ class Worker:
     # (listing, claim rename, lock write) happens outside it, so slots never queue
     # behind each other's I/O.
     def _claim_next(self) -> store.Claim | None:
-        refreshed = False
-        while True:
-            with self._lock:
-                runs = list(self._runs)
-            for run_id in runs:
-                claim = self._claim_in(run_id)
-                if claim is not None:
-                    return claim
-            if refreshed:
-                return None
+        now = time.monotonic()
+        with self._lock:
+            refresh = now - self._refreshed >= self.poll_max or not self._runs or self._event
+            self._refreshed = now if refresh else self._refreshed
+            everything = self._event
+            self._event = False
+        if refresh:
             runs = [r for r in self._scope() if self._record(r) is not None]
             with self._lock:
                 self._runs = runs
-                self._candidates = {}
             for run_id in runs:
                 self._watch_run(run_id)
-            refreshed = True
+        with self._lock:
+            runs = list(self._runs)
+        for run_id in runs:
+            if not everything and not self._due(run_id, now):
+                continue
+            claim = self._claim_in(run_id)
+            if claim is not None:
+                return claim
+        return None
 
     def _claim_in(self, run_id: str) -> store.Claim | None:
         run = self.pool.run(run_id)
@@ -246,6 +280,11 @@ class Worker:
                 names = sorted(store.list_jobs(run, "queued"))
                 listings += 1
                 with self._lock:
+                    self._listed[run_id] = time.monotonic()
+                    if names:
+                        self._queued_empty.discard(run_id)
+                    else:
+                        self._queued_empty.add(run_id)
                     self._candidates[run_id] = names
                     self._cursor[run_id] = self._rng.randrange(len(names)) if names else 0
                 if not names:
@@ -326,7 +365,8 @@ class Worker:
             promoted = False
             for run_id in runs:
                 now = time.monotonic()
-                if now - self._last_sweep.get(run_id, -1e9) < self.sweep_every:
+                every = self.dormant_every if self._dormant(run_id) else self.sweep_every
+                if now - self._last_sweep.get(run_id, -1e9) < every:
                     continue
                 self._last_sweep[run_id] = now
                 run = self.pool.run(run_id)
@@ -337,7 +377,8 @@ class Worker:
                 try:
                     with lease:
                         moved = store.sweep(run)
-                        if now - self._last_scrub.get(run_id, -1e9) >= self.scrub_every:
+                        if now - self._last_scrub.get(run_id, -1e9) >= self.scrub_every * (
+                                5 if self._dormant(run_id) else 1):
                             self._last_scrub[run_id] = now
                             self.scrubber.scrub(run, storage_now(self.pool))
                 except filelock.Timeout:
@@ -450,7 +491,11 @@ class Worker:
         moved = 0
         with self._lock:
             runs = list(self._runs)
+        now = time.monotonic()
         for run_id in runs:
+            if self._dormant(run_id) and now - self._last_reap.get(run_id, -1e9) < self.dormant_every:
+                continue
+            self._last_reap[run_id] = now
             try:
                 found = self.reaper.reap(self.pool.run(run_id))
             except Exception:
@@ -467,7 +512,7 @@ class Worker:
         """Local filesystem events wake idle slots at once; polling alone still guarantees progress."""
         try:
             observer = Observer()
-            observer.schedule(_Wake(self._wake), self.pool.root, recursive=False)
+            observer.schedule(_Wake(self._on_event), self.pool.root, recursive=False)
             observer.daemon = True
             observer.start()
             return observer
@@ -475,12 +520,17 @@ class Worker:
             log.info("no filesystem events (%s); polling only", e)
             return None
 
+    def _on_event(self) -> None:
+        with self._lock:
+            self._event = True
+        self._wake.set()
+
     def _watch_run(self, run_id: str) -> None:
         """Watch a run's queued/ folder only: few events per job, none from logs or temp files."""
         if self._observer is None or run_id in self._watched:
             return
         self._watched.add(run_id)
         try:
-            self._observer.schedule(_Wake(self._wake), self.pool.run(run_id).state_dir("queued"))
+            self._observer.schedule(_Wake(self._on_event), self.pool.run(run_id).state_dir("queued"))
         except Exception as e:
             log.info("cannot watch run %s (%s); polling it", run_id, e)

@@ -119,3 +119,33 @@ def test_a_corrupt_run_record_shows_as_corrupt_and_workers_skip_it(pool: Path, m
     assert runs[good.run_id]["state"] == "done"
     human = cli("exec-status", str(pool))
     assert "corrupt" in human.stdout
+
+
+def test_a_dormant_run_is_still_picked_up_by_polling(pool: Path, make_workflow, tmp_path: Path) -> None:
+    """A finished run is looked at rarely; work that appears in it later still gets done."""
+    import threading
+    import time
+
+    from executioner import Worker
+
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"},
+                                      {"id": "late", "command": f"touch '{tmp_path}/late'", "dependencies": ["x"]},
+                                      {"id": "x", "command": "exit 1"}]))
+    worker = Worker(str(pool), slots=1, poll_min=0.02, poll_max=0.1, sweep_every=0.1, dormant_every=0.5,
+                    heartbeat=0.1, stale_after=60)
+    worker._watch = lambda: None  # polling only, as on a network filesystem
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while files(run, "failed") != ["x.json"] or files(run, "done") != ["a.json"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)  # let the run go dormant (not waiting for staleness)
+    # a person fixes x by hand: mark it done; the sweep promotes "late" and a worker runs it
+    os.rename(run.job("x", "failed"), run.job("x", "done"))
+    while not (tmp_path / "late").exists():
+        assert time.monotonic() < deadline, "dormant run never looked at again"
+        time.sleep(0.05)
+    worker.stop()
+    thread.join(10)
+    assert files(run, "done") == ["a.json", "late.json", "x.json"]
