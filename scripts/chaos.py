@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Chaos check: workers killed and frozen at random while they run a workflow.
+
+    python scripts/chaos.py [--workers 8] [--jobs 2000] [--mounts DIR,DIR] [--seed N]
+
+N worker processes run M short jobs (each appends "<job> <try>" to a ledger). Every
+~0.5 s a killer picks a random worker and either SIGKILLs it (and starts a new one) or
+SIGSTOPs it and sends SIGCONT later, sometimes after more than --stale-after, so that
+its claims were requeued meanwhile and it wakes up as a "dead" worker. At the end it
+checks and prints: every job in done/, each exactly once and in no other folder;
+nothing in running/ or quarantine/; each done job recorded as completed by one try;
+and how many times jobs were executed (a requeued job may run again; only one run
+completes it). Exit code 0 when every check holds.
+
+--mounts: the pool directory as seen through several mounts of the same filesystem
+(for example two sshfs mounts); workers are spread over them round-robin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import orjson
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--jobs", type=int, default=2000)
+    p.add_argument("--slots", type=int, default=2, help="jobs per worker at once")
+    p.add_argument("--job-seconds", type=float, default=0.3, help="mean length of a job")
+    p.add_argument("--heartbeat", type=float, default=0.5)
+    p.add_argument("--stale-after", type=float, default=3.0)
+    p.add_argument("--every", type=float, default=0.5, help="seconds between two blows")
+    p.add_argument("--deadline", type=float, default=600, help="give up after this many seconds")
+    p.add_argument("--mounts", help="comma-separated views of the pool directory (default: a temp dir)")
+    p.add_argument("--seed", type=int, default=None)
+    a = p.parse_args(argv)
+    rng = random.Random(a.seed)
+    tmp = tempfile.mkdtemp(prefix="exec-chaos-")
+    views = a.mounts.split(",") if a.mounts else [os.path.join(tmp, "pool")]
+    ledger = os.path.join(tmp, "ledger")
+    bin_dir = os.path.dirname(sys.executable)
+    wf = os.path.join(tmp, "chaos.json")
+    with open(wf, "wb") as f:
+        f.write(orjson.dumps({"name": "chaos", "workdir": tmp, "jobs": [
+            {"id": f"j{i:05d}", "command": f"echo $EXEC_JOB_ID $EXEC_TRY >> {ledger}; sleep {rng.uniform(0, 2 * a.job_seconds):.2f}",
+             "max_lost": 1000} for i in range(a.jobs)]}))
+    out = subprocess.run([os.path.join(bin_dir, "exec-submit"), wf, "--pool", views[0]], check=True,
+                         capture_output=True, text=True).stdout
+    run_id, run_dir = out.split(" ", 1)
+    run_dir = run_dir.strip()
+
+    def start(i: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([os.path.join(bin_dir, "exec-worker"), "--pool", views[i % len(views)],
+                                 "--run", run_id, "-j", str(a.slots), "--heartbeat", str(a.heartbeat),
+                                 "--stale-after", str(a.stale_after), "-q"], stderr=subprocess.DEVNULL)
+
+    workers = [start(i) for i in range(a.workers)]
+    frozen: dict[int, float] = {}  # worker index -> when to SIGCONT
+    blows = collections.Counter()
+    began = time.monotonic()
+    try:
+        while len(os.listdir(os.path.join(run_dir, "done"))) < a.jobs:
+            if time.monotonic() - began > a.deadline:
+                print(f"deadline of {a.deadline:.0f} s passed", file=sys.stderr)
+                break
+            time.sleep(a.every * rng.uniform(0.5, 1.5))
+            now = time.monotonic()
+            for i, when in list(frozen.items()):
+                if now >= when:
+                    workers[i].send_signal(signal.SIGCONT)
+                    del frozen[i]
+            i = rng.randrange(len(workers))
+            if i in frozen:
+                continue
+            if rng.random() < 0.5:
+                workers[i].send_signal(signal.SIGKILL)
+                workers[i].wait()
+                workers[i] = start(i)
+                blows["SIGKILL"] += 1
+            else:
+                workers[i].send_signal(signal.SIGSTOP)
+                long = rng.random() < 0.3
+                frozen[i] = now + (rng.uniform(a.stale_after + 1, 2 * a.stale_after + 2) if long
+                                   else rng.uniform(0.1, a.stale_after / 2))
+                blows["SIGSTOP past stale-after" if long else "SIGSTOP"] += 1
+    finally:
+        for i in list(frozen):
+            workers[i].send_signal(signal.SIGCONT)
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        for w in workers:
+            try:
+                w.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                w.kill()
+    elapsed = time.monotonic() - began
+    return report(run_dir, a.jobs, ledger, blows, elapsed, a.workers, len(views))
+
+
+def report(run_dir: str, jobs: int, ledger: str, blows: collections.Counter[str], elapsed: float,
+           workers: int, views: int) -> int:
+    def names(state: str) -> list[str]:
+        try:
+            return [n for n in os.listdir(os.path.join(run_dir, state)) if not n.startswith(".")]
+        except FileNotFoundError:
+            return []
+
+    done = [n[:-5] for n in names("done")]
+    others = {s: names(s) for s in ("waiting", "queued", "running", "failed", "quarantine")}
+    executions = collections.Counter()
+    with open(ledger) as f:
+        for line in f:
+            executions[line.split()[0]] += 1
+    completed_by = collections.Counter()
+    unrecorded = 0
+    for job in done:
+        with open(os.path.join(run_dir, "done", job + ".json"), "rb") as f:
+            tries = orjson.loads(f.read())["tries"]
+        n = sum(1 for t in tries if t["status"] == "done")
+        completed_by[n] += 1
+        unrecorded += n == 0
+    checks = {
+        f"every job in done/ ({len(done)} of {jobs})": len(done) == jobs and len(set(done)) == jobs,
+        "nothing left in waiting/ queued/ running/ failed/": not any(others[s] for s in others if s != "quarantine"),
+        "nothing in quarantine/": not others["quarantine"],
+        "every job executed at least once": all(executions[f"j{i:05d}"] >= 1 for i in range(jobs)),
+        "no job recorded as completed by two tries": completed_by.keys() <= {0, 1},
+    }
+    hist = collections.Counter(executions.values())
+    print(f"chaos: {workers} workers over {views} view(s) of the pool, {jobs} jobs, {elapsed:.0f} s")
+    print("  blows: " + ", ".join(f"{k} {v}" for k, v in sorted(blows.items())))
+    print("  executions per job: " + ", ".join(f"{k}x {v} jobs" for k, v in sorted(hist.items())))
+    if unrecorded:
+        print(f"  {unrecorded} done job(s) without the final try's record (worker killed between its two "
+              f"completion renames)")
+    for name, ok in checks.items():
+        print(f"  {'ok  ' if ok else 'FAIL'} {name}")
+    if any(others.values()):
+        print("  left: " + ", ".join(f"{s}: {len(v)}" for s, v in others.items() if v))
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
