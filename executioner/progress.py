@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .layout import STATES, PoolLayout, RunLayout
-from .reap import Reaper, storage_now
+from . import fsio
+from .reap import Reaper, owner_dead_here, storage_now
 from .status import run_status
 from .store import list_jobs
 
@@ -30,10 +31,15 @@ def live_workers(pool: PoolLayout, stale_after: float) -> int:
     now = storage_now(pool)
     live = 0
     for name in names:
+        path = os.path.join(pool.workers_dir, name)
         try:
-            live += now - os.stat(os.path.join(pool.workers_dir, name)).st_mtime <= stale_after
-        except FileNotFoundError:
-            pass
+            if now - os.stat(path).st_mtime > stale_after:
+                continue
+            record = fsio.read_json(path)
+        except (OSError, ValueError):
+            continue
+        # a fresh heartbeat of a process of this host that is gone does not count
+        live += not (isinstance(record, dict) and owner_dead_here(record))
     return live
 
 

@@ -1,9 +1,18 @@
 """Find claims whose worker is gone and put their jobs back in queued/ (or failed/).
 
-Staleness is judged in the storage's clock domain only: heartbeats are stamped by the
-filesystem (``os.utime`` with no explicit time), and "now" is read the same way from a
-probe file this checker touches in the pool. A node whose clock is an hour off neither
-requeues live claims nor keeps dead ones.
+No wall clock of one machine is ever compared with another's. A claim is stale only when
+both of these hold:
+
+* in the storage's clock domain, its last sign of life is older than ``stale_after``:
+  heartbeats are stamped by the filesystem (``os.utime`` with no explicit time) and "now"
+  is read the same way, from a probe file this checker touches in the pool;
+* this checker has itself seen that sign of life unchanged for ``stale_after`` seconds
+  of its own monotonic clock.
+
+The first rule alone would fail where the filesystem stamps times with the *client's*
+clock (sshfs does), and the second alone needs no shared clock but trusts the observer's
+patience; together, a node whose clock is an hour off neither requeues live claims nor
+keeps dead ones. Same-host claims whose process is gone are requeued at once.
 """
 
 from __future__ import annotations
@@ -62,18 +71,33 @@ class Reaper:
         self.stale_after = stale_after
         self._claims: dict[str, dict[str, Any] | None] = {}  # running path -> claim record
         self.running_seen: dict[str, int] = {}  # run id -> claims in running/ at the last pass
+        self._seen: dict[str, tuple[float, float]] = {}  # sign of life -> (stamp, first seen, monotonic)
 
-    def judge(self, run: RunLayout, name: str, record: dict[str, Any], now: float,
+    def _unchanged_for(self, key: str, stamp: float, mono: float) -> float:
+        """For how long (our monotonic clock) we have seen ``key`` carry this same ``stamp``."""
+        seen = self._seen.get(key)
+        if seen is None or seen[0] != stamp:
+            self._seen[key] = (stamp, mono)
+            return 0.0
+        return mono - seen[1]
+
+    def _verdict(self, key: str, stamp: float, now: float, mono: float, what: str) -> Verdict:
+        age = now - stamp
+        still = self._unchanged_for(key, stamp, mono)
+        stale = age > self.stale_after and still >= self.stale_after
+        return Verdict(stale, what.format(age=age))
+
+    def judge(self, run: RunLayout, name: str, record: dict[str, Any], now: float, mono: float,
               beats: dict[str, float | None]) -> Verdict:
-        """Is the claim ``running/<name>`` stale? ``beats``: worker id -> heartbeat mtime."""
+        """Is the claim ``running/<name>`` stale? ``now``: the storage's time; ``mono``: our
+        monotonic clock; ``beats``: worker id -> heartbeat mtime (filled as we go)."""
         job_id, token = split_running_name(name) or ("", "")
         path = os.path.join(run.state_dir("running"), name)
         claim = self._claim_record(run, path, job_id, token.removesuffix(store.STAGE_SUFFIX), record)
         if claim is None:
             # Claimed but never locked (the worker died in between): the rename set the
             # file's ctime, in the storage's clock.
-            age = now - os.stat(path).st_ctime
-            return Verdict(age > self.stale_after, f"claimed {age:.0f} s ago and never locked")
+            return self._verdict(path, os.stat(path).st_ctime, now, mono, "claimed {age:.0f} s ago and never locked")
         who = f"host {claim.get('host')}, worker {claim.get('worker')}"
         if owner_dead_here(claim):
             return Verdict(True, f"worker process gone ({who}, pid {claim.get('pid')})")
@@ -85,10 +109,9 @@ class Reaper:
                 beats[worker] = None
         beat = beats[worker]
         if beat is None:
-            age = now - os.stat(run.claim_record(job_id, len(record["tries"]) + 1)).st_mtime
-            return Verdict(age > self.stale_after, f"no heartbeat file ({who}); claimed {age:.0f} s ago")
-        age = now - beat
-        return Verdict(age > self.stale_after, f"last heartbeat {age:.0f} s ago ({who})")
+            stamp = os.stat(run.claim_record(job_id, len(record["tries"]) + 1)).st_mtime
+            return self._verdict(path, stamp, now, mono, f"no heartbeat file ({who}); claimed {{age:.0f}} s ago")
+        return self._verdict("worker:" + worker, beat, now, mono, f"last heartbeat {{age:.0f}} s ago ({who})")
 
     def _claim_record(self, run: RunLayout, path: str, job_id: str, token: str,
                       record: dict[str, Any]) -> dict[str, Any] | None:
@@ -100,8 +123,10 @@ class Reaper:
                 self._claims[path] = None
         return self._claims[path]
 
-    def reap(self, run: RunLayout) -> list[str]:
-        """Requeue (or fail, past max_lost) every stale claim of ``run``; return the job ids."""
+    def reap(self, run: RunLayout, mono: float | None = None) -> list[str]:
+        """Requeue (or fail, past max_lost) every stale claim of ``run``; return the job ids.
+        ``mono`` is our monotonic clock (default: time.monotonic(); tests pass their own)."""
+        mono = time.monotonic() if mono is None else mono
         try:
             names = os.listdir(run.state_dir("running"))
         except FileNotFoundError:
@@ -121,13 +146,15 @@ class Reaper:
                 if record is None:
                     quarantine(run, path, f"unreadable job file: {problem}")
                     continue
-                verdict = self.judge(run, name, record, now, beats)
+                verdict = self.judge(run, name, record, now, mono, beats)
             except FileNotFoundError:
                 continue  # finished or requeued meanwhile
             if verdict.stale and requeue_lost(run, job_id, token, record, verdict.reason,
                                               self._claims.get(os.path.join(run.state_dir("running"), name))):
                 moved.append(job_id)
         self._claims = {p: c for p, c in self._claims.items() if os.path.basename(p) in names}
+        if len(self._seen) > 4 * len(names) + 1000:  # forget what no longer exists
+            self._seen = dict(list(self._seen.items())[-(2 * len(names) + 500):])
         return moved
 
 

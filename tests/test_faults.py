@@ -56,10 +56,11 @@ def test_a_killed_worker_on_this_host_is_requeued_at_once(pool: Path, make_workf
         child.kill()
 
 
-def fake_remote_claim(pool: Path, run, job: str, worker: str = "far-1-abcd"):
-    claim = store.claim(run, job, store.Owner(worker, "far-away-host", 4242, 1.0))
+def fake_remote_claim(pool: Path, run, job: str, worker: str = "far-1-abcd", host: str = "far-away-host"):
+    claim = store.claim(run, job, store.Owner(worker, host, 999_999_999, 1.0))
     store.write_lock(claim)
-    atomic_write_json(PoolLayout(str(pool)).heartbeat(worker), {"worker": worker})
+    atomic_write_json(PoolLayout(str(pool)).heartbeat(worker),
+                      {"worker": worker, "host": host, "pid": 999_999_999, "pid_start": 1.0})
     return claim
 
 
@@ -73,10 +74,12 @@ def test_a_remote_claim_is_requeued_only_when_its_heartbeat_is_stale(pool: Path,
     fake_remote_claim(pool, run, "a")
     beat = PoolLayout(str(pool)).heartbeat("far-1-abcd")
     reaper = Reaper(PoolLayout(str(pool)), stale_after=60)
-    age(beat, 59, pool)
-    assert reaper.reap(run) == [] and len(running_names(run)) == 1
-    age(beat, 61, pool)
-    assert reaper.reap(run) == ["a"]
+    age(beat, 59, pool)  # young in the storage's clock: never stale, however long we watch
+    assert reaper.reap(run, mono=0) == [] and reaper.reap(run, mono=500) == []
+    age(beat, 61, pool)  # old, but this reaper must also see it unchanged for 60 s itself
+    assert reaper.reap(run, mono=1000) == [] and reaper.reap(run, mono=1059) == []
+    assert len(running_names(run)) == 1
+    assert reaper.reap(run, mono=1061) == ["a"]
     [lost] = read_json(run.job("a", "queued"))["tries"]
     assert "last heartbeat 61 s ago" in lost["reason"] and "far-away-host" in lost["reason"]
 
@@ -87,8 +90,9 @@ def test_a_claim_never_locked_is_judged_by_its_rename_time(pool: Path, make_work
     name = os.path.basename(claim.path)
     ctime = os.stat(claim.path).st_ctime
     reaper = Reaper(PoolLayout(str(pool)), stale_after=60)
-    assert not reaper.judge(run, name, claim.record, ctime + 30, {}).stale
-    verdict = reaper.judge(run, name, claim.record, ctime + 90, {})
+    assert not reaper.judge(run, name, claim.record, ctime + 30, 0.0, {}).stale
+    assert not reaper.judge(run, name, claim.record, ctime + 30, 100.0, {}).stale
+    verdict = reaper.judge(run, name, claim.record, ctime + 90, 100.0, {})
     assert verdict.stale and "never locked" in verdict.reason
 
 
@@ -98,7 +102,8 @@ def test_a_job_that_keeps_losing_its_worker_fails_after_max_lost(pool: Path, mak
     for n in (1, 2):
         fake_remote_claim(pool, run, "oom", worker=f"w{n}")
         age(PoolLayout(str(pool)).heartbeat(f"w{n}"), 120, pool)
-        assert reaper.reap(run) == ["oom"]
+        assert reaper.reap(run, mono=1000 * n) == []
+        assert reaper.reap(run, mono=1000 * n + 61) == ["oom"]
     record = read_json(run.job("oom", "failed"))
     assert [t["status"] for t in record["tries"]] == ["lost", "lost"]
     assert record["reason"].startswith("lost 2 times (max_lost 2)")
@@ -126,7 +131,8 @@ def test_a_frozen_worker_that_wakes_up_writes_nothing(pool: Path, make_workflow,
     try:
         claim = read_json(run.claim_record("a", 1))
         age(PoolLayout(str(pool)).heartbeat(claim["worker"]), 7200, pool)
-        assert Reaper(PoolLayout(str(pool)), stale_after=3600).reap(run) == ["a"]
+        reaper = Reaper(PoolLayout(str(pool)), stale_after=3600)
+        assert reaper.reap(run, mono=0) == [] and reaper.reap(run, mono=3601) == ["a"]
         work(pool, run, stale_after=3600)
         done_bytes = Path(run.job("a", "done")).read_bytes()
     finally:

@@ -61,8 +61,9 @@ def test_wait_reaps_stale_claims_and_says_when_no_worker_is_alive(pool: Path, ma
     from .test_faults import age, fake_remote_claim
 
     run = submit(pool, make_workflow([{"id": "a", "command": "true"}, {"id": "b", "command": "true"}]))
-    fake_remote_claim(pool, run, "a", worker="dead-1")
-    age(PoolLayout(str(pool)).heartbeat("dead-1"), 600, pool)
+    from executioner.fsio import HOST
+
+    fake_remote_claim(pool, run, "a", worker="dead-1", host=HOST)  # its pid does not exist
     out = io.StringIO()
     result: list[dict] = []
     waiter = threading.Thread(target=lambda: result.append(
