@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-HOST = socket.gethostname()
+HOST = os.environ.get("EXEC_HOSTNAME") or socket.gethostname()  # override: tests, odd clusters
 TEMP_PREFIX = ".tmp-"
 
 

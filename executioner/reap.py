@@ -1,18 +1,14 @@
 """Find claims whose worker is gone and put their jobs back in queued/ (or failed/).
 
-No wall clock of one machine is ever compared with another's. A claim is stale only when
-both of these hold:
-
-* in the storage's clock domain, its last sign of life is older than ``stale_after``:
-  heartbeats are stamped by the filesystem (``os.utime`` with no explicit time) and "now"
-  is read the same way, from a probe file this checker touches in the pool;
-* this checker has itself seen that sign of life unchanged for ``stale_after`` seconds
-  of its own monotonic clock.
-
-The first rule alone would fail where the filesystem stamps times with the *client's*
-clock (sshfs does), and the second alone needs no shared clock but trusts the observer's
-patience; together, a node whose clock is an hour off neither requeues live claims nor
-keeps dead ones. Same-host claims whose process is gone are requeued at once.
+No wall clock of one machine is ever compared with another's, and no timestamp is
+trusted to be in any particular clock: a claim is stale when this checker has itself seen
+its sign of life (the worker's heartbeat mtime; for a claim never locked, the claim
+file's ctime) stay unchanged for ``stale_after`` seconds of its own monotonic clock.
+Heartbeats are touched with ``os.utime(path)`` and no explicit time; whatever clock stamps
+them (the NFS server's, or the client's on sshfs and under libfaketime), only their
+*changing* counts, so a node whose clock is an hour off neither gets its live claims
+requeued nor keeps dead ones. A new checker needs ``stale_after`` of watching before it
+can call anything stale. Same-host claims whose process is gone are requeued at once.
 """
 
 from __future__ import annotations
@@ -81,23 +77,22 @@ class Reaper:
             return 0.0
         return mono - seen[1]
 
-    def _verdict(self, key: str, stamp: float, now: float, mono: float, what: str) -> Verdict:
-        age = now - stamp
+    def _verdict(self, key: str, stamp: float, mono: float, what: str) -> Verdict:
         still = self._unchanged_for(key, stamp, mono)
-        stale = age > self.stale_after and still >= self.stale_after
-        return Verdict(stale, what.format(age=age))
+        return Verdict(still >= self.stale_after, what.format(age=still))
 
-    def judge(self, run: RunLayout, name: str, record: dict[str, Any], now: float, mono: float,
+    def judge(self, run: RunLayout, name: str, record: dict[str, Any], mono: float,
               beats: dict[str, float | None]) -> Verdict:
-        """Is the claim ``running/<name>`` stale? ``now``: the storage's time; ``mono``: our
-        monotonic clock; ``beats``: worker id -> heartbeat mtime (filled as we go)."""
+        """Is the claim ``running/<name>`` stale? ``mono``: our monotonic clock;
+        ``beats``: worker id -> heartbeat mtime (filled as we go)."""
         job_id, token = split_running_name(name) or ("", "")
         path = os.path.join(run.state_dir("running"), name)
         claim = self._claim_record(run, path, job_id, token.removesuffix(store.STAGE_SUFFIX), record)
         if claim is None:
             # Claimed but never locked (the worker died in between): the rename set the
             # file's ctime, in the storage's clock.
-            return self._verdict(path, os.stat(path).st_ctime, now, mono, "claimed {age:.0f} s ago and never locked")
+            return self._verdict(path, os.stat(path).st_ctime, mono,
+                                 "claimed and never locked; unchanged for {age:.0f} s")
         who = f"host {claim.get('host')}, worker {claim.get('worker')}"
         if owner_dead_here(claim):
             return Verdict(True, f"worker process gone ({who}, pid {claim.get('pid')})")
@@ -110,8 +105,8 @@ class Reaper:
         beat = beats[worker]
         if beat is None:
             stamp = os.stat(run.claim_record(job_id, len(record["tries"]) + 1)).st_mtime
-            return self._verdict(path, stamp, now, mono, f"no heartbeat file ({who}); claimed {{age:.0f}} s ago")
-        return self._verdict("worker:" + worker, beat, now, mono, f"last heartbeat {{age:.0f}} s ago ({who})")
+            return self._verdict(path, stamp, mono, f"no heartbeat file ({who}); claim unchanged for {{age:.0f}} s")
+        return self._verdict("worker:" + worker, beat, mono, f"no heartbeat for {{age:.0f}} s ({who})")
 
     def _claim_record(self, run: RunLayout, path: str, job_id: str, token: str,
                       record: dict[str, Any]) -> dict[str, Any] | None:
@@ -135,7 +130,6 @@ class Reaper:
         self.running_seen[run.run_id] = len(names)
         if not names:
             return []
-        now = storage_now(self.pool)
         beats: dict[str, float | None] = {}
         moved = []
         for name in names:
@@ -146,7 +140,7 @@ class Reaper:
                 if record is None:
                     quarantine(run, path, f"unreadable job file: {problem}")
                     continue
-                verdict = self.judge(run, name, record, now, mono, beats)
+                verdict = self.judge(run, name, record, mono, beats)
             except FileNotFoundError:
                 continue  # finished or requeued meanwhile
             if verdict.stale and requeue_lost(run, job_id, token, record, verdict.reason,

@@ -12,7 +12,7 @@ COUNTED = ("failed", "timeout")  # try statuses that use up max_retries
 @dataclass(frozen=True)
 class Decision:
     retry: bool
-    not_before: float | None = None
+    delay: float = 0.0
     reason: str | None = None
 
 
@@ -33,9 +33,8 @@ def decide(spec: dict[str, Any], tries: list[dict[str, Any]], now: float,
     jitter = spec["retry_jitter"]
     if jitter and delay:
         delay *= 1 + (rng or random).uniform(-jitter, jitter)
-    not_before = now + delay
     limit = spec["max_retry_time"]
     first_start = tries[0]["start"]
-    if limit is not None and not_before - first_start > limit:
+    if limit is not None and now + delay - first_start > limit:
         return Decision(False, reason=f"max_retry_time {limit:g} s would be exceeded")
-    return Decision(True, not_before=not_before)
+    return Decision(True, delay=delay)

@@ -83,6 +83,7 @@ def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
         elif v.state == "running" and v.claim:
             v.reason = f"on {v.claim.get('host')} (worker {v.claim.get('worker')})"
         elif v.state == "queued" and r.get("not_before") and r["not_before"] > time.time():
+            # not_before is in the storage's clock; shown as a local time, close enough to read
             v.reason = "retry after " + time.strftime("%H:%M:%S", time.localtime(r["not_before"]))
     return sorted(views.values(), key=lambda v: v.id)
 

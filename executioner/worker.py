@@ -17,6 +17,7 @@ from typing import Any, Callable
 import filelock
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.utils import BaseThread
 
 from . import fsio, store
 from .execute import TryStatus, build_env, command_argv, missing_outputs, run_command
@@ -28,6 +29,24 @@ from .retry import decide
 log = logging.getLogger("executioner.worker")
 # watchdog logs a benign error when events arrive while its observer stops
 logging.getLogger("watchdog").setLevel(logging.CRITICAL)
+
+
+def _quiet_watchdog_deaths() -> None:
+    """A watchdog thread that dies (its delayed queue mixes wall-clock time and breaks when
+    the clock jumps) costs us only the events: polling goes on. Say so in one line instead
+    of a traceback on the user's terminal."""
+    previous = threading.excepthook
+    if getattr(previous, "_executioner", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if isinstance(args.thread, BaseThread):
+            log.info("filesystem events stopped (%s: %s); polling only", args.exc_type.__name__, args.exc_value)
+            return
+        previous(args)
+
+    hook._executioner = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 class _Wake(FileSystemEventHandler):
@@ -80,7 +99,7 @@ class Worker:
         self._cursor: dict[str, int] = {}
         self._lost_in_row = 0
         self._sweeping = threading.Lock()
-        self._not_before: dict[tuple[str, str], float] = {}
+        self._not_before: dict[tuple[str, str], float] = {}  # (run, job) -> monotonic deadline
         self._records: dict[str, dict[str, Any]] = {}
         self._last_sweep: dict[str, float] = {}
         self._last_scrub: dict[str, float] = {}
@@ -203,7 +222,7 @@ class Worker:
                 time.monotonic() - self._idle_since >= self.exit_when_idle
 
     def _idle_wait(self, delay: float) -> float:
-        now = time.time()
+        now = time.monotonic()
         with self._lock:
             due = [nb - now for nb in self._not_before.values() if nb > now]
         return max(0.01, min([delay, *due]))
@@ -234,7 +253,7 @@ class Worker:
 
     def _work_pending(self) -> bool:
         """Jobs running in our runs (they may release dependents) or retries not yet due."""
-        now = time.time()
+        now = time.monotonic()
         with self._lock:
             if any(nb > now for nb in self._not_before.values()):
                 return True
@@ -301,11 +320,15 @@ class Worker:
                 self._lost_race(run_id)
                 continue
             not_before = claim.record.get("not_before")
-            if not_before and not_before > time.time():
+            # Clamped to the job's own delay: a writer whose clock is ahead can make a retry
+            # early, never make it wait longer than its delay.
+            wait = min(not_before - storage_now(self.pool), claim.record.get("retry_delay_s", 0.0)) \
+                if not_before else 0.0
+            if wait > 0:
                 # RACE: no lock written yet, and only we hold this claim name: put it back.
                 store.release(claim)
                 with self._lock:
-                    self._not_before[(run_id, job_id)] = not_before
+                    self._not_before[(run_id, job_id)] = time.monotonic() + wait
                 continue
             with self._lock:
                 self._lost_in_row = 0
@@ -316,7 +339,7 @@ class Worker:
     def _pick(self, run_id: str) -> str | None:
         """The next candidate: each worker walks the sorted listing from its own random
         cursor, so workers work in different regions of the queue and rarely collide."""
-        now = time.time()
+        now = time.monotonic()
         with self._lock:
             candidates = self._candidates.get(run_id) or []
             while candidates:
@@ -435,10 +458,13 @@ class Worker:
             return
         decision = decide(spec, new["tries"], time.time(), self._rng)
         if decision.retry:
-            new["not_before"] = decision.not_before
+            # not_before is in the storage's clock, so any worker, whatever its own clock,
+            # waits out the same delay; we remember it on our monotonic clock.
+            new["not_before"] = storage_now(self.pool) + decision.delay
+            new["retry_delay_s"] = decision.delay
             if self._finish(claim, new, "queued"):
                 with self._lock:
-                    self._not_before[(run.run_id, claim.job_id)] = decision.not_before or 0
+                    self._not_before[(run.run_id, claim.job_id)] = time.monotonic() + decision.delay
             return
         new["reason"] = f"{reason}; {decision.reason}"
         if self._finish(claim, new, "failed"):
@@ -510,6 +536,7 @@ class Worker:
 
     def _watch(self) -> Any:
         """Local filesystem events wake idle slots at once; polling alone still guarantees progress."""
+        _quiet_watchdog_deaths()
         try:
             observer = Observer()
             observer.schedule(_Wake(self._on_event), self.pool.root, recursive=False)
