@@ -47,6 +47,16 @@ def storage_now(pool: PoolLayout) -> float:
     return os.stat(probe).st_mtime
 
 
+def fresh_mtime(path: str) -> float:
+    """A file's mtime, read through open(): on NFS, opening revalidates the attribute cache
+    (close-to-open consistency), where a plain stat may answer from a cache up to 60 s old."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.fstat(fd).st_mtime
+    finally:
+        os.close(fd)
+
+
 def owner_dead_here(claim: dict[str, Any]) -> bool:
     """Same-host fast path: the claim's process is gone (or its pid was reused)."""
     if claim.get("host") != fsio.HOST:
@@ -99,7 +109,7 @@ class Reaper:
         worker = str(claim.get("worker"))
         if worker not in beats:
             try:
-                beats[worker] = os.stat(self.pool.heartbeat(worker)).st_mtime
+                beats[worker] = fresh_mtime(self.pool.heartbeat(worker))
             except FileNotFoundError:
                 beats[worker] = None
         beat = beats[worker]
