@@ -182,3 +182,25 @@ def test_a_second_ctrl_c_stops_at_once(pool: Path, make_workflow, tmp_path: Path
     os.killpg(int(pidfile.read_text()), signal.SIGKILL)
     assert len(running_names(run)) == 1  # left for the reaper: its pid is gone now
     assert Reaper(PoolLayout(str(pool)), stale_after=3600).reap(run) == ["stubborn"]
+
+
+def test_a_requeue_stage_left_after_its_commit_is_removed_not_doubled(pool: Path, make_workflow) -> None:
+    """A worker died between the requeue's commit rename and removing its stage file."""
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
+    claim = fake_remote_claim(pool, run, "a", worker="gone-1", host=HOST)
+    stage = run.running("a", claim.token + store.STAGE_SUFFIX)
+    os.rename(claim.path, stage)
+    Path(run.job("a", "queued")).write_bytes(Path(stage).read_bytes())  # the commit happened
+    assert Reaper(PoolLayout(str(pool)), stale_after=60).reap(run) == []
+    assert running_names(run) == [] and files(run, "queued") == ["a.json"]
+
+
+def test_a_requeue_stage_left_before_its_commit_is_requeued(pool: Path, make_workflow) -> None:
+    """A worker died between fencing its claim into the stage and the commit: the stage is the job."""
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
+    claim = fake_remote_claim(pool, run, "a", worker="gone-2", host=HOST)
+    os.rename(claim.path, run.running("a", claim.token + store.STAGE_SUFFIX))
+    assert Reaper(PoolLayout(str(pool)), stale_after=60).reap(run) == ["a"]
+    assert running_names(run) == [] and files(run, "queued") == ["a.json"]
+    work(pool, run)
+    assert [t["status"] for t in read_json(run.job("a", "done"))["tries"]] == ["lost", "done"]
