@@ -404,7 +404,8 @@ class Worker:
                                 5 if self._dormant(run_id) else 1):
                             self._last_scrub[run_id] = now
                             self.scrubber.scrub(run, storage_now(self.pool))
-                except filelock.Timeout:
+                except (filelock.Timeout, PermissionError):
+                    # another sweeper holds it (over sshfs an O_EXCL loser may see EPERM)
                     continue
                 if moved:
                     with self._lock:
