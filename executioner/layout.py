@@ -22,6 +22,8 @@ Format version 1. A *pool* is a directory of runs::
                                      stays afterwards as the record of who ran that try
         logs/<job>.<try>.out|.err    stdout and stderr of each try
         quarantine/<file>[.reason]   broken files taken out of the state folders, and why
+        coordinator.lock / .json     present only while a resume or rollback changes the run:
+                                     who, doing what, since when
         launch/                      submitit's files for local workers started by exec-submit
 
 A job's state is the folder its file is in, and nothing else. A job file holds the job's
@@ -64,6 +66,14 @@ class RunLayout:
 
     def state_dir(self, state: str) -> str:
         return os.path.join(self.root, state)
+
+    @property
+    def coordinator_lock(self) -> str:
+        return os.path.join(self.root, "coordinator.lock")
+
+    @property
+    def coordinator_info(self) -> str:
+        return os.path.join(self.root, "coordinator.json")
 
     @property
     def quarantine_dir(self) -> str:
