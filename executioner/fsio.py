@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import stat
 from typing import Any
 
 import orjson
@@ -60,9 +61,12 @@ def atomic_write_json(path: str, data: Any) -> None:
 
 
 def read_bytes(path: str) -> bytes:
-    """The whole file, with one open and no fstat (each costs a round trip on NFS)."""
-    fd = os.open(path, os.O_RDONLY)
+    """The whole file. Opened non-blocking, so a FIFO planted in a state folder cannot hang
+    us; anything but a regular file is refused with ValueError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
         chunks = []
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)

@@ -13,7 +13,6 @@ Format version 1. A *pool* is a directory of runs::
         waiting/<job>.json           dependencies not done yet (or blocked by a failure)
         queued/<job>.json            ready to run (a retry may carry "not_before")
         running/<job>@<token>.json   claimed; <token> names the claim
-                                     (<token>.requeue: on its way back to queued/ for a retry)
         done/<job>.json              finished with success
         failed/<job>.json            finished without success, retries used up
         logs/<job>.<try>.claim       the lock of try N, written right after the claim rename:

@@ -97,7 +97,7 @@ class Reaper:
         ``beats``: worker id -> heartbeat mtime (filled as we go)."""
         job_id, token = split_running_name(name) or ("", "")
         path = os.path.join(run.state_dir("running"), name)
-        claim = self._claim_record(run, path, job_id, token.removesuffix(store.STAGE_SUFFIX), record)
+        claim = self._claim_record(run, path, job_id, token, record)
         if claim is None:
             # Claimed but never locked (the worker died in between): the rename set the
             # file's ctime, in the storage's clock.
@@ -148,11 +148,18 @@ class Reaper:
             try:
                 record, problem = read_checked(path, job_id)
                 if record is None:
-                    quarantine(run, path, f"unreadable job file: {problem}")
+                    # Its owner may be writing its result into it this very instant (and be
+                    # paused there): broken only if it stays so, unchanged, for stale_after.
+                    st = os.stat(path)
+                    if self._verdict("torn:" + path, st.st_mtime + st.st_size * 1e-9, mono, "").stale:
+                        quarantine(run, path, f"unreadable job file: {problem}")
                     continue
                 verdict = self.judge(run, name, record, mono, beats)
             except FileNotFoundError:
                 continue  # finished or requeued meanwhile
+            except OSError as e:  # one unreadable claim (EACCES, ESTALE) must not stop the pass
+                log.warning("run %s: cannot judge claim %s: %s", run.run_id, name, e)
+                continue
             if verdict.stale and requeue_lost(run, job_id, token, record, verdict.reason,
                                               self._claims.get(os.path.join(run.state_dir("running"), name))):
                 moved.append(job_id)
@@ -169,10 +176,6 @@ def requeue_lost(run: RunLayout, job_id: str, token: str, record: dict[str, Any]
     The move is a rename from the stale claim's own name: if its worker finishes at the
     same moment, exactly one of the two renames wins.
     """
-    if token.endswith(store.STAGE_SUFFIX) and _elsewhere(run, job_id):
-        # RACE: a requeue that crashed after its commit rename: the job is already back.
-        fsio.unlink_quietly(run.running(job_id, token))
-        return False
     now = time.time()
     claim = claim or {}
     attempt = {"try": len(record["tries"]) + 1, "status": "lost", "reason": reason,
@@ -192,10 +195,3 @@ def requeue_lost(run: RunLayout, job_id: str, token: str, record: dict[str, Any]
         log.warning("run %s: job %s %s: %s", run.run_id, job_id,
                     "failed" if state == "failed" else "requeued", reason)
     return ok
-
-
-def _elsewhere(run: RunLayout, job_id: str) -> bool:
-    if any(os.path.exists(run.job(job_id, s)) for s in ("waiting", "queued", "done", "failed")):
-        return True
-    return any((split_running_name(n) or ("",))[0] == job_id and not n.endswith(store.STAGE_SUFFIX + ".json")
-               for n in os.listdir(run.state_dir("running")))

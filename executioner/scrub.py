@@ -51,11 +51,13 @@ def read_checked(path: str, job_id: str, pause: float = 0.2) -> tuple[dict[str, 
             time.sleep(pause)
         try:
             record = fsio.read_json(path)
-        except ValueError as e:
-            reason = f"not valid JSON: {e}" if os.path.getsize(path) else "empty file"
-            continue
         except IsADirectoryError:
             return None, "a directory"
+        except ValueError as e:
+            if str(e) == "not a regular file":
+                return None, str(e)
+            reason = f"not valid JSON: {e}" if os.path.getsize(path) else "empty file"
+            continue
         reason = check_record(record, job_id)
         if reason is None:
             return record, None
@@ -126,6 +128,8 @@ class Scrubber:
                         reason: str | None = "a symlink"
                     elif entry.is_dir(follow_symlinks=False):
                         reason = "a directory"
+                    elif not entry.is_file(follow_symlinks=False):
+                        reason = "not a regular file"
                     else:
                         reason = _name_problem(state, name)
                     if reason is None and state in ("done", "failed") and path not in self._good and budget:

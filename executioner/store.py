@@ -25,7 +25,6 @@ SPEC_KEYS = ("command",)  # the rest default: files written by an older version 
 SPEC_DEFAULTS = {k: v for k, v in JobSpec(id="_", command="_").to_spec().items() if k not in SPEC_KEYS}
 
 FinalState = Literal["done", "failed"]
-STAGE_SUFFIX = ".requeue"  # running/J@T.requeue.json: a claim on its way back to queued/
 
 
 def new_job_record(run_id: str, spec: JobSpec, dependents: list[str]) -> dict[str, Any]:
@@ -101,31 +100,27 @@ def transition(run: RunLayout, job_id: str, src: str, dst: str, *, token: str | 
         # other sees ENOENT. An unchanged file put back from running is ours alone.
         return _rename(source, target)
     assert src == "running"
-    tmp = fsio.write_temp(run.state_dir(dst), fsio.dumps(record))
-    if dst in ("done", "failed"):
-        # The fence: this rename succeeds only while our claim file is where we put it.
-        if not _rename(source, target):
-            fsio.unlink_quietly(tmp)
-            return False
-        # RACE: until the replace below, done/J.json holds the job as it was claimed. Only
-        # this worker writes it now (no one moves files out of done/ or failed/ here), so
-        # readers see a valid, older file; a crash here loses only this try's record.
-        os.replace(tmp, target)
-        return True
-    # Back to queued with new content (a retry). A file in queued/ can be claimed at any
-    # moment, so its new content must be in place before it appears there: first fence
-    # the claim into a stage name (still in running/, so the job is never out of sight),
-    # then rename the new content into queued/.
-    stage = run.running(job_id, f"{token}{STAGE_SUFFIX}")
-    if not _rename(source, stage):
-        fsio.unlink_quietly(tmp)
+    # Leaving running/ with new content: write it into the claim's own inode, then make
+    # one rename from the claim's name. This is the one write in executioner that is not
+    # temp + rename, and it must not be: renaming a temp file over the claim name would
+    # re-create a claim that was taken away meanwhile (and with it a second copy of the
+    # job). Opening without O_CREAT fails once the claim is gone; the rename is the fence.
+    # RACE: a reaper may take the claim between our open and our rename. It writes its
+    # own content into the same inode and renames it; exactly one rename wins, so the job
+    # stays in one folder, with one of the two records. Readers of running/ can see the
+    # file torn for the instant of the write; they read again before judging it broken.
+    try:
+        fd = os.open(source, os.O_WRONLY)
+    except FileNotFoundError:
         return False
-    # RACE: between these two renames the job is only in the stage file, which claimers
-    # never take (it is not in queued/) and status shows as running; the commit point is
-    # the rename into queued/ just below. A crash here leaves the stage for the reaper.
-    os.rename(tmp, target)
-    fsio.unlink_quietly(stage)
-    return True
+    try:
+        payload = fsio.dumps(record)
+        os.pwrite(fd, payload, 0)
+        os.ftruncate(fd, len(payload))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return _rename(source, target)
 
 
 def _rename(src: str, dst: str) -> bool:

@@ -87,6 +87,7 @@ class Worker:
         self.claimed = 0
         self.finished = 0
         self._stop = threading.Event()  # claim no more
+        self._slots_done = threading.Event()  # every slot has returned: stop beating
         self._abort = threading.Event()  # and stop the running commands too
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -110,6 +111,7 @@ class Worker:
         self._listed: dict[str, float] = {}  # run id -> when its queued/ was last listed
         self._queued_empty: set[str] = set()
         self._event = False  # a local filesystem event arrived: look at every run now
+        self._last_look = False
         self.scrubber = Scrubber()
         self._skipped: set[str] = set()
         self._rng = random.Random()
@@ -125,10 +127,11 @@ class Worker:
         """Work until stopped, idle for ``exit_when_idle`` s, or ``max_jobs`` claimed; return jobs finished."""
         os.makedirs(self.pool.workers_dir, exist_ok=True)
         beat_path = self.pool.heartbeat(self.worker_id)
-        fsio.atomic_write_json(beat_path, {
+        self._beat_record = {
             "worker": self.worker_id, "host": self.owner.host, "pid": self.owner.pid,
             "pid_start": self.owner.pid_start, "started": time.time(), "heartbeat": self.heartbeat,
-            "runs": self.run_ids, "slots": self.slots})
+            "runs": self.run_ids, "slots": self.slots}
+        fsio.atomic_write_json(beat_path, self._beat_record)
         beater = threading.Thread(target=self._housekeep, args=(beat_path,), daemon=True)
         beater.start()
         self._observer = observer = self._watch()
@@ -143,7 +146,9 @@ class Worker:
             self._stop.set()
             self._wake.set()
             for t in slots:
-                t.join()
+                t.join()  # the heartbeat goes on until every command has stopped
+            self._slots_done.set()
+            beater.join(timeout=5)
             if observer is not None:
                 observer.stop()
             fsio.unlink_quietly(beat_path)
@@ -190,7 +195,12 @@ class Worker:
             if self.max_jobs is not None and self.claimed >= self.max_jobs:
                 return False
             self.claimed += 1  # reserved, so K slots never claim more than max_jobs together
-        claim = self._claim_next()
+        try:
+            claim = self._claim_next()
+        except BaseException:
+            with self._lock:
+                self.claimed -= 1
+            raise
         with self._lock:
             if claim is None:
                 self.claimed -= 1
@@ -216,10 +226,19 @@ class Worker:
         with self._lock:
             if pending:
                 self._idle_since = None
+                self._last_look = False
                 return False
             self._idle_since = self._idle_since or time.monotonic()
-            return self.exit_when_idle is not None and \
-                time.monotonic() - self._idle_since >= self.exit_when_idle
+            if time.monotonic() - self._idle_since < self.exit_when_idle:
+                return False
+            if not self._last_look:
+                # Before leaving, one look at everything that the rate limits skip (dormant
+                # runs, a sweep): another host may have made work ready meanwhile.
+                self._last_look = True
+                self._event = True
+                self._last_sweep.clear()
+                return False
+            return True
 
     def _idle_wait(self, delay: float) -> float:
         now = time.monotonic()
@@ -319,22 +338,31 @@ class Worker:
             if claim is None:
                 self._lost_race(run_id)
                 continue
-            not_before = claim.record.get("not_before")
-            # Clamped to the job's own delay: a writer whose clock is ahead can make a retry
-            # early, never make it wait longer than its delay.
-            wait = min(not_before - storage_now(self.pool), claim.record.get("retry_delay_s", 0.0)) \
-                if not_before else 0.0
-            if wait > 0:
-                # RACE: no lock written yet, and only we hold this claim name: put it back.
-                store.release(claim)
-                with self._lock:
-                    self._not_before[(run_id, job_id)] = time.monotonic() + wait
-                continue
+            try:
+                if self._take(run_id, job_id, claim):
+                    return claim
+            except BaseException:
+                store.release(claim)  # anything went wrong before it ran: give it back
+                raise
+
+    def _take(self, run_id: str, job_id: str, claim: store.Claim) -> bool:
+        """Keep a fresh claim (write its lock) or put it back if its retry is not due yet."""
+        not_before = claim.record.get("not_before")
+        # Clamped to the job's own delay: a writer whose clock is ahead can make a retry
+        # early, never make it wait longer than its delay.
+        wait = min(not_before - storage_now(self.pool), claim.record.get("retry_delay_s", 0.0)) \
+            if not_before else 0.0
+        if wait > 0:
+            # RACE: no lock written yet, and only we hold this claim name: put it back.
+            store.release(claim)
             with self._lock:
-                self._lost_in_row = 0
-                self._not_before.pop((run_id, job_id), None)
-            store.write_lock(claim)
-            return claim
+                self._not_before[(run_id, job_id)] = time.monotonic() + wait
+            return False
+        with self._lock:
+            self._lost_in_row = 0
+            self._not_before.pop((run_id, job_id), None)
+        store.write_lock(claim)
+        return True
 
     def _pick(self, run_id: str) -> str | None:
         """The next candidate: each worker walks the sorted listing from its own random
@@ -502,16 +530,25 @@ class Worker:
 
     # ---- liveness -----------------------------------------------------------------
     def _housekeep(self, path: str) -> None:
-        """Every heartbeat: show we are alive, and requeue the claims of workers that are not."""
-        while not self._stop.wait(self.heartbeat):
+        """Every heartbeat: show we are alive, and requeue the claims of workers that are not.
+
+        It beats until every slot has finished (a stopping worker still holds claims while
+        its commands shut down), and nothing that goes wrong ends it.
+        """
+        while not self._slots_done.wait(self.heartbeat):
             try:
-                # No explicit time: the filesystem stamps it in its own clock domain.
+                # No explicit time: whatever clock stamps it, only its changing counts.
                 os.utime(path)
             except FileNotFoundError:
-                fsio.atomic_write_json(path, {"worker": self.worker_id, "recreated": True})
+                try:  # someone cleaned workers/: put our heartbeat back
+                    os.makedirs(self.pool.workers_dir, exist_ok=True)
+                    fsio.atomic_write_json(path, self._beat_record)
+                except OSError as e:
+                    log.warning("heartbeat %s: %s", path, e)
             except OSError as e:
                 log.warning("heartbeat %s: %s", path, e)
-            self.reap()
+            if not self._stop.is_set():
+                self.reap()
 
     def reap(self) -> int:
         """One reaping pass over our runs; never raises. Returns the number of jobs moved."""

@@ -184,23 +184,18 @@ def test_a_second_ctrl_c_stops_at_once(pool: Path, make_workflow, tmp_path: Path
     assert Reaper(PoolLayout(str(pool)), stale_after=3600).reap(run) == ["stubborn"]
 
 
-def test_a_requeue_stage_left_after_its_commit_is_removed_not_doubled(pool: Path, make_workflow) -> None:
-    """A worker died between the requeue's commit rename and removing its stage file."""
+def test_a_requeue_racing_a_reaper_leaves_one_copy(pool: Path, make_workflow) -> None:
+    """The owner re-queues its claim (a retry) while a reaper re-queues it as lost: one wins."""
     run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
-    claim = fake_remote_claim(pool, run, "a", worker="gone-1", host=HOST)
-    stage = run.running("a", claim.token + store.STAGE_SUFFIX)
-    os.rename(claim.path, stage)
-    Path(run.job("a", "queued")).write_bytes(Path(stage).read_bytes())  # the commit happened
-    assert Reaper(PoolLayout(str(pool)), stale_after=60).reap(run) == []
-    assert running_names(run) == [] and files(run, "queued") == ["a.json"]
-
-
-def test_a_requeue_stage_left_before_its_commit_is_requeued(pool: Path, make_workflow) -> None:
-    """A worker died between fencing its claim into the stage and the commit: the stage is the job."""
-    run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
-    claim = fake_remote_claim(pool, run, "a", worker="gone-2", host=HOST)
-    os.rename(claim.path, run.running("a", claim.token + store.STAGE_SUFFIX))
-    assert Reaper(PoolLayout(str(pool)), stale_after=60).reap(run) == ["a"]
-    assert running_names(run) == [] and files(run, "queued") == ["a.json"]
-    work(pool, run)
-    assert [t["status"] for t in read_json(run.job("a", "done"))["tries"]] == ["lost", "done"]
+    claim = fake_remote_claim(pool, run, "a", worker="slow-1")
+    # the reaper read the claim, judged it stale, and wins the race to the rename
+    assert requeue_lost(run, "a", claim.token, claim.record, "stale", None)
+    # the owner wakes up and tries to put it back for a retry: its claim name is gone
+    assert store.finish(claim, dict(claim.record, not_before=1.0), "queued") is False
+    assert files(run, "queued") == ["a.json"] and running_names(run) == []
+    assert [t["status"] for t in read_json(run.job("a", "queued"))["tries"]] == ["lost"]
+    # the other order: the owner first, then a second reaper with its stale view
+    claim = store.claim(run, "a", store.Owner("w2", "far-away-host", 1, 1.0))
+    assert store.finish(claim, dict(claim.record, not_before=1.0), "queued")
+    assert requeue_lost(run, "a", claim.token, claim.record, "stale", None) is False
+    assert files(run, "queued") == ["a.json"] and read_json(run.job("a", "queued"))["not_before"] == 1.0
