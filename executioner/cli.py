@@ -119,6 +119,8 @@ def worker_main(argv: list[str] | None = None) -> int:
         if worker._abort.is_set() and signum == signal.SIGINT:
             os._exit(130)  # a second Ctrl-C: stop at once
         worker.stop()
+        print(f"exec-worker: {signal.Signals(signum).name}: stopping; running jobs go back to queued/ "
+              "(Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -479,6 +479,8 @@ class Worker:
                    not_before=None)
         if status == "done":
             if self._finish(claim, new, "done"):
+                log.info("completed %s of run %s (try %d, claim %s)", claim.job_id, run.run_id,
+                         try_number, claim.token)
                 self._count_finished()
                 store.promote(run, record["dependents"])
             return

@@ -51,18 +51,26 @@ def main(argv: list[str] | None = None) -> int:
     bin_dir = os.path.dirname(sys.executable)
     wf = os.path.join(tmp, "chaos.json")
     with open(wf, "wb") as f:
+        # every tenth job fails its first try and is retried after 0.2 s (the retry path)
         f.write(orjson.dumps({"name": "chaos", "workdir": tmp, "jobs": [
-            {"id": f"j{i:05d}", "command": f"echo $EXEC_JOB_ID $EXEC_TRY >> {ledger}; sleep {rng.uniform(0, 2 * a.job_seconds):.2f}",
-             "max_lost": 1000} for i in range(a.jobs)]}))
+            {"id": f"j{i:05d}", "max_lost": 1000, "max_retries": 3, "retry_delay": 0.2,
+             "command": f"echo $EXEC_JOB_ID $EXEC_TRY >> {ledger}; sleep {rng.uniform(0, 2 * a.job_seconds):.2f}"
+                        + ("; [ $EXEC_TRY -ge 2 ] || exit 3" if i % 10 == 0 else "")}
+            for i in range(a.jobs)]}))
     out = subprocess.run([os.path.join(bin_dir, "exec-submit"), wf, "--pool", views[0]], check=True,
                          capture_output=True, text=True).stdout
     run_id, run_dir = out.split(" ", 1)
     run_dir = run_dir.strip()
 
+    logs = os.path.join(tmp, "worker-logs")
+    os.makedirs(logs)
+
     def start(i: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([os.path.join(bin_dir, "exec-worker"), "--pool", views[i % len(views)],
-                                 "--run", run_id, "-j", str(a.slots), "--heartbeat", str(a.heartbeat),
-                                 "--stale-after", str(a.stale_after), "-q"], stderr=subprocess.DEVNULL)
+        # every worker's log (INFO: one "completed" line per completion) is kept for the check
+        with open(os.path.join(logs, f"{i}.log"), "ab") as log:
+            return subprocess.Popen([os.path.join(bin_dir, "exec-worker"), "--pool", views[i % len(views)],
+                                     "--run", run_id, "-j", str(a.slots), "--heartbeat", str(a.heartbeat),
+                                     "--stale-after", str(a.stale_after)], stderr=log)
 
     workers = [start(i) for i in range(a.workers)]
     frozen: dict[int, float] = {}  # worker index -> when to SIGCONT
@@ -104,10 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 w.kill()
     elapsed = time.monotonic() - began
-    return report(run_dir, a.jobs, ledger, blows, elapsed, a.workers, len(views))
+    return report(run_dir, a.jobs, ledger, logs, blows, elapsed, a.workers, len(views))
 
 
-def report(run_dir: str, jobs: int, ledger: str, blows: collections.Counter[str], elapsed: float,
+def report(run_dir: str, jobs: int, ledger: str, logs: str, blows: collections.Counter[str], elapsed: float,
            workers: int, views: int) -> int:
     def names(state: str) -> list[str]:
         try:
@@ -129,12 +137,22 @@ def report(run_dir: str, jobs: int, ledger: str, blows: collections.Counter[str]
         n = sum(1 for t in tries if t["status"] == "done")
         completed_by[n] += 1
         unrecorded += n == 0
+    # Each successful completion is logged by its worker; a second completion of a job
+    # would overwrite done/J.json and be invisible there, but not here.
+    completions = collections.Counter()
+    for name in os.listdir(logs):
+        with open(os.path.join(logs, name), errors="replace") as f:
+            for line in f:
+                if " completed " in line:
+                    completions[line.split(" completed ", 1)[1].split()[0]] += 1
     checks = {
         f"every job in done/ ({len(done)} of {jobs})": len(done) == jobs and len(set(done)) == jobs,
         "nothing left in waiting/ queued/ running/ failed/": not any(others[s] for s in others if s != "quarantine"),
         "nothing in quarantine/": not others["quarantine"],
         "every job executed at least once": all(executions[f"j{i:05d}"] >= 1 for i in range(jobs)),
         "no job recorded as completed by two tries": completed_by.keys() <= {0, 1},
+        f"no job completed twice ({sum(completions.values())} completions logged)":
+            max(completions.values(), default=0) <= 1,
     }
     hist = collections.Counter(executions.values())
     print(f"chaos: {workers} workers over {views} view(s) of the pool, {jobs} jobs, {elapsed:.0f} s")

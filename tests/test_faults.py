@@ -20,8 +20,8 @@ from .conftest import files, submit, work
 WORKER = ("import sys; from executioner.cli import worker_main; sys.exit(worker_main(sys.argv[1:]))")
 
 
-def start_worker(pool: Path, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", WORKER, "--pool", str(pool), "-q", *args])
+def start_worker(pool: Path, *args: str, **kw) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", WORKER, "--pool", str(pool), "-q", *args], **kw)
 
 
 def wait_for(predicate, timeout: float = 20.0) -> None:
@@ -40,7 +40,7 @@ def test_a_killed_worker_on_this_host_is_requeued_at_once(pool: Path, make_workf
     run = submit(pool, make_workflow([{"id": "a", "command": cmd}]))
     proc = start_worker(pool, "--stale-after", "3600")
     wait_for(lambda: running_names(run) and os.path.exists(run.claim_record("a", 1)))
-    victim = psutil.Process(proc.pid)
+    orphans = psutil.Process(proc.pid).children(recursive=True)  # its command lives on
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # the stale-after bound is an hour: only the same-host pid check can requeue it now
@@ -52,8 +52,11 @@ def test_a_killed_worker_on_this_host_is_requeued_at_once(pool: Path, make_workf
     record = read_json(run.job("a", "done"))
     assert [t["status"] for t in record["tries"]] == ["lost", "done"]
     assert (tmp_path / "ledger").read_text() == "ran\n"
-    for child in victim.children(recursive=True) if victim.is_running() else []:
-        child.kill()
+    for orphan in orphans:
+        try:
+            orphan.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def fake_remote_claim(pool: Path, run, job: str, worker: str = "far-1-abcd", host: str = "far-away-host"):
@@ -173,10 +176,10 @@ def test_a_second_ctrl_c_stops_at_once(pool: Path, make_workflow, tmp_path: Path
     # the command ignores SIGTERM, so a graceful stop would wait out kill_grace (60 s)
     cmd = f"trap '' TERM; echo $$ > '{pidfile}'; while true; do sleep 0.1; done"
     run = submit(pool, make_workflow([{"id": "stubborn", "command": cmd, "kill_grace": 60}]))
-    proc = start_worker(pool)
+    proc = start_worker(pool, stderr=subprocess.PIPE)
     wait_for(lambda: pidfile.exists())
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)  # not waiting for staleness: letting the first signal be handled
+    assert b"stopping" in proc.stderr.readline()  # the first Ctrl-C was handled
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=5) == 130
     os.killpg(int(pidfile.read_text()), signal.SIGKILL)
@@ -199,3 +202,25 @@ def test_a_requeue_racing_a_reaper_leaves_one_copy(pool: Path, make_workflow) ->
     assert store.finish(claim, dict(claim.record, not_before=1.0), "queued")
     assert requeue_lost(run, "a", claim.token, claim.record, "stale", None) is False
     assert files(run, "queued") == ["a.json"] and read_json(run.job("a", "queued"))["not_before"] == 1.0
+
+
+def test_a_stopping_worker_keeps_beating_until_its_commands_are_gone(pool: Path, make_workflow, tmp_path: Path) -> None:
+    """During kill_grace the worker still holds the claim: others must not think it dead."""
+    pidfile = tmp_path / "cmd.pid"
+    cmd = f"trap 'sleep 2; exit 0' TERM; echo $$ > '{pidfile}'; while true; do sleep 0.1; done"
+    run = submit(pool, make_workflow([{"id": "slow-stop", "command": cmd, "kill_grace": 5}]))
+    proc = start_worker(pool, "--heartbeat", "0.2", "--stale-after", "1", stderr=subprocess.PIPE)
+    wait_for(lambda: pidfile.exists() and os.path.exists(run.claim_record("slow-stop", 1)))
+    beat = PoolLayout(str(pool)).heartbeat(read_json(run.claim_record("slow-stop", 1))["worker"])
+    proc.send_signal(signal.SIGTERM)
+    assert b"stopping" in proc.stderr.readline()
+    stamps = set()
+    while proc.poll() is None and len(stamps) < 4:
+        try:
+            stamps.add(os.stat(beat).st_mtime)
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    assert len(stamps) >= 4, "the heartbeat stood still while the worker was stopping"
+    assert proc.wait(timeout=20) == 0
+    assert [t["status"] for t in read_json(run.job("slow-stop", "queued"))["tries"]] == ["preempted"]
