@@ -19,22 +19,10 @@ from typing import Any, Iterator
 import filelock
 
 from . import fsio
-from .errors import ExecutionerError
+from .errors import RunBusy
 from .layout import RunLayout
 
 MAX_AGE = 3600.0
-
-
-class RunBusy(ExecutionerError, BlockingIOError):
-    """Someone else is changing this run right now."""
-
-    def __init__(self, message: str, run_id: str = ""):
-        self.message = message
-        self.run_id = run_id
-        super().__init__(message, run_id)
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @contextlib.contextmanager

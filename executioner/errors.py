@@ -63,3 +63,15 @@ class WorkflowErrors(ExecutionerError, ValueError):
 
     def __str__(self) -> str:
         return "\n".join(str(e) for e in self.errors)
+
+
+class RunBusy(ExecutionerError, BlockingIOError):
+    """Someone else is changing this run right now (the coordinator lock is held)."""
+
+    def __init__(self, message: str, run_id: str = ""):
+        self.message = message
+        self.run_id = run_id
+        super().__init__(message, run_id)
+
+    def __str__(self) -> str:
+        return self.message

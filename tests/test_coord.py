@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from executioner.coord import RunBusy, coordinating
+from executioner.coord import coordinating
+from executioner.errors import RunBusy
 
 from .conftest import submit
 
