@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .layout import STATES, PoolLayout, RunLayout
 from . import fsio
-from .reap import Reaper, owner_dead_here, storage_now
+from .reap import Reaper, owner_dead_here
 from .status import run_status
 from .store import list_jobs
 
@@ -22,25 +22,37 @@ def _counts(run: RunLayout) -> dict[str, int]:
     return {s: len(list_jobs(run, s)) for s in STATES}
 
 
-def live_workers(pool: PoolLayout, stale_after: float) -> int:
-    """How many workers of the pool have beaten within ``stale_after`` (storage clock)."""
-    try:
-        names = [n for n in os.listdir(pool.workers_dir) if n.endswith(".json") and not n.startswith(".")]
-    except FileNotFoundError:
-        return 0
-    now = storage_now(pool)
-    live = 0
-    for name in names:
-        path = os.path.join(pool.workers_dir, name)
+class LiveWorkers:
+    """Counts the pool's live workers without trusting any clock but our own: a worker is
+    live while its heartbeat mtime keeps changing (or we have watched it for less than
+    ``stale_after``), unless it is a process of this host that is gone."""
+
+    def __init__(self, pool: PoolLayout, stale_after: float):
+        self.pool = pool
+        self.stale_after = stale_after
+        self._seen: dict[str, tuple[float, float]] = {}  # file -> (mtime, first seen, monotonic)
+
+    def count(self, mono: float | None = None) -> int:
+        mono = time.monotonic() if mono is None else mono
         try:
-            if now - os.stat(path).st_mtime > stale_after:
+            names = [n for n in os.listdir(self.pool.workers_dir) if n.endswith(".json") and not n.startswith(".")]
+        except FileNotFoundError:
+            return 0
+        live = 0
+        for name in names:
+            path = os.path.join(self.pool.workers_dir, name)
+            try:
+                stamp = os.stat(path).st_mtime
+                record = fsio.read_json(path)
+            except (OSError, ValueError):
                 continue
-            record = fsio.read_json(path)
-        except (OSError, ValueError):
-            continue
-        # a fresh heartbeat of a process of this host that is gone does not count
-        live += not (isinstance(record, dict) and owner_dead_here(record))
-    return live
+            seen = self._seen.get(name)
+            if seen is None or seen[0] != stamp:
+                self._seen[name] = seen = (stamp, mono)
+            if mono - seen[1] >= self.stale_after:
+                continue  # its heartbeat has stood still for stale_after
+            live += not (isinstance(record, dict) and owner_dead_here(record))
+        return live
 
 
 class _Watchman:
@@ -50,6 +62,7 @@ class _Watchman:
         self.pool = PoolLayout(os.path.dirname(run.root))
         self.run = run
         self.reaper = Reaper(self.pool, stale_after)
+        self.live = LiveWorkers(self.pool, stale_after)
         self.stale_after = stale_after
         self.say = say
         self.every = max(1.0, stale_after / 6)
@@ -62,7 +75,7 @@ class _Watchman:
         self.last = time.monotonic()
         for job in self.reaper.reap(self.run):
             self.say(f"{self.run.run_id}: requeued {job}: its worker is gone")
-        if counts["queued"] and not live_workers(self.pool, self.stale_after):
+        if counts["queued"] and not self.live.count():
             if not self.warned:
                 self.say(f"no live worker: start `exec-worker --pool {shlex.quote(self.pool.root)}`")
                 self.warned = True

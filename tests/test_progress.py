@@ -79,3 +79,20 @@ def test_wait_reaps_stale_claims_and_says_when_no_worker_is_alive(pool: Path, ma
     work(pool, run)
     waiter.join(30)
     assert result and result[0]["state"] == "done"
+
+
+def test_live_workers_are_judged_by_their_heartbeat_changing_not_by_clocks(pool: Path, make_workflow) -> None:
+    from executioner import PoolLayout
+    from executioner.fsio import atomic_write_json
+    from executioner.progress import LiveWorkers
+
+    submit(pool, make_workflow([{"id": "a", "command": "true"}]))
+    layout = PoolLayout(str(pool))
+    beat = layout.heartbeat("far-1")
+    atomic_write_json(beat, {"worker": "far-1", "host": "far-away-host", "pid": 1, "pid_start": 1.0})
+    os.utime(beat, (1.0, 1.0))  # stamped by a clock decades behind: still live while it changes
+    live = LiveWorkers(layout, stale_after=60)
+    assert live.count(mono=0) == 1 and live.count(mono=59) == 1
+    os.utime(beat, (2.0, 2.0))  # it beat
+    assert live.count(mono=100) == 1 and live.count(mono=159) == 1
+    assert live.count(mono=161) == 0  # stood still for stale_after: gone
