@@ -29,6 +29,22 @@ def make_workflow(tmp_path: Path):
     return make
 
 
+@pytest.fixture(autouse=True)
+def no_leftover_processes():
+    """Whatever a test starts (worker processes, their commands) is gone when it ends,
+    passed or failed: a failing test must not leave workers running on the machine."""
+    import psutil
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    yield
+    for p in psutil.Process().children(recursive=True):
+        if p.pid not in before:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
 def submit(pool: Path, workflow: Path) -> RunLayout:
     return create_run(PoolLayout(str(pool)), load_workflow(str(workflow)))
 
