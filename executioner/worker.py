@@ -21,7 +21,7 @@ from watchdog.utils import BaseThread
 
 from . import fsio, store
 from .execute import TryStatus, build_env, command_argv, missing_outputs, run_command
-from .layout import PoolLayout, RunLayout, run_sort_key
+from .layout import PoolLayout, run_sort_key
 from .reap import Reaper, storage_now
 from .scrub import Scrubber
 from .retry import decide

@@ -93,7 +93,6 @@ def test_a_claim_never_locked_is_judged_by_its_rename_time(pool: Path, make_work
     run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
     claim = store.claim(run, "a", store.Owner("w", "far-away-host", 1, 1.0))
     name = os.path.basename(claim.path)
-    ctime = os.stat(claim.path).st_ctime
     reaper = Reaper(PoolLayout(str(pool)), stale_after=60)
     assert not reaper.judge(run, name, claim.record, 0.0, {}).stale
     assert not reaper.judge(run, name, claim.record, 59.0, {}).stale

@@ -57,8 +57,7 @@ def test_plain_lines_when_not_a_terminal(pool: Path, make_workflow) -> None:
 
 
 def test_wait_reaps_stale_claims_and_says_when_no_worker_is_alive(pool: Path, make_workflow) -> None:
-    from executioner import PoolLayout
-    from .test_faults import age, fake_remote_claim
+    from .test_faults import fake_remote_claim
 
     run = submit(pool, make_workflow([{"id": "a", "command": "true"}, {"id": "b", "command": "true"}]))
     from executioner.fsio import HOST
@@ -74,7 +73,7 @@ def test_wait_reaps_stale_claims_and_says_when_no_worker_is_alive(pool: Path, ma
         assert __import__("time").monotonic() < deadline, out.getvalue()
         __import__("time").sleep(0.05)
     text = out.getvalue()
-    assert f"requeued a: its worker is gone" in text
+    assert "requeued a: its worker is gone" in text
     assert f"start `exec-worker --pool {shlex.quote(str(pool))}`" in text
     work(pool, run)
     waiter.join(30)
