@@ -176,12 +176,10 @@ def requeue_lost(run: RunLayout, job_id: str, token: str, record: dict[str, Any]
     The move is a rename from the stale claim's own name: if its worker finishes at the
     same moment, exactly one of the two renames wins.
     """
-    now = time.time()
     claim = claim or {}
-    attempt = {"try": len(record["tries"]) + 1, "status": "lost", "reason": reason,
-               "worker": claim.get("worker"), "host": claim.get("host"), "worker_pid": claim.get("pid"),
-               "pid": None, "start": claim.get("claimed_at"), "end": now, "duration": None,
-               "exit_code": None, "signal": None, "stdout": None, "stderr": None}
+    attempt = store.try_record(len(record["tries"]) + 1, "lost", reason=reason,
+                               start=claim.get("claimed_at"), end=time.time(),
+                               worker=claim.get("worker"), host=claim.get("host"), worker_pid=claim.get("pid"))
     tries = [*record["tries"], attempt]
     lost = sum(1 for t in tries if t.get("status") == "lost")
     max_lost = record["spec"].get("max_lost", 3)

@@ -10,6 +10,7 @@ from typing import Any
 from . import fsio
 from .errors import PoolError
 from .layout import STATES, PoolLayout, RunLayout, job_id_of, split_running_name
+from .store import read_run_record
 
 JOB_STATES = ("waiting", "queued", "running", "done", "failed", "blocked")
 
@@ -126,16 +127,14 @@ def run_state(counts: dict[str, int]) -> str:
 def run_status(run: RunLayout) -> dict[str, Any]:
     """The run's state and jobs; state ``corrupt`` (with ``reason``) if run.json is broken."""
     try:
-        record = fsio.read_json(run.record)
-        if not isinstance(record, dict) or "workdir" not in record:
-            raise ValueError("not a run record")
+        record = read_run_record(run)
     except FileNotFoundError:
         raise PoolError("not a run directory (no run.json)", run.root) from None
     except ValueError as e:
         return {"run_id": run.run_id, "name": None, "state": "corrupt",
                 "counts": {s: 0 for s in JOB_STATES}, "jobs": [],
                 "reason": f"run.json is corrupt ({e}); workers skip this run"}
-    views = job_views(run, record.get("jobs", 0) if isinstance(record, dict) else 0)
+    views = job_views(run, record.get("jobs", 0))
     counts = {s: 0 for s in JOB_STATES}
     for v in views:
         counts[v.state] += 1

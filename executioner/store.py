@@ -41,6 +41,25 @@ def new_job_record(run_id: str, spec: JobSpec, dependents: list[str]) -> dict[st
     }
 
 
+def try_record(number: int, status: str, *, start: float | None, end: float, worker: str | None,
+               host: str | None, worker_pid: int | None, pid: int | None = None,
+               exit_code: int | None = None, signal: str | None = None, reason: str | None = None,
+               stdout: str | None = None, stderr: str | None = None) -> dict[str, Any]:
+    """One entry of a job file's ``tries``: every try is recorded with the same keys."""
+    duration = None if start is None else round(end - start, 6)
+    return {"try": number, "status": status, "reason": reason, "worker": worker, "host": host,
+            "worker_pid": worker_pid, "pid": pid, "start": start, "end": end, "duration": duration,
+            "exit_code": exit_code, "signal": signal, "stdout": stdout, "stderr": stderr}
+
+
+def read_run_record(run: RunLayout) -> dict[str, Any]:
+    """The run's run.json; ValueError if it is not a run record (FileNotFoundError if absent)."""
+    record = fsio.read_json(run.record)
+    if not isinstance(record, dict) or "workdir" not in record or "env" not in record:
+        raise ValueError("not a run record")
+    return record
+
+
 @dataclass(frozen=True)
 class Owner:
     """Who holds claims: written into each claim's lock (``logs/<job>.<try>.claim``)."""

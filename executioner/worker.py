@@ -392,17 +392,11 @@ class Worker:
     def _record(self, run_id: str) -> dict[str, Any] | None:
         if run_id not in self._records:
             try:
-                self._records[run_id] = fsio.read_json(self.pool.run(run_id).record)
+                self._records[run_id] = store.read_run_record(self.pool.run(run_id))
             except (OSError, ValueError) as e:
                 if run_id not in self._skipped:  # say it once, not on every poll
                     self._skipped.add(run_id)
                     log.warning("skipping run %s: its run record is corrupt: %s", run_id, e)
-                return None
-            if not isinstance(self._records[run_id], dict) or "workdir" not in self._records[run_id]:
-                del self._records[run_id]
-                if run_id not in self._skipped:
-                    self._skipped.add(run_id)
-                    log.warning("skipping run %s: its run record is corrupt: not a run record", run_id)
                 return None
         return self._records[run_id]
 
@@ -469,12 +463,11 @@ class Worker:
                 log.warning("job %s of run %s: claim lost; wrote nothing", claim.job_id, run.run_id)
                 return
             status, reason = "preempted", "worker stopped; job put back in queued/"
-        attempt = {
-            "try": try_number, "worker": self.worker_id, "host": self.owner.host,
-            "worker_pid": self.owner.pid, "pid": result.pid, "start": result.start, "end": result.end,
-            "duration": round(result.end - result.start, 6), "exit_code": result.exit_code,
-            "signal": result.signal, "status": status, "reason": reason,
-            "stdout": os.path.relpath(out, run.root), "stderr": os.path.relpath(err, run.root)}
+        attempt = store.try_record(
+            try_number, status, start=result.start, end=result.end, worker=self.worker_id,
+            host=self.owner.host, worker_pid=self.owner.pid, pid=result.pid, exit_code=result.exit_code,
+            signal=result.signal, reason=reason, stdout=os.path.relpath(out, run.root),
+            stderr=os.path.relpath(err, run.root))
         new = dict(record, tries=[*record["tries"], attempt], last_exit_code=result.exit_code,
                    not_before=None)
         if status == "done":
@@ -516,13 +509,10 @@ class Worker:
     def _fail_internal(self, claim: store.Claim, error: Exception) -> None:
         """An error of ours while handling a job: record it on the job, in failed/, if we still can."""
         record = claim.record
-        now = time.time()
-        attempt = {"try": len(record.get("tries", [])) + 1, "worker": self.worker_id,
-                   "host": self.owner.host, "worker_pid": self.owner.pid, "pid": None,
-                   "start": claim.claimed_at, "end": now, "duration": round(now - claim.claimed_at, 6),
-                   "exit_code": None, "signal": None, "status": "failed",
-                   "reason": f"internal error: {error!r}", "stdout": None, "stderr": None}
-        new = dict(record, tries=[*record.get("tries", []), attempt], not_before=None,
+        attempt = store.try_record(claim.try_number, "failed", start=claim.claimed_at, end=time.time(),
+                                   worker=self.worker_id, host=self.owner.host, worker_pid=self.owner.pid,
+                                   reason=f"internal error: {error!r}")
+        new = dict(record, tries=[*record["tries"], attempt], not_before=None,
                    reason=f"internal error in the worker: {error!r}")
         try:
             if store.finish(claim, new, "failed"):
