@@ -12,14 +12,12 @@ import random
 import secrets
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 import filelock
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-from watchdog.utils import BaseThread
 
 from . import fsio, store
+from .events import Events
 from .execute import TryStatus, build_env, command_argv, missing_outputs, run_command
 from .layout import PoolLayout, run_sort_key
 from .reap import Reaper, storage_now
@@ -27,43 +25,6 @@ from .scrub import Scrubber
 from .retry import decide
 
 log = logging.getLogger("executioner.worker")
-# watchdog logs a benign error when events arrive while its observer stops
-logging.getLogger("watchdog").setLevel(logging.CRITICAL)
-
-
-def _quiet_watchdog_deaths() -> None:
-    """A watchdog thread that dies (its delayed queue mixes wall-clock time and breaks when
-    the clock jumps) costs us only the events: polling goes on. Say so in one line instead
-    of a traceback on the user's terminal."""
-    previous = threading.excepthook
-    if getattr(previous, "_executioner", False):
-        return
-
-    def hook(args: threading.ExceptHookArgs) -> None:
-        if isinstance(args.thread, BaseThread):
-            log.info("filesystem events stopped (%s: %s); polling only", args.exc_type.__name__, args.exc_value)
-            return
-        previous(args)
-
-    hook._executioner = True  # type: ignore[attr-defined]
-    threading.excepthook = hook
-
-
-class _Wake(FileSystemEventHandler):
-    """Wakes idle slots when a job file appears in a watched queued/ folder (or a run appears)."""
-
-    def __init__(self, wake: Callable[[], None]):
-        self.wake = wake
-
-    def on_created(self, event: FileSystemEvent) -> None:
-        self._maybe(str(event.src_path))
-
-    def on_moved(self, event: FileSystemEvent) -> None:
-        self._maybe(str(event.dest_path))
-
-    def _maybe(self, path: str) -> None:
-        if not fsio.is_temp(os.path.basename(path)):
-            self.wake()
 
 
 class Worker:
@@ -92,8 +53,7 @@ class Worker:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._busy = 0
-        self._observer: Any = None
-        self._watched: set[str] = set()
+        self._events: Events | None = None
         self._idle_since: float | None = None
         self._runs: list[str] = []
         self._candidates: dict[str, list[str]] = {}
@@ -134,7 +94,8 @@ class Worker:
         fsio.atomic_write_json(beat_path, self._beat_record)
         beater = threading.Thread(target=self._housekeep, args=(beat_path,), daemon=True)
         beater.start()
-        self._observer = observer = self._watch()
+        self._events = events = Events(self._on_event)
+        events.watch(self.pool.root)  # new runs
         slots = [threading.Thread(target=self._slot, daemon=True, name=f"slot-{i}") for i in range(self.slots)]
         try:
             for t in slots:
@@ -149,8 +110,7 @@ class Worker:
                 t.join()  # the heartbeat goes on until every command has stopped
             self._slots_done.set()
             beater.join(timeout=5)
-            if observer is not None:
-                observer.stop()
+            events.stop()
             fsio.unlink_quietly(beat_path)
         return self.finished
 
@@ -295,7 +255,8 @@ class Worker:
             with self._lock:
                 self._runs = runs
             for run_id in runs:
-                self._watch_run(run_id)
+                if self._events is not None:
+                    self._events.watch(self.pool.run(run_id).state_dir("queued"))
         with self._lock:
             runs = list(self._runs)
         for run_id in runs:
@@ -564,30 +525,7 @@ class Worker:
                 self._wake.set()
         return moved
 
-    def _watch(self) -> Any:
-        """Local filesystem events wake idle slots at once; polling alone still guarantees progress."""
-        _quiet_watchdog_deaths()
-        try:
-            observer = Observer()
-            observer.schedule(_Wake(self._on_event), self.pool.root, recursive=False)
-            observer.daemon = True
-            observer.start()
-            return observer
-        except Exception as e:  # no inotify here (or out of watches): polling still works
-            log.info("no filesystem events (%s); polling only", e)
-            return None
-
     def _on_event(self) -> None:
         with self._lock:
             self._event = True
         self._wake.set()
-
-    def _watch_run(self, run_id: str) -> None:
-        """Watch a run's queued/ folder only: few events per job, none from logs or temp files."""
-        if self._observer is None or run_id in self._watched:
-            return
-        self._watched.add(run_id)
-        try:
-            self._observer.schedule(_Wake(self._on_event), self.pool.run(run_id).state_dir("queued"))
-        except Exception as e:
-            log.info("cannot watch run %s (%s); polling it", run_id, e)

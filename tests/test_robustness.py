@@ -120,7 +120,7 @@ def test_a_corrupt_run_record_shows_as_corrupt_and_workers_skip_it(pool: Path, m
     assert "corrupt" in human.stdout
 
 
-def test_a_dormant_run_is_still_picked_up_by_polling(pool: Path, make_workflow, tmp_path: Path) -> None:
+def test_a_dormant_run_is_still_picked_up_by_polling(pool: Path, make_workflow, tmp_path: Path, monkeypatch) -> None:
     """A finished run is looked at rarely; work that appears in it later still gets done."""
     import threading
     import time
@@ -132,7 +132,9 @@ def test_a_dormant_run_is_still_picked_up_by_polling(pool: Path, make_workflow, 
                                       {"id": "x", "command": "exit 1"}]))
     worker = Worker(str(pool), slots=1, poll_min=0.02, poll_max=0.1, sweep_every=0.1, dormant_every=0.5,
                     heartbeat=0.1, stale_after=60)
-    worker._watch = lambda: None  # polling only, as on a network filesystem
+    from executioner.events import Events
+
+    monkeypatch.setattr(Events, "watch", lambda self, folder: None)  # polling only, as on NFS
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
