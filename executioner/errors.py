@@ -75,3 +75,15 @@ class RunBusy(ExecutionerError, BlockingIOError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class Refused(ExecutionerError, RuntimeError):
+    """A resume, rollback or from-job failed one of its checks; nothing was written."""
+
+    def __init__(self, message: str, run_id: str = ""):
+        self.message = message
+        self.run_id = run_id
+        super().__init__(message, run_id)
+
+    def __str__(self) -> str:
+        return self.message

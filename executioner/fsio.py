@@ -6,6 +6,7 @@ atomic ``rename`` into place, so no reader on any machine sees half a file.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import socket
@@ -79,11 +80,30 @@ def read_json(path: str) -> Any:
     return orjson.loads(read_bytes(path))
 
 
-def _unlink_quietly(path: str) -> None:
+def unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
 
 
-unlink_quietly = _unlink_quietly
+_unlink_quietly = unlink_quietly
+
+
+def write_unsynced(path: str, payload: bytes) -> None:
+    """Temp file + rename, with the fsync left to one :func:`sync_filesystem` for many files."""
+    tmp = temp_name(os.path.dirname(path))
+    with open(tmp, "xb") as f:
+        f.write(payload)
+    os.rename(tmp, path)
+
+
+def sync_filesystem(path: str) -> None:
+    """Make everything written on ``path``'s filesystem durable: one syncfs (else sync)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if getattr(libc, "syncfs", None) is None or libc.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)

@@ -21,13 +21,24 @@ Format version 1. A *pool* is a directory of runs::
                                      stays afterwards as the record of who ran that try
         logs/<job>.<try>.out|.err    stdout and stderr of each try
         quarantine/<file>[.reason]   broken files taken out of the state folders, and why
+        attempts/NNNN.json           one per attempt (1 = the submit, then each resume,
+                                     rollback or from-job): when, who, why, flags, the
+                                     workflow's sha256, parent, accepted changes, plan
+        attempts/NNNN.workflow.yaml  the workflow that attempt used (.json if JSON)
+        removed/<job>.json           jobs taken out of the run by a forced resume
         coordinator.lock / .json     present only while a resume or rollback changes the run:
                                      who, doing what, since when
+        .coord/                      a coordinator's staging area (see executioner.change);
+                                     only ever non-empty while the lock is held, or after a
+                                     coordinator crashed (the next one finishes or undoes it)
         launch/                      submitit's files for local workers started by exec-submit
 
 A job's state is the folder its file is in, and nothing else. A job file holds the job's
 definition (``spec``), ``dependencies``, ``dependents``, every try so far (``tries``),
-``last_exit_code`` and, while waiting for a retry delay, ``not_before``. State changes
+``last_exit_code`` and, while waiting for a retry delay, ``not_before``; since attempts
+exist also ``attempt`` (the attempt its next try belongs to), ``definition_hash``,
+``held`` (kept waiting by ``--failed-only``) and ``skipped`` (marked done without running,
+with the reason). Every try records its ``attempt``. State changes
 are single ``rename`` calls (see :mod:`executioner.store`); every write is temp file +
 fsync + rename, with temp files named ``.tmp-<host>-<pid>-<random>``.
 """
@@ -44,6 +55,7 @@ State = Literal["waiting", "queued", "running", "done", "failed"]
 TOKEN_SEP: Final = "@"
 JOB_SUFFIX: Final = ".json"
 RUN_RECORD: Final = "run.json"
+STAGE_SEP: Final = "~"
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,36 @@ class RunLayout:
         return os.path.join(self.root, "coordinator.json")
 
     @property
+    def attempts_dir(self) -> str:
+        return os.path.join(self.root, "attempts")
+
+    def attempt_record(self, number: int) -> str:
+        return os.path.join(self.root, "attempts", f"{number:04d}.json")
+
+    def attempt_workflow(self, number: int, suffix: str) -> str:
+        return os.path.join(self.root, "attempts", f"{number:04d}.workflow{suffix}")
+
+    @property
+    def removed_dir(self) -> str:
+        return os.path.join(self.root, "removed")
+
+    @property
+    def staging_dir(self) -> str:
+        return os.path.join(self.root, ".coord")
+
+    def staged(self, job_id: str, state: str) -> str:
+        """A job grabbed by the coordinator out of ``state`` (its content unchanged)."""
+        return os.path.join(self.root, ".coord", f"{state}{STAGE_SEP}{job_id}{JOB_SUFFIX}")
+
+    def staged_new(self, job_id: str, state: str) -> str:
+        """The job's new content, to be placed into ``state`` at commit."""
+        return os.path.join(self.root, ".coord", "new", f"{state}{STAGE_SEP}{job_id}{JOB_SUFFIX}")
+
+    @property
+    def staging_commit(self) -> str:
+        return os.path.join(self.root, ".coord", "COMMIT")
+
+    @property
     def quarantine_dir(self) -> str:
         return os.path.join(self.root, "quarantine")
 
@@ -87,10 +129,10 @@ class RunLayout:
         return os.path.join(self.root, "launch")
 
     def all_dirs(self) -> list[str]:
-        return [self.state_dir(s) for s in STATES] + [self.logs_dir]
+        return [self.state_dir(s) for s in STATES] + [self.logs_dir, self.attempts_dir]
 
     def job(self, job_id: str, state: str) -> str:
-        """Path of a job file in a state folder other than ``running``."""
+        """Path of a job file in a state folder other than ``running`` (or in removed/)."""
         return os.path.join(self.root, state, job_id + JOB_SUFFIX)
 
     def running(self, job_id: str, token: str) -> str:

@@ -177,11 +177,11 @@ def requeue_lost(run: RunLayout, job_id: str, token: str, record: dict[str, Any]
     same moment, exactly one of the two renames wins.
     """
     claim = claim or {}
-    attempt = store.try_record(len(record["tries"]) + 1, "lost", reason=reason,
+    entry = store.try_record(len(record["tries"]) + 1, record.get("attempt", 1), "lost", reason=reason,
                                start=claim.get("claimed_at"), end=time.time(),
                                worker=claim.get("worker"), host=claim.get("host"), worker_pid=claim.get("pid"))
-    tries = [*record["tries"], attempt]
-    lost = sum(1 for t in tries if t.get("status") == "lost")
+    tries = [*record["tries"], entry]
+    lost = sum(1 for t in store.attempt_tries(dict(record, tries=tries)) if t.get("status") == "lost")
     max_lost = record["spec"].get("max_lost", 3)
     new = dict(record, tries=tries, not_before=None)
     state = "queued"
@@ -193,3 +193,37 @@ def requeue_lost(run: RunLayout, job_id: str, token: str, record: dict[str, Any]
         log.warning("run %s: job %s %s: %s", run.run_id, job_id,
                     "failed" if state == "failed" else "requeued", reason)
     return ok
+
+
+def judge_now(pool: PoolLayout, run: RunLayout, job_id: str, token: str, record: dict[str, Any],
+              stale_after: float, now: float) -> tuple[Verdict, dict[str, Any] | None]:
+    """A one-look verdict on a claim, for a coordinator that cannot watch for stale_after.
+
+    Same host: the claim's process is alive or not. Other hosts: the worker's heartbeat
+    mtime against ``now``; this compares the worker's clock (or the server's) with ours,
+    which is why workers never use it. A wrong "stale" costs a re-run (the fence keeps the
+    job single); a wrong "live" refuses the resume, and ``--force`` or waiting settles it.
+    """
+    try:
+        claim = fsio.read_json(run.claim_record(job_id, len(record["tries"]) + 1))
+        if not isinstance(claim, dict) or claim.get("token") != token:
+            claim = None
+    except (OSError, ValueError):
+        claim = None
+    if claim is None:
+        stamp = os.stat(run.running(job_id, token)).st_ctime
+        if now - stamp > stale_after:
+            return Verdict(True, f"claimed {now - stamp:.0f} s ago and never locked"), None
+        return Verdict(False, "claimed a moment ago"), None
+    who = f"host {claim.get('host')}, worker {claim.get('worker')}"
+    if owner_dead_here(claim):
+        return Verdict(True, f"worker process gone ({who}, pid {claim.get('pid')})"), claim
+    if claim.get("host") == fsio.HOST:
+        return Verdict(False, f"running on {who}"), claim
+    try:
+        age = now - fresh_mtime(pool.heartbeat(str(claim.get("worker"))))
+    except FileNotFoundError:
+        return Verdict(True, f"no heartbeat file ({who})"), claim
+    if age > stale_after:
+        return Verdict(True, f"no heartbeat for {age:.0f} s ({who})"), claim
+    return Verdict(False, f"running on {who}"), claim

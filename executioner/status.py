@@ -33,7 +33,7 @@ class JobView:
                 "host": host, "reason": self.reason}
 
 
-def _snapshot(run: RunLayout, expected: int = 0) -> dict[str, tuple[str, str]]:
+def snapshot(run: RunLayout, expected: int = 0) -> dict[str, tuple[str, str]]:
     """job id -> (state, file path); listed again if a job was caught moving (seen twice,
     or fewer jobs than the run has)."""
     for _ in range(5):
@@ -62,7 +62,7 @@ def _snapshot(run: RunLayout, expected: int = 0) -> dict[str, tuple[str, str]]:
 
 def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
     views: dict[str, JobView] = {}
-    for job_id, (state, path) in _snapshot(run, expected).items():
+    for job_id, (state, path) in snapshot(run, expected).items():
         try:
             record = fsio.read_json(path)
         except (OSError, ValueError):

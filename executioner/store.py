@@ -4,6 +4,10 @@ Every rename across ``waiting/ queued/ running/ done/ failed/`` happens in
 :func:`transition`. Claiming is ``rename(queued/J.json, running/J@T.json)`` with a fresh
 token ``T``; finishing is a rename *from that claim*, so a worker whose claim was taken
 away (a reaper requeued it) fails the rename and writes nothing: this is the fence.
+
+A coordinator (resume, rollback; :mod:`executioner.change`) uses the same function with
+two more places: ``staged:<state>`` (a job it grabbed out of ``<state>``, unchanged) and
+``new:<state>`` (the content it will place into ``<state>``), both under ``RUN/.coord/``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, Literal
 import psutil
 
 from . import fsio
+from .attempts import definition_hash
 from .layout import FORMAT_VERSION, RunLayout, job_id_of
 from .scrub import quarantine, read_checked
 from .workflow import JobSpec
@@ -27,27 +32,38 @@ SPEC_DEFAULTS = {k: v for k, v in JobSpec(id="_", command="_").to_spec().items()
 FinalState = Literal["done", "failed"]
 
 
-def new_job_record(run_id: str, spec: JobSpec, dependents: list[str]) -> dict[str, Any]:
+def new_job_record(run_id: str, spec: JobSpec, dependents: list[str], attempt: int = 1) -> dict[str, Any]:
+    stored = spec.to_spec()
     return {
         "format": FORMAT_VERSION,
         "id": spec.id,
         "run_id": run_id,
-        "spec": spec.to_spec(),
+        "spec": stored,
         "dependencies": list(spec.dependencies),
         "dependents": dependents,
+        "definition_hash": definition_hash(stored, list(spec.dependencies)),
+        "attempt": attempt,
+        "held": False,
+        "skipped": None,
         "tries": [],
         "last_exit_code": None,
         "not_before": None,
     }
 
 
-def try_record(number: int, status: str, *, start: float | None, end: float, worker: str | None,
+def attempt_tries(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tries of the job's current attempt (retry limits count these only)."""
+    attempt = record.get("attempt", 1)
+    return [t for t in record["tries"] if t.get("attempt", 1) == attempt]
+
+
+def try_record(number: int, attempt: int, status: str, *, start: float | None, end: float, worker: str | None,
                host: str | None, worker_pid: int | None, pid: int | None = None,
                exit_code: int | None = None, signal: str | None = None, reason: str | None = None,
                stdout: str | None = None, stderr: str | None = None) -> dict[str, Any]:
     """One entry of a job file's ``tries``: every try is recorded with the same keys."""
     duration = None if start is None else round(end - start, 6)
-    return {"try": number, "status": status, "reason": reason, "worker": worker, "host": host,
+    return {"try": number, "attempt": attempt, "status": status, "reason": reason, "worker": worker, "host": host,
             "worker_pid": worker_pid, "pid": pid, "start": start, "end": end, "duration": duration,
             "exit_code": exit_code, "signal": signal, "stdout": stdout, "stderr": stderr}
 
@@ -106,17 +122,20 @@ def transition(run: RunLayout, job_id: str, src: str, dst: str, *, token: str | 
     ``token`` names the claim when ``src`` or ``dst`` is ``running``. ``record``, when
     given, becomes the job file's new content in ``dst`` (only when leaving ``running``).
     Losing a race is a normal result and returns False; nothing is written then.
+    ``src``/``dst`` may also be a coordinator's ``staged:<state>``, ``new:<state>`` or
+    ``removed``.
     """
     if dst == "running":
         assert token is not None and src == "queued"
         # RACE: two workers rename the same queued file; the kernel (or NFS server) lets
         # exactly one succeed, the other gets ENOENT and returns False here.
         return _rename(run.job(job_id, src), run.running(job_id, token))
-    source = run.running(job_id, token or "") if src == "running" else run.job(job_id, src)
-    target = run.job(job_id, dst)
+    source, target = _where(run, job_id, src, token), _where(run, job_id, dst, token)
     if record is None:
         # RACE: promotion waiting -> queued by two workers at once: one rename wins, the
         # other sees ENOENT. An unchanged file put back from running is ours alone.
+        # RACE: a coordinator grabbing queued/J (-> staged) while a worker claims it: one
+        # rename wins; the coordinator then finds J in running/ and undoes its change.
         return _rename(source, target)
     assert src == "running"
     # Leaving running/ with new content: write it into the claim's own inode, then make
@@ -140,6 +159,17 @@ def transition(run: RunLayout, job_id: str, src: str, dst: str, *, token: str | 
     finally:
         os.close(fd)
     return _rename(source, target)
+
+
+def _where(run: RunLayout, job_id: str, place: str, token: str | None) -> str:
+    kind, _, state = place.partition(":")
+    if kind == "staged":
+        return run.staged(job_id, state)
+    if kind == "new":
+        return run.staged_new(job_id, state)
+    if place == "running":
+        return run.running(job_id, token or "")
+    return run.job(job_id, place)
 
 
 def _rename(src: str, dst: str) -> bool:
@@ -217,7 +247,7 @@ def promote(run: RunLayout, job_ids: list[str]) -> list[str]:
             continue  # promoted by someone else already, or being rewritten
         # RACE: two workers finishing two dependencies of one job: each checks after its
         # own rename into done/, so the later one sees both done; both may try, one wins.
-        if deps_done(run, record) and transition(run, job_id, "waiting", "queued"):
+        if not record.get("held") and deps_done(run, record) and transition(run, job_id, "waiting", "queued"):
             moved.append(job_id)
     return moved
 
@@ -237,6 +267,6 @@ def sweep(run: RunLayout) -> list[str]:
         if record is None:
             quarantine(run, run.job(job_id, "waiting"), f"unreadable job file: {problem}")
             continue
-        if deps_done(run, record, done):
+        if not record.get("held") and deps_done(run, record, done):
             ready.append(job_id)
     return [j for j in ready if transition(run, j, "waiting", "queued")]

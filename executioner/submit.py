@@ -1,23 +1,29 @@
-"""Create a run directory from a validated workflow."""
+"""Create a run directory from a validated workflow: attempt 1 of the run."""
 
 from __future__ import annotations
 
-import ctypes
 import getpass
 import os
 import shutil
 import time
 from typing import Any
 
-from . import fsio
+from . import attempts, fsio
 from .errors import PoolError
 from .layout import FORMAT_VERSION, PoolLayout, RunLayout, run_sort_key
-from .store import new_job_record
+from .plan import Options, Plan, make_plan
 from .workflow import Workflow
 
 
-def create_run(pool: PoolLayout, workflow: Workflow) -> RunLayout:
+def create_run(pool: PoolLayout, workflow: Workflow, options: Options | None = None) -> RunLayout:
     """Build ``POOL/<name>-<seq>/`` and publish it by writing ``run.json`` last."""
+    return create_run_planned(pool, workflow, options)[0]
+
+
+def create_run_planned(pool: PoolLayout, workflow: Workflow,
+                       options: Options | None = None) -> tuple[RunLayout, Plan]:
+    options = options or Options()
+    make_plan("?", 1, workflow, {}, options)  # unknown --from-job names fail before any write
     try:
         os.makedirs(pool.root, exist_ok=True)
         os.makedirs(pool.workers_dir, exist_ok=True)
@@ -25,11 +31,17 @@ def create_run(pool: PoolLayout, workflow: Workflow) -> RunLayout:
         raise PoolError(f"cannot create the pool directory: {e.strerror}", pool.root) from None
     run = _reserve_run_dir(pool, workflow.name)
     try:
-        _build(run, workflow)
+        plan = make_plan(run.run_id, 1, workflow, {}, options)
+        _build(run, workflow, plan)
     except BaseException:
         shutil.rmtree(run.root, ignore_errors=True)
         raise
-    return run
+    return run, plan
+
+
+def plan_submit(workflow: Workflow, options: Options) -> Plan:
+    """What a submit would do (for --dry-run); writes nothing."""
+    return make_plan("(new run)", 1, workflow, {}, options)
 
 
 def _reserve_run_dir(pool: PoolLayout, name: str) -> RunLayout:
@@ -46,18 +58,20 @@ def _reserve_run_dir(pool: PoolLayout, name: str) -> RunLayout:
             seq += 1
 
 
-def _build(run: RunLayout, workflow: Workflow) -> None:
+def _build(run: RunLayout, workflow: Workflow, plan: Plan) -> None:
     for d in run.all_dirs():
         os.mkdir(d)
-    _write_unsynced(run.workflow_copy(workflow.suffix), workflow.raw)
-    dependents = workflow.dependents()
-    for spec in workflow.jobs:
-        state = "waiting" if spec.dependencies else "queued"
-        record = new_job_record(run.run_id, spec, dependents[spec.id])
-        _write_unsynced(run.job(spec.id, state), fsio.dumps(record))
+    fsio.write_unsynced(run.workflow_copy(workflow.suffix), workflow.raw)
+    for step in plan.steps:
+        assert step.build is not None and step.dst is not None
+        fsio.write_unsynced(run.job(step.job, step.dst), fsio.dumps(step.build(None)))
+    fsio.write_unsynced(run.attempt_workflow(1, workflow.suffix), workflow.raw)
+    record = attempts.new_record(run, 1, plan.why, plan.options.flags(), workflow.raw, workflow.suffix,
+                                 [], [s.row() for s in plan.steps], plan.checks)
+    fsio.write_unsynced(run.attempt_record(1), fsio.dumps(record))
     # One syncfs makes every file above durable (instead of one fsync each) before
     # run.json publishes the run; nothing reads a run before that.
-    _sync_filesystem(run.root)
+    fsio.sync_filesystem(run.root)
     fsio.atomic_write_json(run.record, run_record(run, workflow))
 
 
@@ -72,23 +86,6 @@ def run_record(run: RunLayout, workflow: Workflow) -> dict[str, Any]:
         "workdir": workflow.workdir,
         "env": workflow.env,
         "jobs": len(workflow.jobs),
+        "attempt": 1,
         "submitted_by": f"{getpass.getuser()}@{fsio.HOST}",
     }
-
-
-def _write_unsynced(path: str, payload: bytes) -> None:
-    """Temp file + rename, with the fsync left to the one syncfs of the whole run."""
-    tmp = fsio.temp_name(os.path.dirname(path))
-    with open(tmp, "xb") as f:
-        f.write(payload)
-    os.rename(tmp, path)
-
-
-def _sync_filesystem(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if getattr(libc, "syncfs", None) is None or libc.syncfs(fd) != 0:
-            os.sync()
-    finally:
-        os.close(fd)

@@ -403,10 +403,17 @@ class Worker:
         run, record = claim.run, claim.record
         spec = record["spec"]
         run_record = self._records[run.run_id]
+        if record.get("attempt", 1) > run_record.get("attempt", 1):
+            # A resume since we read run.json may have changed the run's env or workdir.
+            try:
+                run_record = self._records[run.run_id] = store.read_run_record(run)
+            except (OSError, ValueError):
+                pass  # keep the one we have; the job's own spec is current anyway
         try_number = claim.try_number
         cwd = os.path.normpath(os.path.join(run_record["workdir"], spec["workdir"] or ""))
         env = build_env(dict(os.environ), [run_record["env"], spec["env"]], {
             "EXEC_RUN_ID": run.run_id, "EXEC_JOB_ID": claim.job_id, "EXEC_TRY": str(try_number),
+            "EXEC_ATTEMPT": str(record.get("attempt", 1)),
             "EXEC_RUN_DIR": run.root, "EXEC_CLAIM": claim.token})
         out, err = run.log(claim.job_id, try_number, "out"), run.log(claim.job_id, try_number, "err")
         result = run_command(command_argv(spec["command"], env), cwd, env, out, err,
@@ -424,12 +431,12 @@ class Worker:
                 log.warning("job %s of run %s: claim lost; wrote nothing", claim.job_id, run.run_id)
                 return
             status, reason = "preempted", "worker stopped; job put back in queued/"
-        attempt = store.try_record(
-            try_number, status, start=result.start, end=result.end, worker=self.worker_id,
+        entry = store.try_record(
+            try_number, record.get("attempt", 1), status, start=result.start, end=result.end, worker=self.worker_id,
             host=self.owner.host, worker_pid=self.owner.pid, pid=result.pid, exit_code=result.exit_code,
             signal=result.signal, reason=reason, stdout=os.path.relpath(out, run.root),
             stderr=os.path.relpath(err, run.root))
-        new = dict(record, tries=[*record["tries"], attempt], last_exit_code=result.exit_code,
+        new = dict(record, tries=[*record["tries"], entry], last_exit_code=result.exit_code,
                    not_before=None)
         if status == "done":
             if self._finish(claim, new, "done"):
@@ -441,7 +448,7 @@ class Worker:
         if status == "preempted":
             self._finish(claim, new, "queued")
             return
-        decision = decide(spec, new["tries"], time.time(), self._rng)
+        decision = decide(spec, store.attempt_tries(new), time.time(), self._rng)
         if decision.retry:
             # not_before is in the storage's clock, so any worker, whatever its own clock,
             # waits out the same delay; we remember it on our monotonic clock.
@@ -470,10 +477,10 @@ class Worker:
     def _fail_internal(self, claim: store.Claim, error: Exception) -> None:
         """An error of ours while handling a job: record it on the job, in failed/, if we still can."""
         record = claim.record
-        attempt = store.try_record(claim.try_number, "failed", start=claim.claimed_at, end=time.time(),
+        entry = store.try_record(claim.try_number, record.get("attempt", 1), "failed", start=claim.claimed_at, end=time.time(),
                                    worker=self.worker_id, host=self.owner.host, worker_pid=self.owner.pid,
                                    reason=f"internal error: {error!r}")
-        new = dict(record, tries=[*record["tries"], attempt], not_before=None,
+        new = dict(record, tries=[*record["tries"], entry], not_before=None,
                    reason=f"internal error in the worker: {error!r}")
         try:
             if store.finish(claim, new, "failed"):

@@ -40,6 +40,7 @@ JOB_OPTIONS: Final[dict[str, tuple[str, Any]]] = {
     "retry_on_status": ("status_list", list(RETRY_STATUSES)),
     "max_retry_time": ("pos_number_or_null", None),
     "outputs": ("str_list", []),
+    "always_rerun": ("bool", False),
 }
 JOB_KEYS: Final = ("id", "command", "dependencies", *JOB_OPTIONS)
 
@@ -64,6 +65,7 @@ class JobSpec:
     retry_on_status: tuple[str, ...] = RETRY_STATUSES
     max_retry_time: float | None = None
     outputs: tuple[str, ...] = ()
+    always_rerun: bool = False
 
     def to_spec(self) -> dict[str, Any]:
         """The definition as stored in the job file (everything but id and dependencies)."""
@@ -75,7 +77,7 @@ class JobSpec:
             "retry_jitter": self.retry_jitter,
             "retry_on_exit_codes": None if self.retry_on_exit_codes is None else list(self.retry_on_exit_codes),
             "retry_on_status": list(self.retry_on_status), "max_retry_time": self.max_retry_time,
-            "outputs": list(self.outputs),
+            "outputs": list(self.outputs), "always_rerun": self.always_rerun,
         }
 
 
@@ -378,6 +380,8 @@ def _check_value(kind: str, v: Any) -> Any:
         if isinstance(v, list) and all(s in RETRY_STATUSES for s in v):
             return tuple(v)
         return _Problem(f"must be a list of {', '.join(RETRY_STATUSES)}")
+    if kind == "bool":
+        return v if isinstance(v, bool) else _Problem(f"must be true or false, not {v!r}")
     if kind == "str_list":
         ok = isinstance(v, list) and all(isinstance(s, str) and s for s in v)
         return tuple(v) if ok else _Problem("must be a list of file paths")

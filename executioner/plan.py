@@ -1,0 +1,396 @@
+"""What a submit, resume, rollback or from-job will do, job by job, and whether it may.
+
+A plan is computed from the run's folders and the workflow alone and writes nothing, so
+``--dry-run`` is just a plan printed. Each job gets one step: ``run``, ``skip``,
+``blocked`` or ``remove``, with the reason, and where its file goes (``dst``; None leaves
+the file alone). Checks that fail (definition changes of done jobs without ``--force``,
+live claims, unreadable job files) refuse the whole change.
+"""
+
+from __future__ import annotations
+
+import difflib
+import graphlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import attempts
+from .attempts import DEFINITION_FIELDS
+from .errors import WorkflowError, WorkflowErrors
+from .layout import PoolLayout, RunLayout, split_running_name
+from .reap import judge_now
+from .scrub import read_checked
+from .status import snapshot
+from .store import SPEC_DEFAULTS, new_job_record, read_run_record
+from .workflow import JobSpec, Workflow
+
+Build = Callable[[dict[str, Any] | None], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Options:
+    failed_only: bool = False
+    no_retry_failed: bool = False
+    force: bool = False
+    from_jobs: tuple[str, ...] = ()
+    rollback_to: tuple[str, ...] = ()
+    stale_after: float = 60.0
+
+    @property
+    def why(self) -> str:
+        return "rollback" if self.rollback_to else "from-job" if self.from_jobs else "resume"
+
+    def flags(self) -> dict[str, Any]:
+        return {"failed_only": self.failed_only, "no_retry_failed": self.no_retry_failed,
+                "force": self.force, "from_job": list(self.from_jobs), "rollback_to": list(self.rollback_to)}
+
+
+@dataclass
+class Current:
+    """A job's file as it is now."""
+
+    state: str
+    record: dict[str, Any] | None  # None: unreadable
+    token: str | None = None  # for running/
+    live: str | None = None  # running/: why its claim is live (None: stale)
+    stale: str | None = None  # running/: why its claim is stale
+
+
+@dataclass
+class Step:
+    job: str
+    action: str  # run | skip | blocked | remove
+    reason: str
+    src: str | None  # state now; None for an added job
+    dst: str | None = None  # state after; None: the file is left as it is
+    build: Build | None = None  # new content from the content found when grabbed
+    take: str | None = None  # running/: take the claim back first, with this reason
+    token: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {"job": self.job, "action": self.action, "reason": self.reason,
+                "from": self.src, "to": self.dst}
+
+
+@dataclass
+class Plan:
+    run_id: str
+    attempt: int
+    why: str
+    options: Options
+    workflow: Workflow
+    steps: list[Step] = field(default_factory=list)
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def refused(self) -> bool:
+        return any(not c["ok"] for c in self.checks)
+
+    def check(self, name: str, ok: bool, detail: str) -> None:
+        self.checks.append({"check": name, "ok": ok, "detail": detail})
+
+    def text(self) -> str:
+        width = max([len(s.job) for s in self.steps] + [3])
+        lines = [f"attempt {self.attempt} of run {self.run_id} ({self.why}):"]
+        lines += [f"  {s.action:<7} {s.job:<{width}}  {s.reason}" for s in self.steps]
+        if self.changes:
+            lines.append("changes since the last attempt:")
+            lines += [f"  {_change_text(c)}" for c in self.changes]
+        lines.append("checks:")
+        lines += [f"  {'ok  ' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}" for c in self.checks]
+        return "\n".join(lines)
+
+
+def _change_text(c: dict[str, Any]) -> str:
+    if c["field"] == "job":
+        return f"{c['job']}: {c['new']}" + ("" if c["new"] == "added" else " (needs --force)" * c["needs_force"])
+    tag = " (needs --force)" if c["needs_force"] else ""
+    return f"{c['job']}: {c['field']}: {_short(c['old'])} -> {_short(c['new'])}{tag}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ---- reading the run ---------------------------------------------------------------------
+def read_current(pool: PoolLayout, run: RunLayout, stale_after: float, now: float) -> dict[str, Current]:
+    """Every job of the run, where it is and what it holds; running claims judged live or not."""
+    expected = 0
+    try:
+        expected = int(read_run_record(run).get("jobs", 0))
+    except (OSError, ValueError):
+        pass
+    out = {}
+    for job_id, (state, path) in snapshot(run, expected).items():
+        try:
+            record, _ = read_checked(path, job_id)
+        except FileNotFoundError:
+            continue  # moved since the listing; the plan is made again under the lock
+        cur = Current(state, record)
+        if state == "running":
+            cur.token = (split_running_name(os.path.basename(path)) or ("", ""))[1]
+            if record is not None:
+                try:
+                    verdict, _ = judge_now(pool, run, job_id, cur.token, record, stale_after, now)
+                except FileNotFoundError:
+                    continue
+                if verdict.stale:
+                    cur.stale = verdict.reason
+                else:
+                    cur.live = verdict.reason
+        out[job_id] = cur
+    return out
+
+
+def workflow_for_resume(run: RunLayout, path: str | None) -> Workflow:
+    """The workflow given, or the copy the run's last attempt used (with the run's workdir)."""
+    from dataclasses import replace
+
+    from .workflow import load_workflow
+
+    if path:
+        return load_workflow(path)
+    copy = attempts.workflow_of(run, attempts.current(run))
+    if copy is None:
+        raise WorkflowErrors([WorkflowError("the run has no copy of its workflow; pass the file", run.root)])
+    record = read_run_record(run)
+    return replace(load_workflow(copy), workdir=record["workdir"], path=record.get("source") or copy)
+
+
+# ---- planning ----------------------------------------------------------------------------
+def plan_resume(pool: PoolLayout, run: RunLayout, workflow: Workflow, options: Options,
+                now: float | None = None) -> Plan:
+    now = time.time() if now is None else now
+    record = read_run_record(run)
+    current = read_current(pool, run, options.stale_after, now)
+    return make_plan(run.run_id, attempts.current(run) + 1, workflow, current, options,
+                     run_level={"env": record.get("env"), "workdir": record.get("workdir")})
+
+
+def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, Current],
+              options: Options, run_level: dict[str, Any] | None = None) -> Plan:
+    """The plan for attempt ``attempt``; ``current`` is empty for a new run."""
+    specs = {s.id: s for s in workflow.jobs}
+    _check_names(workflow, specs, options)
+    why = options.why if current else ("from-job" if options.from_jobs else "submit")
+    plan = Plan(run_id, attempt, why, options, workflow)
+    dependents = workflow.dependents()
+    order = list(graphlib.TopologicalSorter({s.id: s.dependencies for s in workflow.jobs}).static_order())
+
+    def descendants(roots: set[str]) -> set[str]:
+        seen, todo = set(roots), list(roots)
+        while todo:
+            for d in dependents[todo.pop()]:
+                if d not in seen:
+                    seen.add(d)
+                    todo.append(d)
+        return seen
+
+    def ancestors(roots: set[str]) -> set[str]:
+        seen: set[str] = set()
+        todo = [d for r in roots for d in specs[r].dependencies]
+        while todo:
+            j = todo.pop()
+            if j not in seen:
+                seen.add(j)
+                todo.extend(specs[j].dependencies)
+        return seen
+
+    _diff(plan, specs, current, run_level, workflow)
+    changed: dict[str, list[str]] = {c["job"]: [] for c in plan.changes}
+    for c in plan.changes:
+        if c["field"] in DEFINITION_FIELDS:
+            changed[c["job"]].append(c["field"])
+    run_level_changed = [c["field"] for c in plan.changes if c["job"] == "*"]
+
+    # Jobs that run again although done, and why; then everything downstream of them.
+    rerun: dict[str, str] = {}
+    for j in order:
+        cur = current.get(j)
+        if j in options.rollback_to:
+            rerun[j] = f"rolled back (--rollback-to {j})"
+        elif j in options.from_jobs and current:
+            rerun[j] = f"runs from here (--from-job {j})"
+        elif cur is None or cur.state != "done" or cur.record is None:
+            continue
+        elif (changed.get(j) or run_level_changed) and options.force:
+            rerun[j] = "definition changed: " + ", ".join(changed.get(j) or run_level_changed)
+        elif missing := _missing_outputs(workflow, specs[j]):
+            rerun[j] = "outputs missing: " + ", ".join(missing)
+        elif specs[j].always_rerun:
+            rerun[j] = "always_rerun"
+    for root in list(rerun):
+        for d in descendants({root}) - {root}:
+            rerun.setdefault(d, f"downstream of {root}")
+    skipped = ancestors(set(options.from_jobs)) - descendants(set(options.from_jobs))
+
+    final_done: set[str] = set()
+    failed_upstream: dict[str, str] = {}
+    live = []
+    for j in order:
+        spec, cur = specs[j], current.get(j)
+        state = cur.state if cur else None
+        record = cur.record if cur else None
+        if cur is not None and record is None:
+            plan.steps.append(Step(j, "skip", "job file unreadable", state))
+            continue
+        step = _step(j, spec, cur, rerun, skipped, options, failed_upstream, final_done, attempt,
+                     dependents, run_id)
+        if state == "running" and step.dst is not None:
+            if cur and cur.live:
+                live.append(f"job {j} is {cur.live}")
+                step.take = f"taken back by exec-submit --{plan.why} --force"
+            else:
+                step.take = f"stale claim requeued by exec-submit --{plan.why}: {cur.stale if cur else ''}"
+            step.token = cur.token if cur else None
+        elif state == "running" and cur and cur.live:
+            live.append(f"job {j} is {cur.live}")
+        plan.steps.append(step)
+        if step.dst == "done" or (step.dst is None and state == "done"):
+            final_done.add(j)
+    for j in sorted(set(current) - set(specs)):
+        cur = current[j]
+        step = Step(j, "remove", "not in the workflow any more: kept under removed/", cur.state,
+                    dst="removed", build=lambda r: r or {})
+        if cur.state == "running":
+            step.token = cur.token
+            if cur.live:
+                live.append(f"job {j} is {cur.live}")
+                step.take = f"taken back by exec-submit --{plan.why} --force (job removed)"
+            else:
+                step.take = f"stale claim requeued by exec-submit --{plan.why}: {cur.stale}"
+        plan.steps.append(step)
+    _checks(plan, current, live, options)
+    return plan
+
+
+def _check_names(workflow: Workflow, specs: dict[str, JobSpec], options: Options) -> None:
+    errors = []
+    for flag, names in (("--from-job", options.from_jobs), ("--rollback-to", options.rollback_to)):
+        for name in names:
+            if name not in specs:
+                close = difflib.get_close_matches(name, list(specs), n=3)
+                hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+                errors.append(WorkflowError(f"no job {name!r} in the workflow{hint}", workflow.path, name, flag))
+    if errors:
+        raise WorkflowErrors(errors)
+
+
+def _diff(plan: Plan, specs: dict[str, JobSpec], current: dict[str, Current],
+          run_level: dict[str, Any] | None, workflow: Workflow) -> None:
+    any_done = any(c.state == "done" for c in current.values())
+    for key in ("env", "workdir"):
+        if run_level is not None and run_level.get(key) != getattr(workflow, key):
+            plan.changes.append({"job": "*", "field": key, "old": run_level.get(key),
+                                 "new": getattr(workflow, key), "needs_force": any_done})
+    for j in sorted(set(current) | set(specs)):
+        cur, spec = current.get(j), specs.get(j)
+        if spec is None:
+            plan.changes.append({"job": j, "field": "job", "old": "present", "new": "removed",
+                                 "needs_force": True})
+            continue
+        if cur is None:
+            if current:
+                plan.changes.append({"job": j, "field": "job", "old": None, "new": "added",
+                                     "needs_force": False})
+            continue
+        if cur.record is None:
+            continue
+        old = {**SPEC_DEFAULTS, **cur.record["spec"], "dependencies": sorted(cur.record["dependencies"])}
+        new = {**spec.to_spec(), "dependencies": sorted(spec.dependencies)}
+        for key in new:
+            if old.get(key) != new[key]:
+                plan.changes.append({"job": j, "field": key, "old": old.get(key), "new": new[key],
+                                     "needs_force": cur.state == "done" and key in DEFINITION_FIELDS})
+
+
+def _missing_outputs(workflow: Workflow, spec: JobSpec) -> list[str]:
+    cwd = os.path.normpath(os.path.join(workflow.workdir, spec.workdir or ""))
+    return [o for o in spec.outputs if not os.path.exists(os.path.join(cwd, o))]
+
+
+def _done_in(record: dict[str, Any]) -> str:
+    if record.get("skipped"):
+        return str(record["skipped"].get("reason", "skipped"))
+    tries = record.get("tries") or [{}]
+    return f"done in attempt {tries[-1].get('attempt', 1)}"
+
+
+def _step(j: str, spec: JobSpec, cur: Current | None, rerun: dict[str, str], skipped: set[str],
+          options: Options, failed_upstream: dict[str, str], final_done: set[str], attempt: int,
+          dependents: dict[str, list[str]], run_id: str) -> Step:
+    """One job's step; jobs come in dependency order, so ``final_done`` holds its upstream."""
+    state = cur.state if cur else None
+    record = cur.record if cur else None
+    ready = all(d in final_done for d in spec.dependencies)
+
+    def build(held: bool = False, skip: str | None = None) -> Build:
+        def make(found: dict[str, Any] | None) -> dict[str, Any]:
+            new = new_job_record(run_id, spec, dependents[j], attempt)
+            if found is not None:
+                new["tries"] = found.get("tries", [])
+                new["last_exit_code"] = found.get("last_exit_code")
+            new["held"] = held
+            new["skipped"] = {"reason": skip, "attempt": attempt} if skip else None
+            return new
+        return make
+
+    if j in skipped:
+        if state == "done":
+            return Step(j, "skip", _done_in(record or {}), state)
+        why = f"assumed done (--from-job {', '.join(options.from_jobs)})"
+        return Step(j, "skip", why, state, dst="done", build=build(skip=why))
+    if j in rerun:
+        return Step(j, "run", rerun[j], state, "queued" if ready else "waiting", build())
+    if state is None:
+        return Step(j, "run", "added" if cur is None and attempt > 1 else "new", None,
+                    "queued" if ready else "waiting", build())
+    assert record is not None
+    if state == "done":
+        return Step(j, "skip", _done_in(record), state)
+    blocker = next((failed_upstream[d] for d in spec.dependencies if d in failed_upstream), None)
+    if state == "failed":
+        if options.no_retry_failed:
+            failed_upstream[j] = j
+            return Step(j, "skip", "failed, not retried (--no-retry-failed)", state)
+        tries = record.get("tries") or [{}]
+        why = f"failed in attempt {tries[-1].get('attempt', 1)}: requeued"
+        if blocker:  # its own upstream stays failed: it cannot run anyway
+            failed_upstream[j] = blocker
+            return Step(j, "blocked", f"upstream failed: {blocker}", state, "waiting", build())
+        return Step(j, "run", why, state, "queued" if ready else "waiting", build())
+    if blocker:
+        failed_upstream[j] = blocker
+        return Step(j, "blocked", f"upstream failed: {blocker}", state, "waiting", build())
+    if state == "running":
+        if cur and cur.live:
+            return Step(j, "run", f"{cur.live}; left running", state)
+        return Step(j, "run", "stale claim: requeued", state, "queued" if ready else "waiting", build())
+    if options.failed_only:
+        return Step(j, "skip", "held until a plain resume (--failed-only)", state, "waiting", build(held=True))
+    why = "waiting for its dependencies" if not ready else "never ran" if not record["tries"] else "queued"
+    return Step(j, "run", why, state, "queued" if ready else "waiting", build())
+
+
+def _checks(plan: Plan, current: dict[str, Current], live: list[str], options: Options) -> None:
+    unreadable = [j for j, c in current.items() if c.record is None]
+    plan.check("job files readable", not unreadable,
+               "all readable" if not unreadable else "unreadable: " + ", ".join(sorted(unreadable)))
+    forced = [c for c in plan.changes if c["needs_force"]]
+    if not forced:
+        plan.check("definitions", True, f"{len(plan.changes)} change(s), none needs --force")
+    elif options.force:
+        plan.check("definitions", True, f"{len(forced)} change(s) accepted with --force")
+    else:
+        plan.check("definitions", False, f"{len(forced)} change(s) to done or removed jobs need --force: "
+                   + "; ".join(_change_text(c) for c in forced))
+    if not live:
+        plan.check("claims", True, "no live claims")
+    elif options.force:
+        plan.check("claims", True, f"--force: {'; '.join(live)}")
+    else:
+        plan.check("claims", False, "; ".join(f"{x}; wait, or use --force" for x in live))
