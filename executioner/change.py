@@ -123,6 +123,7 @@ def _put_back(run: RunLayout, grabbed: dict[str, tuple[str, Any]]) -> None:
         # RACE: nothing can have re-created src/<job>.json meanwhile: its only sources
         # (promotion from waiting/, requeue from running/) need the file we hold.
         store.transition(run, job, f"staged:{src}", src)
+    shutil.rmtree(run.staging_dir, ignore_errors=True)
 
 
 # ---- 2. stage ---------------------------------------------------------------------------

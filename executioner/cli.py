@@ -14,11 +14,11 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from .errors import ExecutionerError, PoolError, WorkflowErrors
+from .errors import ExecutionerError, PoolError, Refused, RunBusy, WorkflowErrors
 from .layout import PoolLayout, RunLayout
 from .status import is_run_dir, last_update, pool_status, run_status
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,31 +38,66 @@ def _pool_arg(value: str | None) -> str | None:
 
 # ---- exec-submit ------------------------------------------------------------------------
 def submit_main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="exec-submit", description="Validate a workflow and create a run in a pool.")
-    p.add_argument("workflow", help="workflow file (.yaml, .yml or .json)")
+    p = _Parser(prog="exec-submit", description="Validate a workflow and create a run in a pool, "
+                "or resume, roll back or start midstream an existing run.")
+    p.add_argument("workflow", nargs="?", help="workflow file (.yaml, .yml or .json); "
+                   "with --resume, default: the run's own copy")
     p.add_argument("--pool", help="pool directory (default: $EXEC_POOL)")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="start N local workers for this run")
     p.add_argument("-j", "--jobs-per-worker", type=int, default=1, metavar="K",
                    help="jobs each local worker runs at once (default 1)")
     p.add_argument("--wait", action="store_true", help="wait for the run to end; exit 1 if any job failed")
     p.add_argument("--stale-after", type=float, default=60.0, metavar="SECONDS",
-                   help="with --wait: requeue claims whose worker has not beaten for this long (default 60)")
+                   help="a claim whose worker has not beaten for this long is requeued (default 60)")
+    g = p.add_argument_group("resume, midstream start, rollback")
+    g.add_argument("--resume", metavar="RUN_ID", help="continue this run as its next attempt")
+    g.add_argument("--failed-only", action="store_true",
+                   help="requeue only failed jobs; jobs that never ran are held until a plain resume")
+    g.add_argument("--no-retry-failed", action="store_true", help="failed jobs stay failed")
+    g.add_argument("--from-job", action="append", default=[], metavar="JOB",
+                   help="assume every ancestor of JOB done; run JOB and what follows (repeatable)")
+    g.add_argument("--rollback-to", action="append", default=[], metavar="JOB",
+                   help="with --resume: run JOB and everything downstream again (repeatable)")
+    g.add_argument("--force", action="store_true",
+                   help="accept changed or removed done jobs, and take back live claims in the way")
+    g.add_argument("--dry-run", action="store_true", help="print the plan and its checks; change nothing")
     a = p.parse_args(argv)
-    from .submit import create_run
-    from .workflow import load_workflow
+    from .plan import Options
 
     pool_dir = _pool_arg(a.pool)
     if not pool_dir:
         return _fail(p.prog, "no pool: pass --pool DIR or set EXEC_POOL")
     if a.workers < 0 or a.jobs_per_worker < 1:
         return _fail(p.prog, "--workers must be >= 0 and -j >= 1")
+    if not a.resume:
+        bad = [f for f, v in (("--failed-only", a.failed_only), ("--no-retry-failed", a.no_retry_failed),
+                              ("--rollback-to", a.rollback_to), ("--force", a.force)) if v]
+        if bad:
+            return _fail(p.prog, f"{bad[0]} needs --resume RUN_ID")
+        if not a.workflow:
+            return _fail(p.prog, "give a workflow file, or --resume RUN_ID")
+    if a.failed_only and a.no_retry_failed:
+        return _fail(p.prog, "--failed-only and --no-retry-failed exclude each other")
+    options = Options(failed_only=a.failed_only, no_retry_failed=a.no_retry_failed, force=a.force,
+                      from_jobs=tuple(a.from_job), rollback_to=tuple(a.rollback_to), stale_after=a.stale_after)
+    pool = PoolLayout(os.path.abspath(pool_dir))
     try:
-        workflow = load_workflow(a.workflow)
-        pool = PoolLayout(os.path.abspath(pool_dir))
-        run = create_run(pool, workflow)
+        if a.resume:
+            run, plan = _resume(pool, a.resume, a.workflow, options, a.dry_run)
+        else:
+            run, plan = _submit(pool, a.workflow, options, a.dry_run)
     except (WorkflowErrors, PoolError) as e:
         return _fail(p.prog, e)
+    except (Refused, RunBusy) as e:
+        for line in str(e).splitlines():
+            print(f"{p.prog}: {line}", file=sys.stderr)
+        return EXIT_REFUSED
+    if run is None:  # --dry-run
+        print(plan.text(), flush=True)
+        return EXIT_REFUSED if plan.refused else EXIT_OK
     print(f"{run.run_id} {run.root}", flush=True)
+    if a.resume or options.from_jobs:
+        print(plan.text(), file=sys.stderr, flush=True)
     if a.workers:
         from .launch import start_local_workers
 
@@ -72,13 +107,37 @@ def submit_main(argv: list[str] | None = None) -> int:
     from .progress import wait_for_run
 
     try:
-        status = wait_for_run(run, total=len(workflow.jobs), stale_after=a.stale_after)
+        status = wait_for_run(run, total=len(plan.workflow.jobs), stale_after=a.stale_after)
     except KeyboardInterrupt:
         return 130
     c = status["counts"]
     print(f"{run.run_id}: {status['state']} (done {c['done']}, failed {c['failed']}, "
           f"blocked {c['blocked']})", flush=True)
     return EXIT_OK if status["state"] == "done" else EXIT_FAILED
+
+
+def _submit(pool: PoolLayout, path: str, options: Any, dry_run: bool) -> tuple[RunLayout | None, Any]:
+    from .submit import create_run_planned, plan_submit
+    from .workflow import load_workflow
+
+    workflow = load_workflow(path)
+    if dry_run:
+        return None, plan_submit(workflow, options)
+    return create_run_planned(pool, workflow, options)
+
+
+def _resume(pool: PoolLayout, run_id: str, path: str | None, options: Any,
+            dry_run: bool) -> tuple[RunLayout | None, Any]:
+    from .change import apply
+    from .plan import plan_resume, workflow_for_resume
+
+    run = pool.run(run_id)
+    if not is_run_dir(run.root):
+        raise PoolError(f"no run {run_id!r} in this pool", pool.root)
+    workflow = workflow_for_resume(run, path)
+    if dry_run:
+        return None, plan_resume(pool, run, workflow, options)
+    return run, apply(run, lambda: plan_resume(pool, run, workflow, options))
 
 
 # ---- exec-worker ------------------------------------------------------------------------
@@ -135,14 +194,29 @@ def status_main(argv: list[str] | None = None) -> int:
     p.add_argument("dir", help="a pool directory or a run directory")
     p.add_argument("run_id", nargs="?", help="a run of the pool")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument("--attempts", action="store_true",
+                   help="the run's attempts, and what a plain resume would do next")
+    p.add_argument("--job", metavar="ID", help="one job's whole try history, across attempts")
     a = p.parse_args(argv)
     try:
         if a.run_id or is_run_dir(a.dir):
             path = os.path.join(a.dir, a.run_id) if a.run_id else a.dir
             if not is_run_dir(path):
                 raise PoolError("no such run (no run.json)", path)
-            data = run_status(RunLayout(os.path.abspath(path)))
+            run = RunLayout(os.path.abspath(path))
+            if a.attempts or a.job:
+                from .history import attempts_status, job_history
+
+                pool = PoolLayout(os.path.dirname(run.root))
+                if a.attempts:
+                    _print(attempts_status(pool, run), a.json, _attempts_table)
+                if a.job:
+                    _print(job_history(run, a.job), a.json, _job_table)
+                return EXIT_OK
+            data = run_status(run)
             _print(data, a.json, _run_table)
+        elif a.attempts or a.job:
+            raise PoolError("--attempts and --job need a run: exec-status POOL RUN_ID --attempts", a.dir)
         else:
             pool = PoolLayout(os.path.abspath(a.dir))
             data = pool_status(pool)
@@ -160,7 +234,48 @@ def _print(data: dict[str, Any], as_json: bool, table: Any) -> None:
         Console(highlight=False).print(table(data))
 
 
-_COLORS = {"corrupt": "red", "done": "green", "failed": "red", "blocked": "magenta", "running": "cyan", "queued": "yellow"}
+_COLORS = {"corrupt": "red", "done": "green", "failed": "red", "blocked": "magenta", "running": "cyan",
+           "queued": "yellow", "held": "blue", "skipped": "green", "lost": "yellow", "timeout": "red"}
+
+
+def _when(stamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else ""
+
+
+def _attempts_table(data: dict[str, Any]) -> Any:
+    from rich.console import Group
+    from rich.text import Text
+
+    t = Table("attempt", "when", "who", "why", "flags", "plan", "tries ended", title=f"{data['run_id']}: attempts")
+    for r in data["attempts"]:
+        flags = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {' '.join(v)}")
+                         for k, v in r["flags"].items())
+        t.add_row(str(r["attempt"]), _when(r["time"]), r["who"] or "", r["why"] or "", flags,
+                  _counts_text(r["planned"]), _counts_text(r["tries"]))
+    nxt = data["next"]
+    if "error" in nxt:
+        return Group(t, Text(f"a plain resume now: cannot plan: {nxt['error']}"))
+    lines = [f"a plain resume now would be attempt {nxt['attempt']}: {_counts_text(nxt['planned'])}"]
+    lines += [f"  {s['action']:<7} {s['job']}  {s['reason']}" for s in nxt["steps"] if s["action"] != "skip"
+              or "done in" not in s["reason"]]
+    lines += [f"  check {'ok' if c['ok'] else 'FAILS'}: {c['check']}: {c['detail']}" for c in nxt["checks"]]
+    return Group(t, Text("\n".join(lines)))
+
+
+def _job_table(data: dict[str, Any]) -> Table:
+    extra = f", {data['skipped']['reason']}" if data.get("skipped") else ", held" if data.get("held") else ""
+    t = Table("attempt", "try", "status", "host", "start", "duration", "exit", "reason", "logs",
+              title=f"{data['run_id']} job {data['job']}: {data['state']}{extra}")
+    for r in data["tries"]:
+        color = _COLORS.get(r["status"], "")
+        dur = "" if r["duration"] is None else f"{r['duration']:.1f}s"
+        logs = "\n".join(x for x in (r["stdout"], r["stderr"]) if x)
+        t.add_row(str(r["attempt"]), str(r["try"]), f"[{color}]{r['status']}[/]", r["host"] or "",
+                  _when(r["start"]), dur, "" if r["exit_code"] is None else str(r["exit_code"]),
+                  r["reason"] or "", logs)
+    if not data["tries"]:
+        t.caption = "no tries yet"
+    return t
 
 
 def _counts_text(counts: dict[str, int]) -> str:

@@ -47,12 +47,19 @@ def coordinating(run: RunLayout, action: str) -> Iterator[None]:
         lock.release()
 
 
-def _busy_message(run: RunLayout, lock: filelock.SoftFileLock) -> str:
+def _busy_message(run: RunLayout, lock: filelock.SoftFileLock, wait: float = 1.0) -> str:
     info: dict[str, Any] = {}
-    try:
-        info = fsio.read_json(run.coordinator_info)
-    except (OSError, ValueError):
-        pass
+    deadline = time.monotonic() + wait
+    while True:
+        # RACE: the holder writes coordinator.json just after taking the lock; a loser
+        # arriving in between waits for it (briefly) so it can name the holder.
+        try:
+            info = fsio.read_json(run.coordinator_info)
+            break
+        except (OSError, ValueError):
+            if time.monotonic() >= deadline or not os.path.exists(run.coordinator_lock):
+                break
+            time.sleep(0.02)
     who = f"{info.get('user', '?')}@{info.get('host', '?')} pid {info.get('pid', lock.pid)}"
     since = info.get("since")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if since else "just now"

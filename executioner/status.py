@@ -13,6 +13,8 @@ from .layout import STATES, PoolLayout, RunLayout, job_id_of, split_running_name
 from .store import read_run_record
 
 JOB_STATES = ("waiting", "queued", "running", "done", "failed", "blocked")
+# Shown as job states, counted as the folder they are in (the --json count keys are fixed).
+COUNTED_AS = {"held": "waiting", "skipped": "done"}
 
 
 @dataclass
@@ -77,8 +79,11 @@ def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
                 claim = None  # the record of another claim of the same try number
         views[job_id] = JobView(job_id, state, record, claim)
     _mark_blocked(views)
+    _mark_held(views)
     for v in views.values():
         r = v.record or {}
+        if v.state == "done" and r.get("skipped"):
+            v.state, v.reason = "skipped", str(r["skipped"].get("reason", "skipped"))
         if v.state == "failed":
             v.reason = r.get("reason")
         elif v.state == "running" and v.claim:
@@ -116,11 +121,33 @@ def _mark_blocked(views: dict[str, JobView]) -> None:
                 v.reason = f"upstream failed: {failed}"
 
 
-def run_state(counts: dict[str, int]) -> str:
-    if counts["queued"] or counts["running"] or counts["waiting"]:
+def _mark_held(views: dict[str, JobView]) -> None:
+    """Held (by --failed-only): a waiting job so marked, or one downstream of it."""
+    def held_upstream(job_id: str, trail: frozenset[str]) -> str | None:
+        v = views.get(job_id)
+        if v is None or v.state not in ("waiting", "held") or job_id in trail:
+            return None
+        if (v.record or {}).get("held"):
+            return job_id
+        deps = (v.record or {}).get("dependencies", [])
+        return next((h for d in deps if (h := held_upstream(d, trail | {job_id}))), None)
+
+    found = {v.id: held_upstream(v.id, frozenset()) for v in views.values() if v.state == "waiting"}
+    for job_id, held in found.items():
+        if held:
+            v = views[job_id]
+            v.state = "held"
+            v.reason = "held until a plain resume (--failed-only)" if held == job_id else f"upstream held: {held}"
+
+
+def run_state(states: dict[str, int]) -> str:
+    """From the number of jobs in each shown state."""
+    if states.get("queued") or states.get("running") or states.get("waiting"):
         return "running"
-    if counts["failed"] or counts["blocked"]:
+    if states.get("failed") or states.get("blocked"):
         return "failed"
+    if states.get("held"):
+        return "held"
     return "done"
 
 
@@ -136,10 +163,12 @@ def run_status(run: RunLayout) -> dict[str, Any]:
                 "reason": f"run.json is corrupt ({e}); workers skip this run"}
     views = job_views(run, record.get("jobs", 0))
     counts = {s: 0 for s in JOB_STATES}
+    shown: dict[str, int] = {}
     for v in views:
-        counts[v.state] += 1
+        counts[COUNTED_AS.get(v.state, v.state)] += 1
+        shown[v.state] = shown.get(v.state, 0) + 1
     return {"run_id": record.get("run_id", run.run_id), "name": record.get("name"),
-            "state": run_state(counts), "counts": counts, "jobs": [v.row() for v in views]}
+            "state": run_state(shown), "counts": counts, "jobs": [v.row() for v in views]}
 
 
 def last_update(run: RunLayout) -> float:
