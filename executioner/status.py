@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
+
 from . import fsio
 from .errors import PoolError
 from .layout import STATES, PoolLayout, RunLayout, job_id_of, split_running_name
@@ -167,8 +169,27 @@ def run_status(run: RunLayout) -> dict[str, Any]:
     for v in views:
         counts[COUNTED_AS.get(v.state, v.state)] += 1
         shown[v.state] = shown.get(v.state, 0) + 1
-    return {"run_id": record.get("run_id", run.run_id), "name": record.get("name"),
-            "state": run_state(shown), "counts": counts, "jobs": [v.row() for v in views]}
+    out = {"run_id": record.get("run_id", run.run_id), "name": record.get("name"),
+           "state": run_state(shown), "counts": counts, "jobs": [v.row() for v in views]}
+    if interrupted_change(run):
+        out["reason"] = (f"a resume of this run was interrupted: jobs wait in {run.staging_dir}, unseen by "
+                         f"workers; run `exec-submit --resume {run.run_id}` to finish or undo it")
+    return out
+
+
+def interrupted_change(run: RunLayout, grace: float = 60.0) -> bool:
+    """A coordinator's staging area left behind (none is at work: no lock, or a lock this old)."""
+    if not os.path.isdir(run.staging_dir):
+        return False
+    try:
+        if time.time() - os.stat(run.coordinator_lock).st_mtime > grace:
+            return True
+        info = fsio.read_json(run.coordinator_info)
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("host") == fsio.HOST and not psutil.pid_exists(int(info.get("pid", 0)))
 
 
 def last_update(run: RunLayout) -> float:
