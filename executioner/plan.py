@@ -19,10 +19,10 @@ from typing import Any, Callable
 from . import attempts
 from .attempts import DEFINITION_FIELDS
 from .errors import WorkflowError, WorkflowErrors
-from .layout import PoolLayout, RunLayout, split_running_name
+from .layout import STAGE_SEP, STATES, PoolLayout, RunLayout, split_running_name
 from .reap import judge_now
 from .scrub import read_checked
-from .status import snapshot
+from .status import interrupted_change, snapshot
 from .store import SPEC_DEFAULTS, new_job_record, read_run_record
 from .workflow import JobSpec, Workflow
 
@@ -143,6 +143,26 @@ def read_current(pool: PoolLayout, run: RunLayout, stale_after: float, now: floa
                 else:
                     cur.live = verdict.reason
         out[job_id] = cur
+    if interrupted_change(run):
+        out.update(_settled(run, out))
+    return out
+
+
+def _settled(run: RunLayout, seen: dict[str, Current]) -> dict[str, Current]:
+    """Jobs a crashed resume left in .coord/, where the next resume will put them (it
+    finishes a committed change and undoes any other) - so a dry run shows the truth."""
+    committed = os.path.exists(run.staging_commit)
+    folder = os.path.join(run.staging_dir, "new") if committed else run.staging_dir
+    out = {}
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        state, sep, rest = name.partition(STAGE_SEP)
+        job_id = rest[: -len(".json")] if rest.endswith(".json") else ""
+        if sep and job_id and state in STATES and job_id not in seen:
+            try:
+                record, _ = read_checked(os.path.join(folder, name), job_id)
+            except FileNotFoundError:
+                continue
+            out[job_id] = Current(state, record)
     return out
 
 

@@ -132,6 +132,8 @@ def test_a_crashed_resume_is_undone_or_finished_by_the_next(pool: Path, tmp_path
     assert os.path.isdir(run.staging_dir)  # the crash left its staging area (and its lock)
     shown = json.loads(cli("exec-status", run.root, "--json").stdout)
     assert "a resume of this run was interrupted" in shown["reason"]
+    dry = cli("exec-submit", "--pool", str(pool), "--resume", run.run_id, "--dry-run")
+    assert dry.returncode == 0 and " added" not in dry.stdout, dry.stdout  # sees the grabbed jobs
     assert recover(run) == ("undone" if point == "before-commit" else "finished")
     assert not os.path.exists(run.staging_dir)
     placed = where(run)
