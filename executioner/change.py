@@ -53,10 +53,10 @@ def apply(run: RunLayout, make: Callable[[], Plan]) -> Plan:
             if plan.refused:
                 raise Refused(_refusal(plan), run.run_id)
             try:
-                grabbed = _grab_all(run, plan)
+                grabbed = _grab_all(run, plan.steps)
             except _Moved:
                 continue
-            _stage(run, plan, grabbed)
+            _stage(run, plan.steps, grabbed, _attempt_files(run, plan))
             _commit(run)
             store.sweep(run)
             return plan
@@ -70,12 +70,12 @@ def _refusal(plan: Plan) -> str:
 
 
 # ---- 1. grab ----------------------------------------------------------------------------
-def _grab_all(run: RunLayout, plan: Plan) -> dict[str, tuple[str, dict[str, Any] | None]]:
+def _grab_all(run: RunLayout, steps: list[Step]) -> dict[str, tuple[str, dict[str, Any] | None]]:
     """job -> (state it was grabbed from, its content then); undone on any surprise."""
     os.makedirs(os.path.join(run.staging_dir, "new"), exist_ok=True)
     grabbed: dict[str, tuple[str, dict[str, Any] | None]] = {}
     try:
-        for step in plan.steps:
+        for step in steps:
             if step.dst is None or step.src is None:
                 continue
             src = step.src
@@ -127,9 +127,22 @@ def _put_back(run: RunLayout, grabbed: dict[str, tuple[str, Any]]) -> None:
 
 
 # ---- 2. stage ---------------------------------------------------------------------------
-def _stage(run: RunLayout, plan: Plan, grabbed: dict[str, tuple[str, dict[str, Any] | None]]) -> None:
+def _attempt_files(run: RunLayout, plan: Plan) -> dict[str, tuple[bytes, str]]:
+    """The attempt record, its workflow copy and the new run.json: name -> (content, target)."""
+    wf = plan.workflow
+    record = attempts.new_record(run, plan.attempt, plan.why, plan.options.flags(), wf.raw, wf.suffix,
+                                 plan.changes, [s.row() for s in plan.steps], plan.checks)
+    run_record = store.read_run_record(run)
+    run_record.update(attempt=plan.attempt, jobs=len(wf.jobs), env=wf.env, workdir=wf.workdir)
+    return {"workflow" + wf.suffix: (wf.raw, run.attempt_workflow(plan.attempt, wf.suffix)),
+            "attempt.json": (fsio.dumps(record), run.attempt_record(plan.attempt)),
+            "run.json": (fsio.dumps(run_record), run.record)}
+
+
+def _stage(run: RunLayout, steps: list[Step], grabbed: dict[str, tuple[str, dict[str, Any] | None]],
+           files: dict[str, tuple[bytes, str]]) -> None:
     placements = []
-    for step in plan.steps:
+    for step in steps:
         if step.dst is None:
             continue
         assert step.build is not None
@@ -137,19 +150,14 @@ def _stage(run: RunLayout, plan: Plan, grabbed: dict[str, tuple[str, dict[str, A
         record = found if step.action == "remove" else step.build(found)
         fsio.write_unsynced(run.staged_new(step.job, step.dst), fsio.dumps(record))
         placements.append({"job": step.job, "src": src, "dst": step.dst})
-    wf = plan.workflow
-    record = attempts.new_record(run, plan.attempt, plan.why, plan.options.flags(), wf.raw, wf.suffix,
-                                 plan.changes, [s.row() for s in plan.steps], plan.checks)
     new_dir = os.path.join(run.staging_dir, "new")
-    fsio.write_unsynced(os.path.join(new_dir, "attempt.json"), fsio.dumps(record))
-    fsio.write_unsynced(os.path.join(new_dir, "workflow" + wf.suffix), wf.raw)
-    run_record = store.read_run_record(run)
-    run_record.update(attempt=plan.attempt, jobs=len(wf.jobs), env=wf.env, workdir=wf.workdir)
-    fsio.write_unsynced(os.path.join(new_dir, "run.json"), fsio.dumps(run_record))
+    for name, (payload, _) in files.items():
+        fsio.write_unsynced(os.path.join(new_dir, name), payload)
     fsio.sync_filesystem(run.root)
     placements.reverse()  # descendants first
-    fsio.atomic_write_json(run.staging_commit, {"attempt": plan.attempt, "suffix": wf.suffix,
-                                                "placements": placements})
+    fsio.atomic_write_json(run.staging_commit, {
+        "placements": placements,
+        "files": [[name, os.path.relpath(target, run.root)] for name, (_, target) in files.items()]})
 
 
 # ---- 3. commit --------------------------------------------------------------------------
@@ -167,12 +175,10 @@ def _commit(run: RunLayout) -> None:
         if src is not None:
             fsio.unlink_quietly(run.staged(job, src))
     new_dir = os.path.join(run.staging_dir, "new")
-    n, suffix = commit["attempt"], commit["suffix"]
-    os.makedirs(run.attempts_dir, exist_ok=True)
-    for name, target in (("workflow" + suffix, run.attempt_workflow(n, suffix)),
-                         ("attempt.json", run.attempt_record(n)), ("run.json", run.record)):
+    for name, target in commit["files"]:  # the attempt record last but one, run.json last
         if os.path.exists(os.path.join(new_dir, name)):
-            os.rename(os.path.join(new_dir, name), target)
+            os.makedirs(os.path.dirname(os.path.join(run.root, target)), exist_ok=True)
+            os.rename(os.path.join(new_dir, name), os.path.join(run.root, target))
     fsio.unlink_quietly(run.staging_commit)
     shutil.rmtree(run.staging_dir, ignore_errors=True)
 
@@ -192,3 +198,31 @@ def recover(run: RunLayout) -> str | None:
     shutil.rmtree(run.staging_dir, ignore_errors=True)
     log.warning("run %s: undid a change an interrupted coordinator had not committed", run.run_id)
     return "undone"
+
+
+def _adding(extra: dict[str, Any]) -> Callable[[dict[str, Any] | None], dict[str, Any]]:
+    return lambda found: {**(found or {}), **extra}
+
+
+def annotate(run: RunLayout, updates: dict[str, dict[str, Any]], why: str) -> None:
+    """Add keys to the files of jobs of a live run (say, their Slurm job ids), wherever they
+    are (not running/), with the same grab, stage and commit as a resume; no attempt record."""
+    with coordinating(run, why):
+        recover(run)
+        for _ in range(REPLANS):
+            steps = []
+            for job_id, extra in updates.items():
+                state = next((s for s in ("waiting", "queued", "done", "failed")
+                              if os.path.exists(run.job(job_id, s))), None)
+                if state is None:
+                    raise Refused(f"job {job_id} of run {run.run_id} is not in waiting/, queued/, done/ "
+                                  "or failed/; cannot record on it", run.run_id)
+                steps.append(Step(job_id, "note", why, state, state, build=_adding(extra)))
+            try:
+                grabbed = _grab_all(run, steps)
+            except _Moved:
+                continue
+            _stage(run, steps, grabbed, {})
+            _commit(run)
+            return
+    raise Refused(f"run {run.run_id} kept changing while recording {why}", run.run_id)

@@ -32,13 +32,16 @@ Format version 1. A *pool* is a directory of runs::
                                      only ever non-empty while the lock is held, or after a
                                      coordinator crashed (the next one finishes or undoes it)
         launch/                      submitit's files for local workers started by exec-submit
+        slurm.json                   Slurm job ids of this run: "workers" (arrays), "dag" (jobs)
+        slurm/<slurm job id>/        submitit's files and logs of each Slurm job
 
 A job's state is the folder its file is in, and nothing else. A job file holds the job's
 definition (``spec``), ``dependencies``, ``dependents``, every try so far (``tries``),
 ``last_exit_code`` and, while waiting for a retry delay, ``not_before``; since attempts
 exist also ``attempt`` (the attempt its next try belongs to), ``definition_hash``,
 ``held`` (kept waiting by ``--failed-only``) and ``skipped`` (marked done without running,
-with the reason). Every try records its ``attempt``. State changes
+with the reason), and with the Slurm-DAG backend ``slurm`` (its Slurm job id). Every try
+records its ``attempt``. A run.json with ``"backend": "slurm"`` is left alone by pool workers. State changes
 are single ``rename`` calls (see :mod:`executioner.store`); every write is temp file +
 fsync + rename, with temp files named ``.tmp-<host>-<pid>-<random>``.
 """
@@ -123,6 +126,14 @@ class RunLayout:
     @property
     def logs_dir(self) -> str:
         return os.path.join(self.root, "logs")
+
+    @property
+    def slurm_dir(self) -> str:
+        return os.path.join(self.root, "slurm")
+
+    @property
+    def slurm_record(self) -> str:
+        return os.path.join(self.root, "slurm.json")
 
     @property
     def launch_dir(self) -> str:

@@ -25,13 +25,15 @@ from .scrub import Scrubber
 from .retry import decide
 
 log = logging.getLogger("executioner.worker")
+FIT_MARGIN = 10.0  # seconds kept free at the end of an allocation for handing jobs back
 
 
 class Worker:
     def __init__(self, pool: str, run_ids: list[str] | None = None, slots: int = 1,
                  exit_when_idle: float | None = None, max_jobs: int | None = None,
                  heartbeat: float = 10.0, stale_after: float = 60.0, poll_min: float = 0.2,
-                 poll_max: float = 5.0, sweep_every: float = 10.0, dormant_every: float = 60.0):
+                 poll_max: float = 5.0, sweep_every: float = 10.0, dormant_every: float = 60.0,
+                 only_jobs: set[str] | None = None, ends_at: float | None = None, slurm_dag: bool = False):
         self.pool = PoolLayout(os.path.abspath(pool))
         self.run_ids = run_ids
         self.slots = max(1, slots)
@@ -43,7 +45,13 @@ class Worker:
         self.poll_min, self.poll_max = poll_min, poll_max
         self.sweep_every = sweep_every
         self.dormant_every = dormant_every
-        self.worker_id = f"{fsio.HOST}-{os.getpid()}-{secrets.token_hex(2)}"
+        self.only_jobs = only_jobs  # run only these jobs (a Slurm-DAG job runs exactly one)
+        self.ends_at = ends_at  # wall clock: our allocation ends then; claim nothing that cannot fit
+        self.slurm_dag = slurm_dag  # pool workers leave runs of the Slurm-DAG backend alone
+        self._wont_fit: set[tuple[str, str]] = set()
+        slurm_job = os.environ.get("SLURM_JOB_ID")
+        prefix = f"slurm{slurm_job}-" if slurm_job else ""  # a worker inside a Slurm job says so
+        self.worker_id = f"{prefix}{fsio.HOST}-{os.getpid()}-{secrets.token_hex(2)}"
         self.owner = store.Owner.current(self.worker_id)
         self.claimed = 0
         self.finished = 0
@@ -251,7 +259,7 @@ class Worker:
             everything = self._event
             self._event = False
         if refresh:
-            runs = [r for r in self._scope() if self._record(r) is not None]
+            runs = [r for r in self._scope() if self._ours(r)]
             with self._lock:
                 self._runs = runs
             for run_id in runs:
@@ -277,6 +285,8 @@ class Worker:
                 if listings >= 3:
                     return None  # others keep beating us to every job: let them, for now
                 names = sorted(store.list_jobs(run, "queued"))
+                if self.only_jobs is not None:
+                    names = [n for n in names if n in self.only_jobs]
                 listings += 1
                 with self._lock:
                     self._listed[run_id] = time.monotonic()
@@ -319,11 +329,24 @@ class Worker:
             with self._lock:
                 self._not_before[(run_id, job_id)] = time.monotonic() + wait
             return False
+        if not self._fits(claim.record["spec"]):
+            store.release(claim)  # RACE: as above, not locked yet: ours alone to put back
+            log.info("job %s of run %s: its timeout does not fit in the %.0f s left of our allocation; "
+                     "left for another worker", job_id, run_id, (self.ends_at or 0) - time.time())
+            with self._lock:
+                self._wont_fit.add((run_id, job_id))
+            return False
         with self._lock:
             self._lost_in_row = 0
             self._not_before.pop((run_id, job_id), None)
         store.write_lock(claim)
         return True
+
+    def _fits(self, spec: dict[str, Any]) -> bool:
+        """Can this job's timeout (plus its kill grace and a margin) end before our allocation?"""
+        if self.ends_at is None or spec.get("timeout") is None:
+            return True
+        return time.time() + spec["timeout"] + spec.get("kill_grace", 5.0) + FIT_MARGIN <= self.ends_at
 
     def _pick(self, run_id: str) -> str | None:
         """The next candidate: each worker walks the sorted listing from its own random
@@ -335,7 +358,7 @@ class Worker:
                 i = self._cursor[run_id] % len(candidates)
                 job_id = candidates.pop(i)
                 self._cursor[run_id] = i
-                if self._not_before.get((run_id, job_id), 0) <= now:
+                if self._not_before.get((run_id, job_id), 0) <= now and (run_id, job_id) not in self._wont_fit:
                     return job_id
             return None
 
@@ -349,6 +372,10 @@ class Worker:
                 self._candidates.pop(run_id, None)
             else:
                 self._cursor[run_id] = self._rng.randrange(len(candidates))
+
+    def _ours(self, run_id: str) -> bool:
+        record = self._record(run_id)
+        return record is not None and (record.get("backend") == "slurm") == self.slurm_dag
 
     def _record(self, run_id: str) -> dict[str, Any] | None:
         if run_id not in self._records:

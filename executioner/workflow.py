@@ -41,7 +41,9 @@ JOB_OPTIONS: Final[dict[str, tuple[str, Any]]] = {
     "max_retry_time": ("pos_number_or_null", None),
     "outputs": ("str_list", []),
     "always_rerun": ("bool", False),
+    "slurm": ("slurm", {}),
 }
+SLURM_KEYS: Final = ("partition", "time", "cpus", "mem_gb", "gpus", "additional_parameters")
 JOB_KEYS: Final = ("id", "command", "dependencies", *JOB_OPTIONS)
 
 
@@ -66,6 +68,7 @@ class JobSpec:
     max_retry_time: float | None = None
     outputs: tuple[str, ...] = ()
     always_rerun: bool = False
+    slurm: dict[str, Any] = field(default_factory=dict)  # resources for the Slurm-DAG backend
 
     def to_spec(self) -> dict[str, Any]:
         """The definition as stored in the job file (everything but id and dependencies)."""
@@ -77,7 +80,7 @@ class JobSpec:
             "retry_jitter": self.retry_jitter,
             "retry_on_exit_codes": None if self.retry_on_exit_codes is None else list(self.retry_on_exit_codes),
             "retry_on_status": list(self.retry_on_status), "max_retry_time": self.max_retry_time,
-            "outputs": list(self.outputs), "always_rerun": self.always_rerun,
+            "outputs": list(self.outputs), "always_rerun": self.always_rerun, "slurm": self.slurm,
         }
 
 
@@ -291,6 +294,13 @@ class _Validator:
             options[key] = value
         if not ok or any(v is _BAD for v in options.values()):
             return None
+        if "slurm" in item and isinstance(defaults.get("slurm"), dict):  # per key, over the defaults
+            base = _check_value("slurm", defaults["slurm"])
+            if isinstance(base, dict):
+                extra = {**base.get("additional_parameters", {}), **options["slurm"].get("additional_parameters", {})}
+                options["slurm"] = {**base, **options["slurm"]}
+                if extra:
+                    options["slurm"]["additional_parameters"] = extra
         assert isinstance(command, (str, tuple))
         return JobSpec(id=job_id, command=command, dependencies=tuple(dict.fromkeys(deps)), **options)
 
@@ -380,9 +390,35 @@ def _check_value(kind: str, v: Any) -> Any:
         if isinstance(v, list) and all(s in RETRY_STATUSES for s in v):
             return tuple(v)
         return _Problem(f"must be a list of {', '.join(RETRY_STATUSES)}")
+    if kind == "slurm":
+        return _check_slurm(v)
     if kind == "bool":
         return v if isinstance(v, bool) else _Problem(f"must be true or false, not {v!r}")
     if kind == "str_list":
         ok = isinstance(v, list) and all(isinstance(s, str) and s for s in v)
         return tuple(v) if ok else _Problem("must be a list of file paths")
     raise AssertionError(kind)
+
+
+def _check_slurm(v: Any) -> Any:
+    """A ``slurm:`` mapping: resources of a job's own Slurm job (Slurm-DAG backend)."""
+    if not isinstance(v, dict):
+        return _Problem(f"must be a mapping of {', '.join(SLURM_KEYS)}, not {_type_name(v)}")
+    for k, x in v.items():
+        if k not in SLURM_KEYS:
+            return _Problem(f"unknown key {k!r}{_suggest(str(k), SLURM_KEYS)}")
+        if k == "partition" and not isinstance(x, str):
+            return _Problem("partition must be a string")
+        if k in ("time", "cpus", "gpus") and (not isinstance(x, int) or isinstance(x, bool) or x < 1):
+            return _Problem(f"{k} must be a whole number >= 1{' (minutes)' if k == 'time' else ''}")
+        if k == "mem_gb" and not (_is_number(x) and x > 0):
+            return _Problem("mem_gb must be a number > 0")
+        if k == "additional_parameters":
+            if not isinstance(x, dict):
+                return _Problem(f"additional_parameters must be a mapping of sbatch options to values, "
+                                f"not {_type_name(x)}")
+            bad = [p for p, y in x.items() if not isinstance(p, str) or not isinstance(y, (str, int, float, bool))]
+            if bad:
+                return _Problem(f"additional_parameters: {bad[0]!r} must name an sbatch option with a "
+                                "string, number or true")
+    return dict(v)

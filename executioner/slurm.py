@@ -1,0 +1,362 @@
+"""Slurm, reached through submitit: worker arrays, and the Slurm-DAG backend.
+
+*Worker arrays*: ``exec-submit --slurm-workers N`` submits N ordinary workers as one job
+array; each knows when its allocation ends (``squeue``), claims no job whose ``timeout``
+cannot finish before then, and hands its jobs back on Slurm's signals.
+
+*Slurm-DAG backend*: ``--backend slurm`` submits one Slurm job per workflow job with
+``dependency=afterok:<its upstream jobs>``. Each runs a one-job worker on that job, through
+the same claim, run and complete path as a pool worker, and exits non-zero unless the job
+ended done, so ``afterok`` dependents never start after a failure. All are submitted held;
+their ids are written into the job files (through the coordinator's grab and place, like
+any change to a live run), and only then released. Pool workers leave such runs alone.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import submitit
+
+from . import fsio, store
+from .errors import ExecutionerError
+from .layout import PoolLayout, RunLayout
+from .worker import Worker
+from .workflow import Workflow
+
+log = logging.getLogger("executioner.slurm")
+SIGNAL_DELAY_S = 30  # Slurm sends SIGUSR2 this long before the time limit: hand jobs back then
+ID_WAIT_S = 60.0
+
+
+class SlurmError(ExecutionerError, RuntimeError):
+    """Slurm refused or failed something we asked (sbatch, scontrol, scancel)."""
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """Resources for one Slurm job (a worker of an array, or one DAG job)."""
+
+    partition: str | None = None
+    time: int | None = None  # minutes
+    cpus: int | None = None
+    mem_gb: float | None = None
+    gpus: int | None = None
+    additional_parameters: dict[str, Any] = field(default_factory=dict)
+
+    def over(self, base: "SlurmOptions") -> "SlurmOptions":
+        """These settings, falling back to ``base`` for the ones not set."""
+        return SlurmOptions(
+            partition=self.partition or base.partition, time=self.time or base.time,
+            cpus=self.cpus or base.cpus, mem_gb=self.mem_gb or base.mem_gb, gpus=self.gpus or base.gpus,
+            additional_parameters={**base.additional_parameters, **self.additional_parameters})
+
+    def executor_parameters(self, dependency: str | None = None) -> dict[str, Any]:
+        """submitit's ``update_parameters`` keywords, with our dependency merged in."""
+        params: dict[str, Any] = {"slurm_signal_delay_s": SIGNAL_DELAY_S}
+        if self.partition:
+            params["slurm_partition"] = self.partition
+        if self.time:
+            params["timeout_min"] = self.time
+        if self.cpus:
+            params["cpus_per_task"] = self.cpus
+        if self.mem_gb:
+            params["mem_gb"] = self.mem_gb
+        if self.gpus:
+            params["gpus_per_node"] = self.gpus
+        additional = merge_dependency(self.additional_parameters, dependency)
+        if additional:
+            params["slurm_additional_parameters"] = additional
+        return params
+
+
+def merge_dependency(additional: dict[str, Any], ours: str | None) -> dict[str, Any]:
+    """The user's additional parameters with our ``afterok`` added to any ``dependency`` of
+    theirs (both must hold: joined with ``,``), never replacing it."""
+    out = dict(additional)
+    theirs = out.get("dependency")
+    if ours and theirs:
+        out["dependency"] = f"{theirs},{ours}"
+    elif ours:
+        out["dependency"] = ours
+    return out
+
+
+def from_mapping(value: dict[str, Any] | None) -> SlurmOptions:
+    """A validated ``slurm:`` mapping of a workflow (see workflow.py) as options."""
+    v = value or {}
+    return SlurmOptions(partition=v.get("partition"), time=v.get("time"), cpus=v.get("cpus"),
+                        mem_gb=v.get("mem_gb"), gpus=v.get("gpus"),
+                        additional_parameters=dict(v.get("additional_parameters") or {}))
+
+
+# ---- talking to Slurm --------------------------------------------------------------------
+def _slurm(*args: str) -> str:
+    try:
+        out = subprocess.run(list(args), capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise SlurmError(f"{args[0]}: not found (is Slurm installed, and SLURM_CONF set?)") from None
+    if out.returncode != 0:
+        raise SlurmError(f"{' '.join(args)}: {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout
+
+
+def allocation_end(job_id: str | None = None) -> float | None:
+    """When our Slurm allocation ends (epoch seconds), or None outside Slurm / without limit."""
+    job_id = job_id or os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return None
+    try:
+        end = _slurm("squeue", "-h", "-j", job_id, "-o", "%e").strip()
+    except SlurmError:
+        return None
+    try:
+        return time.mktime(time.strptime(end, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None  # "N/A", "Unknown": no limit known
+
+
+def job_states(job_ids: list[str]) -> dict[str, str]:
+    """Slurm job id -> state, for those Slurm still knows (squeue); others are absent."""
+    if not job_ids:
+        return {}
+    out = _slurm("squeue", "-h", "-j", ",".join(job_ids), "-o", "%i %T")
+    states = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            states[parts[0]] = parts[1]
+    return states
+
+
+def cancel(job_ids: list[str]) -> None:
+    if job_ids:
+        _slurm("scancel", *job_ids)
+
+
+def release(job_ids: list[str]) -> None:
+    if job_ids:
+        _slurm("scontrol", "release", ",".join(job_ids))
+
+
+# ---- inside a Slurm job ------------------------------------------------------------------
+def _hand_back_on_signals(worker: Worker) -> None:
+    """Slurm's SIGUSR2 (SIGNAL_DELAY_S before the time limit) or SIGTERM (scancel, preemption,
+    the limit itself): stop claiming, stop the commands, put their jobs back in queued/."""
+    def stop(signum: int, frame: Any) -> None:
+        log.warning("worker %s: %s from Slurm: handing jobs back", worker.worker_id, signal.Signals(signum).name)
+        worker.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
+        signal.signal(sig, stop)
+
+
+def worker_entry(pool: str, run_ids: list[str] | None, slots: int, exit_when_idle: float,
+                 heartbeat: float, stale_after: float) -> int:
+    """One worker of a Slurm array (importable, so submitit can pickle it)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    worker = Worker(pool, run_ids=run_ids, slots=slots, exit_when_idle=exit_when_idle, heartbeat=heartbeat,
+                    stale_after=stale_after, ends_at=allocation_end())
+    _hand_back_on_signals(worker)
+    return worker.run()
+
+
+class JobNotDone(ExecutionerError, RuntimeError):
+    """The DAG job's workflow job did not end done: the Slurm job fails, so afterok holds back."""
+
+
+def dag_entry(pool: str, run_id: str, job_id: str, heartbeat: float, stale_after: float) -> str:
+    """One Slurm job of the DAG backend: run workflow job ``job_id`` to its end."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    run = PoolLayout(pool).run(run_id)
+    mine = os.environ.get("SLURM_JOB_ID", "")
+    recorded = wait_for_slurm_id(run, job_id, ID_WAIT_S)
+    if mine and recorded != mine:
+        raise JobNotDone(f"job {job_id} of run {run_id} belongs to Slurm job {recorded}, not to us ({mine})")
+    while True:
+        state = _state_of(run, job_id)
+        if state in ("done", "failed"):
+            break
+        if state == "waiting":
+            store.promote(run, [job_id])  # its upstream finished (afterok) but its promotion was missed
+        worker = Worker(pool, run_ids=[run_id], slots=1, exit_when_idle=1.0, heartbeat=heartbeat,
+                        stale_after=stale_after, only_jobs={job_id}, slurm_dag=True, ends_at=allocation_end())
+        _hand_back_on_signals(worker)
+        worker.run()
+        if worker._abort.is_set():
+            raise JobNotDone(f"job {job_id} of run {run_id}: stopped by Slurm; handed back to queued/")
+        if _state_of(run, job_id) in ("waiting", None):
+            time.sleep(1.0)
+    if state != "done":
+        raise JobNotDone(f"job {job_id} of run {run_id} ended {state}")
+    return state
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def _state_of(run: RunLayout, job_id: str) -> str | None:
+    for state in ("done", "failed", "queued", "waiting"):
+        if os.path.exists(run.job(job_id, state)):
+            return state
+    if any(n.startswith(job_id + "@") for n in os.listdir(run.state_dir("running"))):
+        return "running"
+    return None
+
+
+def recorded_slurm_id(run: RunLayout, job_id: str) -> tuple[str | None, str | None]:
+    """(the Slurm job id written into the job's file, the state it was found in)."""
+    running = [n for n in _listdir(run.state_dir("running")) if n.startswith(job_id + "@")]
+    places = [(s, run.job(job_id, s)) for s in ("queued", "waiting", "done", "failed")]
+    places += [("running", os.path.join(run.state_dir("running"), n)) for n in running]
+    for state, path in places:
+        try:
+            record = fsio.read_json(path)
+        except (OSError, ValueError):
+            continue
+        slurm = record.get("slurm") if isinstance(record, dict) else None
+        return (slurm or {}).get("job_id"), state
+    return None, None
+
+
+def wait_for_slurm_id(run: RunLayout, job_id: str, limit: float) -> str:
+    """The Slurm job id in ``job_id``'s file, waiting up to ``limit`` s for it to appear."""
+    deadline = time.monotonic() + limit
+    last = None
+    while True:
+        found, state = recorded_slurm_id(run, job_id)
+        if found:
+            return str(found)
+        last = state or last
+        if time.monotonic() >= deadline:
+            raise SlurmError(f"no Slurm job id for {job_id} after {limit:.0f} s "
+                             f"(last seen {'in ' + last + '/' if last else 'nowhere'})")
+        time.sleep(0.2)
+
+
+# ---- submitting --------------------------------------------------------------------------
+def _executor(run: RunLayout) -> Any:
+    os.makedirs(run.slurm_dir, exist_ok=True)
+    return submitit.AutoExecutor(folder=os.path.join(run.slurm_dir, "%j"), cluster="slurm")
+
+
+def start_workers(pool: PoolLayout, run: RunLayout, count: int, options: SlurmOptions, slots: int = 1,
+                  exit_when_idle: float = 30.0, heartbeat: float = 10.0, stale_after: float = 60.0) -> list[str]:
+    """Submit ``count`` workers for ``run`` as one Slurm array; record and return their job ids."""
+    executor = _executor(run)
+    executor.update_parameters(name=f"exec-worker-{run.run_id}", slurm_array_parallelism=count,
+                               **options.executor_parameters())
+    args = [[pool.root]] * count, [[run.run_id]] * count, [slots] * count, [exit_when_idle] * count, \
+        [heartbeat] * count, [stale_after] * count
+    try:
+        jobs = executor.map_array(worker_entry, *args)
+    except Exception as e:  # submitit raises plain exceptions for sbatch failures
+        raise SlurmError(f"sbatch failed: {e}") from None
+    ids = [str(j.job_id) for j in jobs]
+    record_ids(run, "workers", ids)
+    return ids
+
+
+def record_ids(run: RunLayout, kind: str, ids: list[str]) -> None:
+    """Add Slurm job ids to ``RUN/slurm.json`` (kind: "workers" or "dag")."""
+    try:
+        data = fsio.read_json(run.slurm_record)
+    except (OSError, ValueError):
+        data = {}
+    data.setdefault(kind, [])
+    data[kind] += [i for i in ids if i not in data[kind]]
+    fsio.atomic_write_json(run.slurm_record, data)
+
+
+def recorded_ids(run: RunLayout) -> dict[str, list[str]]:
+    try:
+        data = fsio.read_json(run.slurm_record)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+ALIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING")
+
+
+def submit_dag(pool: PoolLayout, run: RunLayout, workflow: Workflow, to_run: list[str], base: SlurmOptions,
+               attempt: int, heartbeat: float = 10.0, stale_after: float = 60.0) -> dict[str, str]:
+    """One Slurm job per job of ``to_run`` (in dependency order), ``afterok`` on the Slurm jobs
+    of its dependencies among them. A job whose recorded Slurm job is still pending or running
+    is reused, not submitted twice. Returns job -> Slurm job id (reused or new)."""
+    from .change import annotate
+
+    specs = {s.id: s for s in workflow.jobs}
+    wanted = set(to_run)
+    order = [j for j in graphlib.TopologicalSorter({s.id: s.dependencies for s in workflow.jobs}).static_order()
+             if j in wanted]
+    recorded = {j: recorded_slurm_id(run, j)[0] for j in order}
+    alive = job_states([str(i) for i in recorded.values() if i])
+    ids: dict[str, str] = {}
+    new: dict[str, str] = {}
+    executor = _executor(run)
+    try:
+        for j in order:
+            old = recorded[j]
+            if old and alive.get(str(old)) in ALIVE:
+                ids[j] = str(old)  # still pending or running in Slurm: reused as a dependency
+                continue
+            deps = [ids[d] for d in specs[j].dependencies if d in ids]
+            params = from_mapping(specs[j].slurm).over(base).executor_parameters(
+                "afterok:" + ":".join(deps) if deps else None)
+            # Held until its id is in its job file (below): no Slurm job starts unrecorded.
+            params["slurm_additional_parameters"] = {**params.get("slurm_additional_parameters", {}), "hold": True}
+            executor.update_parameters(name=f"{run.run_id}.{j}", **params)
+            try:
+                job = executor.submit(dag_entry, pool.root, run.run_id, j, heartbeat, stale_after)
+            except Exception as e:  # submitit raises plain exceptions for sbatch failures
+                raise SlurmError(f"sbatch for job {j} failed: {e}") from None
+            ids[j] = new[j] = str(job.job_id)
+        if new:
+            record_ids(run, "dag", list(new.values()))
+            annotate(run, {j: {"slurm": {"job_id": i, "attempt": attempt}} for j, i in new.items()},
+                     "recording Slurm job ids")
+    except BaseException:
+        try:
+            cancel(list(new.values()))
+        except SlurmError as e:
+            log.warning("could not cancel the Slurm jobs just submitted: %s", e)
+        raise
+    release(list(new.values()))
+    return ids
+
+
+def pool_worker_claims(run: RunLayout) -> list[str]:
+    """Jobs held in running/ by a worker that is not a Slurm job: they stop a DAG submission."""
+    held = []
+    for name in _listdir(run.state_dir("running")):
+        job_id = name.split("@")[0]
+        try:
+            record = fsio.read_json(os.path.join(run.state_dir("running"), name))
+            claim = fsio.read_json(run.claim_record(job_id, len(record["tries"]) + 1))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not str(claim.get("worker", "")).startswith("slurm"):
+            held.append(f"job {job_id} is held in running/ by pool worker {claim.get('worker')} "
+                        f"on host {claim.get('host')}")
+    return held
+
+
+def cancel_run(run: RunLayout) -> list[str]:
+    """scancel every Slurm job of the run Slurm still knows; running ones hand their jobs back."""
+    ids = [i for kind in recorded_ids(run).values() for i in kind]
+    known = job_states(ids)
+    live = [i for i in ids if i in known or any(k.startswith(i + "_") for k in known)]
+    cancel(live)
+    return live
