@@ -1,32 +1,36 @@
 """Carry out a plan on a live run: all of it or none of it, even if we crash half-way.
 
 Workers may move queued and waiting jobs at any moment, so a job file is never rewritten
-where it lies. Under the coordinator lock:
+where it lies. Under the coordinator lock, in a staging folder of its own
+(``RUN/.coord/<token>/``):
 
 1. **Grab** every job the plan changes, ancestors first, by renaming it into
-   ``.coord/<state>~<job>.json``. The rename is the fence: if a worker claimed or
+   ``<token>/<state>~<job>.json``. The rename is the fence: if a worker claimed or
    promoted the job first, we find it elsewhere, put back what we grabbed, and plan again.
    Once grabbed, no worker can see the job.
 2. **Stage** the new content of each job (built from what we grabbed, so a try that ended
-   meanwhile is kept), the attempt record, its workflow copy and the new run.json under
-   ``.coord/new/``, then make them durable.
-3. **Commit**: write ``.coord/COMMIT`` listing the placements. This is the point of no
-   return. Then place each job, descendants first (so a job put in queued/ already has its
-   dependents in place), drop the grabbed originals, and publish the attempt record.
+   meanwhile is kept), plus other files (the attempt record, its workflow copy, run.json)
+   under ``<token>/new/``, then make them durable.
+3. **Commit**: write ``<token>/COMMIT`` listing the placements. This is the point of no
+   return. Then publish run.json and the other files, place each job, descendants first
+   (so a job put in queued/ already has its dependents in place), and drop the originals.
 
-A coordinator that dies before COMMIT leaves grabbed files: the next one puts them back
-(:func:`recover`). One that dies after COMMIT leaves a list: the next one finishes it.
+A coordinator that dies leaves its folder behind. The next one first renames that folder
+aside (``.coord/.settle-<token>``), which fences the dead one for good should it wake up
+(its paths no longer exist), then finishes the change (COMMIT written) or undoes it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
+import time
 from typing import Any, Callable
 
 from . import attempts, fsio, store
-from .coord import coordinating
+from .coord import coordinating, refresh
 from .errors import Refused
 from .layout import STAGE_SEP, STATES, RunLayout
 from .plan import Plan, Step
@@ -35,10 +39,29 @@ from .scrub import read_checked
 
 log = logging.getLogger("executioner.change")
 REPLANS = 5
+SETTLING = ".settle-"
 
 
 class _Moved(Exception):
     """A job was not where the plan expected it (a worker moved it): plan again."""
+
+
+class _Stage:
+    """One coordinator's staging folder, and the lock it keeps fresh while it works."""
+
+    def __init__(self, run: RunLayout, name: str | None = None):
+        self.run = run
+        self.name = name or secrets.token_hex(6)
+        self._touched = time.monotonic()
+
+    @property
+    def dir(self) -> str:
+        return self.run.staging(self.name)
+
+    def alive(self) -> None:
+        if time.monotonic() - self._touched > 5.0:
+            refresh(self.run)
+            self._touched = time.monotonic()
 
 
 def apply(run: RunLayout, make: Callable[[], Plan]) -> Plan:
@@ -46,22 +69,36 @@ def apply(run: RunLayout, make: Callable[[], Plan]) -> Plan:
     first = make()
     if first.refused:
         raise Refused(_refusal(first), run.run_id)
-    with coordinating(run, first.why):
+    with coordinating(run, first.why) as lock:
         recover(run)
         for _ in range(REPLANS):
+            _still_ours(run, lock)
             plan = make()  # the run may have moved on since the first look
             if plan.refused:
                 raise Refused(_refusal(plan), run.run_id)
+            stage = _Stage(run)
             try:
-                grabbed = _grab_all(run, plan.steps)
+                grabbed = _grab_all(stage, plan.steps)
             except _Moved:
                 continue
-            _stage(run, plan.steps, grabbed, _attempt_files(run, plan))
-            _commit(run)
+            try:
+                _stage(stage, plan.steps, grabbed, _attempt_files(run, plan))
+            except FileNotFoundError:
+                _still_ours(run, lock)  # our folder was renamed aside by a coordinator that broke our lock
+                raise
+            _commit(run, stage.name)
             store.sweep(run)
             return plan
     raise Refused(f"run {run.run_id} kept changing under the resume ({REPLANS} plans); try again",
                   run.run_id)
+
+
+def _still_ours(run: RunLayout, lock: Any) -> None:
+    """Stop if another coordinator broke our lock (we were stalled past MAX_AGE): it has
+    fenced our staging folder and undone our grabs; nothing of ours is applied."""
+    if not lock.is_lock_held_by_us:
+        raise Refused(f"run {run.run_id}: this change stalled so long that another coordinator took the "
+                      "run over; nothing of it was applied", run.run_id)
 
 
 def _refusal(plan: Plan) -> str:
@@ -70,28 +107,30 @@ def _refusal(plan: Plan) -> str:
 
 
 # ---- 1. grab ----------------------------------------------------------------------------
-def _grab_all(run: RunLayout, steps: list[Step]) -> dict[str, tuple[str, dict[str, Any] | None]]:
+def _grab_all(stage: _Stage, steps: list[Step]) -> dict[str, tuple[str, dict[str, Any] | None]]:
     """job -> (state it was grabbed from, its content then); undone on any surprise."""
-    os.makedirs(os.path.join(run.staging_dir, "new"), exist_ok=True)
+    run = stage.run
+    os.makedirs(os.path.join(stage.dir, "new"))
     grabbed: dict[str, tuple[str, dict[str, Any] | None]] = {}
     try:
         for step in steps:
             if step.dst is None or step.src is None:
                 continue
+            stage.alive()
             src = step.src
             if src == "running":
                 src = _take_claim(run, step)
-            if not store.transition(run, step.job, src, f"staged:{src}"):
+            if not store.transition(run, step.job, src, f"staged:{src}", token=stage.name):
                 raise _Moved(step.job)
             try:
-                found, problem = read_checked(run.staged(step.job, src), step.job)
+                found, problem = read_checked(run.staged(stage.name, step.job, src), step.job)
             except FileNotFoundError:
                 found, problem = None, "vanished"
             grabbed[step.job] = (src, found)
             if found is None:
                 raise _Moved(f"{step.job}: {problem}")
     except _Moved:
-        _put_back(run, grabbed)
+        _put_back(stage, grabbed)
         raise
     return grabbed
 
@@ -118,84 +157,123 @@ def _take_claim(run: RunLayout, step: Step) -> str:
     return "queued"
 
 
-def _put_back(run: RunLayout, grabbed: dict[str, tuple[str, Any]]) -> None:
+def _put_back(stage: _Stage, grabbed: dict[str, tuple[str, Any]]) -> None:
     for job, (src, _) in reversed(list(grabbed.items())):
         # RACE: nothing can have re-created src/<job>.json meanwhile: its only sources
         # (promotion from waiting/, requeue from running/) need the file we hold.
-        store.transition(run, job, f"staged:{src}", src)
-    shutil.rmtree(run.staging_dir, ignore_errors=True)
+        store.transition(stage.run, job, f"staged:{src}", src, token=stage.name)
+    shutil.rmtree(stage.dir, ignore_errors=True)
+    _remove_if_empty(stage.run.staging_root)
+
+
+def _remove_if_empty(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass  # not empty (another stage), or gone
 
 
 # ---- 2. stage ---------------------------------------------------------------------------
 def _attempt_files(run: RunLayout, plan: Plan) -> dict[str, tuple[bytes, str]]:
-    """The attempt record, its workflow copy and the new run.json: name -> (content, target)."""
+    """run.json, the attempt's workflow copy and its record: name -> (content, target), in
+    the order they are published (run.json first: a job placed in queued/ may be claimed at
+    once, and its worker must find the run's new env and workdir)."""
     wf = plan.workflow
     record = attempts.new_record(run, plan.attempt, plan.why, plan.options.flags(), wf.raw, wf.suffix,
                                  plan.changes, [s.row() for s in plan.steps], plan.checks)
     run_record = store.read_run_record(run)
     run_record.update(attempt=plan.attempt, jobs=len(wf.jobs), env=wf.env, workdir=wf.workdir)
-    return {"workflow" + wf.suffix: (wf.raw, run.attempt_workflow(plan.attempt, wf.suffix)),
-            "attempt.json": (fsio.dumps(record), run.attempt_record(plan.attempt)),
-            "run.json": (fsio.dumps(run_record), run.record)}
+    if plan.options.backend:
+        run_record["backend"] = plan.options.backend
+    return {"run.json": (fsio.dumps(run_record), run.record),
+            "workflow" + wf.suffix: (wf.raw, run.attempt_workflow(plan.attempt, wf.suffix)),
+            "attempt.json": (fsio.dumps(record), run.attempt_record(plan.attempt))}
 
 
-def _stage(run: RunLayout, steps: list[Step], grabbed: dict[str, tuple[str, dict[str, Any] | None]],
+def _stage(stage: _Stage, steps: list[Step], grabbed: dict[str, tuple[str, dict[str, Any] | None]],
            files: dict[str, tuple[bytes, str]]) -> None:
+    run = stage.run
     placements = []
     for step in steps:
         if step.dst is None:
             continue
         assert step.build is not None
+        stage.alive()
         src, found = grabbed.get(step.job, (None, None))
         record = found if step.action == "remove" else step.build(found)
-        fsio.write_unsynced(run.staged_new(step.job, step.dst), fsio.dumps(record))
+        fsio.write_unsynced(run.staged_new(stage.name, step.job, step.dst), fsio.dumps(record))
         placements.append({"job": step.job, "src": src, "dst": step.dst})
-    new_dir = os.path.join(run.staging_dir, "new")
     for name, (payload, _) in files.items():
-        fsio.write_unsynced(os.path.join(new_dir, name), payload)
+        fsio.write_unsynced(run.staged_file(stage.name, name), payload)
     fsio.sync_filesystem(run.root)
     placements.reverse()  # descendants first
-    fsio.atomic_write_json(run.staging_commit, {
+    fsio.atomic_write_json(run.staging_commit(stage.name), {
         "placements": placements,
         "files": [[name, os.path.relpath(target, run.root)] for name, (_, target) in files.items()]})
 
 
 # ---- 3. commit --------------------------------------------------------------------------
-def _commit(run: RunLayout) -> None:
-    """Place everything listed in COMMIT. Idempotent: a crash here is finished by recover()."""
-    commit = fsio.read_json(run.staging_commit)
+def _commit(run: RunLayout, stage: str) -> None:
+    """Publish the files and place the jobs listed in COMMIT. Idempotent, and a no-op for
+    a coordinator fenced off meanwhile (its folder was renamed aside: nothing is found)."""
+    try:
+        commit = fsio.read_json(run.staging_commit(stage))
+    except FileNotFoundError:
+        return
+    for name, target in commit["files"]:
+        if os.path.exists(run.staged_file(stage, name)):
+            os.makedirs(os.path.dirname(os.path.join(run.root, target)), exist_ok=True)
+            os.rename(run.staged_file(stage, name), os.path.join(run.root, target))
     if any(p["dst"] == "removed" for p in commit["placements"]):
         os.makedirs(run.removed_dir, exist_ok=True)
     for p in commit["placements"]:
         job, src, dst = p["job"], p["src"], p["dst"]
-        if os.path.exists(run.staged_new(job, dst)):
+        if os.path.exists(run.staged_new(stage, job, dst)):
             # RACE: dst/<job>.json cannot exist: we hold the only copy of the job (grabbed),
-            # or it is new to the run; workers have no way to create it meanwhile.
-            store.transition(run, job, f"new:{dst}", dst)
+            # or it is new to the run (the plan saw it nowhere, twice); workers have no way
+            # to create it meanwhile.
+            store.transition(run, job, f"new:{dst}", dst, token=stage)
         if src is not None:
-            fsio.unlink_quietly(run.staged(job, src))
-    new_dir = os.path.join(run.staging_dir, "new")
-    for name, target in commit["files"]:  # the attempt record last but one, run.json last
-        if os.path.exists(os.path.join(new_dir, name)):
-            os.makedirs(os.path.dirname(os.path.join(run.root, target)), exist_ok=True)
-            os.rename(os.path.join(new_dir, name), os.path.join(run.root, target))
-    fsio.unlink_quietly(run.staging_commit)
-    shutil.rmtree(run.staging_dir, ignore_errors=True)
+            fsio.unlink_quietly(run.staged(stage, job, src))
+    fsio.unlink_quietly(run.staging_commit(stage))
+    shutil.rmtree(run.staging(stage), ignore_errors=True)
+    _remove_if_empty(run.staging_root)
 
 
 def recover(run: RunLayout) -> str | None:
-    """Finish (after COMMIT) or undo (before it) a change a crashed coordinator left; say which."""
-    if not os.path.isdir(run.staging_dir):
+    """Settle what crashed coordinators left: finish a committed change, undo any other.
+    Returns "finished" or "undone" (of the last one settled), None if there was nothing."""
+    try:
+        names = sorted(os.listdir(run.staging_root))
+    except FileNotFoundError:
         return None
-    if os.path.exists(run.staging_commit):
-        _commit(run)
+    outcome = None
+    for name in names:
+        if name.startswith(SETTLING):
+            settle = name  # a settler crashed: settle its folder ourselves
+        else:
+            settle = SETTLING + name
+            try:
+                # RACE: renaming the folder aside fences its owner, should it be alive after
+                # all (a lock broken by age): every path it uses is gone from now on.
+                os.rename(run.staging(name), run.staging(settle))
+            except FileNotFoundError:
+                continue
+        outcome = _settle(run, settle)
+    _remove_if_empty(run.staging_root)
+    return outcome
+
+
+def _settle(run: RunLayout, stage: str) -> str:
+    if os.path.exists(run.staging_commit(stage)):
+        _commit(run, stage)
         log.warning("run %s: finished a change an interrupted coordinator had committed", run.run_id)
         return "finished"
-    for name in sorted(os.listdir(run.staging_dir)):
+    for name in sorted(os.listdir(run.staging(stage))):
         state, sep, rest = name.partition(STAGE_SEP)
         if sep and state in STATES and rest.endswith(".json"):
-            store.transition(run, rest[: -len(".json")], f"staged:{state}", state)
-    shutil.rmtree(run.staging_dir, ignore_errors=True)
+            store.transition(run, rest[: -len(".json")], f"staged:{state}", state, token=stage)
+    shutil.rmtree(run.staging(stage), ignore_errors=True)
     log.warning("run %s: undid a change an interrupted coordinator had not committed", run.run_id)
     return "undone"
 
@@ -207,9 +285,10 @@ def _adding(extra: dict[str, Any]) -> Callable[[dict[str, Any] | None], dict[str
 def annotate(run: RunLayout, updates: dict[str, dict[str, Any]], why: str) -> None:
     """Add keys to the files of jobs of a live run (say, their Slurm job ids), wherever they
     are (not running/), with the same grab, stage and commit as a resume; no attempt record."""
-    with coordinating(run, why):
+    with coordinating(run, why) as lock:
         recover(run)
         for _ in range(REPLANS):
+            _still_ours(run, lock)
             steps = []
             for job_id, extra in updates.items():
                 state = next((s for s in ("waiting", "queued", "done", "failed")
@@ -218,11 +297,12 @@ def annotate(run: RunLayout, updates: dict[str, dict[str, Any]], why: str) -> No
                     raise Refused(f"job {job_id} of run {run.run_id} is not in waiting/, queued/, done/ "
                                   "or failed/; cannot record on it", run.run_id)
                 steps.append(Step(job_id, "note", why, state, state, build=_adding(extra)))
+            stage = _Stage(run)
             try:
-                grabbed = _grab_all(run, steps)
+                grabbed = _grab_all(stage, steps)
             except _Moved:
                 continue
-            _stage(run, steps, grabbed, {})
-            _commit(run)
+            _stage(stage, steps, grabbed, {})
+            _commit(run, stage.name)
             return
     raise Refused(f"run {run.run_id} kept changing while recording {why}", run.run_id)

@@ -2,9 +2,13 @@
 
 A soft lock from filelock: a marker created with O_CREAT|O_EXCL (no flock, which network
 filesystems fake or drop), recording the holder's pid and host; a contender breaks it when
-that pid is gone on the same host, or when it is older than ``MAX_AGE`` (a coordinator
-run takes seconds, so an hour-old marker is abandoned). Beside it, ``coordinator.json``
-says who holds it, doing what, since when, for the message the loser sees.
+that pid is gone on the same host (filelock does this), or when it has not been touched for
+``MAX_AGE`` by the storage's own clock (we do this: filelock would compare the file's
+mtime with our clock). The holder touches it while it works (:func:`refresh`); a change
+takes seconds, so an hour-old marker is abandoned. Should a live holder be broken anyway,
+its staging folder is renamed aside by the next coordinator, which fences it (see
+:mod:`executioner.change`). Beside it, ``coordinator.json`` says who holds it, doing
+what, since when, for the message the loser sees.
 """
 
 from __future__ import annotations
@@ -13,24 +17,23 @@ import contextlib
 import getpass
 import os
 import time
-import warnings
 from typing import Any, Iterator
 
 import filelock
 
 from . import fsio
 from .errors import RunBusy
-from .layout import RunLayout
+from .layout import PoolLayout, RunLayout
+from .reap import storage_now
 
 MAX_AGE = 3600.0
 
 
 @contextlib.contextmanager
-def coordinating(run: RunLayout, action: str) -> Iterator[None]:
+def coordinating(run: RunLayout, action: str) -> Iterator[filelock.SoftFileLock]:
     """Hold the run's coordinator lock for ``action``, or raise RunBusy at once."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", filelock.SoftFileLockLifetimeWarning)
-        lock = filelock.SoftFileLock(run.coordinator_lock, timeout=0, lifetime=MAX_AGE)
+    _break_if_abandoned(run)
+    lock = filelock.SoftFileLock(run.coordinator_lock, timeout=0)
     try:
         lock.acquire()
     except filelock.Timeout:
@@ -41,10 +44,41 @@ def coordinating(run: RunLayout, action: str) -> Iterator[None]:
         fsio.atomic_write_json(run.coordinator_info, {
             "user": getpass.getuser(), "host": fsio.HOST, "pid": os.getpid(), "action": action,
             "since": time.time()})
-        yield
+        yield lock
     finally:
         fsio.unlink_quietly(run.coordinator_info)
         lock.release()
+
+
+def refresh(run: RunLayout) -> None:
+    """The holder is still at work: touch the lock (its mtime is the sign of life)."""
+    try:
+        os.utime(run.coordinator_lock)
+    except FileNotFoundError:
+        pass
+
+
+def _break_if_abandoned(run: RunLayout) -> None:
+    try:
+        age = storage_now(PoolLayout(os.path.dirname(run.root))) - os.stat(run.coordinator_lock).st_mtime
+    except FileNotFoundError:
+        return
+    if age > MAX_AGE:
+        aside = f"{run.coordinator_lock}.broken-{fsio.HOST}-{os.getpid()}"
+        try:
+            # RACE: two contenders breaking it at once: one rename wins; the other finds
+            # nothing to rename and goes on to try the lock like everyone else.
+            os.rename(run.coordinator_lock, aside)
+        except FileNotFoundError:
+            return
+        fsio.unlink_quietly(aside)
+
+
+def busy_message(run: RunLayout) -> str | None:
+    """Who is changing the run right now, or None if nobody holds its lock."""
+    if not os.path.exists(run.coordinator_lock):
+        return None
+    return _busy_message(run, filelock.SoftFileLock(run.coordinator_lock, timeout=0))
 
 
 def _busy_message(run: RunLayout, lock: filelock.SoftFileLock, wait: float = 1.0) -> str:

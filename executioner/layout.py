@@ -28,9 +28,9 @@ Format version 1. A *pool* is a directory of runs::
         removed/<job>.json           jobs taken out of the run by a forced resume
         coordinator.lock / .json     present only while a resume or rollback changes the run:
                                      who, doing what, since when
-        .coord/                      a coordinator's staging area (see executioner.change);
-                                     only ever non-empty while the lock is held, or after a
-                                     coordinator crashed (the next one finishes or undoes it)
+        .coord/<token>/              a coordinator's staging folder (see executioner.change);
+                                     present while it works, or after it crashed (the next
+                                     coordinator renames it aside, then finishes or undoes it)
         launch/                      submitit's files for local workers started by exec-submit
         slurm.json                   Slurm job ids of this run: "workers" (arrays), "dag" (jobs)
         slurm/<slurm job id>/        submitit's files and logs of each Slurm job
@@ -104,20 +104,27 @@ class RunLayout:
         return os.path.join(self.root, "removed")
 
     @property
-    def staging_dir(self) -> str:
+    def staging_root(self) -> str:
+        """``.coord/``: one staging folder per coordinator, named by its token."""
         return os.path.join(self.root, ".coord")
 
-    def staged(self, job_id: str, state: str) -> str:
-        """A job grabbed by the coordinator out of ``state`` (its content unchanged)."""
-        return os.path.join(self.root, ".coord", f"{state}{STAGE_SEP}{job_id}{JOB_SUFFIX}")
+    def staging(self, stage: str) -> str:
+        return os.path.join(self.root, ".coord", stage)
 
-    def staged_new(self, job_id: str, state: str) -> str:
-        """The job's new content, to be placed into ``state`` at commit."""
-        return os.path.join(self.root, ".coord", "new", f"{state}{STAGE_SEP}{job_id}{JOB_SUFFIX}")
+    def staged(self, stage: str, job_id: str, state: str) -> str:
+        """A job grabbed by coordinator ``stage`` out of ``state`` (its content unchanged)."""
+        return os.path.join(self.root, ".coord", stage, f"{state}{STAGE_SEP}{job_id}{JOB_SUFFIX}")
 
-    @property
-    def staging_commit(self) -> str:
-        return os.path.join(self.root, ".coord", "COMMIT")
+    def staged_new(self, stage: str, job_id: str, state: str) -> str:
+        """The job's new content, to be placed into ``state`` when ``stage`` commits."""
+        return os.path.join(self.root, ".coord", stage, "new", f"{state}{STAGE_SEP}{job_id}{JOB_SUFFIX}")
+
+    def staged_file(self, stage: str, name: str) -> str:
+        """Another file staged for the commit (the attempt record, run.json, ...)."""
+        return os.path.join(self.root, ".coord", stage, "new", name)
+
+    def staging_commit(self, stage: str) -> str:
+        return os.path.join(self.root, ".coord", stage, "COMMIT")
 
     @property
     def quarantine_dir(self) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from . import attempts
 from .attempts import DEFINITION_FIELDS
-from .errors import WorkflowError, WorkflowErrors
+from .errors import Refused, RunBusy, WorkflowError, WorkflowErrors
 from .layout import STAGE_SEP, STATES, PoolLayout, RunLayout, split_running_name
 from .reap import judge_now
 from .scrub import read_checked
@@ -37,6 +37,7 @@ class Options:
     from_jobs: tuple[str, ...] = ()
     rollback_to: tuple[str, ...] = ()
     stale_after: float = 60.0
+    backend: str | None = None  # "slurm": the run's jobs go to Slurm, one Slurm job each
 
     @property
     def why(self) -> str:
@@ -44,7 +45,8 @@ class Options:
 
     def flags(self) -> dict[str, Any]:
         return {"failed_only": self.failed_only, "no_retry_failed": self.no_retry_failed,
-                "force": self.force, "from_job": list(self.from_jobs), "rollback_to": list(self.rollback_to)}
+                "force": self.force, "from_job": list(self.from_jobs), "rollback_to": list(self.rollback_to),
+                "backend": self.backend}
 
 
 @dataclass
@@ -117,19 +119,39 @@ def _short(value: Any) -> str:
 
 
 # ---- reading the run ---------------------------------------------------------------------
-def read_current(pool: PoolLayout, run: RunLayout, stale_after: float, now: float) -> dict[str, Current]:
-    """Every job of the run, where it is and what it holds; running claims judged live or not."""
+def read_current(pool: PoolLayout, run: RunLayout, stale_after: float, now: float,
+                 known: set[str] | None = None) -> dict[str, Current]:
+    """Every job of the run, where it is and what it holds; running claims judged live or not.
+
+    A job caught moving (listed, then gone when read; or a job the run knows, seen nowhere)
+    makes us look again: a job missed here would be planned as new and placed a second time.
+    """
     expected = 0
     try:
         expected = int(read_run_record(run).get("jobs", 0))
     except (OSError, ValueError):
         pass
+    for _ in range(20):
+        out = _read_once(pool, run, stale_after, now, expected)
+        if out is not None and not (known or set()) - set(out):
+            return out
+        time.sleep(0.05)
+    from .coord import busy_message
+
+    busy = busy_message(run)
+    if busy:
+        raise RunBusy(busy, run.run_id)
+    raise Refused(f"run {run.run_id} kept changing while it was read; try again", run.run_id)
+
+
+def _read_once(pool: PoolLayout, run: RunLayout, stale_after: float, now: float,
+               expected: int) -> dict[str, Current] | None:
     out = {}
     for job_id, (state, path) in snapshot(run, expected).items():
         try:
             record, _ = read_checked(path, job_id)
         except FileNotFoundError:
-            continue  # moved since the listing; the plan is made again under the lock
+            return None
         cur = Current(state, record)
         if state == "running":
             cur.token = (split_running_name(os.path.basename(path)) or ("", ""))[1]
@@ -137,7 +159,7 @@ def read_current(pool: PoolLayout, run: RunLayout, stale_after: float, now: floa
                 try:
                     verdict, _ = judge_now(pool, run, job_id, cur.token, record, stale_after, now)
                 except FileNotFoundError:
-                    continue
+                    return None
                 if verdict.stale:
                     cur.stale = verdict.reason
                 else:
@@ -148,21 +170,28 @@ def read_current(pool: PoolLayout, run: RunLayout, stale_after: float, now: floa
     return out
 
 
+def known_jobs(run: RunLayout) -> set[str]:
+    """Jobs the run had after its last attempt (its plan, less what it removed)."""
+    record = attempts.read(run, attempts.current(run)) or {}
+    return {s["job"] for s in record.get("plan", []) if s.get("action") != "remove"}
+
+
 def _settled(run: RunLayout, seen: dict[str, Current]) -> dict[str, Current]:
-    """Jobs a crashed resume left in .coord/, where the next resume will put them (it
-    finishes a committed change and undoes any other) - so a dry run shows the truth."""
-    committed = os.path.exists(run.staging_commit)
-    folder = os.path.join(run.staging_dir, "new") if committed else run.staging_dir
+    """Jobs crashed coordinators left in .coord/, where the next one will put them (it
+    finishes a committed change and undoes any other), so a dry run shows the truth."""
     out = {}
-    for name in os.listdir(folder) if os.path.isdir(folder) else []:
-        state, sep, rest = name.partition(STAGE_SEP)
-        job_id = rest[: -len(".json")] if rest.endswith(".json") else ""
-        if sep and job_id and state in STATES and job_id not in seen:
-            try:
-                record, _ = read_checked(os.path.join(folder, name), job_id)
-            except FileNotFoundError:
-                continue
-            out[job_id] = Current(state, record)
+    for stage in sorted(os.listdir(run.staging_root)) if os.path.isdir(run.staging_root) else []:
+        committed = os.path.exists(run.staging_commit(stage))
+        folder = os.path.join(run.staging(stage), "new") if committed else run.staging(stage)
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            state, sep, rest = name.partition(STAGE_SEP)
+            job_id = rest[: -len(".json")] if rest.endswith(".json") else ""
+            if sep and job_id and state in STATES and job_id not in seen:
+                try:
+                    record, _ = read_checked(os.path.join(folder, name), job_id)
+                except FileNotFoundError:
+                    continue
+                out[job_id] = Current(state, record)
     return out
 
 
@@ -186,7 +215,7 @@ def plan_resume(pool: PoolLayout, run: RunLayout, workflow: Workflow, options: O
                 now: float | None = None) -> Plan:
     now = time.time() if now is None else now
     record = read_run_record(run)
-    current = read_current(pool, run, options.stale_after, now)
+    current = read_current(pool, run, options.stale_after, now, known_jobs(run))
     return make_plan(run.run_id, attempts.current(run) + 1, workflow, current, options,
                      run_level={"env": record.get("env"), "workdir": record.get("workdir")})
 
@@ -235,8 +264,8 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
             rerun[j] = f"rolled back (--rollback-to {j})"
         elif j in options.from_jobs and current:
             rerun[j] = f"runs from here (--from-job {j})"
-        elif cur is None or cur.state != "done" or cur.record is None:
-            continue
+        elif cur is None or cur.state != "done" or cur.record is None or options.failed_only:
+            continue  # (--failed-only: only failed jobs run again, whatever else changed)
         elif (changed.get(j) or run_level_changed) and options.force:
             rerun[j] = "definition changed: " + ", ".join(changed.get(j) or run_level_changed)
         elif missing := _missing_outputs(workflow, specs[j]):

@@ -172,14 +172,17 @@ def run_status(run: RunLayout) -> dict[str, Any]:
     out = {"run_id": record.get("run_id", run.run_id), "name": record.get("name"),
            "state": run_state(shown), "counts": counts, "jobs": [v.row() for v in views]}
     if interrupted_change(run):
-        out["reason"] = (f"a resume of this run was interrupted: jobs wait in {run.staging_dir}, unseen by "
+        out["reason"] = (f"a resume of this run was interrupted: jobs wait in {run.staging_root}, unseen by "
                          f"workers; run `exec-submit --resume {run.run_id}` to finish or undo it")
     return out
 
 
 def interrupted_change(run: RunLayout, grace: float = 60.0) -> bool:
     """A coordinator's staging area left behind (none is at work: no lock, or a lock this old)."""
-    if not os.path.isdir(run.staging_dir):
+    try:
+        if not os.listdir(run.staging_root):
+            return False
+    except FileNotFoundError:
         return False
     try:
         if time.time() - os.stat(run.coordinator_lock).st_mtime > grace:

@@ -7,7 +7,8 @@ away (a reaper requeued it) fails the rename and writes nothing: this is the fen
 
 A coordinator (resume, rollback; :mod:`executioner.change`) uses the same function with
 two more places: ``staged:<state>`` (a job it grabbed out of ``<state>``, unchanged) and
-``new:<state>`` (the content it will place into ``<state>``), both under ``RUN/.coord/``.
+``new:<state>`` (the content it will place into ``<state>``), both under its staging folder
+``RUN/.coord/<token>/`` (``token`` then names the folder).
 """
 
 from __future__ import annotations
@@ -163,10 +164,10 @@ def transition(run: RunLayout, job_id: str, src: str, dst: str, *, token: str | 
 
 def _where(run: RunLayout, job_id: str, place: str, token: str | None) -> str:
     kind, _, state = place.partition(":")
-    if kind == "staged":
-        return run.staged(job_id, state)
+    if kind == "staged":  # token: the coordinator's staging folder
+        return run.staged(token or "", job_id, state)
     if kind == "new":
-        return run.staged_new(job_id, state)
+        return run.staged_new(token or "", job_id, state)
     if place == "running":
         return run.running(job_id, token or "")
     return run.job(job_id, place)

@@ -329,6 +329,15 @@ class Worker:
             with self._lock:
                 self._not_before[(run_id, job_id)] = time.monotonic() + wait
             return False
+        record = claim.record
+        if record.get("attempt", 1) > 1 and (record.get("held") or not store.deps_done(claim.run, record)):
+            # RACE: a promotion decided before a resume (a sweep that read done/ earlier)
+            # renamed the job the resume had just placed in waiting/: a held job, or one
+            # whose upstream was rolled back. Not locked yet, so the claim is ours alone to
+            # put back where it belongs. (Only a resume makes attempts > 1, so a run never
+            # resumed pays nothing for this check.)
+            store.transition(claim.run, job_id, "running", "waiting", token=claim.token)
+            return False
         if not self._fits(claim.record["spec"]):
             store.release(claim)  # RACE: as above, not locked yet: ours alone to put back
             log.info("job %s of run %s: its timeout does not fit in the %.0f s left of our allocation; "

@@ -18,6 +18,7 @@ from executioner.change import apply, recover
 from executioner.errors import Refused
 from executioner.fsio import HOST
 from executioner.layout import STATES
+from executioner import plan as plan_module
 from executioner.plan import Options, plan_resume, workflow_for_resume
 
 from .conftest import cli, files, submit, work
@@ -56,7 +57,7 @@ def test_a_claim_between_plan_and_grab_makes_the_resume_plan_again(pool: Path, m
     assert "job x is running on host " + HOST in str(info.value) and "wait, or use --force" in str(info.value)
     after = tree(run.root)
     assert after["queued/y.json"] == before["queued/y.json"]  # put back untouched
-    assert not os.path.exists(run.staging_dir) and "attempts/0002.json" not in after
+    assert not os.path.exists(run.staging_root) and "attempts/0002.json" not in after
 
 
 def test_live_claim_refuses_and_force_takes_it_back(pool: Path, make_workflow, tmp_path: Path) -> None:
@@ -129,13 +130,13 @@ def test_a_crashed_resume_is_undone_or_finished_by_the_next(pool: Path, tmp_path
     work(pool, run)
     args = [sys.executable, "-c", CRASH, point, "--pool", str(pool), "--resume", run.run_id, "--rollback-to", "j1"]
     assert subprocess.run(args, capture_output=True).returncode == 9
-    assert os.path.isdir(run.staging_dir)  # the crash left its staging area (and its lock)
+    assert os.listdir(run.staging_root)  # the crash left its staging folder (and its lock)
     shown = json.loads(cli("exec-status", run.root, "--json").stdout)
     assert "a resume of this run was interrupted" in shown["reason"]
     dry = cli("exec-submit", "--pool", str(pool), "--resume", run.run_id, "--dry-run")
     assert dry.returncode == 0 and " added" not in dry.stdout, dry.stdout  # sees the grabbed jobs
     assert recover(run) == ("undone" if point == "before-commit" else "finished")
-    assert not os.path.exists(run.staging_dir)
+    assert not os.path.exists(run.staging_root)
     placed = where(run)
     assert sorted(placed) == ["j0", "j1", "j2", "j3"] and all(len(v) == 1 for v in placed.values())
     if point == "before-commit":
@@ -187,3 +188,130 @@ def test_resumes_while_workers_run_never_duplicate_or_lose_a_job(pool: Path, tmp
         # every execution that completed is in the history; none completed twice in one attempt
         assert len({t["attempt"] for t in done_tries}) == len(done_tries)
         assert runs[job_id] >= len(done_tries)
+
+
+def test_a_job_claimed_while_the_plan_reads_it_is_not_planned_as_new(pool: Path, make_workflow,
+                                                                      monkeypatch) -> None:
+    run = submit(pool, make_workflow([{"id": "x", "command": "true"}, {"id": "y", "command": "true"}]))
+    pool_l, workflow = PoolLayout(str(pool)), workflow_for_resume(run, None)
+    real, reads = plan_module.read_checked, []
+
+    def racing_read(path: str, job_id: str, *a, **kw):
+        if job_id == "x" and f"{os.sep}queued{os.sep}" in path:
+            reads.append(path)
+            if len(reads) == 2:  # the plan under the lock lists x in queued/; a worker claims it now
+                claim = store.claim(run, "x", store.Owner.current("w-live"))
+                assert claim is not None
+                store.write_lock(claim)
+        return real(path, job_id, *a, **kw)
+
+    monkeypatch.setattr(plan_module, "read_checked", racing_read)
+    plan = apply(run, lambda: plan_resume(pool_l, run, workflow, Options(force=True)))
+    [x] = [s for s in plan.steps if s.job == "x"]
+    assert x.src == "running" and x.dst is None  # seen where it went, and left running
+    assert where(run)["x"] == ["running"]  # one job, one folder
+
+
+def _finish(run: RunLayout, job: str, state: str) -> None:
+    claim = store.claim(run, job, store.Owner.current("w"))
+    assert claim is not None
+    entry = store.try_record(1, 1, state, start=0, end=1, worker="w", host="h", worker_pid=1)
+    assert store.finish(claim, dict(claim.record, tries=[entry]), state)
+
+
+def test_a_stale_promotion_after_a_rollback_cannot_run_a_job_before_its_upstream(
+        pool: Path, make_workflow, tmp_path: Path, monkeypatch) -> None:
+    ledger = tmp_path / "ledger"
+    run = submit(pool, make_workflow([{"id": "a", "command": f"echo a >> '{ledger}'"},
+                                      {"id": "b", "command": f"echo b >> '{ledger}'", "dependencies": ["a"]}]))
+    _finish(run, "a", "done")  # a is done; b's promotion is still to come
+    pool_l, workflow = PoolLayout(str(pool)), workflow_for_resume(run, None)
+    real, fired = store.transition, []
+
+    def slow_promoter(run_, job, src, dst, **kw):
+        if (job, src, dst) == ("b", "waiting", "queued") and not fired:
+            fired.append(1)  # the sweep has judged b ready; before its rename, a rollback of a
+            apply(run, lambda: plan_resume(pool_l, run, workflow, Options(rollback_to=("a",))))
+        return real(run_, job, src, dst, **kw)
+
+    monkeypatch.setattr(store, "transition", slow_promoter)
+    store.sweep(run)  # its stale rename puts the new b in queued/, beside a
+    monkeypatch.setattr(store, "transition", real)
+    assert files(run, "queued") == ["a.json", "b.json"]
+    work(pool, run, slots=2)
+    assert ledger.read_text().split() == ["a", "b"]  # b was put back until a was done again
+
+
+def test_a_stale_promotion_cannot_release_a_held_job(pool: Path, make_workflow, tmp_path: Path,
+                                                      monkeypatch) -> None:
+    ledger = tmp_path / "ledger"
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"},
+                                      {"id": "b", "command": f"echo b >> '{ledger}'", "dependencies": ["a"]},
+                                      {"id": "f", "command": "false"}]))
+    _finish(run, "a", "done")
+    _finish(run, "f", "failed")
+    pool_l, workflow = PoolLayout(str(pool)), workflow_for_resume(run, None)
+    real, fired = store.transition, []
+
+    def slow_promoter(run_, job, src, dst, **kw):
+        if (job, src, dst) == ("b", "waiting", "queued") and not fired:
+            fired.append(1)
+            apply(run, lambda: plan_resume(pool_l, run, workflow, Options(failed_only=True)))
+        return real(run_, job, src, dst, **kw)
+
+    monkeypatch.setattr(store, "transition", slow_promoter)
+    store.promote(run, ["b"])
+    monkeypatch.setattr(store, "transition", real)
+    work(pool, run)
+    assert not ledger.exists()  # b stayed held
+    assert json.loads(cli("exec-status", run.root, "--json").stdout)["jobs"][1]["state"] == "held"
+
+
+PAUSED = ("import os, sys, time\nimport executioner.change as c\n"
+          "tag, go = sys.argv[1], sys.argv[2]\nreal = c._stage\n"
+          "def paused(*a):\n"
+          "    open(go + '.' + tag + '.grabbed', 'w').close()\n"
+          "    while not os.path.exists(go + '.' + tag):\n"
+          "        time.sleep(0.05)\n"
+          "    return real(*a)\n"
+          "c._stage = paused\n"
+          "from executioner.cli import submit_main\nsys.exit(submit_main(sys.argv[3:]))\n")
+
+
+def _wait_for(path: str, limit: float = 30) -> None:
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, path
+        time.sleep(0.05)
+
+
+def test_a_coordinator_whose_lock_was_broken_while_it_stalled_applies_nothing(
+        pool: Path, make_workflow, tmp_path: Path) -> None:
+    jobs = [{"id": j, "command": "true", **({"dependencies": [d]} if d else {})}
+            for j, d in (("a", None), ("b", "a"), ("c", "b"), ("d", "c"))]
+    run = submit(pool, make_workflow(jobs))
+    work(pool, run)
+    go = str(tmp_path / "go")
+    base = [sys.executable, "-c", PAUSED]
+    first = subprocess.Popen(base + ["A", go, "--pool", str(pool), "--resume", run.run_id, "--rollback-to", "d"],
+                             stderr=subprocess.PIPE, text=True)
+    second = None
+    try:
+        _wait_for(go + ".A.grabbed")  # A holds the lock, has grabbed d, and stalls ...
+        old = time.time() - 7200
+        os.utime(run.coordinator_lock, (old, old))  # ... past MAX_AGE
+        second = subprocess.Popen(base + ["B", go, "--pool", str(pool), "--resume", run.run_id, "--rollback-to", "a"],
+                                  stderr=subprocess.PIPE, text=True)
+        _wait_for(go + ".B.grabbed")  # B broke the lock, fenced and undid A, grabbed a b c d
+        open(go + ".A", "w").close()  # A wakes up
+        assert first.wait(30) == 3
+        assert "another coordinator took the run over; nothing of it was applied" in first.stderr.read()  # type: ignore[union-attr]
+        open(go + ".B", "w").close()
+        assert second.wait(30) == 0, second.stderr.read()  # type: ignore[union-attr]
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.kill()
+    placed = where(run)
+    assert placed == {"a": ["queued"], "b": ["waiting"], "c": ["waiting"], "d": ["waiting"]}, placed
+    assert sorted(n for n in os.listdir(run.attempts_dir) if n.endswith(".json")) == ["0001.json", "0002.json"]
