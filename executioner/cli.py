@@ -61,14 +61,35 @@ def submit_main(argv: list[str] | None = None) -> int:
     g.add_argument("--force", action="store_true",
                    help="accept changed or removed done jobs, and take back live claims in the way")
     g.add_argument("--dry-run", action="store_true", help="print the plan and its checks; change nothing")
+    sl = p.add_argument_group("Slurm")
+    sl.add_argument("--slurm-workers", type=int, default=0, metavar="N",
+                    help="submit N workers for this run as one Slurm job array (each exits when idle)")
+    sl.add_argument("--backend", choices=("workers", "slurm"),
+                    help="slurm: one Slurm job per workflow job, with afterok dependencies (default: workers)")
+    sl.add_argument("--slurm-partition", metavar="NAME")
+    sl.add_argument("--slurm-time", type=int, metavar="MINUTES", help="time limit of each Slurm job")
+    sl.add_argument("--slurm-cpus", type=int, metavar="N", help="CPUs per Slurm job")
+    sl.add_argument("--slurm-mem-gb", type=float, metavar="GB", help="memory per Slurm job")
+    sl.add_argument("--slurm-gpus", type=int, metavar="N", help="GPUs per Slurm job")
+    sl.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
+                    help="any other sbatch option, e.g. account=proj or qos=long (repeatable)")
+    sl.add_argument("--cancel", metavar="RUN_ID", help="cancel the run's Slurm jobs; the run stays resumable")
     a = p.parse_args(argv)
     from .plan import Options
 
     pool_dir = _pool_arg(a.pool)
     if not pool_dir:
         return _fail(p.prog, "no pool: pass --pool DIR or set EXEC_POOL")
-    if a.workers < 0 or a.jobs_per_worker < 1:
-        return _fail(p.prog, "--workers must be >= 0 and -j >= 1")
+    if a.workers < 0 or a.jobs_per_worker < 1 or a.slurm_workers < 0:
+        return _fail(p.prog, "--workers and --slurm-workers must be >= 0 and -j >= 1")
+    try:
+        slurm_base = _slurm_options(a)
+    except ValueError as e:
+        return _fail(p.prog, e)
+    if a.cancel:
+        return _cancel(p.prog, PoolLayout(os.path.abspath(pool_dir)), a.cancel)
+    if a.backend == "slurm" and a.slurm_workers:
+        return _fail(p.prog, "--backend slurm runs each job as its own Slurm job: no --slurm-workers")
     if not a.resume:
         bad = [f for f, v in (("--failed-only", a.failed_only), ("--no-retry-failed", a.no_retry_failed),
                               ("--rollback-to", a.rollback_to), ("--force", a.force)) if v]
@@ -79,7 +100,8 @@ def submit_main(argv: list[str] | None = None) -> int:
     if a.failed_only and a.no_retry_failed:
         return _fail(p.prog, "--failed-only and --no-retry-failed exclude each other")
     options = Options(failed_only=a.failed_only, no_retry_failed=a.no_retry_failed, force=a.force,
-                      from_jobs=tuple(a.from_job), rollback_to=tuple(a.rollback_to), stale_after=a.stale_after)
+                      from_jobs=tuple(a.from_job), rollback_to=tuple(a.rollback_to), stale_after=a.stale_after,
+                      backend=a.backend)
     pool = PoolLayout(os.path.abspath(pool_dir))
     try:
         if a.resume:
@@ -98,6 +120,25 @@ def submit_main(argv: list[str] | None = None) -> int:
     print(f"{run.run_id} {run.root}", flush=True)
     if a.resume or options.from_jobs:
         print(plan.text(), file=sys.stderr, flush=True)
+    from .slurm import SlurmError
+
+    try:
+        if _backend(run) == "slurm":
+            from .slurm import submit_dag
+
+            to_run = [s.job for s in plan.steps if s.action == "run"]
+            ids = submit_dag(pool, run, plan.workflow, to_run, slurm_base, plan.attempt,
+                             heartbeat=a.stale_after / 6, stale_after=a.stale_after)
+            print(f"slurm: {len(ids)} job(s): " + " ".join(f"{j}={i}" for j, i in ids.items()),
+                  file=sys.stderr, flush=True)
+        if a.slurm_workers:
+            from .slurm import start_workers
+
+            workers = start_workers(pool, run, a.slurm_workers, slurm_base, slots=a.jobs_per_worker,
+                                    heartbeat=a.stale_after / 6, stale_after=a.stale_after)
+            print(f"slurm: {len(workers)} worker(s): {' '.join(workers)}", file=sys.stderr, flush=True)
+    except (SlurmError, Refused) as e:
+        return _fail(p.prog, e)
     if a.workers:
         from .launch import start_local_workers
 
@@ -114,6 +155,45 @@ def submit_main(argv: list[str] | None = None) -> int:
     print(f"{run.run_id}: {status['state']} (done {c['done']}, failed {c['failed']}, "
           f"blocked {c['blocked']})", flush=True)
     return EXIT_OK if status["state"] == "done" else EXIT_FAILED
+
+
+def _slurm_options(a: argparse.Namespace) -> Any:
+    from .slurm import SlurmOptions
+
+    extra: dict[str, Any] = {}
+    for item in a.slurm_param:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--slurm-param {item!r}: expected KEY=VALUE (an sbatch option without its --)")
+        extra[key.lstrip("-")] = value
+    for name in ("slurm_time", "slurm_cpus", "slurm_gpus"):
+        if getattr(a, name) is not None and getattr(a, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if a.slurm_mem_gb is not None and a.slurm_mem_gb <= 0:
+        raise ValueError("--slurm-mem-gb must be > 0")
+    return SlurmOptions(partition=a.slurm_partition, time=a.slurm_time, cpus=a.slurm_cpus, mem_gb=a.slurm_mem_gb,
+                        gpus=a.slurm_gpus, additional_parameters=extra)
+
+
+def _backend(run: RunLayout) -> str:
+    from .store import read_run_record
+
+    return str(read_run_record(run).get("backend") or "workers")
+
+
+def _cancel(prog: str, pool: PoolLayout, run_id: str) -> int:
+    from .slurm import SlurmError, cancel_run
+
+    run = pool.run(run_id)
+    if not is_run_dir(run.root):
+        return _fail(prog, f"{pool.root}: no run {run_id!r}")
+    try:
+        ids = cancel_run(run)
+    except SlurmError as e:
+        return _fail(prog, e)
+    print(f"{run_id}: cancelled {len(ids)} Slurm job(s){': ' + ' '.join(ids) if ids else ''}; "
+          f"resume with: exec-submit --pool {pool.root} --resume {run_id}", flush=True)
+    return EXIT_OK
 
 
 def _submit(pool: PoolLayout, path: str, options: Any, dry_run: bool) -> tuple[RunLayout | None, Any]:
@@ -137,6 +217,13 @@ def _resume(pool: PoolLayout, run_id: str, path: str | None, options: Any,
     workflow = workflow_for_resume(run, path)
     if dry_run:
         return None, plan_resume(pool, run, workflow, options)
+    if (options.backend or _backend(run)) == "slurm":
+        from .slurm import pool_worker_claims
+
+        held = pool_worker_claims(run)
+        if held:
+            raise Refused("\n".join(f"refused: {h}; the Slurm backend cannot share the run with pool "
+                                    "workers: wait for it, or stop that worker" for h in held), run.run_id)
     return run, apply(run, lambda: plan_resume(pool, run, workflow, options))
 
 
@@ -171,8 +258,13 @@ def worker_main(argv: list[str] | None = None) -> int:
             return _fail(p.prog, f"{pool_dir}: no run {run_id!r}")
     logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
+    ends_at = None
+    if os.environ.get("SLURM_JOB_ID"):  # inside a Slurm allocation: claim only what fits in it
+        from .slurm import allocation_end
+
+        ends_at = allocation_end()
     worker = Worker(pool_dir, run_ids=a.runs, slots=a.jobs, exit_when_idle=a.exit_when_idle,
-                    max_jobs=a.max_jobs, heartbeat=a.heartbeat, stale_after=a.stale_after)
+                    max_jobs=a.max_jobs, heartbeat=a.heartbeat, stale_after=a.stale_after, ends_at=ends_at)
 
     def on_signal(signum: int, frame: Any) -> None:
         if worker._abort.is_set() and signum == signal.SIGINT:
@@ -183,6 +275,7 @@ def worker_main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGUSR2, on_signal)  # Slurm's warning before the time limit (--signal)
     finished = worker.run()
     logging.getLogger("executioner.worker").info("worker %s exits after %d jobs", worker.worker_id, finished)
     return EXIT_OK
@@ -296,6 +389,9 @@ def _pool_table(data: dict[str, Any], pool: PoolLayout) -> Table:
 
 def _run_table(data: dict[str, Any]) -> Table:
     summary = data.get("reason") or _counts_text(data["counts"])
+    slurm = data.get("slurm") or {}
+    if slurm.get("workers"):
+        summary += f"  -  Slurm workers {' '.join(slurm['workers'])}"
     t = Table("job", "state", "tries", "exit", "duration", "host", "reason",
               title=f"{data['run_id']} ({data['name']}): {data['state']}  -  {summary}")
     for j in data["jobs"]:

@@ -383,6 +383,8 @@ def _step(j: str, spec: JobSpec, cur: Current | None, rerun: dict[str, str], ski
             if found is not None:
                 new["tries"] = found.get("tries", [])
                 new["last_exit_code"] = found.get("last_exit_code")
+                if found.get("slurm"):
+                    new["slurm"] = found["slurm"]  # a Slurm job still pending for it is reused
             new["held"] = held
             new["skipped"] = {"reason": skip, "attempt": attempt} if skip else None
             return new

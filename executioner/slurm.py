@@ -28,7 +28,7 @@ import submitit
 from . import fsio, store
 from .errors import ExecutionerError
 from .layout import PoolLayout, RunLayout
-from .worker import Worker
+from .worker import Worker, slurm_job_id
 from .workflow import Workflow
 
 log = logging.getLogger("executioner.slurm")
@@ -110,7 +110,7 @@ def _slurm(*args: str) -> str:
 
 def allocation_end(job_id: str | None = None) -> float | None:
     """When our Slurm allocation ends (epoch seconds), or None outside Slurm / without limit."""
-    job_id = job_id or os.environ.get("SLURM_JOB_ID")
+    job_id = job_id or slurm_job_id()
     if not job_id:
         return None
     try:
@@ -252,12 +252,12 @@ def _executor(run: RunLayout) -> Any:
 
 
 def start_workers(pool: PoolLayout, run: RunLayout, count: int, options: SlurmOptions, slots: int = 1,
-                  exit_when_idle: float = 30.0, heartbeat: float = 10.0, stale_after: float = 60.0) -> list[str]:
+                  exit_when_idle: float = 10.0, heartbeat: float = 10.0, stale_after: float = 60.0) -> list[str]:
     """Submit ``count`` workers for ``run`` as one Slurm array; record and return their job ids."""
     executor = _executor(run)
     executor.update_parameters(name=f"exec-worker-{run.run_id}", slurm_array_parallelism=count,
                                **options.executor_parameters())
-    args = [[pool.root]] * count, [[run.run_id]] * count, [slots] * count, [exit_when_idle] * count, \
+    args = [pool.root] * count, [[run.run_id]] * count, [slots] * count, [exit_when_idle] * count, \
         [heartbeat] * count, [stale_after] * count
     try:
         jobs = executor.map_array(worker_entry, *args)

@@ -93,6 +93,8 @@ def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
         elif v.state == "queued" and r.get("not_before") and r["not_before"] > time.time():
             # not_before is in the storage's clock; shown as a local time, close enough to read
             v.reason = "retry after " + time.strftime("%H:%M:%S", time.localtime(r["not_before"]))
+        if v.state in ("waiting", "queued") and (r.get("slurm") or {}).get("job_id"):
+            v.reason = f"Slurm job {r['slurm']['job_id']}" + (f"; {v.reason}" if v.reason else "")
     return sorted(views.values(), key=lambda v: v.id)
 
 
@@ -171,6 +173,12 @@ def run_status(run: RunLayout) -> dict[str, Any]:
         shown[v.state] = shown.get(v.state, 0) + 1
     out = {"run_id": record.get("run_id", run.run_id), "name": record.get("name"),
            "state": run_state(shown), "counts": counts, "jobs": [v.row() for v in views]}
+    try:
+        slurm = fsio.read_json(run.slurm_record)
+        if isinstance(slurm, dict) and slurm:
+            out["slurm"] = slurm  # Slurm job ids of the run's workers ("workers") or jobs ("dag")
+    except (OSError, ValueError):
+        pass
     if interrupted_change(run):
         out["reason"] = (f"a resume of this run was interrupted: jobs wait in {run.staging_root}, unseen by "
                          f"workers; run `exec-submit --resume {run.run_id}` to finish or undo it")

@@ -72,10 +72,10 @@ def _build(run: RunLayout, workflow: Workflow, plan: Plan) -> None:
     # One syncfs makes every file above durable (instead of one fsync each) before
     # run.json publishes the run; nothing reads a run before that.
     fsio.sync_filesystem(run.root)
-    fsio.atomic_write_json(run.record, run_record(run, workflow))
+    fsio.atomic_write_json(run.record, run_record(run, workflow, plan.options.backend))
 
 
-def run_record(run: RunLayout, workflow: Workflow) -> dict[str, Any]:
+def run_record(run: RunLayout, workflow: Workflow, backend: str | None = None) -> dict[str, Any]:
     return {
         "format": FORMAT_VERSION,
         "run_id": run.run_id,
@@ -87,5 +87,6 @@ def run_record(run: RunLayout, workflow: Workflow) -> dict[str, Any]:
         "env": workflow.env,
         "jobs": len(workflow.jobs),
         "attempt": 1,
+        "backend": backend or "workers",
         "submitted_by": f"{getpass.getuser()}@{fsio.HOST}",
     }

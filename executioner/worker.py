@@ -25,7 +25,14 @@ from .scrub import Scrubber
 from .retry import decide
 
 log = logging.getLogger("executioner.worker")
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGKILL", "SIGUSR2")
 FIT_MARGIN = 10.0  # seconds kept free at the end of an allocation for handing jobs back
+
+
+def slurm_job_id() -> str | None:
+    """Our Slurm job, as squeue and scancel name it (``123`` or, in an array, ``120_3``)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
 
 
 class Worker:
@@ -49,7 +56,7 @@ class Worker:
         self.ends_at = ends_at  # wall clock: our allocation ends then; claim nothing that cannot fit
         self.slurm_dag = slurm_dag  # pool workers leave runs of the Slurm-DAG backend alone
         self._wont_fit: set[tuple[str, str]] = set()
-        slurm_job = os.environ.get("SLURM_JOB_ID")
+        slurm_job = slurm_job_id()
         prefix = f"slurm{slurm_job}-" if slurm_job else ""  # a worker inside a Slurm job says so
         self.worker_id = f"{prefix}{fsio.HOST}-{os.getpid()}-{secrets.token_hex(2)}"
         self.owner = store.Owner.current(self.worker_id)
@@ -458,6 +465,13 @@ class Worker:
                              tick=min(self.heartbeat, 1.0))
         status: TryStatus = result.status
         reason = result.reason
+        if status == "failed" and result.signal in STOP_SIGNALS and not self._abort.is_set():
+            # Slurm signals every process of a job at once (scancel, preemption, the time
+            # limit): the command may die of it before our own handler, which runs in the
+            # main thread, has marked us as stopping. Give it a moment to say so.
+            self._abort.wait(1.0)
+        if status in ("failed", "timeout") and self._abort.is_set() and result.signal:
+            status = "lost"  # stopped together with us: handed back below, not a failure
         if status == "done":
             missing = missing_outputs(cwd, spec["outputs"])
             if missing:
