@@ -6,7 +6,10 @@ source "$(dirname "$0")/_venv.sh"
 source "$(dirname "$0")/_system_packages.sh"
 started_slurm=""
 if [ -z "${SLURM_CONF:-}" ]; then
-  if out=$(EXEC_SLURM_DIR="${EXEC_SLURM_DIR:-/tmp/exec-slurm-test}" scripts/slurm-local.sh start 2>/tmp/exec-slurm-start.log); then
+  # its own directory and ports, so a cluster started by hand with slurm-local.sh can stay up
+  export EXEC_SLURM_DIR="${EXEC_SLURM_DIR:-/tmp/exec-slurm-test}" EXEC_SLURM_CTLD_PORT=7817 \
+    EXEC_SLURM_D_PORT=7818 EXEC_SLURM_DBD_PORT=7819 EXEC_SLURM_DB_PORT=3407
+  if out=$(scripts/slurm-local.sh start 2>/tmp/exec-slurm-start.log); then
     eval "$out"
     export SLURM_CONF
     started_slurm=1
@@ -21,6 +24,6 @@ fi
 status=0
 python -m pytest "$@" || status=$?
 if [ -n "$started_slurm" ]; then
-  EXEC_SLURM_DIR="${EXEC_SLURM_DIR:-/tmp/exec-slurm-test}" scripts/slurm-local.sh stop
+  scripts/slurm-local.sh stop
 fi
 exit $status
