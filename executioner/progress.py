@@ -77,7 +77,11 @@ class _Watchman:
             self.say(f"{self.run.run_id}: requeued {job}: its worker is gone")
         if counts["queued"] and not self.live.count():
             if not self.warned:
-                self.say(f"no live worker: start `exec-worker --pool {shlex.quote(self.pool.root)}`")
+                if os.path.exists(self.run.slurm_record):  # its workers or jobs may wait in Slurm's queue
+                    self.say(f"no live worker yet: the run's Slurm jobs may still be pending (see squeue; "
+                             f"ids in {self.run.slurm_record})")
+                else:
+                    self.say(f"no live worker: start `exec-worker --pool {shlex.quote(self.pool.root)}`")
                 self.warned = True
         else:
             self.warned = False
