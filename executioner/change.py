@@ -293,9 +293,9 @@ def annotate(run: RunLayout, updates: dict[str, dict[str, Any]], why: str) -> No
             for job_id, extra in updates.items():
                 state = next((s for s in ("waiting", "queued", "done", "failed")
                               if os.path.exists(run.job(job_id, s))), None)
-                if state is None:
-                    raise Refused(f"job {job_id} of run {run.run_id} is not in waiting/, queued/, done/ "
-                                  "or failed/; cannot record on it", run.run_id)
+                if state is None:  # claimed meanwhile (running/): nothing to record it on now
+                    log.warning("run %s: job %s is running; not recording %s on it", run.run_id, job_id, why)
+                    continue
                 steps.append(Step(job_id, "note", why, state, state, build=_adding(extra)))
             stage = _Stage(run)
             try:

@@ -331,6 +331,21 @@ _COLORS = {"corrupt": "red", "done": "green", "failed": "red", "blocked": "magen
            "queued": "yellow", "held": "blue", "skipped": "green", "lost": "yellow", "timeout": "red"}
 
 
+def _paint(state: str) -> str:
+    """A state in its colour (rich markup); escaped, and plain when it has no colour."""
+    from rich.markup import escape
+
+    color = _COLORS.get(state)
+    return f"[{color}]{escape(state)}[/]" if color else escape(state)
+
+
+def _plain(text: str | None) -> str:
+    """Text shown as it is: a reason or a host with square brackets is not rich markup."""
+    from rich.markup import escape
+
+    return escape(text or "")
+
+
 def _when(stamp: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else ""
 
@@ -360,12 +375,11 @@ def _job_table(data: dict[str, Any]) -> Table:
     t = Table("attempt", "try", "status", "host", "start", "duration", "exit", "reason", "logs",
               title=f"{data['run_id']} job {data['job']}: {data['state']}{extra}")
     for r in data["tries"]:
-        color = _COLORS.get(r["status"], "")
         dur = "" if r["duration"] is None else f"{r['duration']:.1f}s"
         logs = "\n".join(x for x in (r["stdout"], r["stderr"]) if x)
-        t.add_row(str(r["attempt"]), str(r["try"]), f"[{color}]{r['status']}[/]", r["host"] or "",
+        t.add_row(str(r["attempt"]), str(r["try"]), _paint(r["status"]), r["host"] or "",
                   _when(r["start"]), dur, "" if r["exit_code"] is None else str(r["exit_code"]),
-                  r["reason"] or "", logs)
+                  _plain(r["reason"]), _plain(logs))
     if not data["tries"]:
         t.caption = "no tries yet"
     return t
@@ -378,10 +392,9 @@ def _counts_text(counts: dict[str, int]) -> str:
 def _pool_table(data: dict[str, Any], pool: PoolLayout) -> Table:
     t = Table("run", "name", "state", "jobs", "last update")
     for r in data["runs"]:
-        color = _COLORS.get(r["state"], "")
         updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last_update(pool.run(r["run_id"]))))
         jobs = r.get("reason") or _counts_text(r["counts"])
-        t.add_row(r["run_id"], r["name"] or "", f"[{color}]{r['state']}[/]", jobs, updated)
+        t.add_row(r["run_id"], r["name"] or "", _paint(r["state"]), jobs, updated)
     if not data["runs"]:
         t.caption = "no runs yet"
     return t
@@ -395,9 +408,8 @@ def _run_table(data: dict[str, Any]) -> Table:
     t = Table("job", "state", "tries", "exit", "duration", "host", "reason",
               title=f"{data['run_id']} ({data['name']}): {data['state']}  -  {summary}")
     for j in data["jobs"]:
-        color = _COLORS.get(j["state"], "")
         dur = "" if j["duration"] is None else f"{j['duration']:.1f}s"
-        t.add_row(j["id"], f"[{color}]{j['state']}[/]", str(j["tries"]),
-                  "" if j["exit_code"] is None else str(j["exit_code"]), dur, j["host"] or "",
-                  j["reason"] or "")
+        t.add_row(j["id"], _paint(j["state"]), str(j["tries"]),
+                  "" if j["exit_code"] is None else str(j["exit_code"]), dur, _plain(j["host"]),
+                  _plain(j["reason"]))
     return t

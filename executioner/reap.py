@@ -188,6 +188,12 @@ def requeue_lost(run: RunLayout, job_id: str, token: str, record: dict[str, Any]
     if lost >= max_lost:
         state = "failed"
         new["reason"] = f"lost {lost} times (max_lost {max_lost}); last: {reason}"
+    elif _slurm_backend(run):
+        # Only its own Slurm job runs a job of the Slurm-DAG backend, and that one is gone:
+        # in queued/ nobody would take it. In failed/ its dependents show as blocked, and a
+        # resume submits it again.
+        state = "failed"
+        new["reason"] = f"its Slurm job was lost ({reason}); `exec-submit --resume` runs it again"
     ok = store.transition(run, job_id, "running", state, token=token, record=new)
     if ok:
         log.warning("run %s: job %s %s: %s", run.run_id, job_id,
@@ -227,3 +233,10 @@ def judge_now(pool: PoolLayout, run: RunLayout, job_id: str, token: str, record:
     if age > stale_after:
         return Verdict(True, f"no heartbeat for {age:.0f} s ({who})"), claim
     return Verdict(False, f"running on {who}"), claim
+
+
+def _slurm_backend(run: RunLayout) -> bool:
+    try:
+        return store.read_run_record(run).get("backend") == "slurm"
+    except (OSError, ValueError):
+        return False

@@ -14,6 +14,7 @@ any change to a live run), and only then released. Pool workers leave such runs 
 
 from __future__ import annotations
 
+import getpass
 import graphlib
 import logging
 import os
@@ -34,6 +35,8 @@ from .workflow import Workflow
 log = logging.getLogger("executioner.slurm")
 SIGNAL_DELAY_S = 30  # Slurm sends SIGUSR2 this long before the time limit: hand jobs back then
 ID_WAIT_S = 60.0
+DEFAULT_MINUTES = 60  # time limit of a Slurm job when nothing sets one (submitit's would be 5)
+FIT_SLACK_S = 90  # Slurm's warning comes SIGNAL_DELAY_S before the end, or up to a minute earlier
 
 
 class SlurmError(ExecutionerError, RuntimeError):
@@ -58,13 +61,13 @@ class SlurmOptions:
             cpus=self.cpus or base.cpus, mem_gb=self.mem_gb or base.mem_gb, gpus=self.gpus or base.gpus,
             additional_parameters={**base.additional_parameters, **self.additional_parameters})
 
-    def executor_parameters(self, dependency: str | None = None) -> dict[str, Any]:
+    def executor_parameters(self, dependency: str | None = None,
+                            default_time: int | None = None) -> dict[str, Any]:
         """submitit's ``update_parameters`` keywords, with our dependency merged in."""
-        params: dict[str, Any] = {"slurm_signal_delay_s": SIGNAL_DELAY_S}
+        params: dict[str, Any] = {"slurm_signal_delay_s": SIGNAL_DELAY_S,
+                                  "timeout_min": self.time or default_time or DEFAULT_MINUTES}
         if self.partition:
             params["slurm_partition"] = self.partition
-        if self.time:
-            params["timeout_min"] = self.time
         if self.cpus:
             params["cpus_per_task"] = self.cpus
         if self.mem_gb:
@@ -124,14 +127,22 @@ def allocation_end(job_id: str | None = None) -> float | None:
 
 
 def job_states(job_ids: list[str]) -> dict[str, str]:
-    """Slurm job id -> state, for those Slurm still knows (squeue); others are absent."""
+    """Slurm job id -> state, for those Slurm still knows (array tasks one by one, ``12_3``)."""
     if not job_ids:
         return {}
-    out = _slurm("squeue", "-h", "-j", ",".join(job_ids), "-o", "%i %T")
+    try:
+        out = _slurm("squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i %T")
+    except SlurmError as e:
+        # One id that Slurm has forgotten (MinJobAge) fails the whole query: ask for all of
+        # our jobs instead and keep the ones we asked about.
+        if "Invalid job id" not in str(e):
+            raise
+        out = _slurm("squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i %T")
+    wanted = set(job_ids)
     states = {}
     for line in out.splitlines():
         parts = line.split()
-        if len(parts) == 2:
+        if len(parts) == 2 and (parts[0] in wanted or parts[0].split("_")[0] in wanted):
             states[parts[0]] = parts[1]
     return states
 
@@ -147,25 +158,44 @@ def release(job_ids: list[str]) -> None:
 
 
 # ---- inside a Slurm job ------------------------------------------------------------------
-def _hand_back_on_signals(worker: Worker) -> None:
-    """Slurm's SIGUSR2 (SIGNAL_DELAY_S before the time limit) or SIGTERM (scancel, preemption,
-    the limit itself): stop claiming, stop the commands, put their jobs back in queued/."""
-    def stop(signum: int, frame: Any) -> None:
-        log.warning("worker %s: %s from Slurm: handing jobs back", worker.worker_id, signal.Signals(signum).name)
-        worker.stop()
+class _Stopper:
+    """Slurm's signals, caught from the start of our function (submitit's own handlers would
+    just log them): SIGUSR2 (SIGNAL_DELAY_S before the time limit, or up to a minute earlier),
+    SIGTERM (scancel, preemption, the limit itself). Each stops the current worker, which
+    hands its jobs back; one that arrives between two workers stops the next one at once."""
 
-    for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
-        signal.signal(sig, stop)
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self.worker: Worker | None = None
+        for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+        log.warning("%s from Slurm: stopping; running jobs are handed back", self.signal)
+        if self.worker is not None:
+            self.worker.stop(self.reason)
+
+    @property
+    def reason(self) -> str:
+        if self.signal == "SIGUSR2":
+            return "stopped by Slurm: the time limit of its Slurm job was near"
+        return f"stopped by Slurm ({self.signal}: scancel, preemption or the time limit)"
+
+    def run(self, worker: Worker) -> int:
+        self.worker = worker
+        if self.signal:
+            worker.stop(self.reason)
+        return worker.run()
 
 
 def worker_entry(pool: str, run_ids: list[str] | None, slots: int, exit_when_idle: float,
                  heartbeat: float, stale_after: float) -> int:
     """One worker of a Slurm array (importable, so submitit can pickle it)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    worker = Worker(pool, run_ids=run_ids, slots=slots, exit_when_idle=exit_when_idle, heartbeat=heartbeat,
-                    stale_after=stale_after, ends_at=allocation_end())
-    _hand_back_on_signals(worker)
-    return worker.run()
+    stopper = _Stopper()
+    return stopper.run(Worker(pool, run_ids=run_ids, slots=slots, exit_when_idle=exit_when_idle,
+                              heartbeat=heartbeat, stale_after=stale_after, ends_at=allocation_end()))
 
 
 class JobNotDone(ExecutionerError, RuntimeError):
@@ -173,29 +203,38 @@ class JobNotDone(ExecutionerError, RuntimeError):
 
 
 def dag_entry(pool: str, run_id: str, job_id: str, heartbeat: float, stale_after: float) -> str:
-    """One Slurm job of the DAG backend: run workflow job ``job_id`` to its end."""
+    """One Slurm job of the DAG backend: run workflow job ``job_id`` to its end.
+
+    Its worker claims only this job and, unlike a pool worker, ends a try that Slurm stopped
+    (time limit, scancel, preemption) in failed/ rather than queued/: no other Slurm job would
+    take it from queued/, and in failed/ its dependents show as blocked and a resume runs it
+    again. No timeout check against the allocation either: the allocation is this job's own.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    stopper = _Stopper()
     run = PoolLayout(pool).run(run_id)
-    mine = os.environ.get("SLURM_JOB_ID", "")
+    mine = slurm_job_id() or ""
     recorded = wait_for_slurm_id(run, job_id, ID_WAIT_S)
     if mine and recorded != mine:
         raise JobNotDone(f"job {job_id} of run {run_id} belongs to Slurm job {recorded}, not to us ({mine})")
+    stuck_since = None
     while True:
         state = _state_of(run, job_id)
-        if state in ("done", "failed"):
+        if state in ("done", "failed", None) or stopper.signal:
             break
-        if state == "waiting":
-            store.promote(run, [job_id])  # its upstream finished (afterok) but its promotion was missed
-        worker = Worker(pool, run_ids=[run_id], slots=1, exit_when_idle=1.0, heartbeat=heartbeat,
-                        stale_after=stale_after, only_jobs={job_id}, slurm_dag=True, ends_at=allocation_end())
-        _hand_back_on_signals(worker)
-        worker.run()
-        if worker._abort.is_set():
-            raise JobNotDone(f"job {job_id} of run {run_id}: stopped by Slurm; handed back to queued/")
-        if _state_of(run, job_id) in ("waiting", None):
+        if state == "waiting" and not store.promote(run, [job_id]):
+            # afterok let us start, so its dependencies were done; a missed promotion is made
+            # good above. Still waiting after a minute: something moved them (a rollback).
+            stuck_since = stuck_since or time.monotonic()
+            if time.monotonic() - stuck_since > ID_WAIT_S:
+                raise JobNotDone(f"job {job_id} of run {run_id} waits for dependencies that are not done")
             time.sleep(1.0)
+            continue
+        stopper.run(Worker(pool, run_ids=[run_id], slots=1, exit_when_idle=1.0, heartbeat=heartbeat,
+                           stale_after=stale_after, only_jobs={job_id}, slurm_dag=True))
     if state != "done":
-        raise JobNotDone(f"job {job_id} of run {run_id} ended {state}")
+        raise JobNotDone(f"job {job_id} of run {run_id} ended {state or 'out of the run'}"
+                         + (f"; {stopper.reason}" if stopper.signal else ""))
     return state
 
 
@@ -293,28 +332,43 @@ ALIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEU
 def submit_dag(pool: PoolLayout, run: RunLayout, workflow: Workflow, to_run: list[str], base: SlurmOptions,
                attempt: int, heartbeat: float = 10.0, stale_after: float = 60.0) -> dict[str, str]:
     """One Slurm job per job of ``to_run`` (in dependency order), ``afterok`` on the Slurm jobs
-    of its dependencies among them. A job whose recorded Slurm job is still pending or running
-    is reused, not submitted twice. Returns job -> Slurm job id (reused or new)."""
+    of its dependencies among them. Returns job -> Slurm job id (reused or new).
+
+    A job's recorded Slurm job is reused, not submitted twice, when it is running (it is past
+    its dependencies), or pending with every dependency's Slurm job reused too (its afterok
+    still names the right jobs). A pending one that cannot be reused is cancelled.
+    """
     from .change import annotate
 
     specs = {s.id: s for s in workflow.jobs}
     wanted = set(to_run)
     order = [j for j in graphlib.TopologicalSorter({s.id: s.dependencies for s in workflow.jobs}).static_order()
              if j in wanted]
-    recorded = {j: recorded_slurm_id(run, j)[0] for j in order}
+    recorded = {j: recorded_slurm_id(run, j)[0] for j in specs}
     alive = job_states([str(i) for i in recorded.values() if i])
+    # Pending Slurm jobs of jobs this plan does not run (held, blocked, removed from the
+    # plan): they would start one day and find nothing to do. Cancel them.
+    cancel([str(recorded[j]) for j in specs if j not in wanted and recorded[j]
+            and alive.get(str(recorded[j])) == "PENDING"])
     ids: dict[str, str] = {}
     new: dict[str, str] = {}
+    reused_pending: list[str] = []
     executor = _executor(run)
     try:
         for j in order:
-            old = recorded[j]
-            if old and alive.get(str(old)) in ALIVE:
-                ids[j] = str(old)  # still pending or running in Slurm: reused as a dependency
+            old = str(recorded[j]) if recorded[j] else None
+            state = alive.get(old or "")
+            deps_reused = all(d not in new for d in specs[j].dependencies)
+            if old and (state == "RUNNING" or (state == "PENDING" and deps_reused)):
+                ids[j] = old  # reused as a dependency, not submitted twice
+                if state == "PENDING":
+                    reused_pending.append(old)
                 continue
+            if old and state == "PENDING":
+                cancel([old])  # its afterok names Slurm jobs that are being replaced
             deps = [ids[d] for d in specs[j].dependencies if d in ids]
             params = from_mapping(specs[j].slurm).over(base).executor_parameters(
-                "afterok:" + ":".join(deps) if deps else None)
+                "afterok:" + ":".join(deps) if deps else None, default_time=_job_minutes(specs[j]))
             # Held until its id is in its job file (below): no Slurm job starts unrecorded.
             params["slurm_additional_parameters"] = {**params.get("slurm_additional_parameters", {}), "hold": True}
             executor.update_parameters(name=f"{run.run_id}.{j}", **params)
@@ -323,8 +377,8 @@ def submit_dag(pool: PoolLayout, run: RunLayout, workflow: Workflow, to_run: lis
             except Exception as e:  # submitit raises plain exceptions for sbatch failures
                 raise SlurmError(f"sbatch for job {j} failed: {e}") from None
             ids[j] = new[j] = str(job.job_id)
+            record_ids(run, "dag", [new[j]])  # at once: --cancel finds it even if we die now
         if new:
-            record_ids(run, "dag", list(new.values()))
             annotate(run, {j: {"slurm": {"job_id": i, "attempt": attempt}} for j, i in new.items()},
                      "recording Slurm job ids")
     except BaseException:
@@ -334,7 +388,19 @@ def submit_dag(pool: PoolLayout, run: RunLayout, workflow: Workflow, to_run: lis
             log.warning("could not cancel the Slurm jobs just submitted: %s", e)
         raise
     release(list(new.values()))
+    for held in reused_pending:  # held by a submission that died before releasing them
+        try:
+            release([held])
+        except SlurmError:
+            pass  # not held: nothing to do
     return ids
+
+
+def _job_minutes(spec: Any) -> int:
+    """A DAG job's time limit when none is given: its timeout with room to stop, else an hour."""
+    if spec.timeout is None:
+        return DEFAULT_MINUTES
+    return max(1, -(-int(spec.timeout + spec.kill_grace + FIT_SLACK_S) // 60))
 
 
 def pool_worker_claims(run: RunLayout) -> list[str]:

@@ -26,7 +26,7 @@ from .retry import decide
 
 log = logging.getLogger("executioner.worker")
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGKILL", "SIGUSR2")
-FIT_MARGIN = 10.0  # seconds kept free at the end of an allocation for handing jobs back
+FIT_MARGIN = 90.0  # Slurm's warning signal comes 30 s before the end, or up to a minute earlier
 
 
 def slurm_job_id() -> str | None:
@@ -56,6 +56,8 @@ class Worker:
         self.ends_at = ends_at  # wall clock: our allocation ends then; claim nothing that cannot fit
         self.slurm_dag = slurm_dag  # pool workers leave runs of the Slurm-DAG backend alone
         self._wont_fit: set[tuple[str, str]] = set()
+        self.stop_reason = "worker stopped"
+        self.in_slurm = slurm_job_id() is not None  # a failed command waits a moment for our signal handler
         slurm_job = slurm_job_id()
         prefix = f"slurm{slurm_job}-" if slurm_job else ""  # a worker inside a Slurm job says so
         self.worker_id = f"{prefix}{fsio.HOST}-{os.getpid()}-{secrets.token_hex(2)}"
@@ -92,8 +94,9 @@ class Worker:
         self._rng = random.Random()
 
     # ---- public -------------------------------------------------------------------
-    def stop(self) -> None:
+    def stop(self, reason: str | None = None) -> None:
         """Stop claiming; running commands are stopped and their jobs put back in queued/."""
+        self.stop_reason = reason or self.stop_reason
         self._abort.set()
         self._stop.set()
         self._wake.set()
@@ -117,7 +120,7 @@ class Worker:
                 t.start()
             for t in slots:
                 while t.is_alive():
-                    t.join(0.5)  # short joins keep the main thread responsive to signals
+                    t.join(0.1)  # short joins: signal handlers run in this thread, between joins
         finally:
             self._stop.set()
             self._wake.set()
@@ -337,6 +340,15 @@ class Worker:
                 self._not_before[(run_id, job_id)] = time.monotonic() + wait
             return False
         record = claim.record
+        cached = self._records.get(run_id) or {}
+        if record.get("attempt", 1) > cached.get("attempt", 1):
+            self._records.pop(run_id, None)  # a resume since we read run.json: read it again
+        if not self._ours(run_id):  # the resume moved the run to the Slurm backend (or back)
+            store.release(claim)  # RACE: not locked yet, ours alone to put back
+            with self._lock:
+                self._runs = [r for r in self._runs if r != run_id]
+                self._candidates.pop(run_id, None)
+            return False
         if record.get("attempt", 1) > 1 and (record.get("held") or not store.deps_done(claim.run, record)):
             # RACE: a promotion decided before a resume (a sweep that read done/ earlier)
             # renamed the job the resume had just placed in waiting/: a held job, or one
@@ -465,12 +477,13 @@ class Worker:
                              tick=min(self.heartbeat, 1.0))
         status: TryStatus = result.status
         reason = result.reason
-        if status == "failed" and result.signal in STOP_SIGNALS and not self._abort.is_set():
+        if status == "failed" and not self._abort.is_set() and (result.signal in STOP_SIGNALS or self.in_slurm):
             # Slurm signals every process of a job at once (scancel, preemption, the time
-            # limit): the command may die of it before our own handler, which runs in the
-            # main thread, has marked us as stopping. Give it a moment to say so.
-            self._abort.wait(1.0)
-        if status in ("failed", "timeout") and self._abort.is_set() and result.signal:
+            # limit): the command may die of it, or catch it and exit, before our own
+            # handler, which runs in the main thread, has marked us as stopping. Give it a
+            # moment to say so.
+            self._abort.wait(0.5)
+        if status in ("failed", "timeout") and self._abort.is_set():
             status = "lost"  # stopped together with us: handed back below, not a failure
         if status == "done":
             missing = missing_outputs(cwd, spec["outputs"])
@@ -480,7 +493,9 @@ class Worker:
             if not claim.still_held():
                 log.warning("job %s of run %s: claim lost; wrote nothing", claim.job_id, run.run_id)
                 return
-            status, reason = "preempted", "worker stopped; job put back in queued/"
+            status, reason = "preempted", f"{self.stop_reason}; job put back in queued/"
+            if self.slurm_dag:  # no other Slurm job would take it from queued/: see slurm.dag_entry
+                reason = f"{self.stop_reason}; `exec-submit --resume` runs it again"
         entry = store.try_record(
             try_number, record.get("attempt", 1), status, start=result.start, end=result.end, worker=self.worker_id,
             host=self.owner.host, worker_pid=self.owner.pid, pid=result.pid, exit_code=result.exit_code,
@@ -496,7 +511,11 @@ class Worker:
                 store.promote(run, record["dependents"])
             return
         if status == "preempted":
-            self._finish(claim, new, "queued")
+            if self.slurm_dag:
+                new["reason"] = reason
+                self._finish(claim, new, "failed")
+            else:
+                self._finish(claim, new, "queued")
             return
         decision = decide(spec, store.attempt_tries(new), time.time(), self._rng)
         if decision.retry:

@@ -95,3 +95,14 @@ def test_run_directory_is_readable_by_hand(pool: Path, tmp_path: Path) -> None:
     job = json.loads((run_dir / "done" / "a.json").read_text())
     assert job["id"] == "a" and job["tries"][0]["stdout"] == "logs/a.1.out"
     assert (run_dir / "logs" / "a.1.out").read_text() == "hello\n"
+
+
+def test_the_job_table_shows_every_state_and_bracketed_text_as_is(pool: Path, tmp_path: Path) -> None:
+    wf = write(tmp_path, "jobs:\n  - {id: a, command: 'echo [x]; exit 3'}\n"
+                         "  - {id: b, command: 'true', dependencies: [a]}\n  - {id: c, command: 'true'}\n")
+    run_dir = cli("exec-submit", str(wf), "--pool", str(pool)).stdout.split(" ", 1)[1].strip()
+    before = cli("exec-status", run_dir)  # queued and waiting jobs (no colour of their own)
+    assert before.returncode == 0 and "waiting" in before.stdout and "queued" in before.stdout, before.stderr
+    cli("exec-worker", "--pool", str(pool), "--exit-when-idle", "0.3", "-q")
+    after = cli("exec-status", run_dir)
+    assert after.returncode == 0 and "blocked" in after.stdout and "failed" in after.stdout, after.stderr

@@ -315,3 +315,26 @@ def test_a_coordinator_whose_lock_was_broken_while_it_stalled_applies_nothing(
     placed = where(run)
     assert placed == {"a": ["queued"], "b": ["waiting"], "c": ["waiting"], "d": ["waiting"]}, placed
     assert sorted(n for n in os.listdir(run.attempts_dir) if n.endswith(".json")) == ["0001.json", "0002.json"]
+
+
+def test_an_idle_pool_worker_leaves_a_run_moved_to_the_slurm_backend(pool: Path, make_workflow,
+                                                                      tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    run = submit(pool, make_workflow([{"id": "a", "command": f"echo a >> '{ledger}'"}]))
+    worker = subprocess.Popen([sys.executable, "-c", "import sys; from executioner.cli import worker_main; "
+                               "sys.exit(worker_main(sys.argv[1:]))", "--pool", str(pool), "--exit-when-idle", "4",
+                               "-q"])
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(run.job("a", "done")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.path.exists(run.job("a", "done"))  # it has read run.json and is idle now
+        # a resume moves the run to the Slurm backend (without submitting: the library alone)
+        workflow = workflow_for_resume(run, None)
+        apply(run, lambda: plan_resume(PoolLayout(str(pool)), run, workflow,
+                                       Options(rollback_to=("a",), backend="slurm")))
+        assert worker.wait(timeout=30) == 0
+    finally:
+        worker.kill()
+    assert ledger.read_text().split() == ["a"]  # the pool worker did not run it again
+    assert files(run, "queued") == ["a.json"]
