@@ -338,3 +338,12 @@ def test_always_rerun_and_missing_outputs_run_again_with_descendants(pool: Path,
     assert resume(pool, run).returncode == 0
     work(pool, run)
     assert sorted(ran(tmp_path)) == sorted(["make", "use", "stamp", "fixed", "make", "use", "stamp"])
+
+
+def test_a_dry_run_submit_prints_the_plan_and_creates_nothing(pool: Path, tmp_path: Path) -> None:
+    wf = write_wf(tmp_path / "wf.yaml", chain(tmp_path))
+    out = cli("exec-submit", str(wf), "--pool", str(pool), "--from-job", "c", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    lines = [line.split(None, 2) for line in out.stdout.splitlines()]
+    assert ["skip", "a", "assumed done (--from-job c)"] in lines and ["run", "d", "new"] in lines
+    assert not pool.exists()
