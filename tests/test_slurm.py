@@ -141,7 +141,8 @@ def test_a_cancelled_worker_hands_its_job_to_the_other(slurm: None, slurm_pool: 
     ledger = tmp_path / "ledger"
     # the first try checkpoints on SIGTERM and exits 3, as many codes do: still handed back
     command = (f"echo $EXEC_TRY >> '{ledger}'; if [ ! -e '{marker}' ]; then touch '{marker}'; "
-               "trap 'echo saving; exit 3' TERM; sleep 120 & wait; fi")
+               "trap 'echo saving; exit 3' TERM; sleep 120 & wait $!; exit $?; fi")
+    # (wait $!, not a bare wait: that returns 0 once Slurm's SIGTERM has killed the sleep)
     wf = write(tmp_path, [{"id": "long", "command": command}], "handover")
     run = submit(slurm_pool, wf, "--slurm-workers", "2", "--slurm-time", "5")
     until("the job to start", marker.exists)
