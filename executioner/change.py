@@ -114,10 +114,14 @@ def _grab_all(stage: _Stage, steps: list[Step]) -> dict[str, tuple[str, dict[str
     grabbed: dict[str, tuple[str, dict[str, Any] | None]] = {}
     try:
         for step in steps:
-            if step.dst is None or step.src is None:
+            if step.dst is None:
                 continue
-            stage.alive()
             src = step.src
+            if src is None:  # a new job; one taken out by an earlier resume gets its history back
+                if not os.path.exists(run.job(step.job, "removed")):
+                    continue
+                src = "removed"
+            stage.alive()
             if src == "running":
                 src = _take_claim(run, step)
             if not store.transition(run, step.job, src, f"staged:{src}", token=stage.name):
@@ -152,7 +156,7 @@ def _take_claim(run: RunLayout, step: Step) -> str:
         claim = None
     # RACE: its worker may finish this instant; exactly one of the two renames from the
     # claim's name wins. If the worker won, the job is not in queued/ and we plan again.
-    if not requeue_lost(run, step.job, token, record, step.take or "taken back", claim):
+    if not requeue_lost(run, step.job, token, record, step.take or "taken back", claim, into="queued"):
         raise _Moved(step.job)
     return "queued"
 
@@ -271,7 +275,7 @@ def _settle(run: RunLayout, stage: str) -> str:
         return "finished"
     for name in sorted(os.listdir(run.staging(stage))):
         state, sep, rest = name.partition(STAGE_SEP)
-        if sep and state in STATES and rest.endswith(".json"):
+        if sep and (state in STATES or state == "removed") and rest.endswith(".json"):
             store.transition(run, rest[: -len(".json")], f"staged:{state}", state, token=stage)
     shutil.rmtree(run.staging(stage), ignore_errors=True)
     log.warning("run %s: undid a change an interrupted coordinator had not committed", run.run_id)

@@ -87,7 +87,7 @@ def submit_main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         return _fail(p.prog, e)
     if a.cancel:
-        return _cancel(p.prog, PoolLayout(os.path.abspath(pool_dir)), a.cancel)
+        return _cancel(p.prog, PoolLayout(os.path.abspath(pool_dir)), a.cancel, a.dry_run)
     if a.backend == "slurm" and a.slurm_workers:
         return _fail(p.prog, "--backend slurm runs each job as its own Slurm job: no --slurm-workers")
     if not a.resume:
@@ -127,8 +127,9 @@ def submit_main(argv: list[str] | None = None) -> int:
             from .slurm import submit_dag
 
             to_run = [s.job for s in plan.steps if s.action == "run"]
+            left = {s.job for s in plan.steps if s.src == "running" and s.dst is None}
             ids = submit_dag(pool, run, plan.workflow, to_run, slurm_base, plan.attempt,
-                             heartbeat=a.stale_after / 6, stale_after=a.stale_after)
+                             heartbeat=a.stale_after / 6, stale_after=a.stale_after, left_running=left)
             print(f"slurm: {len(ids)} job(s): " + " ".join(f"{j}={i}" for j, i in ids.items()),
                   file=sys.stderr, flush=True)
         if a.slurm_workers:
@@ -138,7 +139,16 @@ def submit_main(argv: list[str] | None = None) -> int:
                                     heartbeat=a.stale_after / 6, stale_after=a.stale_after)
             print(f"slurm: {len(workers)} worker(s): {' '.join(workers)}", file=sys.stderr, flush=True)
     except (SlurmError, Refused) as e:
-        return _fail(p.prog, e)
+        if not a.resume and _backend(run) == "slurm":  # a new run that nothing can run: not kept
+            import shutil
+
+            shutil.rmtree(run.root, ignore_errors=True)
+            return _fail(p.prog, f"{e}\nthe run was not kept")
+        for line in str(e).splitlines():
+            print(f"{p.prog}: error: {line}", file=sys.stderr)
+        print(f"{p.prog}: run {run.run_id} is in place but its Slurm submission failed; fix the cause, then: "
+              f"exec-submit --pool {pool.root} --resume {run.run_id}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
     if a.workers:
         from .launch import start_local_workers
 
@@ -181,16 +191,19 @@ def _backend(run: RunLayout) -> str:
     return str(read_run_record(run).get("backend") or "workers")
 
 
-def _cancel(prog: str, pool: PoolLayout, run_id: str) -> int:
+def _cancel(prog: str, pool: PoolLayout, run_id: str, dry_run: bool) -> int:
     from .slurm import SlurmError, cancel_run
 
     run = pool.run(run_id)
     if not is_run_dir(run.root):
         return _fail(prog, f"{pool.root}: no run {run_id!r}")
     try:
-        ids = cancel_run(run)
+        ids = cancel_run(run, dry_run=dry_run)
     except SlurmError as e:
         return _fail(prog, e)
+    if dry_run:
+        print(f"{run_id}: would cancel {len(ids)} Slurm job(s){': ' + ' '.join(ids) if ids else ''}", flush=True)
+        return EXIT_OK
     print(f"{run_id}: cancelled {len(ids)} Slurm job(s){': ' + ' '.join(ids) if ids else ''}; "
           f"resume with: exec-submit --pool {pool.root} --resume {run_id}", flush=True)
     return EXIT_OK
@@ -215,15 +228,19 @@ def _resume(pool: PoolLayout, run_id: str, path: str | None, options: Any,
     if not is_run_dir(run.root):
         raise PoolError(f"no run {run_id!r} in this pool", pool.root)
     workflow = workflow_for_resume(run, path)
-    if dry_run:
-        return None, plan_resume(pool, run, workflow, options)
+    held: list[str] = []
     if (options.backend or _backend(run)) == "slurm":
         from .slurm import pool_worker_claims
 
         held = pool_worker_claims(run)
-        if held:
-            raise Refused("\n".join(f"refused: {h}; the Slurm backend cannot share the run with pool "
-                                    "workers: wait for it, or stop that worker" for h in held), run.run_id)
+    if dry_run:
+        plan = plan_resume(pool, run, workflow, options)
+        if options.backend == "slurm" or _backend(run) == "slurm":
+            plan.check("Slurm backend", not held, "; ".join(held) or "no job held by a pool worker")
+        return None, plan
+    if held:
+        raise Refused("\n".join(f"refused: {h}; the Slurm backend cannot share the run with pool "
+                                "workers: wait for it, or stop that worker" for h in held), run.run_id)
     return run, apply(run, lambda: plan_resume(pool, run, workflow, options))
 
 

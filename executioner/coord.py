@@ -78,6 +78,12 @@ def busy_message(run: RunLayout) -> str | None:
     """Who is changing the run right now, or None if nobody holds its lock."""
     if not os.path.exists(run.coordinator_lock):
         return None
+    try:
+        info = fsio.read_json(run.coordinator_info)
+        if info.get("host") == fsio.HOST and info.get("pid") == os.getpid():
+            return None  # our own lock: we are the one changing it
+    except (OSError, ValueError, AttributeError):
+        pass
     return _busy_message(run, filelock.SoftFileLock(run.coordinator_lock, timeout=0))
 
 

@@ -67,6 +67,10 @@ def job_history(run: RunLayout, job_id: str) -> dict[str, Any]:
         record = fsio.read_json(path)
     except (OSError, ValueError) as e:
         raise PoolError(f"cannot read the file of job {job_id!r}: {e}", path) from None
+    if state == "waiting" and record.get("held"):
+        state = "held"
+    elif state == "done" and record.get("skipped"):
+        state = "skipped"
     tries = []
     for t in record.get("tries", []):
         logs = {k: os.path.join(run.root, t[k]) if t.get(k) else None for k in ("stdout", "stderr")}

@@ -131,6 +131,7 @@ def read_current(pool: PoolLayout, run: RunLayout, stale_after: float, now: floa
         expected = int(read_run_record(run).get("jobs", 0))
     except (OSError, ValueError):
         pass
+    out = None
     for _ in range(20):
         out = _read_once(pool, run, stale_after, now, expected)
         if out is not None and not (known or set()) - set(out):
@@ -141,7 +142,9 @@ def read_current(pool: PoolLayout, run: RunLayout, stale_after: float, now: floa
     busy = busy_message(run)
     if busy:
         raise RunBusy(busy, run.run_id)
-    raise Refused(f"run {run.run_id} kept changing while it was read; try again", run.run_id)
+    if out is None:
+        raise Refused(f"run {run.run_id} kept changing while it was read; try again", run.run_id)
+    return out  # a known job missing for a whole second: gone (quarantined, deleted); the plan says so
 
 
 def _read_once(pool: PoolLayout, run: RunLayout, stale_after: float, now: float,
@@ -215,14 +218,19 @@ def plan_resume(pool: PoolLayout, run: RunLayout, workflow: Workflow, options: O
                 now: float | None = None) -> Plan:
     now = time.time() if now is None else now
     record = read_run_record(run)
-    current = read_current(pool, run, options.stale_after, now, known_jobs(run))
+    known = known_jobs(run)
+    current = read_current(pool, run, options.stale_after, now, known)
     return make_plan(run.run_id, attempts.current(run) + 1, workflow, current, options,
-                     run_level={"env": record.get("env"), "workdir": record.get("workdir")})
+                     run_level={"env": record.get("env"), "workdir": record.get("workdir")},
+                     missing=known - set(current))
 
 
 def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, Current],
-              options: Options, run_level: dict[str, Any] | None = None) -> Plan:
-    """The plan for attempt ``attempt``; ``current`` is empty for a new run."""
+              options: Options, run_level: dict[str, Any] | None = None,
+              missing: set[str] | None = None) -> Plan:
+    """The plan for attempt ``attempt``; ``current`` is empty for a new run. ``missing``: jobs
+    the run had whose files are gone (quarantined as broken, or deleted by hand)."""
+    missing = missing or set()
     specs = {s.id: s for s in workflow.jobs}
     _check_names(workflow, specs, options)
     why = options.why if current else ("from-job" if options.from_jobs else "submit")
@@ -268,14 +276,19 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
             continue  # (--failed-only: only failed jobs run again, whatever else changed)
         elif (changed.get(j) or run_level_changed) and options.force:
             rerun[j] = "definition changed: " + ", ".join(changed.get(j) or run_level_changed)
-        elif missing := _missing_outputs(workflow, specs[j]):
-            rerun[j] = "outputs missing: " + ", ".join(missing)
+        elif gone := _missing_outputs(workflow, specs[j]):
+            rerun[j] = "outputs missing: " + ", ".join(gone)
         elif specs[j].always_rerun:
             rerun[j] = "always_rerun"
     for root in list(rerun):
         for d in descendants({root}) - {root}:
             rerun.setdefault(d, f"downstream of {root}")
     skipped = ancestors(set(options.from_jobs)) - descendants(set(options.from_jobs))
+    clash = sorted(set(options.rollback_to) & skipped)
+    if clash:
+        raise WorkflowErrors([WorkflowError(
+            f"--rollback-to {j} asks to run it again, but --from-job {', '.join(options.from_jobs)} assumes it "
+            "done (it is upstream); give one or the other", workflow.path, j, "--rollback-to") for j in clash])
 
     final_done: set[str] = set()
     failed_upstream: dict[str, str] = {}
@@ -313,7 +326,13 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
             else:
                 step.take = f"stale claim requeued by exec-submit --{plan.why}: {cur.stale}"
         plan.steps.append(step)
-    _checks(plan, current, live, options)
+    for step in plan.steps:
+        if step.job in missing and step.src is None:
+            step.reason = "recreated from the workflow (its file was missing)"
+    for change in plan.changes:
+        if change["job"] in missing and change["new"] == "added":
+            change["old"], change["new"] = "missing", "recreated"
+    _checks(plan, current, live, options, missing)
     return plan
 
 
@@ -427,10 +446,16 @@ def _step(j: str, spec: JobSpec, cur: Current | None, rerun: dict[str, str], ski
     return Step(j, "run", why, state, "queued" if ready else "waiting", build())
 
 
-def _checks(plan: Plan, current: dict[str, Current], live: list[str], options: Options) -> None:
+def _checks(plan: Plan, current: dict[str, Current], live: list[str], options: Options,
+            missing: set[str]) -> None:
     unreadable = [j for j, c in current.items() if c.record is None]
-    plan.check("job files readable", not unreadable,
-               "all readable" if not unreadable else "unreadable: " + ", ".join(sorted(unreadable)))
+    problems = [f"unreadable: {', '.join(sorted(unreadable))}"] if unreadable else []
+    if missing and not options.force:
+        problems.append(f"missing (broken files are moved to quarantine/): {', '.join(sorted(missing))}; "
+                        "--force recreates them from the workflow, without their history")
+    plan.check("job files readable", not problems,
+               "; ".join(problems) or ("all readable" if not missing else
+                                       f"--force: recreating {', '.join(sorted(missing))}"))
     forced = [c for c in plan.changes if c["needs_force"]]
     if not forced:
         plan.check("definitions", True, f"{len(plan.changes)} change(s), none needs --force")

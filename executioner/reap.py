@@ -170,8 +170,10 @@ class Reaper:
 
 
 def requeue_lost(run: RunLayout, job_id: str, token: str, record: dict[str, Any], reason: str,
-                 claim: dict[str, Any] | None) -> bool:
-    """Record a ``lost`` try and move the job back to queued/, or to failed/ past max_lost.
+                 claim: dict[str, Any] | None, into: str | None = None) -> str | None:
+    """Record a ``lost`` try and move the job back to queued/, or to failed/ past max_lost
+    (or for the Slurm-DAG backend); ``into`` forces the state (a coordinator taking a claim
+    back places the job itself right after). Returns the state, None if the claim was gone.
 
     The move is a rename from the stale claim's own name: if its worker finishes at the
     same moment, exactly one of the two renames wins.
@@ -184,8 +186,10 @@ def requeue_lost(run: RunLayout, job_id: str, token: str, record: dict[str, Any]
     lost = sum(1 for t in store.attempt_tries(dict(record, tries=tries)) if t.get("status") == "lost")
     max_lost = record["spec"].get("max_lost", 3)
     new = dict(record, tries=tries, not_before=None)
-    state = "queued"
-    if lost >= max_lost:
+    state = into or "queued"
+    if into:
+        pass
+    elif lost >= max_lost:
         state = "failed"
         new["reason"] = f"lost {lost} times (max_lost {max_lost}); last: {reason}"
     elif _slurm_backend(run):
@@ -194,11 +198,10 @@ def requeue_lost(run: RunLayout, job_id: str, token: str, record: dict[str, Any]
         # resume submits it again.
         state = "failed"
         new["reason"] = f"its Slurm job was lost ({reason}); `exec-submit --resume` runs it again"
-    ok = store.transition(run, job_id, "running", state, token=token, record=new)
-    if ok:
-        log.warning("run %s: job %s %s: %s", run.run_id, job_id,
-                    "failed" if state == "failed" else "requeued", reason)
-    return ok
+    if not store.transition(run, job_id, "running", state, token=token, record=new):
+        return None
+    log.warning("run %s: job %s %s: %s", run.run_id, job_id, "failed" if state == "failed" else "requeued", reason)
+    return state
 
 
 def judge_now(pool: PoolLayout, run: RunLayout, job_id: str, token: str, record: dict[str, Any],

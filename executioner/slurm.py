@@ -59,7 +59,9 @@ class SlurmOptions:
         return SlurmOptions(
             partition=self.partition or base.partition, time=self.time or base.time,
             cpus=self.cpus or base.cpus, mem_gb=self.mem_gb or base.mem_gb, gpus=self.gpus or base.gpus,
-            additional_parameters={**base.additional_parameters, **self.additional_parameters})
+            additional_parameters=merge_dependency({**base.additional_parameters, **self.additional_parameters},
+                                                   base.additional_parameters.get("dependency")
+                                                   if "dependency" in self.additional_parameters else None))
 
     def executor_parameters(self, dependency: str | None = None,
                             default_time: int | None = None) -> dict[str, Any]:
@@ -330,13 +332,16 @@ ALIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEU
 
 
 def submit_dag(pool: PoolLayout, run: RunLayout, workflow: Workflow, to_run: list[str], base: SlurmOptions,
-               attempt: int, heartbeat: float = 10.0, stale_after: float = 60.0) -> dict[str, str]:
+               attempt: int, heartbeat: float = 10.0, stale_after: float = 60.0,
+               left_running: set[str] | None = None) -> dict[str, str]:
     """One Slurm job per job of ``to_run`` (in dependency order), ``afterok`` on the Slurm jobs
     of its dependencies among them. Returns job -> Slurm job id (reused or new).
 
-    A job's recorded Slurm job is reused, not submitted twice, when it is running (it is past
-    its dependencies), or pending with every dependency's Slurm job reused too (its afterok
-    still names the right jobs). A pending one that cannot be reused is cancelled.
+    A job's recorded Slurm job is reused, not submitted twice, when it is running a claim the
+    plan left alone (``left_running``), or pending with every dependency's Slurm job reused
+    too (then its afterok still names jobs that will run). Any other live Slurm job of the
+    run's jobs is cancelled: its afterok names jobs replaced or cancelled, or its claim was
+    taken back.
     """
     from .change import annotate
 
@@ -358,14 +363,18 @@ def submit_dag(pool: PoolLayout, run: RunLayout, workflow: Workflow, to_run: lis
         for j in order:
             old = str(recorded[j]) if recorded[j] else None
             state = alive.get(old or "")
-            deps_reused = all(d not in new for d in specs[j].dependencies)
-            if old and (state == "RUNNING" or (state == "PENDING" and deps_reused)):
+            deps_reused = all(d in ids and d not in new for d in specs[j].dependencies)
+            if old and ((state == "RUNNING" and j in (left_running or set()))
+                        or (state == "PENDING" and deps_reused)):
                 ids[j] = old  # reused as a dependency, not submitted twice
                 if state == "PENDING":
                     reused_pending.append(old)
                 continue
-            if old and state == "PENDING":
-                cancel([old])  # its afterok names Slurm jobs that are being replaced
+            if j in (left_running or set()):
+                raise SlurmError(f"job {j} is running, but not in a Slurm job of this run that Slurm still "
+                                 "knows; wait for it to end, then resume")
+            if old and state in ALIVE:
+                cancel([old])  # its afterok names replaced jobs, or its claim was taken back
             deps = [ids[d] for d in specs[j].dependencies if d in ids]
             params = from_mapping(specs[j].slurm).over(base).executor_parameters(
                 "afterok:" + ":".join(deps) if deps else None, default_time=_job_minutes(specs[j]))
@@ -413,16 +422,17 @@ def pool_worker_claims(run: RunLayout) -> list[str]:
             claim = fsio.read_json(run.claim_record(job_id, len(record["tries"]) + 1))
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if not str(claim.get("worker", "")).startswith("slurm"):
+        if not claim.get("dag"):  # array workers run inside Slurm too: only a DAG job says so
             held.append(f"job {job_id} is held in running/ by pool worker {claim.get('worker')} "
                         f"on host {claim.get('host')}")
     return held
 
 
-def cancel_run(run: RunLayout) -> list[str]:
+def cancel_run(run: RunLayout, dry_run: bool = False) -> list[str]:
     """scancel every Slurm job of the run Slurm still knows; running ones hand their jobs back."""
     ids = [i for kind in recorded_ids(run).values() for i in kind]
     known = job_states(ids)
     live = [i for i in ids if i in known or any(k.startswith(i + "_") for k in known)]
-    cancel(live)
+    if not dry_run:
+        cancel(live)
     return live

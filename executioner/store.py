@@ -85,10 +85,11 @@ class Owner:
     host: str
     pid: int
     pid_start: float
+    dag: bool = False  # the Slurm job of the Slurm-DAG backend that runs this one job
 
     @classmethod
-    def current(cls, worker_id: str) -> "Owner":
-        return cls(worker_id, fsio.HOST, os.getpid(), psutil.Process().create_time())
+    def current(cls, worker_id: str, dag: bool = False) -> "Owner":
+        return cls(worker_id, fsio.HOST, os.getpid(), psutil.Process().create_time(), dag)
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ def write_lock(claim: Claim) -> None:
     o = claim.owner
     fsio.atomic_write_json(claim.lock, {
         "job": claim.job_id, "try": claim.try_number, "token": claim.token, "worker": o.worker_id, "host": o.host,
-        "pid": o.pid, "pid_start": o.pid_start, "claimed_at": claim.claimed_at,
+        "pid": o.pid, "pid_start": o.pid_start, "claimed_at": claim.claimed_at, "dag": o.dag,
     })
 
 

@@ -61,7 +61,7 @@ class Worker(Claiming):
         slurm_job = slurm_job_id()
         prefix = f"slurm{slurm_job}-" if slurm_job else ""  # a worker inside a Slurm job says so
         self.worker_id = f"{prefix}{fsio.HOST}-{os.getpid()}-{secrets.token_hex(2)}"
-        self.owner = store.Owner.current(self.worker_id)
+        self.owner = store.Owner.current(self.worker_id, dag=slurm_dag)
         self.claimed = 0
         self.finished = 0
         self._stop = threading.Event()  # claim no more

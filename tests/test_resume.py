@@ -347,3 +347,44 @@ def test_a_dry_run_submit_prints_the_plan_and_creates_nothing(pool: Path, tmp_pa
     lines = [line.split(None, 2) for line in out.stdout.splitlines()]
     assert ["skip", "a", "assumed done (--from-job c)"] in lines and ["run", "d", "new"] in lines
     assert not pool.exists()
+
+
+def test_a_job_file_gone_to_quarantine_refuses_until_forced(pool: Path, tmp_path: Path) -> None:
+    wf = write_wf(tmp_path / "wf.yaml", chain(tmp_path))
+    run = submit_cli(pool, wf)
+    work(pool, run)
+    os.makedirs(run.quarantine_dir, exist_ok=True)
+    os.rename(run.job("b", "done"), os.path.join(run.quarantine_dir, "b.json"))  # as the scrubber does
+    out = resume(pool, run)
+    assert out.returncode == 3 and "missing (broken files are moved to quarantine/): b" in out.stderr, out.stderr
+    out = resume(pool, run, "--force")
+    assert out.returncode == 0, out.stderr
+    assert "recreated from the workflow (its file was missing)" in out.stderr
+    work(pool, run)
+    assert ran(tmp_path) == ["a", "b", "c", "d", "b"] and states(run)["b"] == "done"
+
+
+def test_a_removed_job_added_back_keeps_its_history(pool: Path, tmp_path: Path) -> None:
+    wf = write_wf(tmp_path / "wf.yaml", chain(tmp_path))
+    run = submit_cli(pool, wf)
+    work(pool, run)
+    write_wf(wf, chain(tmp_path)[:3])
+    assert resume(pool, run, str(wf), "--force").returncode == 0
+    write_wf(wf, chain(tmp_path))
+    out = resume(pool, run, str(wf))
+    assert out.returncode == 0, out.stderr
+    work(pool, run)
+    d = json.loads(Path(run.job("d", "done")).read_text())
+    assert [(t["attempt"], t["try"]) for t in d["tries"]] == [(1, 1), (3, 2)]  # its try 1 and log kept
+    assert not os.path.exists(run.job("d", "removed"))
+    assert (Path(run.logs_dir) / "d.1.out").exists() and (Path(run.logs_dir) / "d.2.out").exists()
+
+
+def test_rollback_of_a_job_that_from_job_assumes_done_is_an_error(pool: Path, tmp_path: Path) -> None:
+    wf = write_wf(tmp_path / "wf.yaml", chain(tmp_path))
+    run = submit_cli(pool, wf)
+    work(pool, run)
+    before = tree(run.root)
+    out = resume(pool, run, "--rollback-to", "b", "--from-job", "c")
+    assert out.returncode == 2 and "--rollback-to b asks to run it again, but --from-job c" in out.stderr
+    assert tree(run.root) == before

@@ -234,6 +234,8 @@ def test_cancel_leaves_the_run_resumable_and_resume_reuses_pending_jobs(
     assert out.returncode == 0, out.stderr
     assert record(run, "second", "waiting")["slurm"]["job_id"] == pending
     assert len(status(run)["slurm"]["dag"]) == 2
+    dry = cli("exec-submit", "--pool", str(slurm_pool), "--cancel", run.run_id, "--dry-run")
+    assert dry.returncode == 0 and "would cancel 2 Slurm job(s)" in dry.stdout, dry.stdout + dry.stderr
     out = cli("exec-submit", "--pool", str(slurm_pool), "--cancel", run.run_id)
     assert out.returncode == 0 and "cancelled 2 Slurm job(s)" in out.stdout, out.stdout + out.stderr
     until("first to be handed back", lambda: os.path.exists(run.job("first", "failed")), 60)
@@ -246,17 +248,19 @@ def test_cancel_leaves_the_run_resumable_and_resume_reuses_pending_jobs(
     until("the resumed run to finish", lambda: status(run)["state"] == "done")
 
 
-def test_a_pool_workers_claim_stops_a_slurm_submission(slurm: None, slurm_pool: Path, tmp_path: Path) -> None:
+def test_a_pool_workers_claim_stops_a_slurm_submission(slurm_pool: Path, tmp_path: Path) -> None:
     from executioner import store
 
     wf = write(tmp_path, [{"id": "x", "command": "true"}], "mixed")
-    run = submit(slurm_pool, wf)  # a pool-worker run ...
-    claim = store.claim(run, "x", store.Owner.current("poolworker-1"))
+    run = submit(slurm_pool, wf)  # a pool-worker run, whose job a worker of a Slurm array holds ...
+    claim = store.claim(run, "x", store.Owner.current("slurm99_0-vm-1-abcd"))
     assert claim is not None
     store.write_lock(claim)
     out = cli("exec-submit", "--pool", str(slurm_pool), "--resume", run.run_id, "--backend", "slurm", "--force")
     assert out.returncode == 3
-    assert "job x is held in running/ by pool worker poolworker-1" in out.stderr
+    assert "job x is held in running/ by pool worker slurm99_0-vm-1-abcd" in out.stderr
+    dry = cli("exec-submit", "--pool", str(slurm_pool), "--resume", run.run_id, "--backend", "slurm", "--dry-run")
+    assert dry.returncode == 3 and "FAIL Slurm backend: job x is held in running/" in dry.stdout
 
 
 def test_the_sbatch_template_starts_workers_by_hand(slurm: None, slurm_pool: Path, tmp_path: Path) -> None:
@@ -287,3 +291,33 @@ def test_slurm_jobs_it_no_longer_knows_are_simply_absent(slurm: None) -> None:
 
     assert job_states(["999999"]) == {}  # squeue alone would fail: "Invalid job id specified"
     assert job_states(["999998", "999999"]) == {}
+
+
+def test_resume_replaces_slurm_jobs_whose_upstream_is_skipped_or_taken_back(
+        slurm: None, slurm_pool: Path, tmp_path: Path) -> None:
+    gate, order = tmp_path / "gate", tmp_path / "order"
+    jobs = [{"id": "a", "command": f"echo a >> '{order}'", "slurm": {"additional_parameters": {"begin": "now+600"}}},
+            {"id": "b", "command": f"echo b >> '{order}'", "dependencies": ["a"]},
+            {"id": "c", "command": f"echo c >> '{order}'", "dependencies": ["b"]}]
+    run = submit(slurm_pool, write(tmp_path, jobs, "skip"), "--backend", "slurm")
+    old_b = record(run, "b", "waiting")["slurm"]["job_id"]
+    # a will not start for ten minutes: start from b instead. b's pending Slurm job waits on a's
+    # (cancelled now), so it must be replaced, not reused.
+    out = cli("exec-submit", "--pool", str(slurm_pool), "--resume", run.run_id, "--from-job", "b")
+    assert out.returncode == 0, out.stderr
+    until("the run to finish", lambda: status(run)["state"] == "done")
+    assert record(run, "b", "done")["slurm"]["job_id"] != old_b
+    assert order.read_text().split() == ["b", "c"]
+    # and a running job whose claim a forced rollback takes back gets a new Slurm job too
+    jobs = [{"id": "x", "command": "true"},
+            {"id": "y", "command": f"while [ ! -e '{gate}' ]; do sleep 0.2; done", "dependencies": ["x"]}]
+    run = submit(slurm_pool, write(tmp_path, jobs, "taken"), "--backend", "slurm")
+    until("y to run", lambda: os.listdir(run.state_dir("running")), 60)
+    running_y = json.loads(Path(run.state_dir("running"), os.listdir(run.state_dir("running"))[0]).read_text())
+    old_y = running_y["slurm"]["job_id"]
+    out = cli("exec-submit", "--pool", str(slurm_pool), "--resume", run.run_id, "--rollback-to", "x", "--force")
+    assert out.returncode == 0, out.stderr
+    gate.touch()
+    until("the rolled-back run to finish", lambda: status(run)["state"] == "done")
+    y = record(run, "y", "done")
+    assert y["slurm"]["job_id"] != old_y and [t["status"] for t in y["tries"]][-1] == "done"
