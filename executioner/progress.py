@@ -68,6 +68,8 @@ class _Watchman:
         self.every = max(1.0, stale_after / 6)
         self.last = -1e9
         self.warned = False
+        # Workers just started (--workers, Slurm) need a moment to write their first heartbeat.
+        self.quiet_until = time.monotonic() + min(5.0, stale_after)
 
     def check(self, counts: dict[str, int]) -> None:
         if time.monotonic() - self.last < self.every:
@@ -75,7 +77,7 @@ class _Watchman:
         self.last = time.monotonic()
         for job in self.reaper.reap(self.run):
             self.say(f"{self.run.run_id}: requeued {job}: its worker is gone")
-        if counts["queued"] and not self.live.count():
+        if counts["queued"] and time.monotonic() >= self.quiet_until and not self.live.count():
             if not self.warned:
                 if os.path.exists(self.run.slurm_record):  # its workers or jobs may wait in Slurm's queue
                     self.say(f"no live worker yet: the run's Slurm jobs may still be pending (see squeue; "
