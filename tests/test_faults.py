@@ -118,7 +118,7 @@ def test_owner_finishing_while_the_reaper_decides_one_wins(pool: Path, make_work
     claim = fake_remote_claim(pool, run, "a")
     # the reaper has read the claim and judged it stale; the owner finishes first
     assert store.finish(claim, dict(claim.record, tries=[{"try": 1, "status": "done"}]), "done")
-    assert requeue_lost(run, "a", claim.token, claim.record, "stale", None) is False
+    assert requeue_lost(run, "a", claim.token, claim.record, "stale", None) is None
     assert files(run, "done") == ["a.json"] and files(run, "queued") == []
     assert read_json(run.job("a", "done"))["tries"] == [{"try": 1, "status": "done"}]
 
@@ -191,7 +191,7 @@ def test_a_requeue_racing_a_reaper_leaves_one_copy(pool: Path, make_workflow) ->
     run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
     claim = fake_remote_claim(pool, run, "a", worker="slow-1")
     # the reaper read the claim, judged it stale, and wins the race to the rename
-    assert requeue_lost(run, "a", claim.token, claim.record, "stale", None)
+    assert requeue_lost(run, "a", claim.token, claim.record, "stale", None) == "queued"
     # the owner wakes up and tries to put it back for a retry: its claim name is gone
     assert store.finish(claim, dict(claim.record, not_before=1.0), "queued") is False
     assert files(run, "queued") == ["a.json"] and running_names(run) == []
@@ -199,7 +199,7 @@ def test_a_requeue_racing_a_reaper_leaves_one_copy(pool: Path, make_workflow) ->
     # the other order: the owner first, then a second reaper with its stale view
     claim = store.claim(run, "a", store.Owner("w2", "far-away-host", 1, 1.0))
     assert store.finish(claim, dict(claim.record, not_before=1.0), "queued")
-    assert requeue_lost(run, "a", claim.token, claim.record, "stale", None) is False
+    assert requeue_lost(run, "a", claim.token, claim.record, "stale", None) is None
     assert files(run, "queued") == ["a.json"] and read_json(run.job("a", "queued"))["not_before"] == 1.0
 
 
