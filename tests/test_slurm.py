@@ -21,6 +21,8 @@ from executioner.slurm import SlurmOptions, merge_dependency
 
 from .conftest import cli
 
+pytestmark = pytest.mark.timeout(300)  # these wait on a real scheduler (one test up to ~4 min at worst)
+
 
 def _cluster_problem() -> str | None:
     if not shutil.which("sbatch"):
