@@ -15,7 +15,7 @@ from .layout import STATES, PoolLayout, RunLayout
 from . import fsio
 from .reap import Reaper, owner_dead_here
 from .status import run_status
-from .store import list_jobs
+from .store import list_jobs, read_run_record
 
 
 def _counts(run: RunLayout) -> dict[str, int]:
@@ -70,6 +70,8 @@ class _Watchman:
         self.warned = False
         # Workers just started (--workers, Slurm) need a moment to write their first heartbeat.
         self.quiet_until = time.monotonic() + min(5.0, stale_after)
+        self.stranded = False  # every Slurm job of the run has ended, with work left: stop waiting
+        self.slurm_checked = -1e9
 
     def check(self, counts: dict[str, int]) -> None:
         if time.monotonic() - self.last < self.every:
@@ -77,6 +79,8 @@ class _Watchman:
         self.last = time.monotonic()
         for job in self.reaper.reap(self.run):
             self.say(f"{self.run.run_id}: requeued {job}: its worker is gone")
+        if counts["running"] == 0 and (counts["queued"] or counts["waiting"]):
+            self._check_slurm()
         if counts["queued"] and time.monotonic() >= self.quiet_until and not self.live.count():
             if not self.warned:
                 if os.path.exists(self.run.slurm_record):  # its workers or jobs may wait in Slurm's queue
@@ -87,6 +91,27 @@ class _Watchman:
                 self.warned = True
         else:
             self.warned = False
+
+
+    def _check_slurm(self) -> None:
+        """A run whose jobs only Slurm runs (the DAG backend), with nothing running and none of
+        its Slurm jobs left: what remains can never run without a resume. Say so, and stop."""
+        if time.monotonic() - self.slurm_checked < 10.0 or not os.path.exists(self.run.slurm_record):
+            return
+        self.slurm_checked = time.monotonic()
+        from .slurm import SlurmError, job_states, recorded_ids
+
+        try:
+            if read_run_record(self.run).get("backend") != "slurm":
+                return
+            ids = [i for kind in recorded_ids(self.run).values() for i in kind]
+            if job_states(ids):
+                return
+        except (SlurmError, OSError, ValueError):
+            return  # Slurm not reachable from here: keep waiting on the run directory
+        self.say(f"{self.run.run_id}: none of its Slurm jobs is left, and some jobs never ran; "
+                 f"`exec-submit --pool {shlex.quote(self.pool.root)} --resume {self.run.run_id}` submits them")
+        self.stranded = True
 
 
 def wait_for_run(run: RunLayout, total: int, interval: float = 0.5, stream: Any = None,
@@ -123,6 +148,8 @@ def _follow(run: RunLayout, interval: float, watchman: _Watchman, show: Any) -> 
         counts = _counts(run)
         show(counts)
         watchman.check(counts)
+        if watchman.stranded:
+            return run_status(run)
         if not counts["queued"] and not counts["running"]:
             status = run_status(run)  # reads waiting jobs to tell blocked from promotable
             if status["state"] != "running":

@@ -323,3 +323,23 @@ def test_resume_replaces_slurm_jobs_whose_upstream_is_skipped_or_taken_back(
     until("the rolled-back run to finish", lambda: status(run)["state"] == "done")
     y = record(run, "y", "done")
     assert y["slurm"]["job_id"] != old_y and [t["status"] for t in y["tries"]][-1] == "done"
+
+
+def test_wait_stops_when_no_slurm_job_of_the_run_is_left(slurm: None, slurm_pool: Path, tmp_path: Path) -> None:
+    import sys
+
+    jobs = [{"id": "later", "command": "true", "slurm": {"additional_parameters": {"begin": "now+600"}}}]
+    wf = write(tmp_path, jobs, "stranded")
+    waiter = subprocess.Popen([sys.executable, "-c", "import sys; from executioner.cli import submit_main; "
+                               "sys.exit(submit_main(sys.argv[1:]))", str(wf), "--pool", str(slurm_pool),
+                               "--backend", "slurm", "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        run_dir = waiter.stdout.readline().split(" ", 1)[1].strip()  # type: ignore[union-attr]
+        run = RunLayout(run_dir)
+        job_id = until("its Slurm job id", lambda: record(run, "later", "queued").get("slurm", {}).get("job_id"))
+        subprocess.run(["scancel", str(job_id)], check=True, timeout=20)  # by hand, not --cancel
+        assert waiter.wait(timeout=60) == 1
+        assert "none of its Slurm jobs is left, and some jobs never ran" in waiter.stderr.read()  # type: ignore[union-attr]
+    finally:
+        waiter.kill()
