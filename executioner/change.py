@@ -149,11 +149,7 @@ def _take_claim(run: RunLayout, step: Step) -> str:
         raise _Moved(step.job) from None
     if record is None:
         raise _Moved(step.job)
-    claim: dict[str, Any] | None
-    try:
-        claim = fsio.read_json(run.claim_record(step.job, len(record["tries"]) + 1))
-    except (OSError, ValueError):
-        claim = None
+    claim = store.claim_lock(run, step.job, token, record)
     # RACE: its worker may finish this instant; exactly one of the two renames from the
     # claim's name wins. If the worker won, the job is not in queued/ and we plan again.
     if not requeue_lost(run, step.job, token, record, step.take or "taken back", claim, into="queued"):

@@ -114,7 +114,7 @@ class Reaper:
                 beats[worker] = None
         beat = beats[worker]
         if beat is None:
-            stamp = os.stat(run.claim_record(job_id, len(record["tries"]) + 1)).st_mtime
+            stamp = os.stat(run.claim_record(job_id, int(claim.get("try", len(record["tries"]) + 1)))).st_mtime
             return self._verdict(path, stamp, mono, f"no heartbeat file ({who}); claim unchanged for {{age:.0f}} s")
         return self._verdict("worker:" + worker, beat, mono, f"no heartbeat for {{age:.0f}} s ({who})")
 
@@ -122,9 +122,8 @@ class Reaper:
                       record: dict[str, Any]) -> dict[str, Any] | None:
         if self._claims.get(path) is None:
             try:
-                claim = fsio.read_json(run.claim_record(job_id, len(record["tries"]) + 1))
-                self._claims[path] = claim if isinstance(claim, dict) and claim.get("token") == token else None
-            except (OSError, ValueError):
+                self._claims[path] = store.claim_lock(run, job_id, token, record)
+            except (KeyError, TypeError):
                 self._claims[path] = None
         return self._claims[path]
 
@@ -179,10 +178,20 @@ def requeue_lost(run: RunLayout, job_id: str, token: str, record: dict[str, Any]
     same moment, exactly one of the two renames wins.
     """
     claim = claim or {}
-    entry = store.try_record(len(record["tries"]) + 1, record.get("attempt", 1), "lost", reason=reason,
-                               start=claim.get("claimed_at"), end=time.time(),
-                               worker=claim.get("worker"), host=claim.get("host"), worker_pid=claim.get("pid"))
-    tries = [*record["tries"], entry]
+    claimed_try = claim.get("try")
+    if isinstance(claimed_try, int) and 1 <= claimed_try <= len(record["tries"]):
+        # RACE: its worker wrote its result into the claim (the write that precedes its
+        # fenced rename) and stopped before the rename. That result was never committed:
+        # the try is lost like any other, and is recorded once, not twice.
+        unfinished = record["tries"][claimed_try - 1]
+        entry = dict(unfinished, status="lost", reason=f"{reason}; its result ({unfinished.get('status')}) "
+                     "was written but never committed")
+        tries = [*record["tries"][:claimed_try - 1], entry]
+    else:
+        entry = store.try_record(len(record["tries"]) + 1, record.get("attempt", 1), "lost", reason=reason,
+                                 start=claim.get("claimed_at"), end=time.time(),
+                                 worker=claim.get("worker"), host=claim.get("host"), worker_pid=claim.get("pid"))
+        tries = [*record["tries"], entry]
     lost = sum(1 for t in store.attempt_tries(dict(record, tries=tries)) if t.get("status") == "lost")
     max_lost = record["spec"].get("max_lost", 3)
     new = dict(record, tries=tries, not_before=None)
@@ -213,12 +222,7 @@ def judge_now(pool: PoolLayout, run: RunLayout, job_id: str, token: str, record:
     which is why workers never use it. A wrong "stale" costs a re-run (the fence keeps the
     job single); a wrong "live" refuses the resume, and ``--force`` or waiting settles it.
     """
-    try:
-        claim = fsio.read_json(run.claim_record(job_id, len(record["tries"]) + 1))
-        if not isinstance(claim, dict) or claim.get("token") != token:
-            claim = None
-    except (OSError, ValueError):
-        claim = None
+    claim = store.claim_lock(run, job_id, token, record)
     if claim is None:
         stamp = os.stat(run.running(job_id, token)).st_ctime
         if now - stamp > stale_after:

@@ -419,8 +419,10 @@ def pool_worker_claims(run: RunLayout) -> list[str]:
         job_id = name.split("@")[0]
         try:
             record = fsio.read_json(os.path.join(run.state_dir("running"), name))
-            claim = fsio.read_json(run.claim_record(job_id, len(record["tries"]) + 1))
+            claim = store.claim_lock(run, job_id, name[len(job_id) + 1:-len(".json")], record)
         except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if claim is None:
             continue
         if not claim.get("dag"):  # array workers run inside Slurm too: only a DAG job says so
             held.append(f"job {job_id} is held in running/ by pool worker {claim.get('worker')} "

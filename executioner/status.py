@@ -12,6 +12,7 @@ import psutil
 from . import fsio
 from .errors import PoolError
 from .layout import STATES, PoolLayout, RunLayout, job_id_of, split_running_name
+from .store import claim_lock as store_claim_lock
 from .store import read_run_record
 
 JOB_STATES = ("waiting", "queued", "running", "done", "failed", "blocked")
@@ -73,12 +74,9 @@ def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
             record = None  # moved since the listing, or not readable: shown without details
         claim = None
         if state == "running" and isinstance(record, dict) and isinstance(record.get("tries"), list):
-            try:
-                claim = fsio.read_json(run.claim_record(job_id, len(record["tries"]) + 1))
-            except (OSError, ValueError):
-                pass  # not written yet (the claim is a moment old), or torn: shown without it
-            if claim is not None and not os.path.basename(path).startswith(f"{job_id}@{claim.get('token')}"):
-                claim = None  # the record of another claim of the same try number
+            parts = split_running_name(os.path.basename(path))
+            # None when not written yet (the claim is a moment old), or torn: shown without it
+            claim = store_claim_lock(run, job_id, parts[1], record) if parts else None
         views[job_id] = JobView(job_id, state, record, claim)
     _mark_blocked(views)
     _mark_held(views)

@@ -206,6 +206,22 @@ def claim(run: RunLayout, job_id: str, owner: Owner) -> Claim | None:
     return Claim(run, job_id, token, record, owner, now)
 
 
+def claim_lock(run: RunLayout, job_id: str, token: str, record: dict[str, Any]) -> dict[str, Any] | None:
+    """The lock of the claim ``running/<job>@<token>``, whose file holds ``record``; None if
+    it has none (yet). It is the lock of try len(tries) + 1, or of try len(tries) when the
+    owner has already written its result into the claim (just before its fenced rename)."""
+    for number in (len(record["tries"]) + 1, len(record["tries"])):
+        if number < 1:
+            continue
+        try:
+            lock = fsio.read_json(run.claim_record(job_id, number))
+        except (OSError, ValueError):
+            continue
+        if isinstance(lock, dict) and lock.get("token") == token:
+            return lock
+    return None
+
+
 def write_lock(claim: Claim) -> None:
     o = claim.owner
     fsio.atomic_write_json(claim.lock, {

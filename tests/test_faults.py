@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from executioner import PoolLayout, store
+from executioner import PoolLayout, fsio, store
 from executioner.fsio import HOST, atomic_write_json, read_json
 from executioner.reap import Reaper, requeue_lost, storage_now
 
@@ -223,3 +223,24 @@ def test_a_stopping_worker_keeps_beating_until_its_commands_are_gone(pool: Path,
     assert len(stamps) >= 4, "the heartbeat stood still while the worker was stopping"
     assert proc.wait(timeout=20) == 0
     assert [t["status"] for t in read_json(run.job("slow-stop", "queued"))["tries"]] == ["preempted"]
+
+
+def test_a_result_written_but_not_committed_is_recorded_as_lost_once(pool: Path, make_workflow) -> None:
+    """The owner writes its result into its claim, then stops before the fenced rename;
+    the reaper must not keep that "done" try as if it had completed the job."""
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
+    claim = fake_remote_claim(pool, run, "a")
+    result = store.try_record(1, 1, "done", start=1.0, end=2.0, worker="far-1-abcd", host="far-away-host",
+                              worker_pid=999_999_999, exit_code=0)
+    path = run.running("a", claim.token)
+    with open(path, "r+b") as f:  # what the owner's finish does before its rename
+        payload = fsio.dumps(dict(claim.record, tries=[result], last_exit_code=0))
+        f.write(payload)
+        f.truncate(len(payload))
+    reaper = Reaper(PoolLayout(str(pool)), stale_after=60)
+    assert reaper.reap(run, mono=0) == [] and reaper.reap(run, mono=61) == ["a"]
+    queued = read_json(run.job("a", "queued"))
+    assert [(t["try"], t["status"]) for t in queued["tries"]] == [(1, "lost")]
+    assert "was written but never committed" in queued["tries"][0]["reason"]
+    work(pool, run)
+    assert [(t["try"], t["status"]) for t in read_json(run.job("a", "done"))["tries"]] == [(1, "lost"), (2, "done")]
