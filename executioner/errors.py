@@ -65,25 +65,21 @@ class WorkflowErrors(ExecutionerError, ValueError):
         return "\n".join(str(e) for e in self.errors)
 
 
-class RunBusy(ExecutionerError, BlockingIOError):
+class _RunMessage(ExecutionerError):
+    """An error about one run, printed as its message alone."""
+
+    def __init__(self, message: str, run_id: str = ""):
+        self.message = message
+        self.run_id = run_id
+        super().__init__(message, run_id)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class RunBusy(_RunMessage, BlockingIOError):
     """Someone else is changing this run right now (the coordinator lock is held)."""
 
-    def __init__(self, message: str, run_id: str = ""):
-        self.message = message
-        self.run_id = run_id
-        super().__init__(message, run_id)
 
-    def __str__(self) -> str:
-        return self.message
-
-
-class Refused(ExecutionerError, RuntimeError):
+class Refused(_RunMessage, RuntimeError):
     """A resume, rollback or from-job failed one of its checks; nothing was written."""
-
-    def __init__(self, message: str, run_id: str = ""):
-        self.message = message
-        self.run_id = run_id
-        super().__init__(message, run_id)
-
-    def __str__(self) -> str:
-        return self.message
