@@ -57,8 +57,8 @@ class Worker(Claiming):
         self.slurm_dag = slurm_dag  # pool workers leave runs of the Slurm-DAG backend alone
         self._wont_fit: set[tuple[str, str]] = set()
         self.stop_reason = "worker stopped"
-        self.in_slurm = slurm_job_id() is not None  # a failed command waits a moment for our signal handler
         slurm_job = slurm_job_id()
+        self.in_slurm = slurm_job is not None  # a failed command waits a moment for our signal handler
         prefix = f"slurm{slurm_job}-" if slurm_job else ""  # a worker inside a Slurm job says so
         self.worker_id = f"{prefix}{fsio.HOST}-{os.getpid()}-{secrets.token_hex(2)}"
         self.owner = store.Owner.current(self.worker_id, dag=slurm_dag)
@@ -274,13 +274,7 @@ class Worker(Claiming):
     def _execute(self, claim: store.Claim) -> None:
         run, record = claim.run, claim.record
         spec = record["spec"]
-        run_record = self._records[run.run_id]
-        if record.get("attempt", 1) > run_record.get("attempt", 1):
-            # A resume since we read run.json may have changed the run's env or workdir.
-            try:
-                run_record = self._records[run.run_id] = store.read_run_record(run)
-            except (OSError, ValueError):
-                pass  # keep the one we have; the job's own spec is current anyway
+        run_record = self._records[run.run_id]  # read again by _take if a resume came since
         try_number = claim.try_number
         cwd = os.path.normpath(os.path.join(run_record["workdir"], spec["workdir"] or ""))
         env = build_env(dict(os.environ), [run_record["env"], spec["env"]], {
