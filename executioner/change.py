@@ -291,9 +291,8 @@ def annotate(run: RunLayout, updates: dict[str, dict[str, Any]], why: str) -> No
             _still_ours(run, lock)
             steps = []
             for job_id, extra in updates.items():
-                state = next((s for s in ("waiting", "queued", "done", "failed")
-                              if os.path.exists(run.job(job_id, s))), None)
-                if state is None:  # claimed meanwhile (running/): nothing to record it on now
+                state = store.state_of(run, job_id)
+                if state in (None, "running"):  # claimed meanwhile: nothing to record it on now
                     log.warning("run %s: job %s is running; not recording %s on it", run.run_id, job_id, why)
                     continue
                 steps.append(Step(job_id, "note", why, state, state, build=_adding(extra)))

@@ -99,13 +99,12 @@ class _Watchman:
         if time.monotonic() - self.slurm_checked < 10.0 or not os.path.exists(self.run.slurm_record):
             return
         self.slurm_checked = time.monotonic()
-        from .slurm import SlurmError, job_states, recorded_ids
+        from .slurm import SlurmError, all_ids, job_states
 
         try:
             if read_run_record(self.run).get("backend") != "slurm":
                 return
-            ids = [i for kind in recorded_ids(self.run).values() for i in kind]
-            if job_states(ids):
+            if job_states(all_ids(self.run)):
                 return
         except (SlurmError, OSError, ValueError):
             return  # Slurm not reachable from here: keep waiting on the run directory

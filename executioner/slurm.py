@@ -221,7 +221,7 @@ def dag_entry(pool: str, run_id: str, job_id: str, heartbeat: float, stale_after
         raise JobNotDone(f"job {job_id} of run {run_id} belongs to Slurm job {recorded}, not to us ({mine})")
     stuck_since = None
     while True:
-        state = _state_of(run, job_id)
+        state = store.state_of(run, job_id)
         if state in ("done", "failed", None) or stopper.signal:
             break
         if state == "waiting" and not store.promote(run, [job_id]):
@@ -245,15 +245,6 @@ def _listdir(path: str) -> list[str]:
         return os.listdir(path)
     except FileNotFoundError:
         return []
-
-
-def _state_of(run: RunLayout, job_id: str) -> str | None:
-    for state in ("done", "failed", "queued", "waiting"):
-        if os.path.exists(run.job(job_id, state)):
-            return state
-    if any(n.startswith(job_id + "@") for n in os.listdir(run.state_dir("running"))):
-        return "running"
-    return None
 
 
 def recorded_slurm_id(run: RunLayout, job_id: str) -> tuple[str | None, str | None]:
@@ -326,6 +317,11 @@ def recorded_ids(run: RunLayout) -> dict[str, list[str]]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def all_ids(run: RunLayout) -> list[str]:
+    """Every Slurm job id recorded for the run, workers and DAG jobs alike."""
+    return [i for kind in recorded_ids(run).values() for i in kind]
 
 
 ALIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING")
@@ -432,7 +428,7 @@ def pool_worker_claims(run: RunLayout) -> list[str]:
 
 def cancel_run(run: RunLayout, dry_run: bool = False) -> list[str]:
     """scancel every Slurm job of the run Slurm still knows; running ones hand their jobs back."""
-    ids = [i for kind in recorded_ids(run).values() for i in kind]
+    ids = all_ids(run)
     known = job_states(ids)
     live = [i for i in ids if i in known or any(k.startswith(i + "_") for k in known)]
     if not dry_run:

@@ -23,7 +23,7 @@ import psutil
 
 from . import fsio
 from .attempts import definition_hash
-from .layout import FORMAT_VERSION, RunLayout, job_id_of
+from .layout import FORMAT_VERSION, TOKEN_SEP, RunLayout, job_id_of
 from .scrub import quarantine, read_checked
 from .workflow import JobSpec
 
@@ -247,6 +247,16 @@ def list_jobs(run: RunLayout, state: str) -> list[str]:
     except FileNotFoundError:
         return []
     return [j for j in (job_id_of(n) for n in names) if j is not None]
+
+
+def state_of(run: RunLayout, job_id: str) -> str | None:
+    """The state folder holding the job now (running/ under any token); None if none does."""
+    for state in ("done", "failed", "queued", "waiting"):
+        if os.path.exists(run.job(job_id, state)):
+            return state
+    if any(stem.startswith(job_id + TOKEN_SEP) for stem in list_jobs(run, "running")):
+        return "running"
+    return None
 
 
 def deps_done(run: RunLayout, record: dict[str, Any], done: set[str] | None = None) -> bool:
