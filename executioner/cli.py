@@ -122,8 +122,9 @@ def submit_main(argv: list[str] | None = None) -> int:
         print(plan.text(), file=sys.stderr, flush=True)
     from .slurm import SlurmError
 
+    backend = _backend(run)
     try:
-        if _backend(run) == "slurm":
+        if backend == "slurm":
             from .slurm import submit_dag
 
             to_run = [s.job for s in plan.steps if s.action == "run"]
@@ -139,7 +140,7 @@ def submit_main(argv: list[str] | None = None) -> int:
                                     heartbeat=a.stale_after / 6, stale_after=a.stale_after)
             print(f"slurm: {len(workers)} worker(s): {' '.join(workers)}", file=sys.stderr, flush=True)
     except (SlurmError, Refused) as e:
-        if not a.resume and _backend(run) == "slurm":  # a new run that nothing can run: not kept
+        if not a.resume and backend == "slurm":  # a new run that nothing can run: not kept
             import shutil
 
             shutil.rmtree(run.root, ignore_errors=True)
@@ -228,14 +229,15 @@ def _resume(pool: PoolLayout, run_id: str, path: str | None, options: Any,
     if not is_run_dir(run.root):
         raise PoolError(f"no run {run_id!r} in this pool", pool.root)
     workflow = workflow_for_resume(run, path)
+    slurm = (options.backend or _backend(run)) == "slurm"
     held: list[str] = []
-    if (options.backend or _backend(run)) == "slurm":
+    if slurm:
         from .slurm import pool_worker_claims
 
         held = pool_worker_claims(run)
     if dry_run:
         plan = plan_resume(pool, run, workflow, options)
-        if options.backend == "slurm" or _backend(run) == "slurm":
+        if slurm:
             plan.check("Slurm backend", not held, "; ".join(held) or "no job held by a pool worker")
         return None, plan
     if held:

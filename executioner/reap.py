@@ -196,12 +196,10 @@ def requeue_lost(run: RunLayout, job_id: str, token: str, record: dict[str, Any]
     max_lost = record["spec"].get("max_lost", 3)
     new = dict(record, tries=tries, not_before=None)
     state = into or "queued"
-    if into:
-        pass
-    elif lost >= max_lost:
+    if into is None and lost >= max_lost:
         state = "failed"
         new["reason"] = f"lost {lost} times (max_lost {max_lost}); last: {reason}"
-    elif _slurm_backend(run):
+    elif into is None and _slurm_backend(run):
         # Only its own Slurm job runs a job of the Slurm-DAG backend, and that one is gone:
         # in queued/ nobody would take it. In failed/ its dependents show as blocked, and a
         # resume submits it again.
