@@ -292,7 +292,7 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
 
     final_done: set[str] = set()
     failed_upstream: dict[str, str] = {}
-    live = []
+    live: list[str] = []
     for j in order:
         spec, cur = specs[j], current.get(j)
         state = cur.state if cur else None
@@ -302,15 +302,7 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
             continue
         step = _step(j, spec, cur, rerun, skipped, options, failed_upstream, final_done, attempt,
                      dependents, run_id)
-        if state == "running" and step.dst is not None:
-            if cur and cur.live:
-                live.append(f"job {j} is {cur.live}")
-                step.take = f"taken back by exec-submit --{plan.why} --force"
-            else:
-                step.take = f"stale claim requeued by exec-submit --{plan.why}: {cur.stale if cur else ''}"
-            step.token = cur.token if cur else None
-        elif state == "running" and cur and cur.live:
-            live.append(f"job {j} is {cur.live}")
+        _mind_claim(step, cur, plan.why, live)
         plan.steps.append(step)
         if step.dst == "done" or (step.dst is None and state == "done"):
             final_done.add(j)
@@ -318,13 +310,7 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
         cur = current[j]
         step = Step(j, "remove", "not in the workflow any more: kept under removed/", cur.state,
                     dst="removed", build=lambda r: r or {})
-        if cur.state == "running":
-            step.token = cur.token
-            if cur.live:
-                live.append(f"job {j} is {cur.live}")
-                step.take = f"taken back by exec-submit --{plan.why} --force (job removed)"
-            else:
-                step.take = f"stale claim requeued by exec-submit --{plan.why}: {cur.stale}"
+        _mind_claim(step, cur, plan.why, live, " (job removed)")
         plan.steps.append(step)
     for step in plan.steps:
         if step.job in missing and step.src is None:
@@ -334,6 +320,19 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
             change["old"], change["new"] = "missing", "recreated"
     _checks(plan, current, live, options, missing)
     return plan
+
+
+def _mind_claim(step: Step, cur: Current | None, why: str, live: list[str], note: str = "") -> None:
+    """A step on a job in running/: a live claim is noted (it refuses without --force), and if
+    the step moves the job, its claim is taken back first (stale, or live with --force)."""
+    if cur is None or cur.state != "running":
+        return
+    if cur.live:
+        live.append(f"job {step.job} is {cur.live}")
+    if step.dst is not None:
+        step.token = cur.token
+        step.take = (f"taken back by exec-submit --{why} --force{note}" if cur.live
+                     else f"stale claim requeued by exec-submit --{why}: {cur.stale}")
 
 
 def _check_names(workflow: Workflow, specs: dict[str, JobSpec], options: Options) -> None:
