@@ -61,13 +61,20 @@ def atomic_write_json(path: str, data: Any) -> None:
     atomic_write(path, dumps(data))
 
 
-def read_bytes(path: str) -> bytes:
+MAX_READ = 64 << 20  # no file of ours is this big: a larger one is refused, not read whole
+
+
+def read_bytes(path: str, limit: int = MAX_READ) -> bytes:
     """The whole file. Opened non-blocking, so a FIFO planted in a state folder cannot hang
-    us; anything but a regular file is refused with ValueError."""
+    us; anything but a regular file, or a file larger than ``limit``, is refused with
+    ValueError."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise ValueError("not a regular file")
+        if st.st_size > limit:
+            raise ValueError(f"too large ({st.st_size} bytes)")
         chunks = []
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)
@@ -76,8 +83,8 @@ def read_bytes(path: str) -> bytes:
         os.close(fd)
 
 
-def read_json(path: str) -> Any:
-    return orjson.loads(read_bytes(path))
+def read_json(path: str, limit: int = MAX_READ) -> Any:
+    return orjson.loads(read_bytes(path, limit))
 
 
 def unlink_quietly(path: str) -> None:
