@@ -29,12 +29,12 @@ import shutil
 import time
 from typing import Any, Callable
 
-from . import attempts, fsio, store
+from . import attempts, fence, fsio, store
 from .coord import coordinating, refresh
 from .errors import Refused
 from .layout import STAGE_SEP, STATES, RunLayout
 from .plan import Plan, Step
-from .reap import requeue_lost
+from .reap import recover_private, requeue_lost
 from .scrub import read_checked
 
 log = logging.getLogger("executioner.change")
@@ -142,6 +142,14 @@ def _grab_all(stage: _Stage, steps: list[Step]) -> dict[str, tuple[str, dict[str
 def _take_claim(run: RunLayout, step: Step) -> str:
     """Requeue a running job (stale, or live with --force); its worker's fence then fails."""
     token = step.token or ""
+    if step.private is not None:
+        private = fence.Private.parse(run, step.private)
+        assert private is not None
+        # RACE: its owner may finish this instant: one rename of the folder wins; if the
+        # owner's did, the job is not in queued/ and we plan again.
+        if recover_private(run, private, step.take or "taken back", into="queued") is None:
+            raise _Moved(step.job)
+        return "queued"
     path = run.running(step.job, token)
     try:
         record, _ = read_checked(path, step.job)

@@ -13,6 +13,9 @@ Format version 1. A *pool* is a directory of runs::
         waiting/<job>.json           dependencies not done yet (or blocked by a failure)
         queued/<job>.json            ready to run (a retry may carry "not_before")
         running/<job>@<token>.json   claimed; <token> names the claim
+        running/<job>@<token>+<who>/<job>.json
+                                     the same job while one process takes it out of
+                                     running/ (format 2): its private folder, see below
         done/<job>.json              finished with success
         failed/<job>.json            finished without success, retries used up
         logs/<job>.<try>.claim       the lock of try N, written right after the claim rename:
@@ -35,6 +38,21 @@ Format version 1. A *pool* is a directory of runs::
         slurm.json                   Slurm job ids of this run: "workers" (arrays), "dag" (jobs)
         slurm/<slurm job id>/        submitit's files and logs of each Slurm job
 
+**Leaving running/ (format 2).** Nobody ever writes into a file another process can still
+reach by name. Whoever takes a job out of ``running/`` (its worker finishing, a reaper or a
+resume taking a claim back, a checker recovering one of these that stalled) first creates
+its private folder ``running/<job>@<token>+<who>/`` and renames the claim into it (the
+fence: only one rename of the claim can succeed), writes the new record as a fresh temp
+file, renames that over the job file inside its folder, and renames the job file out to
+its new state folder; then it removes the empty folder. ``<who>`` is
+``<intent>-<random>-<pid>-<host>``: the intent is the state it is committing to (``done``,
+``failed``, ``queued``, ``waiting``) or ``take``/``recover``. Each step is a rename from
+inside the private folder, so once a checker has renamed that folder to a private name of
+its own (because it stood still for ``--stale-after``, or its process is gone), every
+later step of the stalled owner fails and it writes nothing. While a job's file is in a
+private folder the job counts as ``running``. Format 1 runs (workers wrote into the claim
+itself) are read and finished the same way.
+
 A job's state is the folder its file is in, and nothing else. A job file holds the job's
 definition (``spec``), ``dependencies``, ``dependents``, every try so far (``tries``),
 ``last_exit_code`` and, while waiting for a retry delay, ``not_before``; since attempts
@@ -52,13 +70,14 @@ import os
 from dataclasses import dataclass
 from typing import Final, Literal
 
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2  # 2: a job leaves running/ through a private folder (see below)
 STATES: Final = ("waiting", "queued", "running", "done", "failed")
 State = Literal["waiting", "queued", "running", "done", "failed"]
 TOKEN_SEP: Final = "@"
 JOB_SUFFIX: Final = ".json"
 RUN_RECORD: Final = "run.json"
 STAGE_SEP: Final = "~"
+PRIVATE_SEP: Final = "+"
 
 
 @dataclass(frozen=True)
@@ -156,6 +175,14 @@ class RunLayout:
     def running(self, job_id: str, token: str) -> str:
         return os.path.join(self.root, "running", f"{job_id}{TOKEN_SEP}{token}{JOB_SUFFIX}")
 
+    def private(self, job_id: str, token: str, who: str) -> str:
+        """The private folder of a process taking claim ``<job>@<token>`` out of running/."""
+        return os.path.join(self.root, "running", f"{job_id}{TOKEN_SEP}{token}{PRIVATE_SEP}{who}")
+
+    def private_job(self, folder: str, job_id: str) -> str:
+        """The job's file inside a private folder."""
+        return os.path.join(folder, job_id + JOB_SUFFIX)
+
     def claim_record(self, job_id: str, try_number: int) -> str:
         """The lock of try N: who claimed it, with which token. Kept as the try's record."""
         return os.path.join(self.root, "logs", f"{job_id}.{try_number}.claim")
@@ -203,6 +230,15 @@ def split_running_name(filename: str) -> tuple[str, str] | None:
         return None
     job_id, sep, token = filename[: -len(JOB_SUFFIX)].rpartition(TOKEN_SEP)
     return (job_id, token) if sep and job_id and token else None
+
+
+def split_private_name(name: str) -> tuple[str, str, str] | None:
+    """``job@token+who`` -> (job, token, who); None for anything else."""
+    if name.startswith(".") or name.endswith(JOB_SUFFIX):
+        return None
+    claim, sep, who = name.partition(PRIVATE_SEP)
+    job_id, at, token = claim.rpartition(TOKEN_SEP)
+    return (job_id, token, who) if sep and at and job_id and token and who else None
 
 
 def job_id_of(filename: str) -> str | None:

@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import attempts
+from . import attempts, fence
 from .attempts import DEFINITION_FIELDS
 from .errors import Refused, RunBusy, WorkflowError, WorkflowErrors
 from .layout import STAGE_SEP, STATES, PoolLayout, RunLayout, split_running_name
-from .reap import judge_now
+from .reap import judge_now, judge_private_now
 from .scrub import read_checked
 from .status import interrupted_change, snapshot
 from .store import SPEC_DEFAULTS, new_job_record, read_run_record
@@ -58,6 +58,7 @@ class Current:
     token: str | None = None  # for running/
     live: str | None = None  # running/: why its claim is live (None: stale)
     stale: str | None = None  # running/: why its claim is stale
+    private: str | None = None  # running/: the private folder it is in (being taken out of running/)
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Step:
     build: Build | None = None  # new content from the content found when grabbed
     take: str | None = None  # running/: take the claim back first, with this reason
     token: str | None = None
+    private: str | None = None  # ... out of this private folder (see executioner.fence)
 
     def row(self) -> dict[str, Any]:
         return {"job": self.job, "action": self.action, "reason": self.reason,
@@ -157,10 +159,16 @@ def _read_once(pool: PoolLayout, run: RunLayout, stale_after: float, now: float,
             return None
         cur = Current(state, record)
         if state == "running":
-            cur.token = (split_running_name(os.path.basename(path)) or ("", ""))[1]
+            parts = split_running_name(os.path.basename(path))
+            private = None if parts else fence.Private.parse(run, os.path.basename(os.path.dirname(path)))
+            cur.token = parts[1] if parts else private.token if private else ""
+            cur.private = private.name if private else None
             if record is not None:
                 try:
-                    verdict, _ = judge_now(pool, run, job_id, cur.token, record, stale_after, now)
+                    if private is not None:
+                        verdict = judge_private_now(private, stale_after, now)
+                    else:
+                        verdict, _ = judge_now(pool, run, job_id, cur.token, record, stale_after, now)
                 except FileNotFoundError:
                     return None
                 if verdict.stale:
@@ -331,6 +339,7 @@ def _mind_claim(step: Step, cur: Current | None, why: str, live: list[str], note
         live.append(f"job {step.job} is {cur.live}")
     if step.dst is not None:
         step.token = cur.token
+        step.private = cur.private
         step.take = (f"taken back by exec-submit --{why} --force{note}" if cur.live
                      else f"stale claim requeued by exec-submit --{why}: {cur.stale}")
 

@@ -21,9 +21,11 @@ from typing import Any
 
 import psutil
 
-from . import fsio, store
-from .layout import PoolLayout, RunLayout, split_running_name
+from . import fence, fsio, store
+from .layout import PoolLayout, RunLayout
+from .rebuild import rebuilt
 from .scrub import quarantine, read_checked
+from .watch import Watch
 
 log = logging.getLogger("executioner.reap")
 
@@ -70,38 +72,50 @@ def owner_dead_here(claim: dict[str, Any]) -> bool:
 
 
 class Reaper:
-    """Judges the claims of a pool; one per worker (or per ``exec-submit --wait``)."""
+    """Judges the claims of a pool; one per worker (or per ``exec-submit --wait``).
 
-    def __init__(self, pool: PoolLayout, stale_after: float = 60.0):
+    With ``persist``, its observations are shared with (and continued from) every other
+    process of this host (see :mod:`executioner.watch`)."""
+
+    def __init__(self, pool: PoolLayout, stale_after: float = 60.0, persist: bool = False):
         self.pool = pool
         self.stale_after = stale_after
+        self.watch = Watch.shared(pool.workers_dir) if persist else Watch()
         self._claims: dict[str, dict[str, Any] | None] = {}  # running path -> claim record
         self.running_seen: dict[str, int] = {}  # run id -> claims in running/ at the last pass
-        self._seen: dict[str, tuple[float, float]] = {}  # sign of life -> (stamp, first seen, monotonic)
+        self._declared: dict[str, float] = {}  # worker id -> the staleness its heartbeat file declares
 
-    def _unchanged_for(self, key: str, stamp: float, mono: float) -> float:
-        """For how long (our monotonic clock) we have seen ``key`` carry this same ``stamp``."""
-        seen = self._seen.get(key)
-        if seen is None or seen[0] != stamp:
-            self._seen[key] = (stamp, mono)
-            return 0.0
-        return mono - seen[1]
+    def _verdict(self, key: str, stamp: float, mono: float, what: str, after: float | None = None) -> Verdict:
+        still = self.watch.still_for(key, stamp, mono)
+        return Verdict(still >= (after or self.stale_after), what.format(age=still))
 
-    def _verdict(self, key: str, stamp: float, mono: float, what: str) -> Verdict:
-        still = self._unchanged_for(key, stamp, mono)
-        return Verdict(still >= self.stale_after, what.format(age=still))
+    def _patience(self, worker: str) -> float:
+        """No claim is stale sooner than its own worker's settings allow: a checker with a short
+        --stale-after next to workers with a long heartbeat waits as long as they need."""
+        if worker not in self._declared:
+            declared = 0.0
+            try:
+                record = fsio.read_json(self.pool.heartbeat(worker), limit=1 << 16)
+                if isinstance(record, dict):
+                    values = [record.get("stale_after"), 2 * (record.get("heartbeat") or 0)]
+                    declared = max([float(v) for v in values if isinstance(v, (int, float)) and v == v
+                                    and 0 < v < 1e7] or [0.0])
+            except (OSError, ValueError):
+                pass
+            self._declared[worker] = declared
+        return max(self.stale_after, self._declared[worker])
 
-    def judge(self, run: RunLayout, name: str, record: dict[str, Any], mono: float,
+    def judge(self, run: RunLayout, job: store.Running | str, record: dict[str, Any], mono: float,
               beats: dict[str, float | None]) -> Verdict:
-        """Is the claim ``running/<name>`` stale? ``mono``: our monotonic clock;
+        """Is this claim (or ``running/<name>``) stale? ``mono``: our monotonic clock;
         ``beats``: worker id -> heartbeat mtime (filled as we go)."""
-        job_id, token = split_running_name(name) or ("", "")
-        path = os.path.join(run.state_dir("running"), name)
-        claim = self._claim_record(run, path, job_id, token, record)
+        if isinstance(job, str):
+            [job] = store.running_jobs(run, [job])
+        claim = self._claim_record(run, job, record)
         if claim is None:
             # Claimed but never locked (the worker died in between): the rename set the
             # file's ctime, in the storage's clock.
-            return self._verdict(path, os.stat(path).st_ctime, mono,
+            return self._verdict(f"claim:{run.run_id}/{job.name}", os.stat(job.path).st_ctime, mono,
                                  "claimed and never locked; unchanged for {age:.0f} s")
         who = f"host {claim.get('host')}, worker {claim.get('worker')}"
         if owner_dead_here(claim):
@@ -114,75 +128,96 @@ class Reaper:
                 beats[worker] = None
         beat = beats[worker]
         if beat is None:
-            stamp = os.stat(run.claim_record(job_id, int(claim.get("try", len(record["tries"]) + 1)))).st_mtime
-            return self._verdict(path, stamp, mono, f"no heartbeat file ({who}); claim unchanged for {{age:.0f}} s")
-        return self._verdict("worker:" + worker, beat, mono, f"no heartbeat for {{age:.0f}} s ({who})")
+            stamp = os.stat(run.claim_record(job.job_id, int(claim.get("try", len(record["tries"]) + 1)))).st_mtime
+            return self._verdict(f"claim:{run.run_id}/{job.name}", stamp, mono,
+                                 f"no heartbeat file ({who}); claim unchanged for {{age:.0f}} s")
+        return self._verdict("worker:" + worker, beat, mono, f"no heartbeat for {{age:.0f}} s ({who})",
+                             self._patience(worker))
 
-    def _claim_record(self, run: RunLayout, path: str, job_id: str, token: str,
-                      record: dict[str, Any]) -> dict[str, Any] | None:
-        if self._claims.get(path) is None:
+    def judge_private(self, run: RunLayout, private: fence.Private, mono: float) -> Verdict:
+        """A private folder in running/ (someone taking a job out): stale when its process is
+        gone here, or when it has stood still for stale_after (a commit takes milliseconds)."""
+        who = f"pid {private.pid} on {private.host}"
+        if private.owner_dead_here():
+            return Verdict(True, f"its {private.intent} by {who} was interrupted: process gone")
+        return self._verdict(f"private:{run.run_id}/{private.name}", private.stamp(), mono,
+                             f"its {private.intent} by {who} stood still for {{age:.0f}} s")
+
+    def _claim_record(self, run: RunLayout, job: store.Running, record: dict[str, Any]) -> dict[str, Any] | None:
+        if self._claims.get(job.path) is None:
             try:
-                self._claims[path] = store.claim_lock(run, job_id, token, record)
+                self._claims[job.path] = store.claim_lock(run, job.job_id, job.token, record)
             except (KeyError, TypeError):
-                self._claims[path] = None
-        return self._claims[path]
+                self._claims[job.path] = None
+        return self._claims[job.path]
 
     def reap(self, run: RunLayout, mono: float | None = None) -> list[str]:
-        """Requeue (or fail, past max_lost) every stale claim of ``run``; return the job ids.
-        ``mono`` is our monotonic clock (default: time.monotonic(); tests pass their own)."""
+        """Requeue (or fail, past max_lost) every stale claim of ``run``, and recover every
+        stalled private folder; return the job ids moved. ``mono`` is our monotonic clock
+        (default: time.monotonic(); tests pass their own). One bad entry never stops the pass."""
         mono = time.monotonic() if mono is None else mono
         try:
             names = os.listdir(run.state_dir("running"))
         except FileNotFoundError:
             return []
-        names = [n for n in names if split_running_name(n)]
-        self.running_seen[run.run_id] = len(names)
-        if not names:
-            return []
-        beats: dict[str, float | None] = {}
+        jobs = store.running_jobs(run, names)
+        self.running_seen[run.run_id] = len(jobs)
         moved = []
-        for name in names:
-            job_id, token = split_running_name(name)  # type: ignore[misc]
-            path = os.path.join(run.state_dir("running"), name)
+        for job in jobs:
             try:
-                record, problem = read_checked(path, job_id)
-                if record is None:
-                    # Its owner may be writing its result into it this very instant (and be
-                    # paused there): broken only if it stays so, unchanged, for stale_after.
-                    st = os.stat(path)
-                    if self._verdict("torn:" + path, st.st_mtime + st.st_size * 1e-9, mono, "").stale:
-                        quarantine(run, path, f"unreadable job file: {problem}")
-                    continue
-                verdict = self.judge(run, name, record, mono, beats)
+                state = self._reap_one(run, job, mono)
             except FileNotFoundError:
                 continue  # finished or requeued meanwhile
-            except OSError as e:  # one unreadable claim (EACCES, ESTALE) must not stop the pass
-                log.warning("run %s: cannot judge claim %s: %s", run.run_id, name, e)
+            except Exception as e:  # noqa: BLE001 - EACCES, ESTALE, a full disk, a strange record
+                log.warning("run %s: cannot judge %s: %s", run.run_id, job.name, e)
                 continue
-            if verdict.stale and requeue_lost(run, job_id, token, record, verdict.reason,
-                                              self._claims.get(os.path.join(run.state_dir("running"), name))):
-                moved.append(job_id)
+            if state is not None:
+                moved.append(job.job_id)
         self._claims = {p: c for p, c in self._claims.items() if os.path.basename(p) in names}
-        if len(self._seen) > 4 * len(names) + 1000:  # forget what no longer exists
-            self._seen = dict(list(self._seen.items())[-(2 * len(names) + 500):])
+        self.watch.save(mono)
         return moved
 
+    def _reap_one(self, run: RunLayout, job: store.Running, mono: float) -> str | None:
+        if job.private is not None:
+            verdict = self.judge_private(run, job.private, mono)
+            return recover_private(run, job.private, verdict.reason) if verdict.stale else None
+        record, problem = read_checked(job.path, job.job_id)
+        if record is None:
+            # Broken only if it stays so, unchanged, for stale_after (a format-1 worker may be
+            # writing its result into it this very instant).
+            st = os.stat(job.path)
+            if self._verdict(f"torn:{run.run_id}/{job.name}", st.st_mtime + st.st_size * 1e-9, mono, "").stale:
+                quarantine(run, job.path, f"unreadable job file: {problem}")
+            return None
+        verdict = self.judge(run, job, record, mono, {})
+        if not verdict.stale:
+            return None
+        return requeue_lost(run, job.job_id, job.token, record, verdict.reason, self._claims.get(job.path))
 
-def requeue_lost(run: RunLayout, job_id: str, token: str, record: dict[str, Any], reason: str,
-                 claim: dict[str, Any] | None, into: str | None = None) -> str | None:
-    """Record a ``lost`` try and move the job back to queued/, or to failed/ past max_lost
-    (or for the Slurm-DAG backend); ``into`` forces the state (a coordinator taking a claim
-    back places the job itself right after). Returns the state, None if the claim was gone.
 
-    The move is a rename from the stale claim's own name: if its worker finishes at the
-    same moment, exactly one of the two renames wins.
-    """
+def losses(tries: list[dict[str, Any]]) -> int:
+    """Tries that count against ``max_lost``: every ``lost`` one, and every ``preempted`` one
+    that follows another ``preempted`` try. A real preemption rarely hits one job twice in a
+    row; a job that signals its own worker (or that is longer than every allocation) does it
+    every time, and is stopped by max_lost instead of looping forever."""
+    count, previous = 0, None
+    for t in tries:
+        status = t.get("status") if isinstance(t, dict) else None
+        count += status == "lost" or (status == "preempted" and previous == "preempted")
+        previous = status
+    return count
+
+
+def lost_record(run: RunLayout, record: dict[str, Any], reason: str, claim: dict[str, Any] | None,
+                into: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Where a job whose claim was lost goes, and its record with the ``lost`` try: queued/, or
+    failed/ past max_lost or for the Slurm-DAG backend; ``into`` forces the state."""
     claim = claim or {}
     claimed_try = claim.get("try")
     if isinstance(claimed_try, int) and 1 <= claimed_try <= len(record["tries"]):
-        # RACE: its worker wrote its result into the claim (the write that precedes its
-        # fenced rename) and stopped before the rename. That result was never committed:
-        # the try is lost like any other, and is recorded once, not twice.
+        # RACE: its owner had swapped its result into its private folder and stopped before
+        # the final rename. That result was never committed: the try is lost like any other,
+        # and is recorded once, not twice.
         unfinished = record["tries"][claimed_try - 1]
         entry = dict(unfinished, status="lost", reason=f"{reason}; its result ({unfinished.get('status')}) "
                      "was written but never committed")
@@ -192,7 +227,7 @@ def requeue_lost(run: RunLayout, job_id: str, token: str, record: dict[str, Any]
                                  start=claim.get("claimed_at"), end=time.time(),
                                  worker=claim.get("worker"), host=claim.get("host"), worker_pid=claim.get("pid"))
         tries = [*record["tries"], entry]
-    lost = sum(1 for t in store.attempt_tries(dict(record, tries=tries)) if t.get("status") == "lost")
+    lost = losses(store.attempt_tries(dict(record, tries=tries)))
     max_lost = record["spec"].get("max_lost", 3)
     new = dict(record, tries=tries, not_before=None)
     state = into or "queued"
@@ -205,9 +240,49 @@ def requeue_lost(run: RunLayout, job_id: str, token: str, record: dict[str, Any]
         # resume submits it again.
         state = "failed"
         new["reason"] = f"its Slurm job was lost ({reason}); `exec-submit --resume` runs it again"
-    if not store.transition(run, job_id, "running", state, token=token, record=new):
-        return None
-    log.warning("run %s: job %s %s: %s", run.run_id, job_id, "failed" if state == "failed" else "requeued", reason)
+    return state, new
+
+
+def requeue_lost(run: RunLayout, job_id: str, token: str, record: dict[str, Any], reason: str,
+                 claim: dict[str, Any] | None, into: str | None = None) -> str | None:
+    """Take a stale claim: record a ``lost`` try and move the job back to queued/ (or failed/,
+    see :func:`lost_record`). Returns the state, None if the claim was gone.
+
+    The claim is fenced into our private folder first: if its worker finishes at the same
+    moment, exactly one of the two renames of the claim wins.
+    """
+    def build(content: dict[str, Any] | None, _private: fence.Private) -> tuple[str, dict[str, Any]]:
+        found = content if fence.valid(content, job_id) else record
+        assert found is not None
+        return lost_record(run, found, reason, claim, into)
+
+    state = store.take(run, job_id, token, build)
+    if state is not None:
+        log.warning("run %s: job %s %s: %s", run.run_id, job_id, "failed" if state == "failed" else "requeued",
+                    reason)
+    return state
+
+
+def recover_private(run: RunLayout, private: fence.Private, reason: str, into: str | None = None) -> str | None:
+    """Take over a stalled private folder and place its job: its owner's finished result as
+    the owner meant it, else the job with a ``lost`` try; a torn job file is rebuilt."""
+    def build(content: dict[str, Any] | None, mine: fence.Private) -> tuple[str, dict[str, Any]] | None:
+        if not fence.valid(content, private.job_id):
+            record = rebuilt(run, private.job_id, f"{reason}; its job file was torn: rebuilt from the workflow "
+                                                  "(earlier tries are not kept)")
+            if record is None:
+                quarantine(run, mine.job_file, f"torn while being committed ({reason}), and not in the workflow")
+                return None
+            return into or "waiting", record
+        assert content is not None
+        claim = store.claim_lock(run, private.job_id, private.token, content)
+        if into is None and fence.completed(content, private, (claim or {}).get("try")):
+            return private.intent, content
+        return lost_record(run, content, reason, claim, into)
+
+    state = fence.recover(private, build)
+    if state is not None:
+        log.warning("run %s: job %s placed in %s/: %s", run.run_id, private.job_id, state, reason)
     return state
 
 
@@ -238,6 +313,18 @@ def judge_now(pool: PoolLayout, run: RunLayout, job_id: str, token: str, record:
     if age > stale_after:
         return Verdict(True, f"no heartbeat for {age:.0f} s ({who})"), claim
     return Verdict(False, f"running on {who}"), claim
+
+
+def judge_private_now(private: fence.Private, stale_after: float, now: float) -> Verdict:
+    """A one-look verdict on a private folder (see :func:`judge_now`): a commit takes
+    milliseconds, so one that has stood for stale_after by ``now`` is taken as stalled."""
+    who = f"pid {private.pid} on {private.host}"
+    if private.owner_dead_here():
+        return Verdict(True, f"its {private.intent} by {who} was interrupted: process gone")
+    age = now - os.stat(private.path).st_mtime
+    if age > stale_after:
+        return Verdict(True, f"its {private.intent} by {who} has stood still for {age:.0f} s")
+    return Verdict(False, f"being taken out of running/ by {who}")
 
 
 def _slurm_backend(run: RunLayout) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 
 from . import fsio
-from .layout import STATES, RunLayout, job_id_of, split_running_name
+from .layout import STATES, RunLayout, job_id_of, split_private_name, split_running_name
 from .workflow import JOB_ID_RE
 
 log = logging.getLogger("executioner.scrub")
@@ -124,6 +124,8 @@ class Scrubber:
                         continue
                     if name.startswith("."):
                         continue  # our own markers (.sweep.lock)
+                    if state == "running" and split_private_name(name) and entry.is_dir(follow_symlinks=False):
+                        continue  # a private folder: judged (and recovered) by the reaper
                     if entry.is_symlink():
                         reason: str | None = "a symlink"
                     elif entry.is_dir(follow_symlinks=False):

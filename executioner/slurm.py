@@ -249,9 +249,8 @@ def _listdir(path: str) -> list[str]:
 
 def recorded_slurm_id(run: RunLayout, job_id: str) -> tuple[str | None, str | None]:
     """(the Slurm job id written into the job's file, the state it was found in)."""
-    running = [n for n in _listdir(run.state_dir("running")) if n.startswith(job_id + "@")]
     places = [(s, run.job(job_id, s)) for s in ("queued", "waiting", "done", "failed")]
-    places += [("running", os.path.join(run.state_dir("running"), n)) for n in running]
+    places += [("running", r.path) for r in store.running_jobs(run) if r.job_id == job_id]
     for state, path in places:
         try:
             record = fsio.read_json(path)
@@ -411,11 +410,11 @@ def _job_minutes(spec: Any) -> int:
 def pool_worker_claims(run: RunLayout) -> list[str]:
     """Jobs held in running/ by a worker that is not a Slurm job: they stop a DAG submission."""
     held = []
-    for name in _listdir(run.state_dir("running")):
-        job_id = name.split("@")[0]
+    for job in store.running_jobs(run):
+        job_id = job.job_id
         try:
-            record = fsio.read_json(os.path.join(run.state_dir("running"), name))
-            claim = store.claim_lock(run, job_id, name[len(job_id) + 1:-len(".json")], record)
+            record = fsio.read_json(job.path)
+            claim = store.claim_lock(run, job_id, job.token, record)
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if claim is None:

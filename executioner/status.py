@@ -11,13 +11,16 @@ import psutil
 
 from . import fsio
 from .errors import PoolError
-from .layout import STATES, PoolLayout, RunLayout, job_id_of, split_running_name
+from .layout import STAGE_SEP, STATES, PoolLayout, RunLayout, job_id_of, split_private_name, split_running_name
+from .rebuild import known_jobs
 from .store import claim_lock as store_claim_lock
-from .store import read_run_record
+from .store import read_run_record, running_jobs
 
 JOB_STATES = ("waiting", "queued", "running", "done", "failed", "blocked")
 # Shown as job states, counted as the folder they are in (the --json count keys are fixed).
-COUNTED_AS = {"held": "waiting", "skipped": "done"}
+COUNTED_AS = {"held": "waiting", "skipped": "done", "lost": "waiting"}
+LOST_REASON = ("in no state folder (quarantined, or deleted): a worker's sweep or the next resume rebuilds it "
+               "from the workflow")
 
 
 @dataclass
@@ -38,46 +41,77 @@ class JobView:
                 "host": host, "reason": self.reason}
 
 
-def snapshot(run: RunLayout, expected: int = 0) -> dict[str, tuple[str, str]]:
+def snapshot(run: RunLayout, expected: int = 0, staged: bool = False) -> dict[str, tuple[str, str]]:
     """job id -> (state, file path); listed again if a job was caught moving (seen twice,
-    or fewer jobs than the run has)."""
+    or fewer jobs than the run has). A job in a private folder in running/ (being taken out
+    of it) is running; with ``staged``, a job in a coordinator's staging folder counts in
+    the state it was grabbed from (a resume at work, or one that was interrupted)."""
+    seen: dict[str, tuple[str, str]] = {}
     for _ in range(5):
-        seen: dict[str, tuple[str, str]] = {}
+        seen = {}
         moving = False
         for state in STATES:
             try:
                 names = os.listdir(run.state_dir(state))
             except FileNotFoundError:
                 raise PoolError("not a run directory (no state folders)", run.root) from None
-            for name in names:
-                if state == "running":
-                    parts = split_running_name(name)
-                    job_id = parts[0] if parts else None
-                else:
-                    job_id = job_id_of(name)
-                if job_id is None:
-                    continue
+            if state == "running":
+                found = [(r.job_id, r.path) for r in running_jobs(run, names)]
+            else:
+                found = [(j, os.path.join(run.state_dir(state), n)) for n in names if (j := job_id_of(n))]
+            for job_id, path in found:
                 if job_id in seen:
                     moving = True
-                seen[job_id] = (state, os.path.join(run.state_dir(state), name))
+                seen[job_id] = (state, path)
+        if staged:
+            for job_id, (state, path) in staged_jobs(run).items():
+                seen.setdefault(job_id, (state, path))
         if not moving and len(seen) >= expected:
             return seen
     return seen
 
 
+def staged_jobs(run: RunLayout) -> dict[str, tuple[str, str]]:
+    """Jobs grabbed into coordinators' staging folders: job -> (state it came from, path)."""
+    out: dict[str, tuple[str, str]] = {}
+    try:
+        stages = sorted(os.listdir(run.staging_root))
+    except FileNotFoundError:
+        return out
+    for stage in stages:
+        try:
+            names = os.listdir(run.staging(stage))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in names:
+            state, sep, rest = name.partition(STAGE_SEP)
+            if sep and state in STATES and rest.endswith(".json"):
+                out.setdefault(rest[:-5], (state, os.path.join(run.staging(stage), name)))
+    return out
+
+
+def _token_of(path: str) -> str | None:
+    """The claim token of a job file in running/ (a claim, or the job file in a private folder)."""
+    parts = split_running_name(os.path.basename(path)) or split_private_name(os.path.basename(os.path.dirname(path)))
+    return parts[1] if parts else None
+
+
 def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
     views: dict[str, JobView] = {}
-    for job_id, (state, path) in snapshot(run, expected).items():
+    for job_id, (state, path) in snapshot(run, expected, staged=True).items():
         try:
             record = fsio.read_json(path)
         except (OSError, ValueError):
             record = None  # moved since the listing, or not readable: shown without details
         claim = None
         if state == "running" and isinstance(record, dict) and isinstance(record.get("tries"), list):
-            parts = split_running_name(os.path.basename(path))
+            token = _token_of(path)
             # None when not written yet (the claim is a moment old), or torn: shown without it
-            claim = store_claim_lock(run, job_id, parts[1], record) if parts else None
+            claim = store_claim_lock(run, job_id, token, record) if token else None
         views[job_id] = JobView(job_id, state, record, claim)
+    if len(views) < expected:
+        for job_id in known_jobs(run) - set(views):
+            views[job_id] = JobView(job_id, "lost", None, reason=LOST_REASON)
     _mark_blocked(views)
     _mark_held(views)
     for v in views.values():
@@ -91,6 +125,10 @@ def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
         elif v.state == "queued" and r.get("not_before") and r["not_before"] > time.time():
             # not_before is in the storage's clock; shown as a local time, close enough to read
             v.reason = "retry after " + time.strftime("%H:%M:%S", time.localtime(r["not_before"]))
+        if v.state == "waiting" and not v.reason:
+            lost = [d for d in r.get("dependencies") or [] if d in views and views[d].state == "lost"]
+            if lost:
+                v.reason = f"waits for {', '.join(lost)}, which is lost (a worker rebuilds it)"
         if v.state in ("waiting", "queued") and (r.get("slurm") or {}).get("job_id"):
             v.reason = f"Slurm job {r['slurm']['job_id']}" + (f"; {v.reason}" if v.reason else "")
     return sorted(views.values(), key=lambda v: v.id)
@@ -144,7 +182,7 @@ def _mark_held(views: dict[str, JobView]) -> None:
 
 def run_state(states: dict[str, int]) -> str:
     """From the number of jobs in each shown state."""
-    if states.get("queued") or states.get("running") or states.get("waiting"):
+    if states.get("queued") or states.get("running") or states.get("waiting") or states.get("lost"):
         return "running"
     if states.get("failed") or states.get("blocked"):
         return "failed"

@@ -2,8 +2,13 @@
 
 Every rename across ``waiting/ queued/ running/ done/ failed/`` happens in
 :func:`transition`. Claiming is ``rename(queued/J.json, running/J@T.json)`` with a fresh
-token ``T``; finishing is a rename *from that claim*, so a worker whose claim was taken
-away (a reaper requeued it) fails the rename and writes nothing: this is the fence.
+token ``T``; finishing starts with a rename *of that claim* into the finisher's private
+folder, so a worker whose claim was taken away (a reaper requeued it) fails that rename and
+writes nothing: this is the fence.
+
+Leaving ``running/`` with new content (finishing, requeueing a stale claim) goes through a
+private folder, fence first (:mod:`executioner.fence`): nobody writes into a file another
+process can still reach by name.
 
 A coordinator (resume, rollback; :mod:`executioner.change`) uses the same function with
 two more places: ``staged:<state>`` (a job it grabbed out of ``<state>``, unchanged) and
@@ -21,9 +26,9 @@ from typing import Any, Literal
 
 import psutil
 
-from . import fsio
+from . import fence, fsio
 from .attempts import definition_hash
-from .layout import FORMAT_VERSION, TOKEN_SEP, RunLayout, job_id_of
+from .layout import FORMAT_VERSION, RunLayout, job_id_of, split_running_name
 from .scrub import quarantine, read_checked
 from .workflow import JobSpec
 
@@ -139,28 +144,17 @@ def transition(run: RunLayout, job_id: str, src: str, dst: str, *, token: str | 
         # RACE: a coordinator grabbing queued/J (-> staged) while a worker claims it: one
         # rename wins; the coordinator then finds J in running/ and undoes its change.
         return _rename(source, target)
-    assert src == "running"
-    # Leaving running/ with new content: write it into the claim's own inode, then make
-    # one rename from the claim's name. This is the one write in executioner that is not
-    # temp + rename, and it must not be: renaming a temp file over the claim name would
-    # re-create a claim that was taken away meanwhile (and with it a second copy of the
-    # job). Opening without O_CREAT fails once the claim is gone; the rename is the fence.
-    # RACE: a reaper may take the claim between our open and our rename. It writes its
-    # own content into the same inode and renames it; exactly one rename wins, so the job
-    # stays in one folder, with one of the two records. Readers of running/ can see the
-    # file torn for the instant of the write; they read again before judging it broken.
-    try:
-        fd = os.open(source, os.O_WRONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        payload = fsio.dumps(record)
-        os.pwrite(fd, payload, 0)
-        os.ftruncate(fd, len(payload))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return _rename(source, target)
+    assert src == "running" and token is not None
+    # Leaving running/ with new content: through a private folder, fence first, so nobody
+    # writes into a file another process can reach (see executioner.fence).
+    return fence.leave(run, job_id, token, dst, lambda _content, _private: (dst, record)) is not None
+
+
+def take(run: RunLayout, job_id: str, token: str, build: fence.Build) -> str | None:
+    """Take someone else's claim out of running/ (a stale one, or one a resume takes back):
+    ``build(content, private)`` decides where the job goes, from the content as fenced.
+    Returns that state; None if the claim was gone (its worker finished, or another taker)."""
+    return fence.leave(run, job_id, token, "take", build)
 
 
 def _where(run: RunLayout, job_id: str, place: str, token: str | None) -> str:
@@ -249,12 +243,47 @@ def list_jobs(run: RunLayout, state: str) -> list[str]:
     return [j for j in (job_id_of(n) for n in names) if j is not None]
 
 
+@dataclass(frozen=True)
+class Running:
+    """A job in running/: a claim, or a claim inside a private folder (being taken out)."""
+
+    job_id: str
+    token: str
+    path: str  # the job's file
+    private: fence.Private | None = None
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path) if self.private is None else self.private.name
+
+
+def running_jobs(run: RunLayout, names: list[str] | None = None) -> list[Running]:
+    """Every job in running/: claims, and private folders that hold their job's file (an empty
+    one is a process about to fence, or one that just finished: not a job)."""
+    if names is None:
+        try:
+            names = os.listdir(run.state_dir("running"))
+        except FileNotFoundError:
+            return []
+    out = []
+    for name in names:
+        parts = split_running_name(name)
+        if parts is not None:
+            out.append(Running(parts[0], parts[1], os.path.join(run.state_dir("running"), name)))
+            continue
+        private = fence.Private.parse(run, name)
+        if private is not None and os.path.exists(private.job_file):
+            out.append(Running(private.job_id, private.token, private.job_file, private))
+    return out
+
+
 def state_of(run: RunLayout, job_id: str) -> str | None:
-    """The state folder holding the job now (running/ under any token); None if none does."""
+    """The state folder holding the job now (running/ under any token, or in a private
+    folder there); None if none does."""
     for state in ("done", "failed", "queued", "waiting"):
         if os.path.exists(run.job(job_id, state)):
             return state
-    if any(stem.startswith(job_id + TOKEN_SEP) for stem in list_jobs(run, "running")):
+    if any(r.job_id == job_id for r in running_jobs(run)):
         return "running"
     return None
 

@@ -21,12 +21,21 @@ from .claims import Claiming
 from .events import Events
 from .execute import TryStatus, build_env, command_argv, missing_outputs, run_command
 from .layout import PoolLayout
-from .reap import Reaper, storage_now
+from .rebuild import LostFinder, place_record
+from .reap import Reaper, losses, storage_now
 from .scrub import Scrubber
 from .retry import decide
 
 log = logging.getLogger("executioner.worker")
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGKILL", "SIGUSR2")
+
+
+def _coordinating(run: Any) -> bool:
+    """A resume is changing the run (its jobs may sit in its staging folder for a moment)."""
+    try:
+        return bool(os.listdir(run.staging_root)) or os.path.exists(run.coordinator_lock)
+    except FileNotFoundError:
+        return os.path.exists(run.coordinator_lock)
 
 
 def slurm_job_id() -> str | None:
@@ -48,7 +57,8 @@ class Worker(Claiming):
         self.max_jobs = max_jobs
         self.heartbeat = heartbeat
         self.stale_after = stale_after
-        self.reaper = Reaper(self.pool, stale_after)
+        self.reaper = Reaper(self.pool, stale_after, persist=True)
+        self.commit_patience = 60.0  # seconds of failing writes before a result is handed back
         self.poll_min, self.poll_max = poll_min, poll_max
         self.sweep_every = sweep_every
         self.dormant_every = dormant_every
@@ -83,6 +93,8 @@ class Worker(Claiming):
         self._last_scrub: dict[str, float] = {}
         self._last_reap: dict[str, float] = {}
         self.scrub_every = 120.0
+        self.lost_every = 30.0  # how often a run is checked for jobs in no folder
+        self._last_lost: dict[str, float] = {}
         self._known: set[str] = set()  # pool entries already looked at (runs or not)
         self._refreshed = -1e9
         self._listed: dict[str, float] = {}  # run id -> when its queued/ was last listed
@@ -90,6 +102,7 @@ class Worker(Claiming):
         self._event = False  # a local filesystem event arrived: look at every run now
         self._last_look = False
         self.scrubber = Scrubber()
+        self.lost = LostFinder()
         self._skipped: set[str] = set()
         self._rng = random.Random()
 
@@ -108,8 +121,12 @@ class Worker(Claiming):
         self._beat_record = {
             "worker": self.worker_id, "host": self.owner.host, "pid": self.owner.pid,
             "pid_start": self.owner.pid_start, "started": time.time(), "heartbeat": self.heartbeat,
-            "runs": self.run_ids, "slots": self.slots}
+            "stale_after": self.stale_after, "runs": self.run_ids, "slots": self.slots}
         fsio.atomic_write_json(beat_path, self._beat_record)
+        # A first pass before claiming anything: a short-lived worker (--max-jobs 1, a Slurm
+        # job of minutes) still continues the host's watch on other workers' claims.
+        self._runs = [r for r in self._scope() if self._ours(r)]
+        self.reap()
         beater = threading.Thread(target=self._housekeep, args=(beat_path,), daemon=True)
         beater.start()
         self._events = events = Events(self._on_event)
@@ -129,6 +146,7 @@ class Worker(Claiming):
             self._slots_done.set()
             beater.join(timeout=5)
             events.stop()
+            self.reaper.watch.save(force=True)
             fsio.unlink_quietly(beat_path)
         return self.finished
 
@@ -255,6 +273,10 @@ class Worker(Claiming):
                 try:
                     with lease:
                         moved = store.sweep(run)
+                        if self.lost.pending(run_id) or now - self._last_lost.get(run_id, -1e9) >= self.lost_every:
+                            self._last_lost[run_id] = now
+                            expected = int((self._records.get(run_id) or {}).get("jobs") or 0)
+                            moved += self.lost.check(run, expected, now)
                         if now - self._last_scrub.get(run_id, -1e9) >= self.scrub_every * (
                                 5 if self._dormant(run_id) else 1):
                             self._last_scrub[run_id] = now
@@ -303,6 +325,7 @@ class Worker(Claiming):
         if status == "lost":
             if not claim.still_held():
                 log.warning("job %s of run %s: claim lost; wrote nothing", claim.job_id, run.run_id)
+                self._vanished(claim, "its job file disappeared from running/ while it ran")
                 return
             status, reason = "preempted", f"{self.stop_reason}; job put back in queued/"
             if self.slurm_dag:  # no other Slurm job would take it from queued/: see slurm.dag_entry
@@ -322,7 +345,13 @@ class Worker(Claiming):
                 store.promote(run, record["dependents"])
             return
         if status == "preempted":
-            if self.slurm_dag:
+            lost, max_lost = losses(store.attempt_tries(new)), spec.get("max_lost", 3)
+            if lost >= max_lost:
+                new["reason"] = (f"preempted {lost + 1} times in a row (max_lost {max_lost}): a job that signals "
+                                 "its own worker, or one longer than any worker's allocation")
+                if self._finish(claim, new, "failed"):
+                    self._count_finished()
+            elif self.slurm_dag:
                 new["reason"] = reason
                 self._finish(claim, new, "failed")
             else:
@@ -343,27 +372,86 @@ class Worker(Claiming):
             self._count_finished()
 
     def _finish(self, claim: store.Claim, record: dict[str, Any], state: str) -> bool:
-        """Move our claim on; if it was taken away meanwhile, say so and write nothing."""
-        if store.finish(claim, record, state):
-            return True
-        log.warning("job %s of run %s: claim %s was taken away (requeued as stale?); its result "
-                    "is not recorded", claim.job_id, claim.run.run_id, claim.token)
-        return False
+        """Move our claim on; if it was taken away meanwhile, say so and write nothing.
+
+        A write that fails (a full disk, a quota, EIO for a moment) is tried again with
+        backoff for ``commit_patience`` seconds; then the claim is handed back to queued/
+        untouched (a rename needs no space), so the job runs again instead of sitting in
+        running/ under a live worker forever. That costs the job nothing: no try recorded.
+        """
+        delay, deadline = 0.5, time.monotonic() + self.commit_patience
+        while True:
+            try:
+                if store.finish(claim, record, state):
+                    return True
+                log.warning("job %s of run %s: claim %s was taken away (requeued as stale?); its result "
+                            "is not recorded", claim.job_id, claim.run.run_id, claim.token)
+                self._vanished(claim, "its job file disappeared from running/ before its result was recorded")
+                return False
+            except OSError as e:
+                if time.monotonic() >= deadline:
+                    return self._hand_back(claim, e)
+                log.warning("job %s of run %s: cannot record its result (%s); trying again in %.1f s",
+                            claim.job_id, claim.run.run_id, e, delay)
+            if self._abort.wait(delay):
+                deadline = 0.0  # stopping: hand it back now
+            delay = min(delay * 2, 10.0)
+
+    def _hand_back(self, claim: store.Claim, error: OSError) -> bool:
+        """Give the claim back untouched after its result could not be written: one rename."""
+        back = "failed" if self.slurm_dag else "queued"  # no Slurm job would take it from queued/
+        while True:
+            try:
+                if store.transition(claim.run, claim.job_id, "running", back, token=claim.token):
+                    log.error("job %s of run %s: its result could not be written (%s); handed back to %s/ "
+                              "without a record of this try", claim.job_id, claim.run.run_id, error, back)
+                return False
+            except OSError as e:
+                log.error("job %s of run %s: cannot hand it back either (%s); trying again", claim.job_id,
+                          claim.run.run_id, e)
+            if self._slots_done.wait(10.0):
+                return False  # the reaper requeues it once our heartbeat stops
+
+    def _vanished(self, claim: store.Claim, why: str) -> None:
+        """Our claim is gone. Usually a reaper or a resume took it (the job is then in another
+        folder, or in a private or staging folder on its way); if the job is nowhere, twice,
+        it was deleted (say, by the job itself): put it back with our record and a lost try,
+        so that max_lost ends a job that keeps deleting itself."""
+        for pause in (0.0, 0.5):
+            time.sleep(pause)
+            if store.state_of(claim.run, claim.job_id) is not None or _coordinating(claim.run):
+                return
+        record = claim.record
+        entry = store.try_record(claim.try_number, record.get("attempt", 1), "lost", start=claim.claimed_at,
+                                 end=time.time(), worker=self.worker_id, host=self.owner.host,
+                                 worker_pid=self.owner.pid, reason=why)
+        new = dict(record, tries=[*record["tries"], entry], not_before=None)
+        lost, max_lost = losses(store.attempt_tries(new)), record["spec"].get("max_lost", 3)
+        dst = "failed" if lost >= max_lost or self.slurm_dag else "queued"
+        if dst == "failed":
+            new["reason"] = f"lost {lost} times (max_lost {max_lost}); last: {why}"
+        if place_record(claim.run, claim.job_id, new, dst):
+            log.warning("job %s of run %s: %s; put back in %s/", claim.job_id, claim.run.run_id, why, dst)
 
     def _count_finished(self) -> None:
         with self._lock:
             self.finished += 1
 
     def _fail_internal(self, claim: store.Claim, error: Exception) -> None:
-        """An error of ours while handling a job: record it on the job, in failed/, if we still can."""
+        """An error of ours while handling a job (not the job's failure): recorded as a
+        ``lost`` try, which uses up no retry; max_lost ends a job that causes it every time."""
         record = claim.record
-        entry = store.try_record(claim.try_number, record.get("attempt", 1), "failed", start=claim.claimed_at, end=time.time(),
-                                   worker=self.worker_id, host=self.owner.host, worker_pid=self.owner.pid,
-                                   reason=f"internal error: {error!r}")
-        new = dict(record, tries=[*record["tries"], entry], not_before=None,
-                   reason=f"internal error in the worker: {error!r}")
+        why = f"internal error in the worker: {error!r}"[:2000]
+        entry = store.try_record(claim.try_number, record.get("attempt", 1), "lost", start=claim.claimed_at,
+                                 end=time.time(), worker=self.worker_id, host=self.owner.host,
+                                 worker_pid=self.owner.pid, reason=why)
+        new = dict(record, tries=[*record["tries"], entry], not_before=None)
+        lost, max_lost = losses(store.attempt_tries(new)), record["spec"].get("max_lost", 3)
+        state = "queued"
+        if lost >= max_lost or self.slurm_dag:
+            state, new["reason"] = "failed", f"lost {lost} times (max_lost {max_lost}); last: {why}"
         try:
-            if store.finish(claim, new, "failed"):
+            if self._finish(claim, new, state) and state == "failed":
                 self._count_finished()
         except Exception:
             log.exception("job %s of run %s: could not record the error", claim.job_id, claim.run.run_id)

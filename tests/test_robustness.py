@@ -25,7 +25,7 @@ def test_a_broken_queued_file_is_quarantined_and_the_rest_runs(pool: Path, make_
     assert "unreadable job file" in (Path(run.quarantine_dir) / quarantined[1]).read_text()
 
 
-def test_an_internal_error_while_running_fails_the_job_and_the_worker_goes_on(
+def test_an_internal_error_while_running_is_a_lost_try_and_max_lost_ends_it(
         pool: Path, make_workflow, monkeypatch) -> None:
     import executioner.worker as worker_module
 
@@ -41,18 +41,24 @@ def test_an_internal_error_while_running_fails_the_job_and_the_worker_goes_on(
     work(pool, run, slots=1)
     record = read_json(run.job("boom", "failed"))
     assert "internal error" in record["reason"] and "disk on fire" in record["reason"]
-    assert record["tries"][-1]["status"] == "failed"
+    assert "max_lost 3" in record["reason"]
+    # an error of the worker's own uses up no retry: each is a lost try, and max_lost ends it
+    assert [t["status"] for t in record["tries"]] == ["lost", "lost", "lost"]
     assert files(run, "done") == ["fine.json"] and files(run, "running") == []
 
 
 def test_a_crash_after_writing_the_result_leaves_the_job_running_with_it(pool: Path, make_workflow, monkeypatch) -> None:
-    """Killed between writing its result into the claim and the rename: the claim (with
-    the result) stays in running/ for the reaper; nothing is lost or doubled."""
+    """Killed after swapping its result into its private folder, before the final rename:
+    the job stays in running/ (in that folder, with the result) for the reaper; nothing is
+    lost or doubled."""
     run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
     claim = store.claim(run, "a", store.Owner.current("w"))
+    real_rename = os.rename
 
     def crash(src, dst):
-        raise KeyboardInterrupt("killed here")
+        if os.path.dirname(dst) == run.state_dir("done"):
+            raise KeyboardInterrupt("killed here")
+        real_rename(src, dst)
 
     monkeypatch.setattr(os, "rename", crash)
     with pytest.raises(KeyboardInterrupt):
