@@ -261,7 +261,8 @@ class Worker(Claiming):
             promoted = False
             for run_id in runs:
                 now = time.monotonic()
-                every = self.dormant_every if self._dormant(run_id) else self.sweep_every
+                dormant = self._dormant(run_id) and not self.lost.pending(run_id)
+                every = self.dormant_every if dormant else self.sweep_every
                 if now - self._last_sweep.get(run_id, -1e9) < every:
                     continue
                 self._last_sweep[run_id] = now
@@ -276,7 +277,8 @@ class Worker(Claiming):
                         if self.lost.pending(run_id) or now - self._last_lost.get(run_id, -1e9) >= self.lost_every:
                             self._last_lost[run_id] = now
                             expected = int((self._records.get(run_id) or {}).get("jobs") or 0)
-                            moved += self.lost.check(run, expected, now)
+                            if self.lost.check(run, expected, now):
+                                moved += store.sweep(run)  # a rebuilt job whose dependencies are done
                         if now - self._last_scrub.get(run_id, -1e9) >= self.scrub_every * (
                                 5 if self._dormant(run_id) else 1):
                             self._last_scrub[run_id] = now

@@ -12,6 +12,11 @@ nothing in running/ or quarantine/; each done job recorded as completed by one t
 and how many times jobs were executed (a requeued job may run again; only one run
 completes it). Exit code 0 when every check holds.
 
+--commit-pause S[:F]: workers pause S seconds inside a fraction F of their commits (between
+the fence rename into their private folder and the final rename out of it; the test hook
+EXEC_TEST_COMMIT_PAUSE), and half of the blows are aimed at a worker caught inside one, so
+that kills and freezes land in the middle of commits. --commit-pause 0 turns it off.
+
 --mounts: the pool directory as seen through several mounts of the same filesystem
 (for example two sshfs mounts); workers are spread over them round-robin.
 """
@@ -43,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deadline", type=float, default=600, help="give up after this many seconds")
     p.add_argument("--mounts", help="comma-separated views of the pool directory (default: a temp dir)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--commit-pause", default="0.3:0.15", metavar="S[:F]",
+                   help="pause S s inside a fraction F of commits, and aim blows there (default 0.3:0.15)")
     a = p.parse_args(argv)
     rng = random.Random(a.seed)
     tmp = tempfile.mkdtemp(prefix="exec-chaos-")
@@ -65,12 +72,27 @@ def main(argv: list[str] | None = None) -> int:
     logs = os.path.join(tmp, "worker-logs")
     os.makedirs(logs)
 
+    env = dict(os.environ)
+    if a.commit_pause not in ("0", ""):
+        env["EXEC_TEST_COMMIT_PAUSE"] = a.commit_pause
+
     def start(i: int) -> subprocess.Popen[bytes]:
         # every worker's log (INFO: one "completed" line per completion) is kept for the check
         with open(os.path.join(logs, f"{i}.log"), "ab") as log:
             return subprocess.Popen([os.path.join(bin_dir, "exec-worker"), "--pool", views[i % len(views)],
                                      "--run", run_id, "-j", str(a.slots), "--heartbeat", str(a.heartbeat),
-                                     "--stale-after", str(a.stale_after)], stderr=log)
+                                     "--stale-after", str(a.stale_after)], stderr=log, env=env)
+
+    running_dir = os.path.join(run_dir, "running")
+
+    def committing() -> list[int]:
+        """Workers caught inside a commit: their pid names a private folder in running/."""
+        try:
+            names = [n for n in os.listdir(running_dir) if "+" in n]
+        except FileNotFoundError:
+            return []
+        pids = {n.split("+", 1)[1].split("-")[2] for n in names}
+        return [i for i, w in enumerate(workers) if str(w.pid) in pids]
 
     workers = [start(i) for i in range(a.workers)]
     frozen: dict[int, float] = {}  # worker index -> when to SIGCONT
@@ -87,20 +109,22 @@ def main(argv: list[str] | None = None) -> int:
                 if now >= when:
                     workers[i].send_signal(signal.SIGCONT)
                     del frozen[i]
-            i = rng.randrange(len(workers))
+            inside = [i for i in committing() if i not in frozen] if rng.random() < 0.5 else []
+            i = rng.choice(inside) if inside else rng.randrange(len(workers))
             if i in frozen:
                 continue
+            where = " inside a commit" if inside else ""
             if rng.random() < 0.5:
                 workers[i].send_signal(signal.SIGKILL)
                 workers[i].wait()
                 workers[i] = start(i)
-                blows["SIGKILL"] += 1
+                blows["SIGKILL" + where] += 1
             else:
                 workers[i].send_signal(signal.SIGSTOP)
                 long = rng.random() < 0.3
                 frozen[i] = now + (rng.uniform(a.stale_after + 1, 2 * a.stale_after + 2) if long
                                    else rng.uniform(0.1, a.stale_after / 2))
-                blows["SIGSTOP past stale-after" if long else "SIGSTOP"] += 1
+                blows[("SIGSTOP past stale-after" if long else "SIGSTOP") + where] += 1
     finally:
         for i in list(frozen):
             workers[i].send_signal(signal.SIGCONT)
@@ -130,25 +154,35 @@ def report(run_dir: str, jobs: int, ledger: str, logs: str, blows: collections.C
         for line in f:
             executions[line.split()[0]] += 1
     completed_by = collections.Counter()
-    unrecorded = 0
+    unrecorded = torn = 0
     for job in done:
-        with open(os.path.join(run_dir, "done", job + ".json"), "rb") as f:
-            tries = orjson.loads(f.read())["tries"]
+        try:
+            with open(os.path.join(run_dir, "done", job + ".json"), "rb") as f:
+                record = orjson.loads(f.read())
+            tries = record["tries"]
+            assert record["id"] == job and isinstance(tries, list)
+        except (ValueError, KeyError, TypeError, AssertionError):
+            torn += 1
+            continue
         n = sum(1 for t in tries if t["status"] == "done")
         completed_by[n] += 1
         unrecorded += n == 0
     # Each successful completion is logged by its worker; a second completion of a job
     # would overwrite done/J.json and be invisible there, but not here.
     completions = collections.Counter()
+    recovered = 0
     for name in os.listdir(logs):
         with open(os.path.join(logs, name), errors="replace") as f:
             for line in f:
                 if " completed " in line:
                     completions[line.split(" completed ", 1)[1].split()[0]] += 1
+                recovered += "stood still" in line and " placed in " in line
     checks = {
         f"every job in done/ ({len(done)} of {jobs})": len(done) == jobs and len(set(done)) == jobs,
-        "nothing left in waiting/ queued/ running/ failed/": not any(others[s] for s in others if s != "quarantine"),
-        "nothing in quarantine/": not others["quarantine"],
+        "nothing left in waiting/ queued/ running/ (claims or private folders) failed/":
+            not any(others[s] for s in others if s != "quarantine"),
+        "nothing in quarantine/ (0 records quarantined)": not others["quarantine"],
+        f"no torn record ({torn} torn)": torn == 0,
         "every job executed at least once": all(executions[f"j{i:05d}"] >= 1 for i in range(jobs)),
         "no job recorded as completed by two tries": completed_by.keys() <= {0, 1},
         f"no job completed twice ({sum(completions.values())} completions logged)":
@@ -158,6 +192,7 @@ def report(run_dir: str, jobs: int, ledger: str, logs: str, blows: collections.C
     print(f"chaos: {workers} workers over {views} view(s) of the pool, {jobs} jobs, {elapsed:.0f} s")
     print("  blows: " + ", ".join(f"{k} {v}" for k, v in sorted(blows.items())))
     print("  executions per job: " + ", ".join(f"{k}x {v} jobs" for k, v in sorted(hist.items())))
+    print(f"  private folders of stalled commits recovered by other workers: {recovered}")
     if unrecorded:
         print(f"  {unrecorded} done job(s) without the final try's record (worker killed between its two "
               f"completion renames)")
