@@ -276,3 +276,36 @@ def test_a_format_1_run_is_read_and_finished(pool, make_workflow) -> None:
         atomic_write_json(path, record)
     work(pool, run)
     assert everywhere(run) == ["done/a.json", "done/b.json"]
+
+
+def resume_takes(run, claim, private: bool = False) -> str:
+    """What a resume's grab does with a running job it takes back (change._take_claim)."""
+    from executioner.change import _take_claim
+    from executioner.plan import Step
+
+    step = Step("a", "run", "rolled back", "running", "queued", take="taken back by exec-submit --resume --force",
+                token=claim.token, private=private_of(run).name if private else None)
+    return _take_claim(run, step)
+
+
+def test_owner_vs_resume_the_resume_fences_first(pool, run, monkeypatch) -> None:
+    claim = remote_claim(pool, run)
+    taken: list[str] = []
+    before_rename(monkeypatch, lambda s, d: s == claim.path and "+done-" in d,
+                  lambda: taken.append(resume_takes(run, claim)))
+    assert store.finish(claim, result(claim), "done") is False
+    monkeypatch.undo()
+    assert taken == ["queued"] and everywhere(run) == ["queued/a.json"]
+    [lost] = read_json(run.job("a", "queued"))["tries"]
+    assert lost["status"] == "lost" and "taken back" in lost["reason"]
+
+
+def test_owner_vs_resume_the_owner_is_inside_its_commit(pool, run, monkeypatch) -> None:
+    """The resume takes the owner's private folder (its claim is no longer in running/ under
+    its own name): the owner's last rename fails; the result is recorded as never committed."""
+    claim = remote_claim(pool, run)
+    taken: list[str] = []
+    assert frozen_after_swap(run, claim, monkeypatch, lambda: taken.append(resume_takes(run, claim, True))) is False
+    assert taken == ["queued"] and everywhere(run) == ["queued/a.json"]
+    [lost] = read_json(run.job("a", "queued"))["tries"]
+    assert lost["status"] == "lost" and "never committed" in lost["reason"]
