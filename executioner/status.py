@@ -134,50 +134,69 @@ def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
     return sorted(views.values(), key=lambda v: v.id)
 
 
+def _first_upstream(views: dict[str, JobView], source: Any, passes: Any) -> dict[str, str | None]:
+    """For every job: itself if ``source(view)``, else (when ``passes(view)``) the first such
+    job found upstream through its dependencies, in order; else None.
+
+    Iterative and memoised: linear in jobs + edges on any DAG shape (a 100,000-job chain,
+    a ladder whose paths number 2^30), and safe on a cycle in hand-edited files."""
+    found: dict[str, str | None] = {}
+    for root in views:
+        if root in found:
+            continue
+        stack: list[tuple[str, int]] = [(root, 0)]
+        on_path = {root}
+        while stack:
+            job_id, i = stack[-1]
+            v = views.get(job_id)
+            if v is None or source(v) or not passes(v):
+                found[job_id] = job_id if v is not None and source(v) else None
+                stack.pop()
+                on_path.discard(job_id)
+                continue
+            deps = (v.record or {}).get("dependencies")
+            deps = deps if isinstance(deps, list) else []
+            result, descend = None, None
+            while i < len(deps):
+                d = deps[i]
+                i += 1
+                if not isinstance(d, str) or d in on_path:
+                    continue
+                if d not in found:
+                    descend = d
+                    break
+                if found[d] is not None:
+                    result = found[d]
+                    break
+            if descend is not None:
+                stack[-1] = (job_id, i - 1)  # look at this dependency again once it is known
+                stack.append((descend, 0))
+                on_path.add(descend)
+                continue
+            found[job_id] = result
+            stack.pop()
+            on_path.discard(job_id)
+    return found
+
+
 def _mark_blocked(views: dict[str, JobView]) -> None:
     """A waiting job is blocked when a job it needs (directly or not) has failed."""
-    cause: dict[str, str | None] = {}
-
-    def upstream_failure(job_id: str, trail: frozenset[str]) -> str | None:
-        if job_id in cause:
-            return cause[job_id]
-        v = views.get(job_id)
-        found = None
-        if v is not None and v.state == "failed":
-            found = job_id
-        elif v is not None and v.state == "waiting" and v.record and job_id not in trail:
-            for dep in v.record.get("dependencies", []):
-                found = upstream_failure(dep, trail | {job_id})
-                if found:
-                    break
-        cause[job_id] = found
-        return found
-
+    failed = _first_upstream(views, lambda v: v.state == "failed", lambda v: v.state == "waiting")
     for v in views.values():
-        if v.state == "waiting":
-            failed = upstream_failure(v.id, frozenset())
-            if failed:
-                v.state = "blocked"
-                v.reason = f"upstream failed: {failed}"
+        if v.state == "waiting" and failed.get(v.id):
+            v.state = "blocked"
+            v.reason = f"upstream failed: {failed[v.id]}"
 
 
 def _mark_held(views: dict[str, JobView]) -> None:
     """Held (by --failed-only): a waiting job so marked, or one downstream of it."""
-    def held_upstream(job_id: str, trail: frozenset[str]) -> str | None:
-        v = views.get(job_id)
-        if v is None or v.state not in ("waiting", "held") or job_id in trail:
-            return None
-        if (v.record or {}).get("held"):
-            return job_id
-        deps = (v.record or {}).get("dependencies", [])
-        return next((h for d in deps if (h := held_upstream(d, trail | {job_id}))), None)
-
-    found = {v.id: held_upstream(v.id, frozenset()) for v in views.values() if v.state == "waiting"}
-    for job_id, held in found.items():
-        if held:
-            v = views[job_id]
+    held = _first_upstream(views, lambda v: v.state == "waiting" and bool((v.record or {}).get("held")),
+                           lambda v: v.state == "waiting")
+    for v in views.values():
+        if v.state == "waiting" and held.get(v.id):
+            h = held[v.id]
             v.state = "held"
-            v.reason = "held until a plain resume (--failed-only)" if held == job_id else f"upstream held: {held}"
+            v.reason = "held until a plain resume (--failed-only)" if h == v.id else f"upstream held: {h}"
 
 
 def run_state(states: dict[str, int]) -> str:

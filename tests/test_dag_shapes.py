@@ -1,0 +1,76 @@
+"""Graph walks are linear on every DAG shape: a ladder (2^30 paths), long chains, wide fans."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from executioner import store
+from executioner.status import JobView, _mark_blocked, _mark_held
+
+from .conftest import cli, submit
+
+
+def fail_first(run, job: str) -> None:
+    claim = store.claim(run, job, store.Owner.current("w"))
+    assert store.finish(claim, dict(claim.record, reason="exit code 1"), "failed")
+
+
+@pytest.mark.timeout(60)
+def test_exec_status_answers_on_a_ladder_of_30_layers(pool: Path, make_workflow) -> None:
+    jobs = [{"id": "top", "command": "false"}]
+    previous = ["top"]
+    for layer in range(30):
+        names = [f"l{layer}a", f"l{layer}b"]
+        jobs += [{"id": n, "command": "true", "dependencies": previous} for n in names]
+        previous = names
+    run = submit(pool, make_workflow(jobs))
+    fail_first(run, "top")
+    t = time.monotonic()
+    out = cli("exec-status", str(pool), run.run_id, "--json")
+    assert out.returncode == 0, out.stderr
+    assert '"blocked": 60' in out.stdout.replace("\n", "").replace("  ", " ") or '"blocked": 60' in out.stdout
+    assert cli("exec-status", str(pool)).returncode == 0
+    assert time.monotonic() - t < 30
+
+
+@pytest.mark.timeout(120)
+def test_exec_status_on_a_chain_of_1500_jobs_whose_first_failed(pool: Path, make_workflow) -> None:
+    jobs = [{"id": "j0000", "command": "false"}]
+    jobs += [{"id": f"j{i:04d}", "command": "true", "dependencies": [f"j{i - 1:04d}"]} for i in range(1, 1500)]
+    run = submit(pool, make_workflow(jobs))
+    fail_first(run, "j0000")
+    out = cli("exec-status", str(pool), run.run_id, "--json")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert '"blocked": 1499' in out.stdout
+
+
+def views_of(deps: dict[str, list[str]], failed: str | None = None, held: str | None = None) -> dict[str, JobView]:
+    return {j: JobView(j, "failed" if j == failed else "waiting",
+                       {"dependencies": d, "held": j == held}) for j, d in deps.items()}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("shape", ["chain", "fan"])
+def test_blocked_and_held_marking_is_linear_at_100000_jobs(shape: str) -> None:
+    n = 100_000
+    if shape == "chain":
+        deps = {f"j{i}": ([f"j{i - 1}"] if i else []) for i in range(n)}
+    else:  # fan-out from j0 to n-2 jobs, then fan-in to the last
+        deps = {"j0": [], **{f"j{i}": ["j0"] for i in range(1, n - 1)}, f"j{n - 1}": [f"j{i}" for i in range(1, n - 1)]}
+    t = time.monotonic()
+    views = views_of(deps, failed="j0")
+    _mark_blocked(views)
+    assert sum(v.state == "blocked" for v in views.values()) == n - 1
+    views = views_of(deps, held="j0")
+    _mark_held(views)
+    assert sum(v.state == "held" for v in views.values()) == n
+    assert time.monotonic() - t < 20
+
+
+def test_a_dependency_cycle_in_hand_edited_files_does_not_hang() -> None:
+    views = views_of({"a": ["b"], "b": ["a"], "c": ["a", "x"], "x": []}, failed="x")
+    _mark_blocked(views)
+    assert views["c"].state == "blocked" and views["a"].state == "waiting"
