@@ -108,14 +108,19 @@ def _refusal(plan: Plan) -> str:
 
 # ---- 1. grab ----------------------------------------------------------------------------
 def _grab_all(stage: _Stage, steps: list[Step]) -> dict[str, tuple[str, dict[str, Any] | None]]:
-    """job -> (state it was grabbed from, its content then); undone on any surprise."""
+    """job -> (state it was grabbed from, its content then); undone on any surprise.
+
+    Claims are taken back last (stale ones before live ones taken with --force), once every
+    other job is grabbed: a grab that fails undoes the change, and a claim taken back cannot
+    be given back, so nothing is taken back before the rest of the change is certain. A claim
+    whose worker finished meanwhile is grabbed from wherever the job went."""
     run = stage.run
     os.makedirs(os.path.join(stage.dir, "new"))
     grabbed: dict[str, tuple[str, dict[str, Any] | None]] = {}
+    moving = [s for s in steps if s.dst is not None]
+    takes = sorted((s for s in moving if s.src == "running"), key=lambda s: s.take is not None and "--force" in s.take)
     try:
-        for step in steps:
-            if step.dst is None:
-                continue
+        for step in [s for s in moving if s.src != "running"] + takes:
             src = step.src
             if src is None:  # a new job; one taken out by an earlier resume gets its history back
                 if not os.path.exists(run.job(step.job, "removed")):
@@ -140,29 +145,41 @@ def _grab_all(stage: _Stage, steps: list[Step]) -> dict[str, tuple[str, dict[str
 
 
 def _take_claim(run: RunLayout, step: Step) -> str:
-    """Requeue a running job (stale, or live with --force); its worker's fence then fails."""
+    """Requeue a running job (stale, or live with --force); its worker's fence then fails.
+    Returns the state to grab the job from: queued/, or wherever its worker just put it."""
     token = step.token or ""
     if step.private is not None:
         private = fence.Private.parse(run, step.private)
         assert private is not None
-        # RACE: its owner may finish this instant: one rename of the folder wins; if the
-        # owner's did, the job is not in queued/ and we plan again.
+        # RACE: its owner may finish this instant: one rename of the folder wins.
         if recover_private(run, private, step.take or "taken back", into="queued") is None:
-            raise _Moved(step.job)
+            return _went(run, step)
         return "queued"
     path = run.running(step.job, token)
     try:
         record, _ = read_checked(path, step.job)
     except FileNotFoundError:
-        raise _Moved(step.job) from None
+        return _went(run, step)
     if record is None:
         raise _Moved(step.job)
     claim = store.claim_lock(run, step.job, token, record)
-    # RACE: its worker may finish this instant; exactly one of the two renames from the
-    # claim's name wins. If the worker won, the job is not in queued/ and we plan again.
+    # RACE: its worker may finish this instant; exactly one of the two renames of the
+    # claim wins. If the worker's did, we grab the job from where it put it.
     if not requeue_lost(run, step.job, token, record, step.take or "taken back", claim, into="queued"):
-        raise _Moved(step.job)
+        return _went(run, step)
     return "queued"
+
+
+def _went(run: RunLayout, step: Step) -> str:
+    """Where a job whose claim we meant to take back went: its worker finished it (done,
+    failed, a retry) or another taker requeued it. The step builds the job anew from what it
+    finds, so the plan holds; a job running again under a new claim means planning again."""
+    for _ in range(3):
+        state = store.state_of(run, step.job)
+        if state not in (None, "running"):
+            return state
+        time.sleep(0.05)  # RACE: a private folder on its way out of running/
+    raise _Moved(step.job)
 
 
 def _put_back(stage: _Stage, grabbed: dict[str, tuple[str, Any]]) -> None:
