@@ -153,7 +153,11 @@ def submit_main(argv: list[str] | None = None) -> int:
     if a.workers:
         from .launch import start_local_workers
 
-        start_local_workers(pool, run, a.workers, slots=a.jobs_per_worker)
+        # The same beat as Slurm workers get: --wait judges them with this --stale-after.
+        pids = start_local_workers(pool, run, a.workers, slots=a.jobs_per_worker,
+                                   heartbeat=a.stale_after / 6, stale_after=a.stale_after)
+        print(f"{p.prog}: started {len(pids)} local worker(s), detached (logs in {run.launch_dir}); they exit "
+              f"once the run is idle; to stop them now: kill {' '.join(pids)}", file=sys.stderr, flush=True)
     if not a.wait:
         return EXIT_OK
     from .progress import wait_for_run
@@ -161,6 +165,9 @@ def submit_main(argv: list[str] | None = None) -> int:
     try:
         status = wait_for_run(run, total=len(plan.workflow.jobs), stale_after=a.stale_after)
     except KeyboardInterrupt:
+        if a.workers:
+            print(f"\n{p.prog}: stopped waiting; the local workers go on and exit once the run is idle",
+                  file=sys.stderr, flush=True)
         return 130
     c = status["counts"]
     print(f"{run.run_id}: {status['state']} (done {c['done']}, failed {c['failed']}, "
