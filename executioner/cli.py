@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -34,6 +35,26 @@ def _fail(prog: str, error: Exception | str) -> int:
 
 def _pool_arg(value: str | None) -> str | None:
     return value or os.environ.get("EXEC_POOL")
+
+
+MAX_SECONDS = 7 * 24 * 3600.0  # a week: longer is a typo (or a unit mistake), not a setting
+
+
+def check_times(heartbeat: float | None = None, stale_after: float | None = None,
+                exit_when_idle: float | None = None) -> str | None:
+    """The one rule for the time flags of every command; None when they are fine, else why not.
+
+    Each given value is a finite number of seconds, > 0 and at most a week; where both
+    apply, ``--stale-after`` is more than twice ``--heartbeat`` (a live worker must beat
+    at least twice within it).
+    """
+    for flag, value in (("--heartbeat", heartbeat), ("--stale-after", stale_after),
+                        ("--exit-when-idle", exit_when_idle)):
+        if value is not None and not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+            return f"{flag} must be a number of seconds > 0 and at most {MAX_SECONDS:.0f} (a week), not {value:g}"
+    if heartbeat is not None and stale_after is not None and not stale_after > 2 * heartbeat:
+        return f"--stale-after ({stale_after:g}) must be more than twice --heartbeat ({heartbeat:g})"
+    return None
 
 
 # ---- exec-submit ------------------------------------------------------------------------
@@ -82,6 +103,9 @@ def submit_main(argv: list[str] | None = None) -> int:
         return _fail(p.prog, "no pool: pass --pool DIR or set EXEC_POOL")
     if a.workers < 0 or a.jobs_per_worker < 1 or a.slurm_workers < 0:
         return _fail(p.prog, "--workers and --slurm-workers must be >= 0 and -j >= 1")
+    bad_time = check_times(stale_after=a.stale_after)
+    if bad_time:
+        return _fail(p.prog, bad_time)
     try:
         slurm_base = _slurm_options(a)
     except ValueError as e:
@@ -275,10 +299,11 @@ def worker_main(argv: list[str] | None = None) -> int:
         return _fail(p.prog, "no pool: pass --pool DIR or set EXEC_POOL")
     if not os.path.isdir(pool_dir):
         return _fail(p.prog, f"{pool_dir}: no such pool directory")
-    if a.jobs < 1 or (a.max_jobs is not None and a.max_jobs < 1) or a.heartbeat <= 0:
-        return _fail(p.prog, "-j and --max-jobs must be >= 1, --heartbeat > 0")
-    if a.stale_after <= 2 * a.heartbeat:
-        return _fail(p.prog, "--stale-after must be more than twice --heartbeat")
+    if a.jobs < 1 or (a.max_jobs is not None and a.max_jobs < 1):
+        return _fail(p.prog, "-j and --max-jobs must be >= 1")
+    bad_time = check_times(heartbeat=a.heartbeat, stale_after=a.stale_after, exit_when_idle=a.exit_when_idle)
+    if bad_time:
+        return _fail(p.prog, bad_time)
     for run_id in a.runs or []:
         if not is_run_dir(os.path.join(pool_dir, run_id)):
             return _fail(p.prog, f"{pool_dir}: no run {run_id!r}")
