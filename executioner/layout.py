@@ -7,6 +7,8 @@ Format version 1. A *pool* is a directory of runs::
                                      time, "runs" it is limited to or null); its mtime is
                                      the worker's heartbeat
       workers/.probe-<host>-<pid>    touched to read the storage's clock; removed at exit
+      workers/.watch-<host>-<boot>.json   what that host's processes saw stand still
+                                     (see executioner.watch)
       <run_id>/                      one run, e.g. etl-0007
         run.json                     run record: id, name, created, workdir, env, job count,
                                      submitter; written last, so a run without it is
