@@ -6,6 +6,7 @@ import argparse
 import logging
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -177,9 +178,13 @@ def submit_main(argv: list[str] | None = None) -> int:
     if a.workers:
         from .launch import start_local_workers
 
-        # The same beat as Slurm workers get: --wait judges them with this --stale-after.
-        pids = start_local_workers(pool, run, a.workers, slots=a.jobs_per_worker,
-                                   heartbeat=a.stale_after / 6, stale_after=a.stale_after)
+        try:  # the same beat as Slurm workers get: --wait judges them with this --stale-after
+            pids = start_local_workers(pool, run, a.workers, slots=a.jobs_per_worker,
+                                       heartbeat=a.stale_after / 6, stale_after=a.stale_after)
+        except OSError as e:
+            print(f"{p.prog}: error: cannot start local workers: {e}; the run is in place: start "
+                  f"`exec-worker --pool {shlex.quote(pool.root)} --run {run.run_id}`", file=sys.stderr, flush=True)
+            return EXIT_FAILED
         print(f"{p.prog}: started {len(pids)} local worker(s), detached (logs in {run.launch_dir}); they exit "
               f"once the run is idle; to stop them now: kill {' '.join(pids)}", file=sys.stderr, flush=True)
     if not a.wait:

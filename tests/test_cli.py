@@ -126,3 +126,19 @@ def test_time_flags_are_validated_alike_in_every_command(pool: Path, tmp_path: P
     assert sorted(os.listdir(pool)) == [], "a refused exec-submit wrote something"
     ok = cli(*worker, "--heartbeat", "0.5", "--stale-after", "1.5", "--exit-when-idle", "0.2", "-q")
     assert ok.returncode == 0, ok.stderr
+
+
+def test_workers_that_cannot_start_are_one_line_and_the_run_stays(pool: Path, tmp_path: Path, monkeypatch,
+                                                                  capsys) -> None:
+    import executioner.launch
+    from executioner.cli import submit_main
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "launch")
+
+    monkeypatch.setattr(executioner.launch, "start_detached", refuse)
+    wf = write(tmp_path, "jobs: [{id: a, command: 'true'}]\n")
+    assert submit_main([str(wf), "--pool", str(pool), "--workers", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot start local workers" in err and "Permission denied" in err
+    assert "exec-worker --pool" in err and os.listdir(pool / "wf-0001" / "queued") == ["a.json"]
