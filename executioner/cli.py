@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -34,6 +36,26 @@ def _fail(prog: str, error: Exception | str) -> int:
 
 def _pool_arg(value: str | None) -> str | None:
     return value or os.environ.get("EXEC_POOL")
+
+
+MAX_SECONDS = 7 * 24 * 3600.0  # a week: longer is a typo (or a unit mistake), not a setting
+
+
+def check_times(heartbeat: float | None = None, stale_after: float | None = None,
+                exit_when_idle: float | None = None) -> str | None:
+    """The one rule for the time flags of every command; None when they are fine, else why not.
+
+    Each given value is a finite number of seconds, > 0 and at most a week; where both
+    apply, ``--stale-after`` is more than twice ``--heartbeat`` (a live worker must beat
+    at least twice within it).
+    """
+    for flag, value in (("--heartbeat", heartbeat), ("--stale-after", stale_after),
+                        ("--exit-when-idle", exit_when_idle)):
+        if value is not None and not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+            return f"{flag} must be a number of seconds > 0 and at most {MAX_SECONDS:.0f} (a week), not {value:g}"
+    if heartbeat is not None and stale_after is not None and not stale_after > 2 * heartbeat:
+        return f"--stale-after ({stale_after:g}) must be more than twice --heartbeat ({heartbeat:g})"
+    return None
 
 
 # ---- exec-submit ------------------------------------------------------------------------
@@ -82,6 +104,9 @@ def submit_main(argv: list[str] | None = None) -> int:
         return _fail(p.prog, "no pool: pass --pool DIR or set EXEC_POOL")
     if a.workers < 0 or a.jobs_per_worker < 1 or a.slurm_workers < 0:
         return _fail(p.prog, "--workers and --slurm-workers must be >= 0 and -j >= 1")
+    bad_time = check_times(stale_after=a.stale_after)
+    if bad_time:
+        return _fail(p.prog, bad_time)
     try:
         slurm_base = _slurm_options(a)
     except ValueError as e:
@@ -153,7 +178,15 @@ def submit_main(argv: list[str] | None = None) -> int:
     if a.workers:
         from .launch import start_local_workers
 
-        start_local_workers(pool, run, a.workers, slots=a.jobs_per_worker)
+        try:  # the same beat as Slurm workers get: --wait judges them with this --stale-after
+            pids = start_local_workers(pool, run, a.workers, slots=a.jobs_per_worker,
+                                       heartbeat=a.stale_after / 6, stale_after=a.stale_after)
+        except OSError as e:
+            print(f"{p.prog}: error: cannot start local workers: {e}; the run is in place: start "
+                  f"`exec-worker --pool {shlex.quote(pool.root)} --run {run.run_id}`", file=sys.stderr, flush=True)
+            return EXIT_FAILED
+        print(f"{p.prog}: started {len(pids)} local worker(s), detached (logs in {run.launch_dir}); they exit "
+              f"once the run is idle; to stop them now: kill {' '.join(pids)}", file=sys.stderr, flush=True)
     if not a.wait:
         return EXIT_OK
     from .progress import wait_for_run
@@ -161,6 +194,9 @@ def submit_main(argv: list[str] | None = None) -> int:
     try:
         status = wait_for_run(run, total=len(plan.workflow.jobs), stale_after=a.stale_after)
     except KeyboardInterrupt:
+        if a.workers:
+            print(f"\n{p.prog}: stopped waiting; the local workers go on and exit once the run is idle",
+                  file=sys.stderr, flush=True)
         return 130
     c = status["counts"]
     print(f"{run.run_id}: {status['state']} (done {c['done']}, failed {c['failed']}, "
@@ -268,10 +304,11 @@ def worker_main(argv: list[str] | None = None) -> int:
         return _fail(p.prog, "no pool: pass --pool DIR or set EXEC_POOL")
     if not os.path.isdir(pool_dir):
         return _fail(p.prog, f"{pool_dir}: no such pool directory")
-    if a.jobs < 1 or (a.max_jobs is not None and a.max_jobs < 1) or a.heartbeat <= 0:
-        return _fail(p.prog, "-j and --max-jobs must be >= 1, --heartbeat > 0")
-    if a.stale_after <= 2 * a.heartbeat:
-        return _fail(p.prog, "--stale-after must be more than twice --heartbeat")
+    if a.jobs < 1 or (a.max_jobs is not None and a.max_jobs < 1):
+        return _fail(p.prog, "-j and --max-jobs must be >= 1")
+    bad_time = check_times(heartbeat=a.heartbeat, stale_after=a.stale_after, exit_when_idle=a.exit_when_idle)
+    if bad_time:
+        return _fail(p.prog, bad_time)
     for run_id in a.runs or []:
         if not is_run_dir(os.path.join(pool_dir, run_id)):
             return _fail(p.prog, f"{pool_dir}: no run {run_id!r}")

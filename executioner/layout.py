@@ -4,7 +4,11 @@ Format version 1. A *pool* is a directory of runs::
 
     POOL/
       workers/<worker_id>.json       one per worker process: who it is (host, pid, start
-                                     time); its mtime is the worker's heartbeat
+                                     time, "runs" it is limited to or null); its mtime is
+                                     the worker's heartbeat
+      workers/.probe-<host>-<pid>    touched to read the storage's clock; removed at exit
+      workers/.watch-<host>-<boot>.json   what that host's processes saw stand still
+                                     (see executioner.watch)
       <run_id>/                      one run, e.g. etl-0007
         run.json                     run record: id, name, created, workdir, env, job count,
                                      submitter; written last, so a run without it is
@@ -34,7 +38,8 @@ Format version 1. A *pool* is a directory of runs::
         .coord/<token>/              a coordinator's staging folder (see executioner.change);
                                      present while it works, or after it crashed (the next
                                      coordinator renames it aside, then finishes or undoes it)
-        launch/                      submitit's files for local workers started by exec-submit
+        launch/worker-<id>.json|.out|.err   a local worker started by exec-submit --workers:
+                                     pid, pid start time, command, log paths; its stdout, stderr
         slurm.json                   Slurm job ids of this run: "workers" (arrays), "dag" (jobs)
         slurm/<slurm job id>/        submitit's files and logs of each Slurm job
 
@@ -78,6 +83,7 @@ JOB_SUFFIX: Final = ".json"
 RUN_RECORD: Final = "run.json"
 STAGE_SEP: Final = "~"
 PRIVATE_SEP: Final = "+"
+PROBE_PREFIX: Final = ".probe-"
 
 
 @dataclass(frozen=True)
@@ -165,6 +171,10 @@ class RunLayout:
     def launch_dir(self) -> str:
         return os.path.join(self.root, "launch")
 
+    def launched(self, name: str, what: Literal["json", "out", "err"]) -> str:
+        """A local worker started by ``exec-submit --workers``: its record, stdout or stderr."""
+        return os.path.join(self.root, "launch", f"{name}.{what}")
+
     def all_dirs(self) -> list[str]:
         return [self.state_dir(s) for s in STATES] + [self.logs_dir, self.attempts_dir]
 
@@ -203,6 +213,10 @@ class PoolLayout:
 
     def heartbeat(self, worker_id: str) -> str:
         return os.path.join(self.root, "workers", worker_id + JOB_SUFFIX)
+
+    def probe(self, host: str, pid: int) -> str:
+        """The file a process touches to read the storage's clock (see executioner.clock)."""
+        return os.path.join(self.root, "workers", f"{PROBE_PREFIX}{host}-{pid}")
 
     def run(self, run_id: str) -> RunLayout:
         return RunLayout(os.path.join(self.root, run_id))

@@ -22,14 +22,25 @@ def _counts(run: RunLayout) -> dict[str, int]:
     return {s: len(list_jobs(run, s)) for s in STATES}
 
 
+def serves(record: Any, run_id: str | None) -> bool:
+    """Does the worker of this heartbeat record take jobs of ``run_id``? A worker started with
+    ``--run`` lists its runs in ``"runs"``; ``null`` (or no list) means every run."""
+    if run_id is None or not isinstance(record, dict):
+        return True
+    runs = record.get("runs")
+    return not isinstance(runs, list) or run_id in runs
+
+
 class LiveWorkers:
     """Counts the pool's live workers without trusting any clock but our own: a worker is
     live while its heartbeat mtime keeps changing (or we have watched it for less than
-    ``stale_after``), unless it is a process of this host that is gone."""
+    ``stale_after``), unless it is a process of this host that is gone. With ``run_id``,
+    only workers that may take that run's jobs count (not those pinned to other runs)."""
 
-    def __init__(self, pool: PoolLayout, stale_after: float):
+    def __init__(self, pool: PoolLayout, stale_after: float, run_id: str | None = None):
         self.pool = pool
         self.stale_after = stale_after
+        self.run_id = run_id
         self._seen: dict[str, tuple[float, float]] = {}  # file -> (mtime, first seen, monotonic)
 
     def count(self, mono: float | None = None) -> int:
@@ -51,6 +62,8 @@ class LiveWorkers:
                 self._seen[name] = seen = (stamp, mono)
             if mono - seen[1] >= self.stale_after:
                 continue  # its heartbeat has stood still for stale_after
+            if not serves(record, self.run_id):
+                continue  # pinned to other runs: it will never take this run's jobs
             live += not (isinstance(record, dict) and owner_dead_here(record))
         return live
 
@@ -62,7 +75,7 @@ class _Watchman:
         self.pool = PoolLayout(os.path.dirname(run.root))
         self.run = run
         self.reaper = Reaper(self.pool, stale_after)
-        self.live = LiveWorkers(self.pool, stale_after)
+        self.live = LiveWorkers(self.pool, stale_after, run.run_id)
         self.stale_after = stale_after
         self.say = say
         self.every = max(1.0, stale_after / 6)

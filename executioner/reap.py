@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 
 from . import fence, fsio, store
+from .clock import storage_now  # noqa: F401  (moved; re-exported for the modules that import it here)
 from .layout import PoolLayout, RunLayout
 from .rebuild import rebuilt
 from .scrub import quarantine, read_checked
@@ -34,19 +35,6 @@ log = logging.getLogger("executioner.reap")
 class Verdict:
     stale: bool
     reason: str = ""
-
-
-def storage_now(pool: PoolLayout) -> float:
-    """The filesystem's idea of now: touch our probe file and read its mtime back."""
-    probe = os.path.join(pool.workers_dir, f".probe-{fsio.HOST}-{os.getpid()}")
-    try:
-        os.utime(probe)
-    except FileNotFoundError:
-        os.makedirs(pool.workers_dir, exist_ok=True)
-        with open(probe, "ab"):
-            pass
-        os.utime(probe)
-    return os.stat(probe).st_mtime
 
 
 def fresh_mtime(path: str) -> float:

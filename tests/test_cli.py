@@ -106,3 +106,39 @@ def test_the_job_table_shows_every_state_and_bracketed_text_as_is(pool: Path, tm
     cli("exec-worker", "--pool", str(pool), "--exit-when-idle", "0.3", "-q")
     after = cli("exec-status", run_dir)
     assert after.returncode == 0 and "blocked" in after.stdout and "failed" in after.stdout, after.stderr
+
+
+def test_time_flags_are_validated_alike_in_every_command(pool: Path, tmp_path: Path) -> None:
+    wf = write(tmp_path, "jobs: [{id: a, command: 'true'}]\n")
+    pool.mkdir(parents=True)
+    submit = ["exec-submit", str(wf), "--pool", str(pool)]
+    worker = ["exec-worker", "--pool", str(pool)]
+    cases = [(submit + ["--stale-after", v], "--stale-after") for v in ("0", "-1", "nan", "inf", "1e9")]
+    cases += [(worker + ["--heartbeat", v], "--heartbeat") for v in ("nan", "0", "inf")]
+    cases += [(worker + ["--exit-when-idle", v], "--exit-when-idle") for v in ("0", "nan", "-3")]
+    cases += [(worker + ["--stale-after", "nan"], "--stale-after"),
+              (worker + ["--heartbeat", "10", "--stale-after", "20"], "more than twice --heartbeat")]
+    for args, says in cases:
+        result = cli(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.count("\n") == 1 and says in result.stderr and "Traceback" not in result.stderr, \
+            (args, result.stderr)
+    assert sorted(os.listdir(pool)) == [], "a refused exec-submit wrote something"
+    ok = cli(*worker, "--heartbeat", "0.5", "--stale-after", "1.5", "--exit-when-idle", "0.2", "-q")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_workers_that_cannot_start_are_one_line_and_the_run_stays(pool: Path, tmp_path: Path, monkeypatch,
+                                                                  capsys) -> None:
+    import executioner.launch
+    from executioner.cli import submit_main
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "launch")
+
+    monkeypatch.setattr(executioner.launch, "start_detached", refuse)
+    wf = write(tmp_path, "jobs: [{id: a, command: 'true'}]\n")
+    assert submit_main([str(wf), "--pool", str(pool), "--workers", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot start local workers" in err and "Permission denied" in err
+    assert "exec-worker --pool" in err and os.listdir(pool / "wf-0001" / "queued") == ["a.json"]

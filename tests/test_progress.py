@@ -95,3 +95,54 @@ def test_live_workers_are_judged_by_their_heartbeat_changing_not_by_clocks(pool:
     os.utime(beat, (2.0, 2.0))  # it beat
     assert live.count(mono=100) == 1 and live.count(mono=159) == 1
     assert live.count(mono=161) == 0  # stood still for stale_after: gone
+
+
+def test_a_worker_pinned_to_another_run_is_not_a_live_worker_of_this_one(pool: Path, make_workflow) -> None:
+    from executioner import PoolLayout
+    from executioner.fsio import atomic_write_json
+    from executioner.progress import LiveWorkers
+
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
+    layout = PoolLayout(str(pool))
+    for worker, runs in (("pinned-1", ["other-0001"]), ("any-1", None), ("mine-1", ["x-0001", run.run_id])):
+        atomic_write_json(layout.heartbeat(worker), {"worker": worker, "host": "far-away-host", "pid": 1,
+                                                     "pid_start": 1.0, "runs": runs})
+    assert LiveWorkers(layout, stale_after=60).count(mono=0) == 3  # the pool's live workers
+    assert LiveWorkers(layout, stale_after=60, run_id=run.run_id).count(mono=0) == 2
+    os.unlink(layout.heartbeat("any-1"))
+    os.unlink(layout.heartbeat("mine-1"))
+    assert LiveWorkers(layout, stale_after=60, run_id=run.run_id).count(mono=0) == 0
+
+
+def test_submit_wait_says_no_live_worker_when_the_only_worker_serves_another_run(
+        pool: Path, make_workflow, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from .test_faults import start_worker
+
+    other = submit(pool, make_workflow([{"id": "x", "command": "true"}], name="other"))
+    wf = make_workflow([{"id": "a", "command": "true"}], name="mine")
+    worker = start_worker(pool, "--run", other.run_id, "--heartbeat", "0.5", "--stale-after", "3")
+    code = "import sys; from executioner.cli import submit_main; sys.exit(submit_main(sys.argv[1:]))"
+    waiter = subprocess.Popen([sys.executable, "-c", code, str(wf), "--pool", str(pool), "--wait",
+                               "--stale-after", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(waiter.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not any("no live worker" in line for line in lines):
+            assert time.monotonic() < deadline, "".join(lines)
+            assert waiter.poll() is None, "".join(lines)
+            time.sleep(0.1)
+        [beat] = [n for n in os.listdir(pool / "workers") if n.endswith(".json") and not n.startswith(".")]
+        assert worker.poll() is None  # the pinned worker, alive all along
+        [mine] = [n for n in os.listdir(pool) if n.startswith("mine-")]
+        assert os.listdir(pool / mine / "queued") == ["a.json"]  # and it did not take the job
+    finally:
+        waiter.kill()
+        worker.kill()
+        waiter.wait()
+        worker.wait()
