@@ -14,7 +14,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from .errors import ExecutionerError, PoolError, Refused, RunBusy, WorkflowErrors
+from .errors import ChangeIncomplete, ExecutionerError, PoolError, Refused, RunBusy, WorkflowErrors
 from .layout import PoolLayout, RunLayout
 from .status import is_run_dir, last_update, pool_status, run_status
 
@@ -114,6 +114,9 @@ def submit_main(argv: list[str] | None = None) -> int:
         for line in str(e).splitlines():
             print(f"{p.prog}: {line}", file=sys.stderr)
         return EXIT_REFUSED
+    except ChangeIncomplete as e:  # an I/O error while settling or placing: the message says what is left
+        _fail(p.prog, e)
+        return EXIT_FAILED
     if run is None:  # --dry-run
         print(plan.text(), flush=True)
         return EXIT_REFUSED if plan.refused else EXIT_OK
