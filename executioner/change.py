@@ -30,12 +30,13 @@ import time
 from typing import Any, Callable
 
 from . import attempts, fsio, store
-from .coord import coordinating, refresh
-from .errors import ChangeIncomplete, Refused
+from .coord import abandoned, coordinating, refresh
+from .errors import ChangeIncomplete, Refused, RunBusy
 from .layout import STAGE_SEP, STATES, RunLayout
 from .plan import Plan, Step
 from .reap import requeue_lost
 from .scrub import quarantine, read_checked
+from .watch import Watch
 
 log = logging.getLogger("executioner.change")
 REPLANS = 5
@@ -322,6 +323,31 @@ def recover(run: RunLayout) -> str | None:
         raise ChangeIncomplete(f"run {run.run_id}: cannot settle {len(problems)} interrupted change(s) in "
                                f"{run.staging_root}: {'; '.join(problems)}", run.run_id)
     return outcome
+
+
+def settle_if_abandoned(run: RunLayout, watch: Watch, mono: float) -> str | None:
+    """For a worker's housekeeping, once per run and pass: if ``.coord/`` holds a change whose
+    coordinator is gone (no lock, or a lock judged abandoned by ``watch`` at ``mono``, our
+    monotonic clock), take the lock (breaking it), settle the change (:func:`recover`) and
+    release. Returns "finished" or "undone"; None when there was nothing to settle, a live
+    coordinator holds the run, or settling failed (logged; tried again next time)."""
+    try:
+        if not os.listdir(run.staging_root):
+            return None
+    except FileNotFoundError:
+        return None
+    # RACE: a coordinator that finishes now removes its folder, then its lock: we then find
+    # the lock free and nothing to settle. Staging folders are only made under the lock.
+    if os.path.exists(run.coordinator_lock) and abandoned(run, watch, mono) is None:
+        return None
+    try:
+        with coordinating(run, "settle an interrupted change", watch=watch, mono=mono):
+            return recover(run)
+    except RunBusy:  # RACE: someone took the lock first; they settle it
+        return None
+    except ChangeIncomplete as e:
+        log.warning("%s", e)
+        return None
 
 
 def _settle(run: RunLayout, stage: str) -> str | None:
