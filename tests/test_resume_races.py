@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import yaml
 
 from executioner import PoolLayout, RunLayout, store
 from executioner.change import apply, recover
+from executioner.coord import COORD_STALE, shared_watch, watch_key
 from executioner.errors import Refused
 from executioner.fsio import HOST
 from executioner.layout import STATES
@@ -298,11 +300,14 @@ def test_a_coordinator_whose_lock_was_broken_while_it_stalled_applies_nothing(
     second = None
     try:
         _wait_for(go + ".A.grabbed")  # A holds the lock, has grabbed d, and stalls ...
-        old = time.time() - 7200
-        os.utime(run.coordinator_lock, (old, old))  # ... past MAX_AGE
+        os.kill(first.pid, signal.SIGSTOP)  # ... touching its lock no more ...
+        watch = shared_watch(run)  # ... for longer than COORD_STALE, as this host has watched it
+        watch.still_for(watch_key(run), os.stat(run.coordinator_lock).st_mtime, time.monotonic() - COORD_STALE - 1)
+        watch.save(force=True)
         second = subprocess.Popen(base + ["B", go, "--pool", str(pool), "--resume", run.run_id, "--rollback-to", "a"],
                                   stderr=subprocess.PIPE, text=True)
         _wait_for(go + ".B.grabbed")  # B broke the lock, fenced and undid A, grabbed a b c d
+        os.kill(first.pid, signal.SIGCONT)
         open(go + ".A", "w").close()  # A wakes up
         assert first.wait(30) == 3
         assert "another coordinator took the run over; nothing of it was applied" in first.stderr.read()  # type: ignore[union-attr]
@@ -311,6 +316,7 @@ def test_a_coordinator_whose_lock_was_broken_while_it_stalled_applies_nothing(
     finally:
         for p in (first, second):
             if p is not None and p.poll() is None:
+                os.kill(p.pid, signal.SIGCONT)
                 p.kill()
     placed = where(run)
     assert placed == {"a": ["queued"], "b": ["waiting"], "c": ["waiting"], "d": ["waiting"]}, placed
