@@ -72,6 +72,8 @@ def apply(run: RunLayout, make: Callable[[], Plan]) -> Plan:
     first = make()
     if first.refused:
         raise Refused(_refusal(first), run.run_id)
+    if first.nothing_to_do and not _staged(run):
+        return first  # writes nothing, not even an attempt record; needs no lock
     with coordinating(run, first.why) as lock:
         recover(run)
         for _ in range(REPLANS):
@@ -79,6 +81,8 @@ def apply(run: RunLayout, make: Callable[[], Plan]) -> Plan:
             plan = make()  # the run may have moved on since the first look
             if plan.refused:
                 raise Refused(_refusal(plan), run.run_id)
+            if plan.nothing_to_do:
+                return plan
             stage = _Stage(run)
             try:
                 grabbed = _grab_all(stage, plan.steps)
@@ -96,6 +100,14 @@ def apply(run: RunLayout, make: Callable[[], Plan]) -> Plan:
             return plan
     raise Refused(f"run {run.run_id} kept changing under the resume ({REPLANS} plans); try again",
                   run.run_id)
+
+
+def _staged(run: RunLayout) -> bool:
+    """Something is in .coord/: a crashed change to settle first (or one in progress)."""
+    try:
+        return bool(os.listdir(run.staging_root))
+    except FileNotFoundError:
+        return False
 
 
 def _still_ours(run: RunLayout, lock: Any) -> None:

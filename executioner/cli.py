@@ -119,10 +119,15 @@ def submit_main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     if run is None:  # --dry-run
         print(plan.text(), flush=True)
+        if plan.nothing_to_do:
+            print(plan.idle_text(), flush=True)
         return EXIT_REFUSED if plan.refused else EXIT_OK
-    print(f"{run.run_id} {run.root}", flush=True)
-    if a.resume or options.from_jobs:
-        print(plan.text(), file=sys.stderr, flush=True)
+    if plan.nothing_to_do:  # nothing was written; workers asked for are still started
+        print(plan.idle_text(), flush=True)
+    else:
+        print(f"{run.run_id} {run.root}", flush=True)
+        if a.resume or options.from_jobs:
+            print(plan.text(), file=sys.stderr, flush=True)
     from .slurm import SlurmError
 
     backend = _backend(run)

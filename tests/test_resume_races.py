@@ -44,8 +44,8 @@ def test_a_claim_between_plan_and_grab_makes_the_resume_plan_again(pool: Path, m
     before = tree(run.root)
     calls = []
 
-    def make():
-        plan = plan_resume(pool_l, run, workflow, Options())
+    def make():  # (--failed-only holds x and y: a plan that moves them, so it takes the lock)
+        plan = plan_resume(pool_l, run, workflow, Options(failed_only=True))
         calls.append(plan)
         if len(calls) == 2:  # under the lock, planned: now a worker claims x
             claim = store.claim(run, "x", store.Owner.current("w-live"))
@@ -208,7 +208,8 @@ def test_a_job_claimed_while_the_plan_reads_it_is_not_planned_as_new(pool: Path,
         return real(path, job_id, *a, **kw)
 
     monkeypatch.setattr(plan_module, "read_checked", racing_read)
-    plan = apply(run, lambda: plan_resume(pool_l, run, workflow, Options(force=True)))
+    # (--failed-only holds y: a plan that moves a job, so it is planned again under the lock)
+    plan = apply(run, lambda: plan_resume(pool_l, run, workflow, Options(force=True, failed_only=True)))
     [x] = [s for s in plan.steps if s.job == "x"]
     assert x.src == "running" and x.dst is None  # seen where it went, and left running
     assert where(run)["x"] == ["running"]  # one job, one folder
