@@ -117,6 +117,9 @@ def submit_main(argv: list[str] | None = None) -> int:
     except ChangeIncomplete as e:  # an I/O error while settling or placing: the message says what is left
         _fail(p.prog, e)
         return EXIT_FAILED
+    except OSError as e:  # a full disk, a lost mount: one line, no traceback
+        _fail(p.prog, f"{e.filename}: {e.strerror}" if e.filename and e.strerror else e)
+        return EXIT_FAILED
     if run is None:  # --dry-run
         print(plan.text(), flush=True)
         if plan.nothing_to_do:

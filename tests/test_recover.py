@@ -160,3 +160,28 @@ def test_a_full_disk_while_staging_puts_every_job_back(pool: Path, make_workflow
                                "nothing was changed")
     after = tree(run.root)
     assert {k: v for k, v in after.items() if not k.startswith("workers")} == before
+
+
+FULL = {  # every write writes nothing; or only executioner's own (the lock is taken, coordinator.json is not)
+    "all": "import os\nos.write = lambda fd, data: 0\n",
+    "ours": "import errno\nfrom executioner import fsio\n"
+            "def full(*a, **k):\n    raise OSError(errno.ENOSPC, 'No space left on device')\n"
+            "fsio.write_all = full\n"}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("which", sorted(FULL))
+def test_a_resume_on_a_full_disk_fails_in_one_line_and_changes_nothing(pool: Path, make_workflow,
+                                                                       which: str) -> None:
+    from .test_resume import tree
+
+    jobs = [{"id": f"j{i}", "command": "true", **({"dependencies": [f"j{i - 1}"]} if i else {})} for i in range(4)]
+    run = submit(pool, make_workflow(jobs))
+    work(pool, run)
+    before = tree(run.root)
+    full = FULL[which] + "import sys\nfrom executioner.cli import submit_main\nsys.exit(submit_main(sys.argv[1:]))\n"
+    out = subprocess.run([sys.executable, "-c", full, "--pool", str(pool), "--resume", run.run_id,
+                          "--rollback-to", "j1"], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert out.stderr.startswith("exec-submit: error: [Errno ") and len(out.stderr.splitlines()) == 1, out.stderr
+    assert tree(run.root) == before
