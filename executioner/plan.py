@@ -430,7 +430,6 @@ def _step(j: str, spec: JobSpec, cur: Current | None, rerun: dict[str, str], ski
     rewritten into the same folder, neither held nor released (a change of its definition
     is in ``plan.changes``)."""
     step = _choose(j, spec, cur, rerun, skipped, options, failed_upstream, final_done, attempt, dependents, run_id)
-    record = cur.record if cur else None
     if cur is not None and cur.record is not None:
         step.stays = step.dst is None or (step.dst == cur.state and bool(cur.record.get("held")) == step.held
                                           and not cur.record.get("skipped"))
