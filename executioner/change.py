@@ -15,9 +15,17 @@ where it lies. Under the coordinator lock, in a staging folder of its own
    return. Then publish run.json and the other files, place each job, descendants first
    (so a job put in queued/ already has its dependents in place), and drop the originals.
 
-A coordinator that dies leaves its folder behind. The next one first renames that folder
-aside (``.coord/.settle-<token>``), which fences the dead one for good should it wake up
-(its paths no longer exist), then finishes the change (COMMIT written) or undoes it.
+A coordinator that dies leaves its folder behind. The next one (a resume, or a worker's
+housekeeping through :func:`settle_if_abandoned` once the lock is abandoned) first renames
+that folder aside (``.coord/.settle-<token>``), which fences the dead one for good should
+it wake up (its paths no longer exist), then finishes the change (COMMIT written) or undoes
+it. COMMIT is written temp + fsync + rename and no placement starts before it is whole, so
+a COMMIT that cannot be parsed (torn by an older version, or by the storage) means the
+change never committed: it is undone. Finishing is idempotent, and a folder that cannot be
+settled (an I/O error) is left for the next try without keeping the others from settling.
+
+A plan that moves no job and accepts no change (:attr:`Plan.nothing_to_do`) is not carried
+out at all: no lock, no attempt record, no file touched.
 """
 
 from __future__ import annotations
@@ -73,6 +81,9 @@ def apply(run: RunLayout, make: Callable[[], Plan]) -> Plan:
     if first.refused:
         raise Refused(_refusal(first), run.run_id)
     if first.nothing_to_do and not _staged(run):
+        # RACE: another coordinator may start a change right after this plan; ours moved
+        # nothing, so it is as if we had run just before it. A plan made while one is at
+        # work sees its grabbed jobs missing, and read_current says the run is busy.
         return first  # writes nothing, not even an attempt record; needs no lock
     with coordinating(run, first.why) as lock:
         recover(run)
@@ -111,7 +122,7 @@ def _staged(run: RunLayout) -> bool:
 
 
 def _still_ours(run: RunLayout, lock: Any) -> None:
-    """Stop if another coordinator broke our lock (we were stalled past MAX_AGE): it has
+    """Stop if another coordinator broke our lock (we were stopped past COORD_STALE): it has
     fenced our staging folder and undone our grabs; nothing of ours is applied."""
     if not lock.is_lock_held_by_us:
         raise Refused(f"run {run.run_id}: this change stalled so long that another coordinator took the "
