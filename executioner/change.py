@@ -15,9 +15,17 @@ where it lies. Under the coordinator lock, in a staging folder of its own
    return. Then publish run.json and the other files, place each job, descendants first
    (so a job put in queued/ already has its dependents in place), and drop the originals.
 
-A coordinator that dies leaves its folder behind. The next one first renames that folder
-aside (``.coord/.settle-<token>``), which fences the dead one for good should it wake up
-(its paths no longer exist), then finishes the change (COMMIT written) or undoes it.
+A coordinator that dies leaves its folder behind. The next one (a resume, or a worker's
+housekeeping through :func:`settle_if_abandoned` once the lock is abandoned) first renames
+that folder aside (``.coord/.settle-<token>``), which fences the dead one for good should
+it wake up (its paths no longer exist), then finishes the change (COMMIT written) or undoes
+it. COMMIT is written temp + fsync + rename and no placement starts before it is whole, so
+a COMMIT that cannot be parsed (torn by an older version, or by the storage) means the
+change never committed: it is undone. Finishing is idempotent, and a folder that cannot be
+settled (an I/O error) is left for the next try without keeping the others from settling.
+
+A plan that moves no job and accepts no change (:attr:`Plan.nothing_to_do`) is not carried
+out at all: no lock, no attempt record, no file touched.
 """
 
 from __future__ import annotations
@@ -30,12 +38,13 @@ import time
 from typing import Any, Callable
 
 from . import attempts, fence, fsio, store
-from .coord import coordinating, refresh
-from .errors import Refused
+from .coord import abandoned, coordinating, refresh
+from .errors import ChangeIncomplete, Refused, RunBusy
 from .layout import STAGE_SEP, STATES, RunLayout
 from .plan import Plan, Step
 from .reap import recover_private, requeue_lost
-from .scrub import read_checked
+from .scrub import quarantine, read_checked
+from .watch import Watch
 
 log = logging.getLogger("executioner.change")
 REPLANS = 5
@@ -65,10 +74,17 @@ class _Stage:
 
 
 def apply(run: RunLayout, make: Callable[[], Plan]) -> Plan:
-    """Plan (again) under the run's lock and carry the plan out; Refused if a check fails."""
+    """Plan (again) under the run's lock and carry the plan out; Refused if a check fails.
+    ChangeIncomplete if an interrupted change cannot be settled first, or if ours committed
+    but could not all be placed (the next resume finishes it)."""
     first = make()
     if first.refused:
         raise Refused(_refusal(first), run.run_id)
+    if first.nothing_to_do and not _staged(run):
+        # RACE: another coordinator may start a change right after this plan; ours moved
+        # nothing, so it is as if we had run just before it. A plan made while one is at
+        # work sees its grabbed jobs missing, and read_current says the run is busy.
+        return first  # writes nothing, not even an attempt record; needs no lock
     with coordinating(run, first.why) as lock:
         recover(run)
         for _ in range(REPLANS):
@@ -76,6 +92,8 @@ def apply(run: RunLayout, make: Callable[[], Plan]) -> Plan:
             plan = make()  # the run may have moved on since the first look
             if plan.refused:
                 raise Refused(_refusal(plan), run.run_id)
+            if plan.nothing_to_do:
+                return plan
             stage = _Stage(run)
             try:
                 grabbed = _grab_all(stage, plan.steps)
@@ -83,9 +101,11 @@ def apply(run: RunLayout, make: Callable[[], Plan]) -> Plan:
                 continue
             try:
                 _stage(stage, plan.steps, grabbed, _attempt_files(run, plan))
-            except FileNotFoundError:
-                _still_ours(run, lock)  # our folder was renamed aside by a coordinator that broke our lock
-                raise
+            except OSError as e:  # a full disk, or our folder renamed aside by a coordinator that broke our lock
+                _still_ours(run, lock)
+                _put_back(stage, grabbed)
+                raise Refused(f"run {run.run_id}: cannot stage the change ({e.strerror or e}); nothing was "
+                              "changed", run.run_id) from None
             _commit(run, stage.name)
             store.sweep(run)
             return plan
@@ -93,8 +113,16 @@ def apply(run: RunLayout, make: Callable[[], Plan]) -> Plan:
                   run.run_id)
 
 
+def _staged(run: RunLayout) -> bool:
+    """Something is in .coord/: a crashed change to settle first (or one in progress)."""
+    try:
+        return bool(os.listdir(run.staging_root))
+    except FileNotFoundError:
+        return False
+
+
 def _still_ours(run: RunLayout, lock: Any) -> None:
-    """Stop if another coordinator broke our lock (we were stalled past MAX_AGE): it has
+    """Stop if another coordinator broke our lock (we were stopped past COORD_STALE): it has
     fenced our staging folder and undone our grabs; nothing of ours is applied."""
     if not lock.is_lock_held_by_us:
         raise Refused(f"run {run.run_id}: this change stalled so long that another coordinator took the "
@@ -238,41 +266,87 @@ def _stage(stage: _Stage, steps: list[Step], grabbed: dict[str, tuple[str, dict[
 
 
 # ---- 3. commit --------------------------------------------------------------------------
-def _commit(run: RunLayout, stage: str) -> None:
-    """Publish the files and place the jobs listed in COMMIT. Idempotent, and a no-op for
-    a coordinator fenced off meanwhile (its folder was renamed aside: nothing is found)."""
+def _read_commit(run: RunLayout, stage: str) -> dict[str, Any] | None:
+    """COMMIT's placements and files; None if there is no COMMIT. ValueError if it is torn
+    or not a COMMIT record (it is written temp + fsync + rename, so a torn one predates
+    that; either way no placement can have started: they start once it is whole)."""
     try:
         commit = fsio.read_json(run.staging_commit(stage))
     except FileNotFoundError:
+        return None
+    ok = (isinstance(commit, dict) and isinstance(commit.get("placements"), list)
+          and isinstance(commit.get("files"), list)
+          and all(isinstance(p, dict) and isinstance(p.get("job"), str) and p.get("dst") in _PLACES
+                  and (p.get("src") is None or p.get("src") in _PLACES) for p in commit["placements"])
+          and all(isinstance(f, list) and len(f) == 2 and all(isinstance(x, str) for x in f)
+                  and not os.path.isabs(f[1]) and not os.path.normpath(f[1]).startswith("..")
+                  for f in commit["files"]))
+    if not ok:
+        raise ValueError("not a COMMIT record")
+    return commit
+
+
+_PLACES = (*STATES, "removed")
+
+
+def _commit(run: RunLayout, stage: str) -> None:
+    """Publish the files and place the jobs listed in COMMIT. Idempotent (a file or a job
+    already placed is skipped), and a no-op for a coordinator fenced off meanwhile (its folder
+    was renamed aside: nothing is found). A placement that fails does not stop the others;
+    then the folder stays, and ChangeIncomplete names what is left for the next try."""
+    commit = _read_commit(run, stage)
+    if commit is None:
         return
+    problems = []
     for name, target in commit["files"]:
-        if os.path.exists(run.staged_file(stage, name)):
-            os.makedirs(os.path.dirname(os.path.join(run.root, target)), exist_ok=True)
-            os.rename(run.staged_file(stage, name), os.path.join(run.root, target))
-    if any(p["dst"] == "removed" for p in commit["placements"]):
-        os.makedirs(run.removed_dir, exist_ok=True)
+        try:
+            if os.path.exists(run.staged_file(stage, name)):
+                os.makedirs(os.path.dirname(os.path.join(run.root, target)), exist_ok=True)
+                os.rename(run.staged_file(stage, name), os.path.join(run.root, target))
+        except OSError as e:
+            problems.append(f"{target}: {e.strerror or e}")
     for p in commit["placements"]:
-        job, src, dst = p["job"], p["src"], p["dst"]
-        if os.path.exists(run.staged_new(stage, job, dst)):
-            # RACE: dst/<job>.json cannot exist: we hold the only copy of the job (grabbed),
-            # or it is new to the run (the plan saw it nowhere, twice); workers have no way
-            # to create it meanwhile.
-            store.transition(run, job, f"new:{dst}", dst, token=stage)
-        if src is not None:
-            fsio.unlink_quietly(run.staged(stage, job, src))
+        try:
+            _place(run, stage, p["job"], p["src"], p["dst"])
+        except OSError as e:
+            problems.append(f"job {p['job']}: {e.strerror or e}")
+    if problems:
+        raise ChangeIncomplete(f"run {run.run_id}: the change in {run.staging(stage)} is committed but not all "
+                               f"of it is in place ({'; '.join(problems)}); the next `exec-submit --resume "
+                               f"{run.run_id}` finishes it", run.run_id)
     fsio.unlink_quietly(run.staging_commit(stage))
     shutil.rmtree(run.staging(stage), ignore_errors=True)
     _remove_if_empty(run.staging_root)
 
 
+def _place(run: RunLayout, stage: str, job: str, src: str | None, dst: str) -> None:
+    if dst == "removed":
+        os.makedirs(run.removed_dir, exist_ok=True)
+    if os.path.exists(run.staged_new(stage, job, dst)):
+        # RACE: dst/<job>.json cannot exist: we hold the only copy of the job (grabbed),
+        # or it is new to the run (the plan saw it nowhere, twice); workers have no way
+        # to create it meanwhile.
+        store.transition(run, job, f"new:{dst}", dst, token=stage)
+    elif src is not None and os.path.exists(run.staged(stage, job, src)) and store.state_of(run, job) is None:
+        # Its new content is gone (deleted by hand?) and the job is nowhere: rather than
+        # drop its last copy, put it back as it was.
+        log.warning("run %s: job %s: its staged content is missing; put back in %s/ as it was",
+                    run.run_id, job, src)
+        store.transition(run, job, f"staged:{src}", src, token=stage)
+    if src is not None:
+        fsio.unlink_quietly(run.staged(stage, job, src))
+
+
 def recover(run: RunLayout) -> str | None:
     """Settle what crashed coordinators left: finish a committed change, undo any other.
-    Returns "finished" or "undone" (of the last one settled), None if there was nothing."""
+    Returns "finished" or "undone" (of the last one settled), None if there was nothing.
+    One folder that cannot be settled (an I/O error) does not stop the others; it stays,
+    and ChangeIncomplete names it once the others are settled."""
     try:
         names = sorted(os.listdir(run.staging_root))
     except FileNotFoundError:
         return None
-    outcome = None
+    outcome, problems = None, []
     for name in names:
         if name.startswith(SETTLING):
             settle = name  # a settler crashed: settle its folder ourselves
@@ -280,25 +354,80 @@ def recover(run: RunLayout) -> str | None:
             settle = SETTLING + name
             try:
                 # RACE: renaming the folder aside fences its owner, should it be alive after
-                # all (a lock broken by age): every path it uses is gone from now on.
+                # all (a lock broken as abandoned): every path it uses is gone from now on.
                 os.rename(run.staging(name), run.staging(settle))
             except FileNotFoundError:
                 continue
-        outcome = _settle(run, settle)
+            except OSError as e:
+                problems.append(f"{name}: {e.strerror or e}")
+                continue
+        try:
+            outcome = _settle(run, settle) or outcome
+        except (OSError, ValueError) as e:  # ChangeIncomplete is an OSError
+            log.warning("run %s: cannot settle %s: %s", run.run_id, run.staging(settle), e)
+            problems.append(f"{settle}: {e}")
     _remove_if_empty(run.staging_root)
+    if problems:
+        raise ChangeIncomplete(f"run {run.run_id}: cannot settle {len(problems)} interrupted change(s) in "
+                               f"{run.staging_root}: {'; '.join(problems)}", run.run_id)
     return outcome
 
 
-def _settle(run: RunLayout, stage: str) -> str:
-    if os.path.exists(run.staging_commit(stage)):
+def settle_if_abandoned(run: RunLayout, watch: Watch, mono: float) -> str | None:
+    """For a worker's housekeeping, once per run and pass: if ``.coord/`` holds a change whose
+    coordinator is gone (no lock, or a lock judged abandoned by ``watch`` at ``mono``, our
+    monotonic clock), take the lock (breaking it), settle the change (:func:`recover`) and
+    release. Returns "finished" or "undone"; None when there was nothing to settle, a live
+    coordinator holds the run, or settling failed (logged; tried again next time)."""
+    try:
+        if not os.listdir(run.staging_root):
+            return None
+    except FileNotFoundError:
+        return None
+    # RACE: a coordinator that finishes now removes its folder, then its lock: we then find
+    # the lock free and nothing to settle. Staging folders are only made under the lock.
+    if os.path.exists(run.coordinator_lock) and abandoned(run, watch, mono) is None:
+        return None
+    try:
+        with coordinating(run, "settle an interrupted change", watch=watch, mono=mono):
+            return recover(run)
+    except RunBusy:  # RACE: someone took the lock first; they settle it
+        return None
+    except ChangeIncomplete as e:
+        log.warning("%s", e)
+        return None
+
+
+def _settle(run: RunLayout, stage: str) -> str | None:
+    """Finish the change in ``.coord/<stage>`` if it committed, else undo it; None if it
+    was no staging folder at all."""
+    folder = run.staging(stage)
+    if not os.path.isdir(folder):  # not a coordinator's folder: out of the way, kept for a look
+        quarantine(run, folder, "not a coordinator's staging folder")
+        return None
+    try:
+        committed = _read_commit(run, stage) is not None
+    except ValueError as e:
+        log.warning("run %s: %s: COMMIT is torn (%s): the change never committed; undoing it",
+                    run.run_id, folder, e)
+        fsio.unlink_quietly(run.staging_commit(stage))
+        committed = False
+    if committed:
         _commit(run, stage)
         log.warning("run %s: finished a change an interrupted coordinator had committed", run.run_id)
         return "finished"
-    for name in sorted(os.listdir(run.staging(stage))):
+    for name in sorted(os.listdir(folder)):
         state, sep, rest = name.partition(STAGE_SEP)
-        if sep and (state in STATES or state == "removed") and rest.endswith(".json"):
-            store.transition(run, rest[: -len(".json")], f"staged:{state}", state, token=stage)
-    shutil.rmtree(run.staging(stage), ignore_errors=True)
+        if not (sep and state in _PLACES and rest.endswith(".json")):
+            continue
+        job = rest[: -len(".json")]
+        if store.state_of(run, job) is not None:
+            # Only a placement can have put it there (no worker can re-create a job we
+            # hold): this original is a leftover, and putting it back would make two.
+            fsio.unlink_quietly(os.path.join(folder, name))
+            continue
+        store.transition(run, job, f"staged:{state}", state, token=stage)
+    shutil.rmtree(folder, ignore_errors=True)
     log.warning("run %s: undid a change an interrupted coordinator had not committed", run.run_id)
     return "undone"
 

@@ -16,7 +16,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from .errors import ExecutionerError, PoolError, Refused, RunBusy, WorkflowErrors
+from .errors import ChangeIncomplete, ExecutionerError, PoolError, Refused, RunBusy, WorkflowErrors
 from .layout import PoolLayout, RunLayout
 from .status import is_run_dir, last_update, pool_status, run_status
 
@@ -139,12 +139,23 @@ def submit_main(argv: list[str] | None = None) -> int:
         for line in str(e).splitlines():
             print(f"{p.prog}: {line}", file=sys.stderr)
         return EXIT_REFUSED
+    except ChangeIncomplete as e:  # an I/O error while settling or placing: the message says what is left
+        _fail(p.prog, e)
+        return EXIT_FAILED
+    except OSError as e:  # a full disk, a lost mount: one line, no traceback
+        _fail(p.prog, f"{e.filename}: {e.strerror}" if e.filename and e.strerror else e)
+        return EXIT_FAILED
     if run is None:  # --dry-run
         print(plan.text(), flush=True)
+        if plan.nothing_to_do:
+            print(plan.idle_text(), flush=True)
         return EXIT_REFUSED if plan.refused else EXIT_OK
-    print(f"{run.run_id} {run.root}", flush=True)
-    if a.resume or options.from_jobs:
-        print(plan.text(), file=sys.stderr, flush=True)
+    if plan.nothing_to_do:  # nothing was written; workers asked for are still started
+        print(plan.idle_text(), flush=True)
+    else:
+        print(f"{run.run_id} {run.root}", flush=True)
+        if a.resume or options.from_jobs:
+            print(plan.text(), file=sys.stderr, flush=True)
     from .slurm import SlurmError
 
     backend = _backend(run)

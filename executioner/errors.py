@@ -83,3 +83,8 @@ class RunBusy(_RunMessage, BlockingIOError):
 
 class Refused(_RunMessage, RuntimeError):
     """A resume, rollback or from-job failed one of its checks; nothing was written."""
+
+
+class ChangeIncomplete(_RunMessage, OSError):
+    """A change to a run (a resume, or one a crashed coordinator left in ``.coord/``) could
+    not be finished or undone (an I/O error); its staging folder stays for the next try."""

@@ -14,6 +14,8 @@ from typing import Any, Callable, Iterable, Iterator, Literal
 
 import psutil
 
+from . import fsio
+
 TryStatus = Literal["done", "failed", "timeout", "lost", "preempted"]
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -73,7 +75,10 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str, e
             why = (127, f"command not found: {e.filename or argv[0]}")
         else:  # no permission, no shebang (ENOEXEC), a directory, ...
             why = (126, f"cannot execute {argv[0]}: {e.strerror}")
-        os.write(err, (why[1] + "\n").encode())
+        try:
+            fsio.write_all(err, (why[1] + "\n").encode())
+        except OSError:
+            pass  # a full disk: the reason is in the try's record all the same
         return TryResult("failed", why[0], None, start, time.time(), why[1])
     finally:
         os.close(out)

@@ -1,12 +1,16 @@
 """Small filesystem primitives that every writer in executioner goes through.
 
 Every write is: a temp file whose name carries host and pid, ``fsync``, then an
-atomic ``rename`` into place, so no reader on any machine sees half a file.
+atomic ``rename`` into place, so no reader on any machine sees half a file. Every byte
+goes through :func:`write_all`, which finishes short writes (a nearly full filesystem may
+write less than asked) and raises rather than leave a file short; a write that fails
+removes its temp file, so the target is either the old file or the whole new one.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import secrets
 import socket
@@ -32,18 +36,40 @@ def dumps(data: Any) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
 
 
+def write_all(fd: int, data: bytes, offset: int | None = None) -> None:
+    """Write all of ``data`` to ``fd`` (at ``offset`` with pwrite, if given), looping on
+    short writes. A write that writes nothing raises OSError(ENOSPC); ENOSPC, EDQUOT and
+    EIO from the kernel are raised as they come."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (a write wrote nothing)")
+        view = view[n:]
+        if offset is not None:
+            offset += n
+
+
+def _write_new(path: str, payload: bytes, sync: bool) -> None:
+    """Create ``path`` (which must not exist) holding ``payload``; on any failure, remove it
+    and raise. Closing is checked too: NFS reports a full quota at close."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        try:
+            write_all(fd, payload)
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        unlink_quietly(path)
+        raise
+
+
 def write_temp(directory: str, payload: bytes) -> str:
     """Write ``payload`` to a new fsynced temp file in ``directory``; return its path."""
     tmp = temp_name(directory)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        os.write(fd, payload)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
+    _write_new(tmp, payload, sync=True)
     return tmp
 
 
@@ -100,9 +126,12 @@ _unlink_quietly = unlink_quietly
 def write_unsynced(path: str, payload: bytes) -> None:
     """Temp file + rename, with the fsync left to one :func:`sync_filesystem` for many files."""
     tmp = temp_name(os.path.dirname(path))
-    with open(tmp, "xb") as f:
-        f.write(payload)
-    os.rename(tmp, path)
+    _write_new(tmp, payload, sync=False)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        unlink_quietly(tmp)
+        raise
 
 
 def sync_filesystem(path: str) -> None:

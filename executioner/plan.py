@@ -72,6 +72,8 @@ class Step:
     take: str | None = None  # running/: take the claim back first, with this reason
     token: str | None = None
     private: str | None = None  # ... out of this private folder (see executioner.fence)
+    held: bool = False  # the new content keeps it waiting (--failed-only)
+    stays: bool = False  # the job is left as it is, or its file would be rewritten to mean the same
 
     def row(self) -> dict[str, Any]:
         return {"job": self.job, "action": self.action, "reason": self.reason,
@@ -88,10 +90,36 @@ class Plan:
     steps: list[Step] = field(default_factory=list)
     changes: list[dict[str, Any]] = field(default_factory=list)
     checks: list[dict[str, Any]] = field(default_factory=list)
+    backend_before: str = "workers"  # the run's backend now
 
     @property
     def refused(self) -> bool:
         return any(not c["ok"] for c in self.checks)
+
+    @property
+    def nothing_to_do(self) -> bool:
+        """A resume that would move no job and accept no change: it writes nothing, not even
+        its attempt record (four resumes racing must not leave three ghost attempts). Never
+        for the Slurm-DAG backend, whose resume also resubmits Slurm jobs cancelled meanwhile."""
+        backend = self.options.backend or self.backend_before
+        return (self.attempt > 1 and all(s.stays for s in self.steps) and not self.changes
+                and backend == self.backend_before == "workers")
+
+    def idle_text(self) -> str:
+        """What a resume with nothing to do says."""
+        srcs = [s.src for s in self.steps]
+        if all(src == "done" for src in srcs):
+            return "nothing to do: the run is done"
+        blocked = sum(1 for s in self.steps if s.action == "blocked")
+        held = sum(1 for s in self.steps if s.held)
+        waiting = srcs.count("waiting") - blocked - held
+        queued, running, failed = srcs.count("queued"), srcs.count("running"), srcs.count("failed")
+        if queued or running or waiting:
+            extra = "".join(f", {n} {what}" for n, what in ((waiting, "waiting"), (failed, "failed")) if n)
+            return (f"nothing to do: attempt {self.attempt - 1} is in progress ({queued} queued, {running} running"
+                    f"{extra})")
+        left = ", ".join(f"{n} {what}" for n, what in ((failed, "failed"), (blocked, "blocked"), (held, "held")) if n)
+        return f"nothing to do: attempt {self.attempt - 1} has stopped ({left})"
 
     def check(self, name: str, ok: bool, detail: str) -> None:
         self.checks.append({"check": name, "ok": ok, "detail": detail})
@@ -229,7 +257,8 @@ def plan_resume(pool: PoolLayout, run: RunLayout, workflow: Workflow, options: O
     known = known_jobs(run)
     current = read_current(pool, run, options.stale_after, now, known)
     return make_plan(run.run_id, attempts.current(run) + 1, workflow, current, options,
-                     run_level={"env": record.get("env"), "workdir": record.get("workdir")},
+                     run_level={"env": record.get("env"), "workdir": record.get("workdir"),
+                                "backend": record.get("backend") or "workers"},
                      missing=known - set(current))
 
 
@@ -242,7 +271,8 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
     specs = {s.id: s for s in workflow.jobs}
     _check_names(workflow, specs, options)
     why = options.why if current else ("from-job" if options.from_jobs else "submit")
-    plan = Plan(run_id, attempt, why, options, workflow)
+    plan = Plan(run_id, attempt, why, options, workflow,
+                backend_before=str((run_level or {}).get("backend") or "workers"))
     dependents = workflow.dependents()
     order = list(graphlib.TopologicalSorter({s.id: s.dependencies for s in workflow.jobs}).static_order())
 
@@ -327,6 +357,10 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
         if change["job"] in missing and change["new"] == "added":
             change["old"], change["new"] = "missing", "recreated"
     _checks(plan, current, live, options, missing)
+    if plan.nothing_to_do and live:  # live claims are only left running: nothing to refuse
+        for c in plan.checks:
+            if c["check"] == "claims":
+                c["ok"], c["detail"] = True, "left running: " + "; ".join(live)
     return plan
 
 
@@ -399,7 +433,21 @@ def _done_in(record: dict[str, Any]) -> str:
 def _step(j: str, spec: JobSpec, cur: Current | None, rerun: dict[str, str], skipped: set[str],
           options: Options, failed_upstream: dict[str, str], final_done: set[str], attempt: int,
           dependents: dict[str, list[str]], run_id: str) -> Step:
-    """One job's step; jobs come in dependency order, so ``final_done`` holds its upstream."""
+    """One job's step; jobs come in dependency order, so ``final_done`` holds its upstream.
+    Marked ``stays`` when the job is left where it is as it is: done and skipped, failed and
+    not retried, running and left running, or a queued or waiting job whose file would be
+    rewritten into the same folder, neither held nor released (a change of its definition
+    is in ``plan.changes``)."""
+    step = _choose(j, spec, cur, rerun, skipped, options, failed_upstream, final_done, attempt, dependents, run_id)
+    if cur is not None and cur.record is not None:
+        step.stays = step.dst is None or (step.dst == cur.state and bool(cur.record.get("held")) == step.held
+                                          and not cur.record.get("skipped"))
+    return step
+
+
+def _choose(j: str, spec: JobSpec, cur: Current | None, rerun: dict[str, str], skipped: set[str],
+            options: Options, failed_upstream: dict[str, str], final_done: set[str], attempt: int,
+            dependents: dict[str, list[str]], run_id: str) -> Step:
     state = cur.state if cur else None
     record = cur.record if cur else None
     ready = all(d in final_done for d in spec.dependencies)
@@ -449,7 +497,8 @@ def _step(j: str, spec: JobSpec, cur: Current | None, rerun: dict[str, str], ski
             return Step(j, "run", f"{cur.live}; left running", state)
         return Step(j, "run", "stale claim: requeued", state, "queued" if ready else "waiting", build())
     if options.failed_only:
-        return Step(j, "skip", "held until a plain resume (--failed-only)", state, "waiting", build(held=True))
+        return Step(j, "skip", "held until a plain resume (--failed-only)", state, "waiting", build(held=True),
+                    held=True)
     why = "waiting for its dependencies" if not ready else "never ran" if not record["tries"] else "queued"
     return Step(j, "run", why, state, "queued" if ready else "waiting", build())
 

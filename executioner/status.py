@@ -7,14 +7,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
-
 from . import fsio
+from .coord import abandoned, describe, holder, is_stopped, shared_watch, since_text
 from .errors import PoolError
-from .layout import STAGE_SEP, STATES, PoolLayout, RunLayout, job_id_of, split_private_name, split_running_name
+from .layout import JOB_SUFFIX, STAGE_SEP, STATES, PoolLayout, RunLayout, job_id_of, split_private_name, split_running_name
 from .rebuild import known_jobs
 from .store import claim_lock as store_claim_lock
 from .store import read_run_record, running_jobs
+from .watch import Watch
 
 JOB_STATES = ("waiting", "queued", "running", "done", "failed", "blocked")
 # Shown as job states, counted as the folder they are in (the --json count keys are fixed).
@@ -234,28 +234,64 @@ def run_status(run: RunLayout) -> dict[str, Any]:
             out["slurm"] = slurm  # Slurm job ids of the run's workers ("workers") or jobs ("dag")
     except (OSError, ValueError):
         pass
-    if interrupted_change(run):
-        out["reason"] = (f"a resume of this run was interrupted: jobs wait in {run.staging_root}, unseen by "
-                         f"workers; run `exec-submit --resume {run.run_id}` to finish or undo it")
+    note = change_note(run)
+    if note:
+        out["reason"] = note
     return out
 
 
-def interrupted_change(run: RunLayout, grace: float = 60.0) -> bool:
-    """A coordinator's staging area left behind (none is at work: no lock, or a lock this old)."""
+def change_note(run: RunLayout, watch: Watch | None = None, mono: float | None = None) -> str | None:
+    """What ``exec-status`` says while ``.coord/`` holds a change: who is making it, or that
+    it was interrupted (no lock, or a lock judged abandoned); None if nothing is staged."""
+    try:
+        if not os.listdir(run.staging_root):
+            return None
+    except FileNotFoundError:
+        return None
+    n = _staged_jobs(run)
+    jobs = f"{n} job is" if n == 1 else f"{n} jobs are"
+    if not interrupted_change(run, watch, mono):
+        info = holder(run) or {}
+        stopped = "; the process is stopped" if is_stopped(info) else ""
+        return (f"a resume of this run is in progress ({describe(info)}, {info.get('action', '?')}, since "
+                f"{since_text(info)}{stopped}): {jobs} staged in .coord/")
+    return (f"a resume of this run was interrupted: {jobs} waiting in {run.staging_root}, unseen by workers; "
+            f"run `exec-submit --resume {run.run_id}` to finish or undo it")
+
+
+def _staged_jobs(run: RunLayout) -> int:
+    """Jobs in coordinators' staging folders (grabbed, or new content waiting to be placed)."""
+    jobs = set()
+    try:
+        stages = os.listdir(run.staging_root)
+    except FileNotFoundError:
+        return 0
+    for stage in stages:
+        for folder in (run.staging(stage), os.path.join(run.staging(stage), "new")):
+            try:
+                names = os.listdir(folder)
+            except OSError:  # gone (settled meanwhile), or not a folder
+                continue
+            for name in names:
+                _, sep, rest = name.partition(STAGE_SEP)
+                if sep and rest.endswith(JOB_SUFFIX):
+                    jobs.add(rest[: -len(JOB_SUFFIX)])
+    return len(jobs)
+
+
+def interrupted_change(run: RunLayout, watch: Watch | None = None, mono: float | None = None) -> bool:
+    """A coordinator's staging area left behind: no lock, or a lock judged abandoned (its
+    holder dead on this host, or its mtime still for COORD_STALE as this host has watched
+    it; ``watch`` defaults to the host's shared observations, read and not saved)."""
     try:
         if not os.listdir(run.staging_root):
             return False
     except FileNotFoundError:
         return False
-    try:
-        if time.time() - os.stat(run.coordinator_lock).st_mtime > grace:
-            return True
-        info = fsio.read_json(run.coordinator_info)
-    except FileNotFoundError:
+    if not os.path.exists(run.coordinator_lock):
         return True
-    except (OSError, ValueError):
-        return False
-    return isinstance(info, dict) and info.get("host") == fsio.HOST and not psutil.pid_exists(int(info.get("pid", 0)))
+    watch = shared_watch(run) if watch is None else watch
+    return abandoned(run, watch, time.monotonic() if mono is None else mono) is not None
 
 
 def last_update(run: RunLayout) -> float:

@@ -50,7 +50,7 @@ def main() -> None:
         assert len(os.listdir(run.state_dir("waiting"))) == a.jobs - 1
     print(f"{a.jobs} jobs, all done:")
     print(f"  --rollback-to root --dry-run   {dry:6.2f} s   (plans {a.jobs} jobs, writes nothing)")
-    print(f"  plain resume (nothing to run)  {plain:6.2f} s   (attempt record only)")
+    print(f"  plain resume (nothing to do)   {plain:6.2f} s   (plans once, writes nothing)")
     print(f"  --rollback-to root             {rollback:6.2f} s   (grabs, restages and places {a.jobs} jobs)")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import yaml
 
 from executioner import PoolLayout, RunLayout, store
 from executioner.change import apply, recover
+from executioner.coord import COORD_STALE, shared_watch, watch_key
 from executioner.errors import Refused
 from executioner.fsio import HOST
 from executioner.layout import STATES
@@ -42,8 +44,8 @@ def test_a_claim_between_plan_and_grab_makes_the_resume_plan_again(pool: Path, m
     before = tree(run.root)
     calls = []
 
-    def make():
-        plan = plan_resume(pool_l, run, workflow, Options())
+    def make():  # (--failed-only holds x and y: a plan that moves them, so it takes the lock)
+        plan = plan_resume(pool_l, run, workflow, Options(failed_only=True))
         calls.append(plan)
         if len(calls) == 2:  # under the lock, planned: now a worker claims x
             claim = store.claim(run, "x", store.Owner.current("w-live"))
@@ -206,7 +208,8 @@ def test_a_job_claimed_while_the_plan_reads_it_is_not_planned_as_new(pool: Path,
         return real(path, job_id, *a, **kw)
 
     monkeypatch.setattr(plan_module, "read_checked", racing_read)
-    plan = apply(run, lambda: plan_resume(pool_l, run, workflow, Options(force=True)))
+    # (--failed-only holds y: a plan that moves a job, so it is planned again under the lock)
+    plan = apply(run, lambda: plan_resume(pool_l, run, workflow, Options(force=True, failed_only=True)))
     [x] = [s for s in plan.steps if s.job == "x"]
     assert x.src == "running" and x.dst is None  # seen where it went, and left running
     assert where(run)["x"] == ["running"]  # one job, one folder
@@ -298,11 +301,14 @@ def test_a_coordinator_whose_lock_was_broken_while_it_stalled_applies_nothing(
     second = None
     try:
         _wait_for(go + ".A.grabbed")  # A holds the lock, has grabbed d, and stalls ...
-        old = time.time() - 7200
-        os.utime(run.coordinator_lock, (old, old))  # ... past MAX_AGE
+        os.kill(first.pid, signal.SIGSTOP)  # ... touching its lock no more ...
+        watch = shared_watch(run)  # ... for longer than COORD_STALE, as this host has watched it
+        watch.still_for(watch_key(run), os.stat(run.coordinator_lock).st_mtime, time.monotonic() - COORD_STALE - 1)
+        watch.save(force=True)
         second = subprocess.Popen(base + ["B", go, "--pool", str(pool), "--resume", run.run_id, "--rollback-to", "a"],
                                   stderr=subprocess.PIPE, text=True)
         _wait_for(go + ".B.grabbed")  # B broke the lock, fenced and undid A, grabbed a b c d
+        os.kill(first.pid, signal.SIGCONT)
         open(go + ".A", "w").close()  # A wakes up
         assert first.wait(30) == 3
         assert "another coordinator took the run over; nothing of it was applied" in first.stderr.read()  # type: ignore[union-attr]
@@ -311,6 +317,7 @@ def test_a_coordinator_whose_lock_was_broken_while_it_stalled_applies_nothing(
     finally:
         for p in (first, second):
             if p is not None and p.poll() is None:
+                os.kill(p.pid, signal.SIGCONT)
                 p.kill()
     placed = where(run)
     assert placed == {"a": ["queued"], "b": ["waiting"], "c": ["waiting"], "d": ["waiting"]}, placed
