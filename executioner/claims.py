@@ -15,7 +15,9 @@ from typing import Any
 from . import store
 from .events import Events
 from .layout import PoolLayout, run_sort_key
-from .reap import Reaper, storage_now
+from .clock import StorageClock
+from .reap import Reaper
+from .retry import first_start_of
 
 log = logging.getLogger("executioner.worker")
 FIT_MARGIN = 90.0  # Slurm's warning signal comes 30 s before the end, or up to a minute earlier
@@ -49,6 +51,7 @@ class Claiming:
     _event: bool
     _skipped: set[str]
     _rng: random.Random
+    clock: StorageClock
 
     def _scope(self) -> list[str]:
         """Our runs, oldest first. A pool entry is examined once: new runs are new entries."""
@@ -148,8 +151,8 @@ class Claiming:
         not_before = claim.record.get("not_before")
         # Clamped to the job's own delay: a writer whose clock is ahead can make a retry
         # early, never make it wait longer than its delay.
-        wait = min(not_before - storage_now(self.pool), claim.record.get("retry_delay_s", 0.0)) \
-            if not_before else 0.0
+        now = self.clock.now() if not_before else 0.0
+        wait = min(not_before - now, claim.record.get("retry_delay_s", 0.0)) if not_before else 0.0
         if wait > 0:
             # RACE: no lock written yet, and only we hold this claim name: put it back.
             store.release(claim)
@@ -157,6 +160,15 @@ class Claiming:
                 self._not_before[(run_id, job_id)] = time.monotonic() + wait
             return False
         record = claim.record
+        limit = record["spec"].get("max_retry_time")
+        tries = store.attempt_tries(record)
+        if not_before and limit is not None and tries and now - first_start_of(tries) > limit:
+            # RACE: not locked yet, the claim is ours alone. The retry was due within the
+            # limit when decided, but no worker took it in time: no try starts past it.
+            new = dict(record, not_before=None, reason=f"{tries[-1].get('reason') or 'failed'}; max_retry_time "
+                       f"{limit:g} s passed before its retry could start")
+            store.finish(claim, new, "failed")
+            return False
         cached = self._records.get(run_id) or {}
         if record.get("attempt", 1) > cached.get("attempt", 1):
             self._records.pop(run_id, None)  # a resume since we read run.json: read it again

@@ -21,6 +21,7 @@ from .attempts import DEFINITION_FIELDS
 from .errors import Refused, RunBusy, WorkflowError, WorkflowErrors
 from .layout import STAGE_SEP, STATES, PoolLayout, RunLayout, split_running_name
 from .reap import judge_now, judge_private_now
+from .rebuild import known_jobs
 from .scrub import read_checked
 from .status import interrupted_change, snapshot
 from .store import SPEC_DEFAULTS, new_job_record, read_run_record
@@ -209,12 +210,6 @@ def _read_once(pool: PoolLayout, run: RunLayout, stale_after: float, now: float,
     return out
 
 
-def known_jobs(run: RunLayout) -> set[str]:
-    """Jobs the run had after its last attempt (its plan, less what it removed)."""
-    record = attempts.read(run, attempts.current(run)) or {}
-    return {s["job"] for s in record.get("plan", []) if s.get("action") != "remove"}
-
-
 def _settled(run: RunLayout, seen: dict[str, Current]) -> dict[str, Current]:
     """Jobs crashed coordinators left in .coord/, where the next one will put them (it
     finishes a committed change and undoes any other), so a dry run shows the truth."""
@@ -353,6 +348,7 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
     for step in plan.steps:
         if step.job in missing and step.src is None:
             step.reason = "recreated from the workflow (its file was missing)"
+            step.build = _with_lost_try(step.build, attempt)
     for change in plan.changes:
         if change["job"] in missing and change["new"] == "added":
             change["old"], change["new"] = "missing", "recreated"
@@ -416,6 +412,23 @@ def _diff(plan: Plan, specs: dict[str, JobSpec], current: dict[str, Current],
             if old.get(key) != new[key]:
                 plan.changes.append({"job": j, "field": key, "old": old.get(key), "new": new[key],
                                      "needs_force": cur.state == "done" and key in DEFINITION_FIELDS})
+
+
+def _with_lost_try(build: Build | None, attempt: int) -> Build:
+    """A job recreated because its file was gone keeps a ``lost`` try saying so (and
+    max_lost counts it); its earlier tries went with its file."""
+    from .store import try_record
+
+    assert build is not None
+
+    def make(found: dict[str, Any] | None) -> dict[str, Any]:
+        record = build(found)
+        if found is None:
+            record["tries"] = [try_record(1, attempt, "lost", start=None, end=time.time(), worker=None, host=None,
+                                          worker_pid=None, reason="its file was in no state folder (quarantined, "
+                                          "or deleted); recreated from the workflow by exec-submit --resume")]
+        return record
+    return make
 
 
 def _missing_outputs(workflow: Workflow, spec: JobSpec) -> list[str]:
@@ -507,12 +520,10 @@ def _checks(plan: Plan, current: dict[str, Current], live: list[str], options: O
             missing: set[str]) -> None:
     unreadable = [j for j, c in current.items() if c.record is None]
     problems = [f"unreadable: {', '.join(sorted(unreadable))}"] if unreadable else []
-    if missing and not options.force:
-        problems.append(f"missing (broken files are moved to quarantine/): {', '.join(sorted(missing))}; "
-                        "--force recreates them from the workflow, without their history")
     plan.check("job files readable", not problems,
                "; ".join(problems) or ("all readable" if not missing else
-                                       f"--force: recreating {', '.join(sorted(missing))}"))
+                                       f"recreating from the workflow, with a lost try: {', '.join(sorted(missing))} "
+                                       "(in no state folder: see quarantine/)"))
     forced = [c for c in plan.changes if c["needs_force"]]
     if not forced:
         plan.check("definitions", True, f"{len(plan.changes)} change(s), none needs --force")

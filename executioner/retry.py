@@ -16,9 +16,16 @@ class Decision:
     reason: str | None = None
 
 
+def first_start_of(tries: list[dict[str, Any]]) -> float:
+    """When the first try began, in the storage's clock (older records: the worker's)."""
+    first = tries[0]
+    return float(first.get("start_storage") or first.get("start") or 0.0)
+
+
 def decide(spec: dict[str, Any], tries: list[dict[str, Any]], now: float,
            rng: random.Random | None = None) -> Decision:
-    """``tries`` includes the try that just ended (last). Time is passed in."""
+    """``tries`` includes the try that just ended (last). Time is passed in: ``now`` is the
+    storage's clock, as ``start_storage`` of each try is."""
     last = tries[-1]
     status = last["status"]
     failures = sum(1 for t in tries if t["status"] in COUNTED)
@@ -34,7 +41,7 @@ def decide(spec: dict[str, Any], tries: list[dict[str, Any]], now: float,
     if jitter and delay:
         delay *= 1 + (rng or random).uniform(-jitter, jitter)
     limit = spec["max_retry_time"]
-    first_start = tries[0]["start"]
+    first_start = first_start_of(tries)
     if limit is not None and now + delay - first_start > limit:
         return Decision(False, reason=f"max_retry_time {limit:g} s would be exceeded")
     return Decision(True, delay=delay)

@@ -22,7 +22,9 @@ from .events import Events
 from .execute import TryStatus, build_env, command_argv, missing_outputs, run_command
 from .layout import PoolLayout
 from .rebuild import LostFinder, place_record
-from .reap import Reaper, losses, storage_now
+from .clock import StorageClock
+from .reap import Reaper, losses
+from .tidy import Tidy
 from .scrub import Scrubber
 from .retry import decide
 
@@ -58,6 +60,8 @@ class Worker(Claiming):
         self.heartbeat = heartbeat
         self.stale_after = stale_after
         self.reaper = Reaper(self.pool, stale_after, persist=True)
+        self.clock = StorageClock(self.pool)  # the storage's time (retry delays, max_retry_time, temp ages)
+        self.tidy = Tidy(self.pool, stale_after=stale_after)
         self.commit_patience = 60.0  # seconds of failing writes before a result is handed back
         self.poll_min, self.poll_max = poll_min, poll_max
         self.sweep_every = sweep_every
@@ -282,7 +286,7 @@ class Worker(Claiming):
                         if now - self._last_scrub.get(run_id, -1e9) >= self.scrub_every * (
                                 5 if self._dormant(run_id) else 1):
                             self._last_scrub[run_id] = now
-                            self.scrubber.scrub(run, storage_now(self.pool))
+                            self.scrubber.scrub(run, self.clock.now())
                 except (filelock.Timeout, PermissionError):
                     # another sweeper holds it (over sshfs an O_EXCL loser may see EPERM)
                     continue
@@ -337,6 +341,8 @@ class Worker(Claiming):
             host=self.owner.host, worker_pid=self.owner.pid, pid=result.pid, exit_code=result.exit_code,
             signal=result.signal, reason=reason, stdout=os.path.relpath(out, run.root),
             stderr=os.path.relpath(err, run.root))
+        # max_retry_time is measured on one clock, the storage's, whichever worker decides
+        entry["start_storage"] = round(result.start + self.clock.offset(), 6)
         new = dict(record, tries=[*record["tries"], entry], last_exit_code=result.exit_code,
                    not_before=None)
         if status == "done":
@@ -359,11 +365,11 @@ class Worker(Claiming):
             else:
                 self._finish(claim, new, "queued")
             return
-        decision = decide(spec, store.attempt_tries(new), time.time(), self._rng)
+        decision = decide(spec, store.attempt_tries(new), self.clock.now(), self._rng)
         if decision.retry:
             # not_before is in the storage's clock, so any worker, whatever its own clock,
             # waits out the same delay; we remember it on our monotonic clock.
-            new["not_before"] = storage_now(self.pool) + decision.delay
+            new["not_before"] = self.clock.now() + decision.delay
             new["retry_delay_s"] = decision.delay
             if self._finish(claim, new, "queued"):
                 with self._lock:
@@ -479,6 +485,7 @@ class Worker(Claiming):
                 log.warning("heartbeat %s: %s", path, e)
             if not self._stop.is_set():
                 self.reap()
+                self.tidy.maybe(self.reaper.watch, time.monotonic(), self.clock.now)
 
     def reap(self) -> int:
         """One reaping pass over our runs; never raises. Returns the number of jobs moved."""
@@ -491,6 +498,11 @@ class Worker(Claiming):
                 continue
             self._last_reap[run_id] = now
             try:
+                from .change import settle_if_abandoned
+
+                # A resume that crashed (or froze past the lock's limit) is settled here, by
+                # whichever worker finds its lock abandoned, not only by the next resume.
+                settle_if_abandoned(self.pool.run(run_id), self.reaper.watch, now)
                 found = self.reaper.reap(self.pool.run(run_id))
             except Exception:
                 log.exception("reaping run %s", run_id)

@@ -17,7 +17,7 @@ from executioner import PoolLayout, fence, run_status, store
 from executioner.fsio import atomic_write_json, read_json
 from executioner.reap import Reaper, recover_private, requeue_lost
 
-from .conftest import files, submit, work
+from .conftest import submit, work
 
 TAKE = "stale"
 

@@ -349,19 +349,19 @@ def test_a_dry_run_submit_prints_the_plan_and_creates_nothing(pool: Path, tmp_pa
     assert not pool.exists()
 
 
-def test_a_job_file_gone_to_quarantine_refuses_until_forced(pool: Path, tmp_path: Path) -> None:
+def test_a_job_file_gone_to_quarantine_is_recreated_with_a_lost_try(pool: Path, tmp_path: Path) -> None:
     wf = write_wf(tmp_path / "wf.yaml", chain(tmp_path))
     run = submit_cli(pool, wf)
     work(pool, run)
     os.makedirs(run.quarantine_dir, exist_ok=True)
     os.rename(run.job("b", "done"), os.path.join(run.quarantine_dir, "b.json"))  # as the scrubber does
     out = resume(pool, run)
-    assert out.returncode == 3 and "missing (broken files are moved to quarantine/): b" in out.stderr, out.stderr
-    out = resume(pool, run, "--force")
     assert out.returncode == 0, out.stderr
     assert "recreated from the workflow (its file was missing)" in out.stderr
     work(pool, run)
     assert ran(tmp_path) == ["a", "b", "c", "d", "b"] and states(run)["b"] == "done"
+    tries = json.loads(Path(run.job("b", "done")).read_text())["tries"]
+    assert [t["status"] for t in tries] == ["lost", "done"] and "quarantined" in tries[0]["reason"]
 
 
 def test_a_removed_job_added_back_keeps_its_history(pool: Path, tmp_path: Path) -> None:
