@@ -22,7 +22,6 @@ from typing import Any
 import psutil
 
 from . import fence, fsio, store
-from .clock import storage_now  # noqa: F401  (moved; re-exported for the modules that import it here)
 from .layout import PoolLayout, RunLayout
 from .rebuild import rebuilt
 from .scrub import quarantine, read_checked

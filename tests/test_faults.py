@@ -13,7 +13,8 @@ import psutil
 
 from executioner import PoolLayout, fsio, store
 from executioner.fsio import HOST, atomic_write_json, read_json
-from executioner.reap import Reaper, requeue_lost, storage_now
+from executioner.clock import storage_now
+from executioner.reap import Reaper, requeue_lost
 
 from .conftest import files, submit, work
 
