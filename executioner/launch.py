@@ -43,7 +43,7 @@ class Launched:
 def worker_command(pool: PoolLayout, run: RunLayout, slots: int, exit_when_idle: float,
                    heartbeat: float | None = None, stale_after: float | None = None) -> list[str]:
     """The ``exec-worker`` command line of a local worker for ``run``, run by this Python."""
-    argv = [sys.executable, "-m", "executioner.launch", "--pool", pool.root, "--run", run.run_id,
+    argv = [sys.executable, "-m", "executioner", "worker", "--pool", pool.root, "--run", run.run_id,
             "-j", str(slots), "--exit-when-idle", repr(exit_when_idle)]
     if heartbeat is not None:
         argv += ["--heartbeat", repr(heartbeat)]
@@ -77,9 +77,3 @@ def start_local_workers(pool: PoolLayout, run: RunLayout, count: int, slots: int
     Returns their pids (as strings)."""
     argv = worker_command(pool, run, slots, exit_when_idle, heartbeat, stale_after)
     return [str(start_detached(argv, run).pid) for _ in range(count)]
-
-
-if __name__ == "__main__":  # what each launched worker runs: exec-worker itself
-    from .cli import worker_main
-
-    sys.exit(worker_main(sys.argv[1:]))

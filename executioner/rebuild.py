@@ -21,6 +21,15 @@ from .layout import STATES, RunLayout, job_id_of
 log = logging.getLogger("executioner.rebuild")
 
 
+def coordinating(run: RunLayout) -> bool:
+    """A resume is changing the run, or left a change behind: its jobs may sit in its staging
+    folder, out of every state folder, for a while."""
+    try:
+        return bool(os.listdir(run.staging_root)) or os.path.exists(run.coordinator_lock)
+    except FileNotFoundError:
+        return os.path.exists(run.coordinator_lock)
+
+
 def known_jobs(run: RunLayout) -> set[str]:
     """Jobs the run had after its last attempt (its plan, less what it removed)."""
     record = attempts.read(run, attempts.current(run)) or {}
@@ -104,9 +113,7 @@ class LostFinder:
 
     def check(self, run: RunLayout, expected: int, mono: float) -> list[str]:
         """One look; returns the jobs rebuilt. Call it holding the run's sweep lease."""
-        from .worker import _coordinating
-
-        if _coordinating(run):
+        if coordinating(run):
             self._pending.pop(run.run_id, None)
             return []
         seen = seen_jobs(run)

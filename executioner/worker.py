@@ -21,7 +21,7 @@ from .claims import Claiming
 from .events import Events
 from .execute import TryStatus, build_env, command_argv, missing_outputs, run_command
 from .layout import PoolLayout
-from .rebuild import LostFinder, place_record
+from .rebuild import LostFinder, coordinating, place_record
 from .clock import StorageClock
 from .reap import Reaper, losses
 from .tidy import Tidy
@@ -30,14 +30,6 @@ from .retry import decide
 
 log = logging.getLogger("executioner.worker")
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGKILL", "SIGUSR2")
-
-
-def _coordinating(run: Any) -> bool:
-    """A resume is changing the run (its jobs may sit in its staging folder for a moment)."""
-    try:
-        return bool(os.listdir(run.staging_root)) or os.path.exists(run.coordinator_lock)
-    except FileNotFoundError:
-        return os.path.exists(run.coordinator_lock)
 
 
 def slurm_job_id() -> str | None:
@@ -427,7 +419,7 @@ class Worker(Claiming):
         so that max_lost ends a job that keeps deleting itself."""
         for pause in (0.0, 0.5):
             time.sleep(pause)
-            if store.state_of(claim.run, claim.job_id) is not None or _coordinating(claim.run):
+            if store.state_of(claim.run, claim.job_id) is not None or coordinating(claim.run):
                 return
         record = claim.record
         entry = store.try_record(claim.try_number, record.get("attempt", 1), "lost", start=claim.claimed_at,
