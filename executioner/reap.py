@@ -149,6 +149,7 @@ class Reaper:
             return []
         jobs = store.running_jobs(run, names)
         self.running_seen[run.run_id] = len(jobs)
+        self._clear_empty(run, names, {j.private.name for j in jobs if j.private is not None}, mono)
         moved = []
         for job in jobs:
             try:
@@ -163,6 +164,22 @@ class Reaper:
         self._claims = {p: c for p, c in self._claims.items() if os.path.basename(p) in names}
         self.watch.save(mono)
         return moved
+
+    def _clear_empty(self, run: RunLayout, names: list[str], holding: set[str], mono: float) -> None:
+        """Remove private folders that hold no job and stand still: their process died after
+        making one and before its fence, or after its final rename. An owner alive after all
+        finds its folder gone at its fence and fences again with a new one."""
+        for name in names:
+            private = fence.Private.parse(run, name) if name not in holding and "+" in name else None
+            if private is None:
+                continue
+            try:
+                # RACE: its owner fencing into it right now either wins (we see a job next
+                # time, rmdir fails: not empty) or finds it gone and makes another.
+                if self.judge_private(run, private, mono).stale:
+                    os.rmdir(private.path)
+            except OSError:
+                continue
 
     def _reap_one(self, run: RunLayout, job: store.Running, mono: float) -> str | None:
         if job.private is not None:

@@ -285,6 +285,7 @@ class Worker(Claiming):
                 if moved:
                     with self._lock:
                         self._candidates.pop(run_id, None)
+                        self._queued_empty.discard(run_id)
                     promoted = True
             return promoted
         finally:
@@ -342,7 +343,9 @@ class Worker(Claiming):
                 log.info("completed %s of run %s (try %d, claim %s)", claim.job_id, run.run_id,
                          try_number, claim.token)
                 self._count_finished()
-                store.promote(run, record["dependents"])
+                if store.promote(run, record["dependents"]):
+                    with self._lock:  # we made work: the run is not dormant, whatever we last saw
+                        self._queued_empty.discard(run.run_id)
             return
         if status == "preempted":
             lost, max_lost = losses(store.attempt_tries(new)), spec.get("max_lost", 3)
@@ -503,6 +506,7 @@ class Worker(Claiming):
                 moved += len(found)
                 with self._lock:
                     self._candidates.pop(run_id, None)
+                    self._queued_empty.discard(run_id)
                 self._wake.set()
         return moved
 

@@ -125,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
                 frozen[i] = now + (rng.uniform(a.stale_after + 1, 2 * a.stale_after + 2) if long
                                    else rng.uniform(0.1, a.stale_after / 2))
                 blows[("SIGSTOP past stale-after" if long else "SIGSTOP") + where] += 1
+        # Every job is done; give the workers a moment to clear what killed committers left
+        # (empty private folders), as they would in a run that goes on.
+        settle = time.monotonic() + 4 * a.stale_after + 5
+        while time.monotonic() < settle and os.listdir(os.path.join(run_dir, "running")):
+            for i in list(frozen):
+                workers[i].send_signal(signal.SIGCONT)
+                del frozen[i]
+            time.sleep(0.2)
     finally:
         for i in list(frozen):
             workers[i].send_signal(signal.SIGCONT)
@@ -199,7 +207,7 @@ def report(run_dir: str, jobs: int, ledger: str, logs: str, blows: collections.C
     for name, ok in checks.items():
         print(f"  {'ok  ' if ok else 'FAIL'} {name}")
     if any(others.values()):
-        print("  left: " + ", ".join(f"{s}: {len(v)}" for s, v in others.items() if v))
+        print("  left: " + ", ".join(f"{s}: {len(v)} ({' '.join(sorted(v)[:5])})" for s, v in others.items() if v))
     return 0 if all(checks.values()) else 1
 
 
