@@ -262,3 +262,102 @@ def test_a_job_claimed_and_released_while_it_is_looked_for_is_not_rebuilt_as_a_s
     work(pool, run)
     runs = ledger.read_text().count("a")
     assert (second, copies, runs) == ([], ["queued/a.json"], 1)
+
+
+# ---- 7. a resume whose take of a claim hits a full disk leaves its grabs in .coord/ ------
+def test_a_resume_that_cannot_write_a_take_puts_back_what_it_grabbed(pool, make_workflow, monkeypatch) -> None:
+    """README: when the disk fills up, 'a resume says so in one line (exit 1) and puts back
+    what it had grabbed'. The take of a stale claim writes a record (fence.leave ->
+    write_temp); its OSError escapes _grab_all, which only undoes on _Moved. The jobs already
+    grabbed (here: b, from failed/) stay in .coord/<token>/ after the resume exits: invisible
+    to workers and to `ls failed/`, until a worker's housekeeping settles the abandoned change."""
+    from executioner.change import apply
+    from executioner.plan import Options, plan_resume, workflow_for_resume
+
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}, {"id": "b", "command": "false"}]))
+    dead = store.claim(run, "a", store.Owner("gone-1", "far-away-host", 1, 1.0))
+    store.write_lock(dead)  # no heartbeat file: a resume judges it stale and takes it back
+    claim = store.claim(run, "b", store.Owner.current("w"))
+    assert store.finish(claim, dict(claim.record, reason="exit code 1"), "failed")
+    real = fsio.write_temp
+
+    def full(directory, payload):
+        if os.path.basename(directory) == "running":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(directory, payload)
+
+    monkeypatch.setattr(fsio, "write_temp", full)
+    pool_layout = PoolLayout(str(pool))
+    workflow = workflow_for_resume(run, None)
+    with pytest.raises(OSError):
+        apply(run, lambda: plan_resume(pool_layout, run, workflow, Options(stale_after=60)))
+    monkeypatch.undo()
+    staged = [os.path.join(d, n) for d, _, ns in os.walk(run.staging_root) for n in ns] \
+        if os.path.isdir(run.staging_root) else []
+    assert (entries(run), staged) == ([f"failed/b.json", f"running/{os.path.basename(dead.path)}"], [])
+
+
+# ---- 8. a take undone after its write failed strands a live worker's claim forever ------
+@pytest.mark.timeout(120)
+def test_a_claim_put_back_by_a_taker_whose_write_failed_is_not_stranded(pool, make_workflow, monkeypatch) -> None:
+    """A reaper (or a resume --force) fences a claim, then cannot write the lost record (full
+    disk): fence._undo puts the claim back under its own name. The owner, alive, saw its
+    claim gone meanwhile (its once-a-second check), stopped its command and, finding the job
+    'running' in the taker's private folder, wrote nothing (_vanished). Then the claim
+    reappears: running/a@T.json, locked by a live worker that no longer runs it and keeps
+    beating. No reaper ever calls it stale, and the worker itself never becomes idle
+    (_work_pending counts that claim): the job and the run hang for the worker's lifetime."""
+    from executioner.reap import requeue_lost
+    from executioner.worker import Worker
+
+    run = submit(pool, make_workflow([{"id": "a", "command": "sleep 30"}]))
+    worker = Worker(str(pool), run_ids=[run.run_id], exit_when_idle=1.0, poll_min=0.02, poll_max=0.2,
+                    heartbeat=0.5, stale_after=10)
+    vanished = threading.Event()
+    real_vanished, real_write_temp = worker._vanished, fsio.write_temp
+
+    def spy_vanished(claim, why):
+        real_vanished(claim, why)
+        vanished.set()
+
+    def slow_full_disk(directory, payload):
+        if threading.current_thread().name == "taker" and os.path.basename(directory) == "running":
+            vanished.wait(20)  # the write takes a while (NFS), and then fails
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_temp(directory, payload)
+
+    monkeypatch.setattr(worker, "_vanished", spy_vanished)
+    monkeypatch.setattr(fsio, "write_temp", slow_full_disk)
+    t = threading.Thread(target=worker.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        running = [r for r in store.running_jobs(run) if r.private is None]
+        if running and os.path.exists(run.claim_record("a", 1)):
+            break
+        time.sleep(0.05)
+    [claim] = running
+    record = read_json(claim.path)
+    lock = store.claim_lock(run, "a", claim.token, record)
+
+    def take() -> None:
+        try:
+            requeue_lost(run, "a", claim.token, record, "judged stale", lock)
+        except OSError:
+            pass  # the taker gives up; its claim was put back untouched
+
+    taker = threading.Thread(target=take, name="taker")
+    taker.start()
+    taker.join(30)
+    monkeypatch.undo()
+    assert vanished.is_set()
+    t.join(15)  # a healthy worker runs the job again (or hands it back) and exits when idle
+    other = Reaper(PoolLayout(str(pool)), stale_after=2)  # another checker, watching for 5 s
+    moved = []
+    for _ in range(10):
+        moved += other.reap(run)
+        time.sleep(0.5)
+    stranded = t.is_alive() and os.path.exists(claim.path) and not moved
+    worker.stop()
+    t.join(30)
+    assert not stranded, "running/a@T.json stays, locked by a live worker that no longer runs it"
