@@ -169,6 +169,10 @@ def _grab_all(stage: _Stage, steps: list[Step]) -> dict[str, tuple[str, dict[str
     except _Moved:
         _put_back(stage, grabbed)
         raise
+    except OSError as e:  # a take that cannot write (a full disk): the change cannot go on
+        _put_back(stage, grabbed)
+        raise Refused(f"run {run.run_id}: cannot take a claim back ({e.strerror or e}); nothing was changed "
+                      "(a claim it had fenced is placed by a worker once the disk has room)", run.run_id) from None
     return grabbed
 
 

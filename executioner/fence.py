@@ -29,6 +29,7 @@ import logging
 import os
 import random
 import secrets
+import stat
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -91,6 +92,13 @@ class Private:
     def job_file(self) -> str:
         return self.run.private_job(self.path, self.job_id)
 
+    def is_folder(self) -> bool:
+        """A real folder (a symlink named like one is not followed: scrub quarantines it)."""
+        try:
+            return stat.S_ISDIR(os.lstat(self.path).st_mode)
+        except FileNotFoundError:
+            return False
+
     def owner_dead_here(self) -> bool:
         """Its process is gone (same host only: a pid means nothing elsewhere)."""
         host = "".join(c if c.isalnum() or c in "._-" else "_" for c in fsio.HOST)
@@ -103,14 +111,17 @@ class Private:
         return st.st_mtime + st.st_ctime * 1e-3
 
 
-def leave(run: RunLayout, job_id: str, token: str, intent: str, build: Build) -> str | None:
+def leave(run: RunLayout, job_id: str, token: str, intent: str, build: Build, give_back: bool = True) -> str | None:
     """Take claim ``running/<job>@<token>.json`` out of running/ through a private folder.
 
     ``build(content, private)`` gets the claim's content as fenced (None if unreadable) and
     returns ``(dst, record)``, or None to put the claim back untouched. Returns the state the
     job went to; None if the claim was gone (someone else took it: we wrote nothing).
-    OSError from writing the record (a full disk) propagates after the claim is put back
-    under its own name, untouched.
+    OSError from writing the record (a full disk) propagates. The claim's own worker
+    (``give_back``) then puts it back under its own name, untouched, to try again later.
+    Anyone else leaves it in its private folder: the claim's worker may have seen it go and
+    given up on it, so its name must not come back; the folder is recovered (by anyone,
+    once it stands still) when the disk has room again.
     """
     claim_path = run.running(job_id, token)
     for _ in range(3):
@@ -130,7 +141,7 @@ def leave(run: RunLayout, job_id: str, token: str, intent: str, build: Build) ->
             if os.path.exists(claim_path):
                 continue
             return None
-        return _publish(private, build, claim_path)
+        return _publish(private, build, claim_path if give_back else None)
     return None
 
 
@@ -208,7 +219,10 @@ def recover(private: Private, build: Build) -> str | None:
     job went to; None if there was nothing to take (the owner finished, or someone else
     took the folder first), or the folder was empty."""
     run = private.run
-    mine = Private.parse(run, os.path.basename(run.private(private.job_id, private.token, who("recover"))))
+    # Our folder keeps the owner's intent: should we stall after our swap, the next checker
+    # still completes a finished result rather than turning it into a loss.
+    intent = private.intent if private.intent in STATES else "recover"
+    mine = Private.parse(run, os.path.basename(run.private(private.job_id, private.token, who(intent))))
     assert mine is not None
     try:
         # RACE: the owner finishing or another checker recovering at the same moment: one

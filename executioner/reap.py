@@ -114,6 +114,10 @@ class Reaper:
             except FileNotFoundError:
                 beats[worker] = None
         beat = beats[worker]
+        if beat is not None:
+            # A watch begun while the heartbeat was missing for an instant must not count
+            # later: it would make a live claim stale at once the next time it is missing.
+            self.watch.forget(f"claim:{run.run_id}/{job.name}")
         if beat is None:
             stamp = os.stat(run.claim_record(job.job_id, int(claim.get("try", len(record["tries"]) + 1)))).st_mtime
             return self._verdict(f"claim:{run.run_id}/{job.name}", stamp, mono,
@@ -128,7 +132,20 @@ class Reaper:
         if private.owner_dead_here():
             return Verdict(True, f"its {private.intent} by {who} was interrupted: process gone")
         return self._verdict(f"private:{run.run_id}/{private.name}", private.stamp(), mono,
-                             f"its {private.intent} by {who} stood still for {{age:.0f}} s")
+                             f"its {private.intent} by {who} stood still for {{age:.0f}} s",
+                             self._private_patience(run, private))
+
+    def _private_patience(self, run: RunLayout, private: fence.Private) -> float:
+        """A worker finishing its own claim gets the patience its settings ask for, as its
+        claim would; takers and recoverers (no heartbeat of their own) get ours."""
+        if private.intent not in ("done", "failed", "queued", "waiting"):
+            return self.stale_after
+        try:
+            record = fsio.read_json(private.job_file)
+            claim = store.claim_lock(run, private.job_id, private.token, record)
+        except (OSError, ValueError, KeyError, TypeError):
+            return self.stale_after
+        return self._patience(str(claim.get("worker"))) if claim else self.stale_after
 
     def _claim_record(self, run: RunLayout, job: store.Running, record: dict[str, Any]) -> dict[str, Any] | None:
         if self._claims.get(job.path) is None:
@@ -171,7 +188,7 @@ class Reaper:
         finds its folder gone at its fence and fences again with a new one."""
         for name in names:
             private = fence.Private.parse(run, name) if name not in holding and "+" in name else None
-            if private is None:
+            if private is None or not private.is_folder():
                 continue
             try:
                 # RACE: its owner fencing into it right now either wins (we see a job next

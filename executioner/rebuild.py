@@ -116,7 +116,11 @@ class LostFinder:
         if coordinating(run):
             self._pending.pop(run.run_id, None)
             return []
-        seen = seen_jobs(run)
+        from .store import still_look
+
+        seen, still = still_look(run, lambda: seen_jobs(run))
+        if not still:
+            return []  # the run kept moving under every look: nothing can be concluded now
         if len(seen) >= expected and run.run_id not in self._pending:
             return []
         gone = known_jobs(run) - seen
@@ -144,7 +148,10 @@ def place_record(run: RunLayout, job_id: str, record: dict[str, Any], dst: str) 
     try:
         # RACE: a job that was only moving (seen nowhere by a listing that raced its rename)
         # is found by this look; the caller looked twice, some time apart, already.
-        if state_of(run, job_id) is not None:
+        from .store import still_look
+
+        state, still = still_look(run, lambda: state_of(run, job_id))
+        if state is not None or not still:
             return False
         os.link(tmp, run.job(job_id, dst))
         return True

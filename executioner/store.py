@@ -22,13 +22,13 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import psutil
 
 from . import fence, fsio
 from .attempts import definition_hash
-from .layout import FORMAT_VERSION, RunLayout, job_id_of, split_running_name
+from .layout import FORMAT_VERSION, STATES, RunLayout, job_id_of, split_running_name
 from .scrub import quarantine, read_checked
 from .workflow import JobSpec
 
@@ -154,7 +154,7 @@ def take(run: RunLayout, job_id: str, token: str, build: fence.Build) -> str | N
     """Take someone else's claim out of running/ (a stale one, or one a resume takes back):
     ``build(content, private)`` decides where the job goes, from the content as fenced.
     Returns that state; None if the claim was gone (its worker finished, or another taker)."""
-    return fence.leave(run, job_id, token, "take", build)
+    return fence.leave(run, job_id, token, "take", build, give_back=False)
 
 
 def _where(run: RunLayout, job_id: str, place: str, token: str | None) -> str:
@@ -272,9 +272,36 @@ def running_jobs(run: RunLayout, names: list[str] | None = None) -> list[Running
             out.append(Running(parts[0], parts[1], os.path.join(run.state_dir("running"), name)))
             continue
         private = fence.Private.parse(run, name)
-        if private is not None and os.path.exists(private.job_file):
+        if private is not None and private.is_folder() and os.path.exists(private.job_file):
             out.append(Running(private.job_id, private.token, private.job_file, private))
     return out
+
+
+def folders_stamp(run: RunLayout) -> tuple[tuple[int, int], ...]:
+    """The state folders' mtimes and ctimes: any rename into or out of one changes it."""
+    out = []
+    for state in STATES:
+        try:
+            st = os.stat(run.state_dir(state))
+            out.append((st.st_mtime_ns, st.st_ctime_ns))
+        except FileNotFoundError:
+            out.append((0, 0))
+    return tuple(out)
+
+
+def still_look(run: RunLayout, look: Callable[[], Any], tries: int = 10, pause: float = 0.02) -> tuple[Any, bool]:
+    """``look()`` made while no state folder changed (no job moved), and True; or the last
+    look and False when the run kept moving under every try. A job in the middle of a move
+    can be missed by a look that lists the folders one after another; a still look cannot
+    miss it (on filesystems whose folder times change with every rename)."""
+    result = None
+    for i in range(tries):
+        before = folders_stamp(run)
+        result = look()
+        if folders_stamp(run) == before:
+            return result, True
+        time.sleep(pause * (i + 1))
+    return result, False
 
 
 def state_of(run: RunLayout, job_id: str) -> str | None:

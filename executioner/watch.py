@@ -54,6 +54,7 @@ class Watch:
     def __init__(self, path: str | None = None):
         self.path = path
         self._seen: dict[str, list[float]] = {}  # key -> [stamp, first seen, last seen]
+        self._forgotten: set[str] = set()  # dropped from the shared file at the next save
         self._dirty = False
         self._saved = -1e18
         if path is not None:
@@ -89,7 +90,9 @@ class Watch:
         return mono - seen[1]
 
     def forget(self, key: str) -> None:
-        if self._seen.pop(key, None) is not None:
+        """Start any later watch of ``key`` afresh (here, and in the shared file)."""
+        if self._seen.pop(key, None) is not None or self.path is not None and key not in self._forgotten:
+            self._forgotten.add(key)
             self._dirty = True
 
     def save(self, mono: float | None = None, force: bool = False) -> None:
@@ -98,7 +101,7 @@ class Watch:
         if self.path is None or not self._dirty or (not force and mono - self._saved < SAVE_EVERY):
             return
         self._saved = mono
-        merged = self._load()
+        merged = {k: v for k, v in self._load().items() if k not in self._forgotten}
         for key, mine in self._seen.items():
             theirs = merged.get(key)
             if theirs is None or theirs[0] != mine[0]:
@@ -113,5 +116,6 @@ class Watch:
         try:
             fsio.atomic_write_json(self.path, merged)
             self._dirty = False
+            self._forgotten.clear()
         except OSError as e:  # a full disk costs us the sharing only
             log.info("cannot save observations to %s: %s", self.path, e)

@@ -412,8 +412,8 @@ class Worker(Claiming):
             except OSError as e:
                 log.error("job %s of run %s: cannot hand it back either (%s); trying again", claim.job_id,
                           claim.run.run_id, e)
-            if self._slots_done.wait(10.0):
-                return False  # the reaper requeues it once our heartbeat stops
+            if self._abort.wait(10.0):
+                return False  # stopping: the reaper requeues it once our heartbeat stops
 
     def _vanished(self, claim: store.Claim, why: str) -> None:
         """Our claim is gone. Usually a reaper or a resume took it (the job is then in another
@@ -422,7 +422,8 @@ class Worker(Claiming):
         so that max_lost ends a job that keeps deleting itself."""
         for pause in (0.0, 0.5):
             time.sleep(pause)
-            if store.state_of(claim.run, claim.job_id) is not None or coordinating(claim.run):
+            state, still = store.still_look(claim.run, lambda: store.state_of(claim.run, claim.job_id))
+            if state is not None or not still or coordinating(claim.run):
                 return
         record = claim.record
         entry = store.try_record(claim.try_number, record.get("attempt", 1), "lost", start=claim.claimed_at,

@@ -1,6 +1,7 @@
 """Adversarial review r1 of format 2: each test reproduces one demonstrated problem.
 
-Each test asserts the behaviour the README promises; they FAIL on the code as reviewed.
+Each test asserts the behaviour the README promises; each failed on the code as reviewed
+(commit 609c0ba's parent) and passes since the fixes that follow it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from executioner import PoolLayout, fence, fsio, store
+from executioner.errors import Refused
 from executioner.fsio import atomic_write_json, read_json
 from executioner.reap import Reaper, recover_private
 
@@ -167,7 +169,7 @@ def test_a_recoverer_that_stalls_after_its_swap_does_not_turn_a_finished_result_
             outcomes.append("O frozen")
             private = fence.Private.parse(run, os.path.basename(os.path.dirname(src)))
             outcomes.append(recover_private(run, private, "R1: stood still"))
-        elif os.path.dirname(dst) == run.state_dir("done") and "+recover-" in src and outcomes == ["O frozen"]:
+        elif os.path.dirname(dst) == run.state_dir("done") and "+done-" in src and outcomes == ["O frozen"]:
             # ... and R1 freezes before its own final rename: R2 recovers R1's folder
             outcomes.append("R1 frozen")
             r1 = fence.Private.parse(run, os.path.basename(os.path.dirname(src)))
@@ -177,7 +179,7 @@ def test_a_recoverer_that_stalls_after_its_swap_does_not_turn_a_finished_result_
     monkeypatch.setattr(os, "rename", rename)
     assert store.finish(claim, result(claim), "done") is False
     monkeypatch.undo()
-    assert outcomes[1:] == ["R1 frozen", "queued", None]  # R2 placed it in queued/; R1's rename failed
+    assert outcomes[1:] == ["R1 frozen", "done", None]  # R2 completed it; R1's rename failed
     assert entries(run) == ["done/a.json"], (entries(run), read_json(run.job("a", "queued"))["tries"])
     assert [t["status"] for t in read_json(run.job("a", "done"))["tries"]] == ["done"]
 
@@ -289,12 +291,18 @@ def test_a_resume_that_cannot_write_a_take_puts_back_what_it_grabbed(pool, make_
     monkeypatch.setattr(fsio, "write_temp", full)
     pool_layout = PoolLayout(str(pool))
     workflow = workflow_for_resume(run, None)
-    with pytest.raises(OSError):
+    with pytest.raises(Refused, match="cannot take a claim back"):
         apply(run, lambda: plan_resume(pool_layout, run, workflow, Options(stale_after=60)))
     monkeypatch.undo()
     staged = [os.path.join(d, n) for d, _, ns in os.walk(run.staging_root) for n in ns] \
         if os.path.isdir(run.staging_root) else []
-    assert (entries(run), staged) == ([f"failed/b.json", f"running/{os.path.basename(dead.path)}"], [])
+    # b is back in failed/; a (its worker dead) waits in the resume's private folder, still
+    # running, until a worker places it once the disk has room
+    assert staged == [] and entries(run)[-1] == "failed/b.json"
+    assert [(r.job_id, r.private is not None) for r in store.running_jobs(run)] == [("a", True)]
+    reaper = Reaper(PoolLayout(str(pool)), stale_after=60)
+    assert reaper.reap(run, mono=0) == [] and reaper.reap(run, mono=61) == ["a"]
+    assert entries(run) == ["queued/a.json", "failed/b.json"]
 
 
 # ---- 8. a take undone after its write failed strands a live worker's claim forever ------
