@@ -343,7 +343,11 @@ def worker_main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGUSR2, on_signal)  # Slurm's warning before the time limit (--signal)
-    finished = worker.run()
+    try:
+        finished = worker.run()
+    except OSError as e:  # no heartbeat can be written (a full disk, a read-only pool): say so, once
+        print(f"exec-worker: error: {e.filename or pool_dir}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_FAILED
     logging.getLogger("executioner.worker").info("worker %s exits after %d jobs", worker.worker_id, finished)
     return EXIT_OK
 
