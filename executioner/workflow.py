@@ -15,10 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-import orjson
-import yaml
-
 from .errors import WorkflowError, WorkflowErrors
+from .wfparse import SHOWN_CHARS, cut, parse, show
 
 JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 TOP_KEYS: Final = ("name", "workdir", "env", "defaults", "jobs")
@@ -113,47 +111,21 @@ def load_workflow(path: str) -> Workflow:
             raw = f.read()
     except OSError as e:
         raise WorkflowErrors([WorkflowError(f"cannot read: {e.strerror}", shown)]) from None
-    data = _parse(raw, shown)
+    data = parse(raw, shown)
     return _Validator(shown, raw).workflow(data)
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """Safe YAML that refuses a key given twice in one mapping (the last would silently win)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-                              _StrictLoader.construct_mapping)
-
-
-def _parse(raw: bytes, shown: str) -> Any:
-    try:
-        if shown.endswith(".json"):
-            return orjson.loads(raw)
-        return yaml.load(raw, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except RecursionError:
-        raise WorkflowErrors([WorkflowError("nested too deeply to read", shown)]) from None
-    except orjson.JSONDecodeError as e:
-        raise WorkflowErrors([WorkflowError(f"not valid JSON: {e}", shown)]) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "syntax error"
-        raise WorkflowErrors([WorkflowError(f"not valid YAML{where}: {problem}", shown)]) from None
-
-
 def _suggest(key: str, choices: tuple[str, ...]) -> str:
+    """" (did you mean 'x'?)" when one of ``choices`` is close to ``key``."""
+    if len(key) > 2 * SHOWN_CHARS:
+        return ""
     close = difflib.get_close_matches(key, choices, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _key(key: Any) -> str:
+    """A key from the file as a message names it: itself if a string, cut short."""
+    return cut(key) if isinstance(key, str) else show(key)
 
 
 def _type_name(value: Any) -> str:
@@ -176,7 +148,7 @@ class _Validator:
             raise WorkflowErrors(self.errors)
         for key in data:
             if key not in TOP_KEYS:
-                self.err(f"unknown key{_suggest(str(key), TOP_KEYS)}", key=str(key))
+                self.err(f"unknown key{_suggest(str(key), TOP_KEYS)}", key=_key(key))
         stem = os.path.splitext(os.path.basename(self.file))[0]
         name = data.get("name", re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip("._-") or "run")
         if not isinstance(name, str) or not JOB_ID_RE.fullmatch(name):
@@ -194,9 +166,9 @@ class _Validator:
             defaults = {}
         for key in list(defaults):
             if key in ("id", "command", "dependencies"):
-                self.err("cannot be set in defaults", key=f"defaults.{key}")
+                self.err("cannot be set in defaults", key=f"defaults.{_key(key)}")
             elif key not in JOB_OPTIONS:
-                self.err(f"unknown key{_suggest(str(key), tuple(JOB_OPTIONS))}", key=f"defaults.{key}")
+                self.err(f"unknown key{_suggest(str(key), tuple(JOB_OPTIONS))}", key=f"defaults.{_key(key)}")
             else:
                 self.value(key, defaults[key], None, f"defaults.{key}")
         jobs = self.jobs(data.get("jobs"), defaults)
@@ -233,7 +205,7 @@ class _Validator:
         for spec in specs:
             for dep in spec.dependencies:
                 if dep not in seen and dep not in named:
-                    self.err(f"unknown dependency {dep!r}{_suggest(dep, tuple(sorted(seen)))}",
+                    self.err(f"unknown dependency {show(dep)}{_suggest(dep, tuple(sorted(seen)))}",
                              job=spec.id, key="dependencies")
                 elif dep == spec.id:
                     self.err("a job cannot depend on itself", job=spec.id, key="dependencies")
@@ -249,13 +221,13 @@ class _Validator:
             self.err("missing", job=label, key="id")
             return None
         if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
-            self.err(f"{job_id!r} must match {JOB_ID_RE.pattern} (no '/', no spaces; it becomes a file name)",
+            self.err(f"{show(job_id)} must match {JOB_ID_RE.pattern} (no '/', no spaces; it becomes a file name)",
                      job=label, key="id")
             return None
         ok = True
         for key in item:
             if key not in JOB_KEYS:
-                self.err(f"unknown key{_suggest(str(key), JOB_KEYS)}", job=job_id, key=str(key))
+                self.err(f"unknown key{_suggest(str(key), JOB_KEYS)}", job=job_id, key=_key(key))
                 ok = False
         command = item.get("command")
         if command is None:
@@ -322,9 +294,9 @@ class _Validator:
         out: dict[str, str] = {}
         for name, v in value.items():
             if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                self.err(f"{name!r} is not a valid variable name", job=job, key=key)
+                self.err(f"{show(name)} is not a valid variable name", job=job, key=key)
             elif isinstance(v, bool) or not isinstance(v, (str, int, float)):
-                self.err(f"{name} must be a string or number, not {_type_name(v)}", job=job, key=key)
+                self.err(f"{cut(str(name))} must be a string or number, not {_type_name(v)}", job=job, key=key)
             else:
                 out[name] = str(v)
         return out
@@ -369,17 +341,17 @@ def _check_value(kind: str, v: Any) -> Any:
     if kind in ("pos_number", "pos_number_or_null"):
         if v is None and kind.endswith("_or_null"):
             return None
-        return float(v) if _is_number(v) and v > 0 else _Problem(f"must be a number > 0, not {v!r}")
+        return float(v) if _is_number(v) and v > 0 else _Problem(f"must be a number > 0, not {show(v)}")
     if kind == "nonneg_number":
-        return float(v) if _is_number(v) and v >= 0 else _Problem(f"must be a number >= 0, not {v!r}")
+        return float(v) if _is_number(v) and v >= 0 else _Problem(f"must be a number >= 0, not {show(v)}")
     if kind == "nonneg_int":
         return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1_000_000 else _Problem(
-            f"must be a whole number from 0 to 1000000, not {v!r}")
+            f"must be a whole number from 0 to 1000000, not {show(v)}")
     if kind == "pos_int":
         return v if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1_000_000 else _Problem(
-            f"must be a whole number from 1 to 1000000, not {v!r}")
+            f"must be a whole number from 1 to 1000000, not {show(v)}")
     if kind == "fraction":
-        return float(v) if _is_number(v) and 0 <= v <= 1 else _Problem(f"must be a number from 0 to 1, not {v!r}")
+        return float(v) if _is_number(v) and 0 <= v <= 1 else _Problem(f"must be a number from 0 to 1, not {show(v)}")
     if kind == "int_list_or_null":
         if v is None:
             return None
@@ -393,7 +365,7 @@ def _check_value(kind: str, v: Any) -> Any:
     if kind == "slurm":
         return _check_slurm(v)
     if kind == "bool":
-        return v if isinstance(v, bool) else _Problem(f"must be true or false, not {v!r}")
+        return v if isinstance(v, bool) else _Problem(f"must be true or false, not {show(v)}")
     if kind == "str_list":
         ok = isinstance(v, list) and all(isinstance(s, str) and s for s in v)
         return tuple(v) if ok else _Problem("must be a list of file paths")
@@ -406,7 +378,7 @@ def _check_slurm(v: Any) -> Any:
         return _Problem(f"must be a mapping of {', '.join(SLURM_KEYS)}, not {_type_name(v)}")
     for k, x in v.items():
         if k not in SLURM_KEYS:
-            return _Problem(f"unknown key {k!r}{_suggest(str(k), SLURM_KEYS)}")
+            return _Problem(f"unknown key {show(k)}{_suggest(str(k), SLURM_KEYS)}")
         if k == "partition" and not isinstance(x, str):
             return _Problem("partition must be a string")
         if k in ("time", "cpus", "gpus") and (not isinstance(x, int) or isinstance(x, bool) or x < 1):
@@ -419,6 +391,6 @@ def _check_slurm(v: Any) -> Any:
                                 f"not {_type_name(x)}")
             bad = [p for p, y in x.items() if not isinstance(p, str) or not isinstance(y, (str, int, float, bool))]
             if bad:
-                return _Problem(f"additional_parameters: {bad[0]!r} must name an sbatch option with a "
+                return _Problem(f"additional_parameters: {show(bad[0])} must name an sbatch option with a "
                                 "string, number or true")
     return dict(v)

@@ -1,0 +1,100 @@
+"""Hostile workflow files (issue 10): each is refused in one pass, one short line per problem,
+exit code 2, nothing written, and never with a traceback, a MemoryError or minutes of work."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from executioner import WorkflowErrors, load_workflow, wfparse
+
+from .conftest import cli
+
+
+@pytest.fixture(params=["libyaml", "pure"] if wfparse.yaml.__with_libyaml__ else ["pure"])
+def yaml_loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with libyaml's parser (the default when PyYAML has it) and with PyYAML's own."""
+    if request.param == "pure":
+        monkeypatch.setattr(wfparse, "_LOADER", wfparse._PyLoader)
+    return str(request.param)
+
+
+def refused(tmp_path: Path, text: str | bytes, suffix: str = ".yaml") -> list[str]:
+    """The lines a user sees for a workflow that must be refused."""
+    path = tmp_path / f"bad{suffix}"
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    with pytest.raises(WorkflowErrors) as info:
+        load_workflow(str(path))
+    lines = str(info.value).splitlines()
+    assert lines and all(line.startswith(str(path)) for line in lines), lines
+    return lines
+
+
+def submit_refused(tmp_path: Path, text: str | bytes, suffix: str = ".yaml") -> str:
+    """``exec-submit`` of a bad workflow: exit 2, no traceback, no pool; its stderr."""
+    path = tmp_path / f"cli{suffix}"
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    pool = tmp_path / "pool"
+    result = cli("exec-submit", str(path), "--pool", str(pool))
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr and "Error:" not in result.stderr, result.stderr
+    assert not pool.exists()
+    return result.stderr
+
+
+def alias_bomb(levels: int, use: str) -> str:
+    """The "billion laughs": each anchor is a list of nine aliases of the one before."""
+    text = "defaults: {}\nx0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+    for i in range(1, levels):
+        text += f"x{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]\n"
+    return text + use.replace("BOMB", f"*a{levels - 1}") + "\n"
+
+
+# ---- 1. alias bombs and long values --------------------------------------------------------
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("levels", [7, 9, 30])
+@pytest.mark.parametrize("use", ["jobs: [{id: a, command: x, timeout: BOMB}]",
+                                 "jobs: [{id: a, command: BOMB}]",
+                                 "jobs: [{id: BOMB, command: x}]"])
+def test_alias_bomb_is_refused_quickly_in_one_short_line(tmp_path: Path, levels: int, use: str,
+                                                         yaml_loader: str) -> None:
+    lines = refused(tmp_path, alias_bomb(levels, use))
+    assert any("aliases expand" in line for line in lines), lines
+    assert len(lines) == 1 and len(lines[0]) < 300, lines
+
+
+def test_alias_that_contains_itself_is_refused(tmp_path: Path, yaml_loader: str) -> None:
+    [line] = refused(tmp_path, "loop: &l [a, *l]\njobs: [{id: a, command: x}]\n")
+    assert "line 1" in line and "contains itself" in line
+
+
+def test_ordinary_anchors_and_a_large_file_using_them_are_accepted(tmp_path: Path, yaml_loader: str) -> None:
+    jobs = "".join(f"  - {{id: j{i}, command: *cmd, env: *env}}\n" for i in range(3000))
+    path = tmp_path / "ok.yaml"
+    path.write_text("defaults: {timeout: 5}\nx: &cmd [echo, a, b, c, d, e, f, g]\n"
+                    "y: &env {A: '1', B: '2', C: '3', D: '4', E: '5'}\njobs:\n" + jobs)
+    with pytest.raises(WorkflowErrors) as info:  # only the two helper keys are unknown
+        load_workflow(str(path))
+    assert [e.key for e in info.value.errors] == ["x", "y"]
+
+
+def test_alias_bomb_through_the_cli_exits_2_and_writes_nothing(tmp_path: Path) -> None:
+    err = submit_refused(tmp_path, alias_bomb(9, "jobs: [{id: a, command: x, timeout: BOMB}]"))
+    assert len(err) < 400
+
+
+@pytest.mark.parametrize("text", [
+    '{"jobs": [{"id": "a", "command": "x", "timeout": "' + "t" * 100_000 + '"}]}',
+    '{"jobs": [{"id": "' + "i" * 100_000 + '", "command": "x"}]}',
+    '{"jobs": [{"id": "a", "command": "x", "' + "k" * 100_000 + '": 1}]}',
+    '{"jobs": [{"id": "a", "command": "x", "dependencies": ["' + "d" * 100_000 + '"]}]}',
+    '{"jobs": [{"id": "a", "command": "x", "env": {"-' + "E" * 100_000 + '": 1}}]}',
+    '{"jobs": [{"id": "a", "command": "x", "timeout": [' + ", ".join(["[1, 2, 3]"] * 30_000) + "]}]}",
+    '{"jobs": [{"id": "a", "command": "x", "timeout": {"' + "k" * 1000 + '": "' + "v" * 1000 + '"}}]}',
+])
+def test_quoted_values_in_messages_are_cut_short(tmp_path: Path, text: str) -> None:
+    lines = refused(tmp_path, text, ".json")
+    assert len(lines) == 1 and len(lines[0]) < 300, [line[:500] for line in lines]
+    assert "…" in lines[0] or "..." in lines[0], lines
