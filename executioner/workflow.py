@@ -192,7 +192,7 @@ class _Validator:
             return []
         specs: list[JobSpec] = []
         seen: set[str] = set()
-        named = {item.get("id") for item in items if isinstance(item, dict)}
+        named = {item.get("id") for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)}
         for index, item in enumerate(items):
             spec = self.job(index, item, defaults)
             if spec is None:

@@ -98,3 +98,57 @@ def test_quoted_values_in_messages_are_cut_short(tmp_path: Path, text: str) -> N
     lines = refused(tmp_path, text, ".json")
     assert len(lines) == 1 and len(lines[0]) < 300, [line[:500] for line in lines]
     assert "…" in lines[0] or "..." in lines[0], lines
+
+
+# ---- 2. ids of the wrong type, deep nesting, merge keys -----------------------------------------
+@pytest.mark.parametrize("text", ["jobs: [{id: [a], command: x}]\n", "jobs: [{id: {a: 1}, command: x}]\n",
+                                  "jobs: [{id: !!set {a}, command: x}]\n",
+                                  "jobs: [{id: [a], command: x}, {id: b, command: x, dependencies: [a]}]\n"])
+def test_an_id_that_is_not_a_string_is_one_line(tmp_path: Path, text: str, yaml_loader: str) -> None:
+    lines = refused(tmp_path, text)
+    assert "job '#1': key 'id'" in lines[0] and "must match" in lines[0], lines
+    assert all("Traceback" not in line for line in lines)
+
+
+@pytest.mark.parametrize("where", ["id", "command", "env", "timeout", "slurm"])
+def test_json_nested_a_thousand_deep_is_one_line(tmp_path: Path, where: str) -> None:
+    deep = "[" * 1000 + "]" * 1000
+    [line] = refused(tmp_path, '{"jobs": [{"id": "a", "command": "x", "%s": %s}]}' % (where, deep), ".json")
+    assert "nested too deeply" in line
+
+
+def test_json_key_given_twice_is_refused(tmp_path: Path) -> None:
+    [line] = refused(tmp_path, '{"jobs": [{"id": "a", "command": "x", "command": "y"}]}', ".json")
+    assert "'command' appears twice" in line
+
+
+MERGED = """\
+jobs:
+  - &common {id: a, command: run, timeout: 5, env: &env {A: '1', B: '2'}}
+  - {<<: *common, id: b}
+  - <<: *common
+    id: c
+    timeout: 7
+    env: {<<: *env, B: three}
+  - {<<: [{max_retries: 2}, *common], id: d}
+"""
+
+
+def test_yaml_merge_keys_share_job_settings(tmp_path: Path, yaml_loader: str) -> None:
+    path = tmp_path / "merge.yaml"
+    path.write_text(MERGED)
+    a, b, c, d = load_workflow(str(path)).jobs
+    assert (b.id, b.command, b.timeout, b.env) == ("b", "run", 5, {"A": "1", "B": "2"})
+    assert (c.timeout, c.env) == (7, {"A": "1", "B": "three"})
+    assert (d.max_retries, d.command) == (2, "run")
+
+
+@pytest.mark.parametrize("text,key", [
+    ("jobs:\n  - &c {id: a, command: x}\n  - {<<: *c, id: b, id: c}\n", "'id' appears twice"),
+    ("jobs:\n  - &c {id: a, command: x}\n  - {<<: *c, <<: *c, id: b}\n", "'<<' appears twice"),
+    ("jobs:\n  - {id: a, command: x}\n  - {<<: [a], id: b}\n", "line 3"),
+])
+def test_real_duplicates_and_bad_merges_are_still_refused(tmp_path: Path, text: str, key: str,
+                                                          yaml_loader: str) -> None:
+    [line] = refused(tmp_path, text)
+    assert key in line
