@@ -75,7 +75,7 @@ def _position(raw: bytes, offset: int) -> str:
     """The words " at line L, column C" for a byte offset into ``raw`` (columns count characters)."""
     start = raw.rfind(b"\n", 0, offset) + 1
     line = raw.count(b"\n", 0, offset) + 1
-    column = len(raw[start:offset].decode("utf-8", "replace")) + 1
+    column = len(raw[start:offset].decode("utf-8-sig" if start == 0 else "utf-8", "replace")) + 1
     return f" at line {line}, column {column}"
 
 
@@ -121,7 +121,7 @@ def _check_depth(data: Any) -> None:
 def _yaml_message(e: yaml.YAMLError, raw: bytes) -> str:
     """The message "not valid YAML at line L, column C: problem" for any PyYAML or libyaml error."""
     if isinstance(e, yaml.reader.ReaderError):
-        return f"not valid YAML{_reader_position(e, raw)}: {_reader_problem(e)}"
+        return f"not valid YAML{_reader_message(e, raw)}"
     mark = getattr(e, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     problem = getattr(e, "problem", None) or "syntax error"
@@ -130,17 +130,23 @@ def _yaml_message(e: yaml.YAMLError, raw: bytes) -> str:
     return f"not valid YAML{where}: {cut(str(problem), 200)}"
 
 
-def _reader_problem(e: yaml.reader.ReaderError) -> str:
-    """PyYAML says "special characters", libyaml "control characters"; else a byte is bad."""
-    code = e.character if isinstance(e.character, int) else ord(e.character)
+def _reader_message(e: yaml.reader.ReaderError, raw: bytes) -> str:
+    """Where and what: PyYAML says "special characters", libyaml "control characters" for a
+    character it refuses; else a byte is not UTF-8, found again here because libyaml names the
+    byte after a broken sequence and PyYAML, with a BOM, counts characters."""
     if e.encoding == "unicode" or "control" in str(e.reason):
-        return (f"character U+{code:04X} is not allowed (in a double-quoted string, write it as "
-                "an escape such as \\x01)")
-    return f"byte 0x{code:02x} is not UTF-8"
+        code = e.character if isinstance(e.character, int) else ord(e.character)
+        return (f"{_reader_position(e, raw)}: character U+{code:04X} is not allowed (in a "
+                "double-quoted string, write it as an escape such as \\x01)")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"{_position(raw, bad.start)}: byte 0x{raw[bad.start]:02x} is not UTF-8"
+    return f"{_reader_position(e, raw)}: {e.reason}"  # UTF-16 that does not decode
 
 
 def _reader_position(e: yaml.reader.ReaderError, raw: bytes) -> str:
-    """PyYAML counts characters for a bad character and bytes for a bad byte; libyaml bytes."""
+    """PyYAML counts characters (and a BOM as one) for a bad character; libyaml counts bytes."""
     if e.encoding != "unicode":
         return _position(raw, e.position)
     for bom, codec in ((codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be")):
@@ -151,7 +157,8 @@ def _reader_position(e: yaml.reader.ReaderError, raw: bytes) -> str:
         text = raw.decode("utf-8", "replace")
     line_start = text.rfind("\n", 0, e.position) + 1
     line = text.count("\n", 0, e.position) + 1
-    return f" at line {line}, column {e.position - line_start + 1}"
+    column = e.position - line_start + 1 - (line == 1 and text.startswith("\ufeff"))
+    return f" at line {line}, column {column}"
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

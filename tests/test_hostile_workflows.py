@@ -152,3 +152,32 @@ def test_real_duplicates_and_bad_merges_are_still_refused(tmp_path: Path, text: 
                                                           yaml_loader: str) -> None:
     [line] = refused(tmp_path, text)
     assert key in line
+
+
+# ---- 3. bytes that are not UTF-8, control characters -------------------------------------------
+@pytest.mark.parametrize("text,where,what", [
+    (b"jobs:\n  - {id: a, command: \"echo \xff\"}\n", "line 2, column 28", "byte 0xff is not UTF-8"),
+    (b"jobs:\n  - {id: a, command: \"\xc3\xa9\xc3\xa9 \xe9\"}\n", "line 2, column 26", "byte 0xe9"),
+    (b"jobs:\n  - {id: a,\n     command: \"x\x01\"}\n", "line 3, column 17", "U+0001"),
+    (b"\xef\xbb\xbfjobs: [{id: a, command: x\x1b}]\n", "line 1, column 26", "U+001B"),
+    (b"jobs: [{id: a, command: x}]\n#\x7f\n", "line 2, column 2", "U+007F"),
+])
+def test_bad_bytes_and_control_characters_name_line_and_column(tmp_path: Path, text: bytes, where: str,
+                                                              what: str, yaml_loader: str) -> None:
+    [line] = refused(tmp_path, text)
+    assert f"not valid YAML at {where}: " in line and what in line, line
+
+
+@pytest.mark.parametrize("text,where", [
+    (b'{"jobs": [\n {"id": "a", "command": "x\xff"}]}', "line 2, column 27"),
+    (b'{"jobs": [\n {"id": "a", "command": "x\x01"}]}', "line 2, column 27"),
+])
+def test_bad_bytes_in_json_name_line_and_column(tmp_path: Path, text: bytes, where: str) -> None:
+    [line] = refused(tmp_path, text, ".json")
+    assert f"not valid JSON at {where}: " in line, line
+
+
+def test_escaped_control_characters_other_than_nul_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "esc.yaml"
+    path.write_text('jobs: [{id: a, command: "printf \\x1b[1m"}]\n')
+    assert load_workflow(str(path)).jobs[0].command == "printf \x1b[1m"
