@@ -10,9 +10,11 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
 
 import psutil
+
+from .wfenv import env_items
 
 TryStatus = Literal["done", "failed", "timeout", "lost", "preempted"]
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -29,17 +31,19 @@ class TryResult:
     pid: int | None = None  # of the command's process
 
 
-def expand(value: str, env: dict[str, str]) -> str:
+def expand(value: str, env: Mapping[str, str]) -> str:
     """Replace ``${VAR}`` with its value in ``env`` (empty when unset, as a shell does)."""
     return _VAR.sub(lambda m: env.get(m.group(1), ""), value)
 
 
-def build_env(base: dict[str, str], layers: list[dict[str, str]], extra: dict[str, str]) -> dict[str, str]:
+def build_env(base: dict[str, str], layers: list[Any], extra: dict[str, str]) -> dict[str, str]:
     """``base`` (os.environ) and ``extra`` (EXEC_*), then each layer in order, each value
-    expanded against what is set so far; ``extra`` wins in the end."""
+    expanded against what is set so far; ``extra`` wins in the end. A layer is stored as a
+    mapping or as ``[[name, value], ...]`` pairs in written order (see executioner.wfenv);
+    either way its keys apply in the order given."""
     env = {**base, **extra}
     for layer in layers:
-        for name, value in layer.items():
+        for name, value in env_items(layer):
             env[name] = expand(value, env)
     env.update(extra)
     return env

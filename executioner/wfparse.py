@@ -201,8 +201,13 @@ def check_nodes(root: yaml.Node) -> None:
     limit = max(MAX_EXPANSION, EXPANSION_RATIO * len(nodes))
     if size[id(root)] > limit:
         culprit = next(n for n in nodes if size[id(n)] > limit)  # the first, so the smallest
-        raise _refuse(f"aliases expand this to {size[id(culprit)]:.3g} values (a document of "
+        raise _refuse(f"aliases expand this to {_count(size[id(culprit)])} values (a document of "
                       f"{len(nodes)} written values may expand to {limit})", culprit)
+
+
+def _count(n: int) -> str:
+    """A count in a few characters (``:g`` alone would overflow on a count past 1e308)."""
+    return f"{n:.3g}" if n.bit_length() < 1000 else "more than 1e+300"
 
 
 def _refuse(problem: str, at: yaml.Node | yaml.Event) -> _Refused:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from .errors import WorkflowError, WorkflowErrors
+from .wfenv import NAME, StoredEnv, stored_env
 from .wfparse import SHOWN_CHARS, cut, parse, show
 
 JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -72,7 +73,7 @@ class JobSpec:
         """The definition as stored in the job file (everything but id and dependencies)."""
         return {
             "command": list(self.command) if isinstance(self.command, tuple) else self.command,
-            "env": self.env, "workdir": self.workdir, "timeout": self.timeout,
+            "env": stored_env(self.env), "workdir": self.workdir, "timeout": self.timeout,
             "kill_grace": self.kill_grace, "max_retries": self.max_retries, "max_lost": self.max_lost,
             "retry_delay": self.retry_delay, "retry_backoff": self.retry_backoff,
             "retry_jitter": self.retry_jitter,
@@ -88,7 +89,7 @@ class Workflow:
     path: str  # absolute path of the source file
     raw: bytes  # the file's bytes, copied verbatim into the run
     workdir: str  # absolute
-    env: dict[str, str]
+    env: StoredEnv  # as run.json stores it (see executioner.wfenv); read it with env_items()
     jobs: tuple[JobSpec, ...]
 
     @property
@@ -177,7 +178,7 @@ class _Validator:
         if self.errors:
             raise WorkflowErrors(self.errors)
         return Workflow(name=name, path=os.path.abspath(self.file), raw=self.raw,
-                        workdir=os.path.normpath(os.path.join(base, workdir)), env=env,
+                        workdir=os.path.normpath(os.path.join(base, workdir)), env=stored_env(env),
                         jobs=tuple(jobs))
 
     def jobs(self, items: Any, defaults: dict[str, Any]) -> list[JobSpec]:
@@ -293,7 +294,7 @@ class _Validator:
             return {}
         out: dict[str, str] = {}
         for name, v in value.items():
-            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            if not isinstance(name, str) or not NAME.fullmatch(name):
                 self.err(f"{show(name)} is not a valid variable name", job=job, key=key)
             elif isinstance(v, bool) or not isinstance(v, (str, int, float)):
                 self.err(f"{cut(str(name))} must be a string or number, not {_type_name(v)}", job=job, key=key)

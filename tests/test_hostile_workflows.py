@@ -44,11 +44,11 @@ def submit_refused(tmp_path: Path, text: str | bytes, suffix: str = ".yaml") -> 
     return result.stderr
 
 
-def alias_bomb(levels: int, use: str) -> str:
-    """The "billion laughs": each anchor is a list of nine aliases of the one before."""
+def alias_bomb(levels: int, use: str, width: int = 9) -> str:
+    """The "billion laughs": each anchor is a list of ``width`` aliases of the one before."""
     text = "defaults: {}\nx0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
     for i in range(1, levels):
-        text += f"x{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]\n"
+        text += f"x{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]\n"
     return text + use.replace("BOMB", f"*a{levels - 1}") + "\n"
 
 
@@ -181,3 +181,9 @@ def test_escaped_control_characters_other_than_nul_are_kept(tmp_path: Path) -> N
     path = tmp_path / "esc.yaml"
     path.write_text('jobs: [{id: a, command: "printf \\x1b[1m"}]\n')
     assert load_workflow(str(path)).jobs[0].command == "printf \x1b[1m"
+
+
+@pytest.mark.timeout(30)
+def test_alias_bomb_past_what_a_float_can_count_is_refused(tmp_path: Path, yaml_loader: str) -> None:
+    [line] = refused(tmp_path, alias_bomb(95, "jobs: [{id: a, command: BOMB}]", width=2000))  # 2000**95
+    assert "line 4, column 5: aliases expand this to 4e+07 values" in line, line
