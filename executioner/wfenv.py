@@ -56,18 +56,32 @@ def stored_env(env: Mapping[str, str]) -> StoredEnv:
     return dict(env)
 
 
-def expanded_sizes(env: Mapping[str, str], outer: Mapping[str, int]) -> dict[str, int]:
+def expanded_sizes(env: Mapping[str, str], *outer: Mapping[str, int],
+                   limit: int | None = None) -> tuple[dict[str, int], list[tuple[str, int]]]:
     """How many characters each value of ``env`` expands to, in written order, when the names
-    set before it have the sizes in ``outer`` (a name set nowhere counts as empty). Sizes are
-    computed, not expanded, so a value standing for gigabytes costs nothing."""
+    set before its level have the sizes in ``outer`` (innermost first; a name set nowhere
+    counts as empty). Sizes are computed, not expanded: a value standing for gigabytes costs
+    nothing. A value past ``limit`` is returned in the second list, and counted as empty from
+    then on, so that what refers to it is not refused again."""
     sizes: dict[str, int] = {}
+    over: list[tuple[str, int]] = []
     for name, value in env.items():
-        size = len(value)
-        for match in VAR.finditer(value):
-            ref = match.group(1)
-            size += sizes.get(ref, outer.get(ref, 0)) - len(match.group(0))
-        sizes[name] = min(size, _HUGE)
-    return sizes
+        size = expanded_size(value, sizes, *outer)
+        if limit is not None and size > limit:
+            over.append((name, size))
+            size = 0
+        sizes[name] = size
+    return sizes, over
+
+
+def expanded_size(value: str, *levels: Mapping[str, int]) -> int:
+    """How many characters ``value`` expands to when names have the sizes in ``levels``
+    (innermost first), counted up to a bound that keeps the numbers small."""
+    size = len(value)
+    for match in VAR.finditer(value):
+        ref = match.group(1)
+        size += next((level[ref] for level in levels if ref in level), 0) - len(match.group(0))
+    return min(size, _HUGE)
 
 
 def human(size: int) -> str:

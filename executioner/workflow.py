@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from .errors import WorkflowError, WorkflowErrors
-from .wfenv import NAME, StoredEnv, stored_env
+from .wfenv import MAX_JOB_ENV, MAX_VALUE, NAME, StoredEnv, expanded_size, expanded_sizes, human, stored_env
 from .wfparse import SHOWN_CHARS, cut, parse, show
 
 JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -139,6 +139,9 @@ class _Validator:
         self.file = file
         self.raw = raw
         self.errors: list[WorkflowError] = []
+        self.top_sizes: dict[str, int] = {}  # what the workflow's env values expand to
+        self.top_total = 0
+        self._levels: dict[int, tuple[dict[str, int], bool]] = {}  # see level_sizes
 
     def err(self, message: str, job: str | None = None, key: str | None = None) -> None:
         self.errors.append(WorkflowError(message, self.file, job, key))
@@ -160,19 +163,30 @@ class _Validator:
         if not isinstance(workdir, str):
             self.err(f"must be a string, not {_type_name(workdir)}", key="workdir")
             workdir = "."
+        if isinstance(workdir, str) and (problem := _text_problem(workdir)):
+            self.err(problem, key="workdir")
         env = self.env(data.get("env", {}), None)
+        self.top_sizes = self.sizes(env, (), None, "env")
+        self.top_total = sum(self.top_sizes.values())
+        if self.top_total > MAX_JOB_ENV:
+            self.err(f"would expand to {human(self.top_total)} in all; a job's env and the workflow's "
+                     f"may expand to at most {human(MAX_JOB_ENV)} together", key="env")
+            self.top_total = 0  # reported here, not again for every job
         defaults = data.get("defaults", {})
         if not isinstance(defaults, dict):
             self.err(f"must be a mapping, not {_type_name(defaults)}", key="defaults")
             defaults = {}
+        checked: dict[str, Any] = {}
         for key in list(defaults):
             if key in ("id", "command", "dependencies"):
                 self.err("cannot be set in defaults", key=f"defaults.{_key(key)}")
             elif key not in JOB_OPTIONS:
                 self.err(f"unknown key{_suggest(str(key), tuple(JOB_OPTIONS))}", key=f"defaults.{_key(key)}")
             else:
-                self.value(key, defaults[key], None, f"defaults.{key}")
-        jobs = self.jobs(data.get("jobs"), defaults)
+                checked[key] = self.value(key, defaults[key], None, f"defaults.{key}")
+        if isinstance(checked.get("env"), dict):
+            self.level_sizes(checked["env"], None, "defaults.env")  # reported once, not per job
+        jobs = self.jobs(data.get("jobs"), checked, defaults)
         if not self.errors:
             self.cycles(jobs)
         if self.errors:
@@ -181,7 +195,9 @@ class _Validator:
                         workdir=os.path.normpath(os.path.join(base, workdir)), env=stored_env(env),
                         jobs=tuple(jobs))
 
-    def jobs(self, items: Any, defaults: dict[str, Any]) -> list[JobSpec]:
+    def jobs(self, items: Any, defaults: dict[str, Any], written: dict[str, Any]) -> list[JobSpec]:
+        """Every job; ``defaults`` are the checked defaults (_BAD where broken), ``written``
+        the defaults as written (a job's ``slurm`` goes over them key by key)."""
         if items is None:
             self.err("missing: a workflow needs a 'jobs' list", key="jobs")
             return []
@@ -195,7 +211,7 @@ class _Validator:
         seen: set[str] = set()
         named = {item.get("id") for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)}
         for index, item in enumerate(items):
-            spec = self.job(index, item, defaults)
+            spec = self.job(index, item, defaults, written)
             if spec is None:
                 continue
             if spec.id in seen:
@@ -212,7 +228,7 @@ class _Validator:
                     self.err("a job cannot depend on itself", job=spec.id, key="dependencies")
         return specs
 
-    def job(self, index: int, item: Any, defaults: dict[str, Any]) -> JobSpec | None:
+    def job(self, index: int, item: Any, defaults: dict[str, Any], written: dict[str, Any]) -> JobSpec | None:
         label = f"#{index + 1}"
         if not isinstance(item, dict):
             self.err(f"must be a mapping, not {_type_name(item)}", job=label)
@@ -238,13 +254,20 @@ class _Validator:
             if not command.strip():
                 self.err("is empty", job=job_id, key="command")
                 ok = False
+            elif problem := _text_problem(command):
+                self.err(problem, job=job_id, key="command")
+                ok = False
         elif isinstance(command, list):
-            if not command or not all(isinstance(a, (str, int, float)) and not isinstance(a, bool)
-                                      for a in command):
+            if not command or not all(isinstance(a, str) or _is_number(a) for a in command):
                 self.err("a list command must be a non-empty list of strings", job=job_id, key="command")
                 ok = False
             else:
                 command = tuple(str(a) for a in command)
+                problem = next((f"argument {i}: {p}" for i, a in enumerate(command, 1)
+                                if (p := _text_problem(a))), None)
+                if problem:
+                    self.err(problem, job=job_id, key="command")
+                    ok = False
         else:
             self.err(f"must be a string or a list of strings, not {_type_name(command)}",
                      job=job_id, key="command")
@@ -261,31 +284,34 @@ class _Validator:
                 value = self.value(key, item[key], job_id, key)
                 ok = ok and value is not _BAD
             elif key in defaults:
-                value = self.value(key, defaults[key], None, f"defaults.{key}", report=False)
+                value = defaults[key]
             else:
                 value = default
             options[key] = value
         if not ok or any(v is _BAD for v in options.values()):
             return None
-        if "slurm" in item and isinstance(defaults.get("slurm"), dict):  # per key, over the defaults
-            base = _check_value("slurm", defaults["slurm"])
+        if "slurm" in item and isinstance(written.get("slurm"), dict):  # per key, over the defaults
+            base = _check_value("slurm", written["slurm"])
             if isinstance(base, dict):
                 extra = {**base.get("additional_parameters", {}), **options["slurm"].get("additional_parameters", {})}
                 options["slurm"] = {**base, **options["slurm"]}
                 if extra:
                     options["slurm"]["additional_parameters"] = extra
         assert isinstance(command, (str, tuple))
-        return JobSpec(id=job_id, command=command, dependencies=tuple(dict.fromkeys(deps)), **options)
+        spec = JobSpec(id=job_id, command=command, dependencies=tuple(dict.fromkeys(deps)), **options)
+        return spec if self.job_sizes(spec, own_env="env" in item) else None
 
-    def value(self, key: str, value: Any, job: str | None, shown_key: str, report: bool = True) -> Any:
+    def value(self, key: str, value: Any, job: str | None, shown_key: str) -> Any:
+        """The checked value of option ``key``, or _BAD (reported)."""
         kind = JOB_OPTIONS[key][0]
         result = _check_value(kind, value)
         if isinstance(result, _Problem):
-            if report:
-                self.err(result.message, job=job, key=shown_key)
+            self.err(result.message, job=job, key=shown_key)
             return _BAD
         if kind == "env":
-            return self.env(value, job, shown_key) if report else self.env_quiet(value)
+            before = len(self.errors)
+            env = self.env(value, job, shown_key)
+            return env if len(self.errors) == before else _BAD
         return result
 
     def env(self, value: Any, job: str | None, key: str = "env") -> dict[str, str]:
@@ -296,18 +322,49 @@ class _Validator:
         for name, v in value.items():
             if not isinstance(name, str) or not NAME.fullmatch(name):
                 self.err(f"{show(name)} is not a valid variable name", job=job, key=key)
-            elif isinstance(v, bool) or not isinstance(v, (str, int, float)):
-                self.err(f"{cut(str(name))} must be a string or number, not {_type_name(v)}", job=job, key=key)
+            elif not (isinstance(v, str) or _is_number(v)):
+                self.err(f"{cut(name)} must be a string or a finite number, not {show(v)}", job=job, key=key)
+            elif problem := _text_problem(str(v)):
+                self.err(f"{name}: {problem}", job=job, key=key)
             else:
                 out[name] = str(v)
         return out
 
-    def env_quiet(self, value: Any) -> dict[str, str]:
-        """An env already reported on (from defaults): keep only its valid entries."""
-        before = len(self.errors)
-        out = self.env(value, None)
-        del self.errors[before:]
-        return out
+    def sizes(self, env: dict[str, str], outer: tuple[dict[str, int], ...], job: str | None,
+              key: str) -> dict[str, int]:
+        """What each value of ``env`` expands to (see executioner.wfenv), a value past
+        MAX_VALUE reported and then counted as empty, so that what refers to it is not."""
+        sizes, over = expanded_sizes(env, *outer, limit=MAX_VALUE)
+        for name, size in over:
+            self.err(f"{name} would expand to {human(size)}; a value may expand to at most "
+                     f"{human(MAX_VALUE)}", job=job, key=key)
+        return sizes
+
+    def level_sizes(self, env: dict[str, str], job: str | None, key: str) -> tuple[dict[str, int], bool]:
+        """The sizes of a job level over the workflow's env, and whether it is within bounds.
+        Computed and reported once per level object: jobs sharing ``defaults: {env}`` share it."""
+        cached = self._levels.get(id(env))
+        if cached is None:
+            before = len(self.errors)
+            sizes = self.sizes(env, (self.top_sizes,), job, key)
+            total = self.top_total + sum(size - self.top_sizes.get(name, 0) for name, size in sizes.items())
+            if total > MAX_JOB_ENV:
+                self.err(f"would expand to {human(total)} with the workflow's env; a job's env and the "
+                         f"workflow's may expand to at most {human(MAX_JOB_ENV)} together", job=job, key=key)
+            cached = self._levels[id(env)] = (sizes, len(self.errors) == before)
+        return cached
+
+    def job_sizes(self, spec: JobSpec, own_env: bool) -> bool:
+        """Refuse (and report) a job whose env or list command expands past the bounds."""
+        sizes, ok = self.level_sizes(spec.env, spec.id if own_env else None, "env" if own_env else "defaults.env")
+        if isinstance(spec.command, tuple):
+            for i, arg in enumerate(spec.command, 1):
+                size = expanded_size(arg, sizes, self.top_sizes)
+                if size > MAX_VALUE:
+                    self.err(f"argument {i} would expand to {human(size)}; at most {human(MAX_VALUE)}",
+                             job=spec.id, key="command")
+                    ok = False
+        return ok
 
     def cycles(self, jobs: list[JobSpec]) -> None:
         sorter = graphlib.TopologicalSorter({j.id: j.dependencies for j in jobs})
@@ -328,6 +385,20 @@ class _Problem:
 _BAD: Final = object()
 
 
+def _text_problem(text: str) -> str | None:
+    """What makes ``text`` unusable in a command, an environment or a path, if anything:
+    a NUL ends a C string (exec and every system call would cut it there), and a lone
+    surrogate cannot be written as UTF-8 (nor stored in a job file)."""
+    if "\0" in text:
+        return "contains a NUL character (\\0)"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "contains a character that is not valid UTF-8 (a lone surrogate)"
+    return None
+
+
 def _is_number(v: Any) -> bool:
     """A finite int or float (not a bool, not inf or nan: they cannot be stored in JSON)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -338,7 +409,10 @@ def _check_value(kind: str, v: Any) -> Any:
     if kind == "env":
         return v
     if kind == "str":
-        return v if isinstance(v, str) else _Problem(f"must be a string, not {_type_name(v)}")
+        if not isinstance(v, str):
+            return _Problem(f"must be a string, not {_type_name(v)}")
+        problem = _text_problem(v)
+        return _Problem(problem) if problem else v
     if kind in ("pos_number", "pos_number_or_null"):
         if v is None and kind.endswith("_or_null"):
             return None
@@ -368,8 +442,10 @@ def _check_value(kind: str, v: Any) -> Any:
     if kind == "bool":
         return v if isinstance(v, bool) else _Problem(f"must be true or false, not {show(v)}")
     if kind == "str_list":
-        ok = isinstance(v, list) and all(isinstance(s, str) and s for s in v)
-        return tuple(v) if ok else _Problem("must be a list of file paths")
+        if not (isinstance(v, list) and all(isinstance(s, str) and s for s in v)):
+            return _Problem("must be a list of file paths")
+        problem = next((f"{show(s)}: {p}" for s in v if (p := _text_problem(s))), None)
+        return _Problem(problem) if problem else tuple(v)
     raise AssertionError(kind)
 
 
@@ -382,6 +458,8 @@ def _check_slurm(v: Any) -> Any:
             return _Problem(f"unknown key {show(k)}{_suggest(str(k), SLURM_KEYS)}")
         if k == "partition" and not isinstance(x, str):
             return _Problem("partition must be a string")
+        if k == "partition" and (problem := _text_problem(x)):
+            return _Problem(f"partition: {problem}")
         if k in ("time", "cpus", "gpus") and (not isinstance(x, int) or isinstance(x, bool) or x < 1):
             return _Problem(f"{k} must be a whole number >= 1{' (minutes)' if k == 'time' else ''}")
         if k == "mem_gb" and not (_is_number(x) and x > 0):
@@ -390,8 +468,12 @@ def _check_slurm(v: Any) -> Any:
             if not isinstance(x, dict):
                 return _Problem(f"additional_parameters must be a mapping of sbatch options to values, "
                                 f"not {_type_name(x)}")
-            bad = [p for p, y in x.items() if not isinstance(p, str) or not isinstance(y, (str, int, float, bool))]
+            bad = [p for p, y in x.items() if not isinstance(p, str) or not (isinstance(y, (str, bool)) or _is_number(y))]
             if bad:
                 return _Problem(f"additional_parameters: {show(bad[0])} must name an sbatch option with a "
                                 "string, number or true")
+            problem = next((f"additional_parameters: {show(p)}: {t}" for p, y in x.items()
+                            if (t := _text_problem(p) or _text_problem(str(y)))), None)
+            if problem:
+                return _Problem(problem)
     return dict(v)
