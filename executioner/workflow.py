@@ -209,6 +209,7 @@ class _Validator:
             return []
         specs: list[JobSpec] = []
         seen: set[str] = set()
+        folded: dict[str, str] = {}  # lower case -> the id first written so
         named = {item.get("id") for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)}
         for index, item in enumerate(items):
             spec = self.job(index, item, defaults, written)
@@ -216,6 +217,11 @@ class _Validator:
                 continue
             if spec.id in seen:
                 self.err("duplicate job id", job=spec.id, key="id")
+                continue
+            first = folded.setdefault(spec.id.lower(), spec.id)
+            if first != spec.id:  # one file on a case-insensitive export (macOS, some NAS)
+                self.err(f"ids {first!r} and {spec.id!r} differ only by case (a case-insensitive "
+                         "filesystem would give them one file)", job=spec.id, key="id")
                 continue
             seen.add(spec.id)
             specs.append(spec)

@@ -187,3 +187,17 @@ def test_escaped_control_characters_other_than_nul_are_kept(tmp_path: Path) -> N
 def test_alias_bomb_past_what_a_float_can_count_is_refused(tmp_path: Path, yaml_loader: str) -> None:
     [line] = refused(tmp_path, alias_bomb(95, "jobs: [{id: a, command: BOMB}]", width=2000))  # 2000**95
     assert "line 4, column 5: aliases expand this to 4e+07 values" in line, line
+
+
+# ---- 6. ids that one case-insensitive filesystem would take for one ---------------------------
+def test_ids_differing_only_by_case_are_refused(tmp_path: Path) -> None:
+    lines = refused(tmp_path, "jobs: [{id: Job, command: x}, {id: job, command: x}, {id: JOB, command: x},"
+                              " {id: other, command: x, dependencies: [job]}]\n")
+    assert len(lines) == 2, lines
+    assert "job 'job': key 'id': ids 'Job' and 'job' differ only by case" in lines[0]
+    assert "job 'JOB': key 'id': ids 'Job' and 'JOB' differ only by case" in lines[1]
+
+
+def test_ids_differing_only_by_case_through_the_cli(tmp_path: Path) -> None:
+    err = submit_refused(tmp_path, "jobs: [{id: Job, command: x}, {id: job, command: x}]\n")
+    assert "differ only by case" in err and err.count("\n") == 1
