@@ -7,9 +7,7 @@ the file, the job and the key.
 
 from __future__ import annotations
 
-import difflib
 import graphlib
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,32 +15,13 @@ from typing import Any, Final, Literal
 
 from .errors import WorkflowError, WorkflowErrors
 from .wfenv import MAX_JOB_ENV, MAX_VALUE, NAME, StoredEnv, expanded_size, expanded_sizes, human, stored_env
-from .wfparse import SHOWN_CHARS, cut, parse, show
+from .wfparse import cut, parse, show
+from .wfvalues import (BAD, JOB_OPTIONS, RETRY_STATUSES, Problem, check_value, is_number,
+                       suggest, text_problem, type_name)
 
 JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 TOP_KEYS: Final = ("name", "workdir", "env", "defaults", "jobs")
-RETRY_STATUSES: Final = ("failed", "timeout")
 TryStatus = Literal["done", "failed", "timeout"]
-
-# key -> (kind, default). Kinds are checked by _check_value.
-JOB_OPTIONS: Final[dict[str, tuple[str, Any]]] = {
-    "env": ("env", {}),
-    "workdir": ("str", None),
-    "timeout": ("pos_number_or_null", None),
-    "kill_grace": ("nonneg_number", 5.0),
-    "max_retries": ("nonneg_int", 0),
-    "max_lost": ("pos_int", 3),
-    "retry_delay": ("nonneg_number", 0.0),
-    "retry_backoff": ("pos_number", 1.0),
-    "retry_jitter": ("fraction", 0.0),
-    "retry_on_exit_codes": ("int_list_or_null", None),
-    "retry_on_status": ("status_list", list(RETRY_STATUSES)),
-    "max_retry_time": ("pos_number_or_null", None),
-    "outputs": ("str_list", []),
-    "always_rerun": ("bool", False),
-    "slurm": ("slurm", {}),
-}
-SLURM_KEYS: Final = ("partition", "time", "cpus", "mem_gb", "gpus", "additional_parameters")
 JOB_KEYS: Final = ("id", "command", "dependencies", *JOB_OPTIONS)
 
 
@@ -116,22 +95,9 @@ def load_workflow(path: str) -> Workflow:
     return _Validator(shown, raw).workflow(data)
 
 
-def _suggest(key: str, choices: tuple[str, ...]) -> str:
-    """" (did you mean 'x'?)" when one of ``choices`` is close to ``key``."""
-    if len(key) > 2 * SHOWN_CHARS:
-        return ""
-    close = difflib.get_close_matches(key, choices, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _key(key: Any) -> str:
     """A key from the file as a message names it: itself if a string, cut short."""
     return cut(key) if isinstance(key, str) else show(key)
-
-
-def _type_name(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
-            type(None): "null"}.get(type(value), type(value).__name__)
 
 
 class _Validator:
@@ -148,11 +114,11 @@ class _Validator:
 
     def workflow(self, data: Any) -> Workflow:
         if not isinstance(data, dict):
-            self.err(f"the top level must be a mapping with a 'jobs' list, not {_type_name(data)}")
+            self.err(f"the top level must be a mapping with a 'jobs' list, not {type_name(data)}")
             raise WorkflowErrors(self.errors)
         for key in data:
             if key not in TOP_KEYS:
-                self.err(f"unknown key{_suggest(str(key), TOP_KEYS)}", key=_key(key))
+                self.err(f"unknown key{suggest(str(key), TOP_KEYS)}", key=_key(key))
         stem = os.path.splitext(os.path.basename(self.file))[0]
         name = data.get("name", re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip("._-") or "run")
         if not isinstance(name, str) or not JOB_ID_RE.fullmatch(name):
@@ -161,9 +127,9 @@ class _Validator:
         base = os.path.dirname(os.path.abspath(self.file))
         workdir = data.get("workdir", ".")
         if not isinstance(workdir, str):
-            self.err(f"must be a string, not {_type_name(workdir)}", key="workdir")
+            self.err(f"must be a string, not {type_name(workdir)}", key="workdir")
             workdir = "."
-        if isinstance(workdir, str) and (problem := _text_problem(workdir)):
+        if isinstance(workdir, str) and (problem := text_problem(workdir)):
             self.err(problem, key="workdir")
         env = self.env(data.get("env", {}), None)
         self.top_sizes = self.sizes(env, (), None, "env")
@@ -174,14 +140,14 @@ class _Validator:
             self.top_total = 0  # reported here, not again for every job
         defaults = data.get("defaults", {})
         if not isinstance(defaults, dict):
-            self.err(f"must be a mapping, not {_type_name(defaults)}", key="defaults")
+            self.err(f"must be a mapping, not {type_name(defaults)}", key="defaults")
             defaults = {}
         checked: dict[str, Any] = {}
         for key in list(defaults):
             if key in ("id", "command", "dependencies"):
                 self.err("cannot be set in defaults", key=f"defaults.{_key(key)}")
             elif key not in JOB_OPTIONS:
-                self.err(f"unknown key{_suggest(str(key), tuple(JOB_OPTIONS))}", key=f"defaults.{_key(key)}")
+                self.err(f"unknown key{suggest(str(key), tuple(JOB_OPTIONS))}", key=f"defaults.{_key(key)}")
             else:
                 checked[key] = self.value(key, defaults[key], None, f"defaults.{key}")
         if isinstance(checked.get("env"), dict):
@@ -196,13 +162,13 @@ class _Validator:
                         jobs=tuple(jobs))
 
     def jobs(self, items: Any, defaults: dict[str, Any], written: dict[str, Any]) -> list[JobSpec]:
-        """Every job; ``defaults`` are the checked defaults (_BAD where broken), ``written``
+        """Every job; ``defaults`` are the checked defaults (BAD where broken), ``written``
         the defaults as written (a job's ``slurm`` goes over them key by key)."""
         if items is None:
             self.err("missing: a workflow needs a 'jobs' list", key="jobs")
             return []
         if not isinstance(items, list):
-            self.err(f"must be a list of jobs, not {_type_name(items)}", key="jobs")
+            self.err(f"must be a list of jobs, not {type_name(items)}", key="jobs")
             return []
         if not items:
             self.err("is empty: a workflow needs at least one job", key="jobs")
@@ -228,7 +194,7 @@ class _Validator:
         for spec in specs:
             for dep in spec.dependencies:
                 if dep not in seen and dep not in named:
-                    self.err(f"unknown dependency {show(dep)}{_suggest(dep, tuple(sorted(seen)))}",
+                    self.err(f"unknown dependency {show(dep)}{suggest(dep, tuple(sorted(seen)))}",
                              job=spec.id, key="dependencies")
                 elif dep == spec.id:
                     self.err("a job cannot depend on itself", job=spec.id, key="dependencies")
@@ -237,7 +203,7 @@ class _Validator:
     def job(self, index: int, item: Any, defaults: dict[str, Any], written: dict[str, Any]) -> JobSpec | None:
         label = f"#{index + 1}"
         if not isinstance(item, dict):
-            self.err(f"must be a mapping, not {_type_name(item)}", job=label)
+            self.err(f"must be a mapping, not {type_name(item)}", job=label)
             return None
         job_id = item.get("id")
         if job_id is None:
@@ -250,7 +216,7 @@ class _Validator:
         ok = True
         for key in item:
             if key not in JOB_KEYS:
-                self.err(f"unknown key{_suggest(str(key), JOB_KEYS)}", job=job_id, key=_key(key))
+                self.err(f"unknown key{suggest(str(key), JOB_KEYS)}", job=job_id, key=_key(key))
                 ok = False
         command = item.get("command")
         if command is None:
@@ -260,22 +226,22 @@ class _Validator:
             if not command.strip():
                 self.err("is empty", job=job_id, key="command")
                 ok = False
-            elif problem := _text_problem(command):
+            elif problem := text_problem(command):
                 self.err(problem, job=job_id, key="command")
                 ok = False
         elif isinstance(command, list):
-            if not command or not all(isinstance(a, str) or _is_number(a) for a in command):
+            if not command or not all(isinstance(a, str) or is_number(a) for a in command):
                 self.err("a list command must be a non-empty list of strings", job=job_id, key="command")
                 ok = False
             else:
                 command = tuple(str(a) for a in command)
                 problem = next((f"argument {i}: {p}" for i, a in enumerate(command, 1)
-                                if (p := _text_problem(a))), None)
+                                if (p := text_problem(a))), None)
                 if problem:
                     self.err(problem, job=job_id, key="command")
                     ok = False
         else:
-            self.err(f"must be a string or a list of strings, not {_type_name(command)}",
+            self.err(f"must be a string or a list of strings, not {type_name(command)}",
                      job=job_id, key="command")
             ok = False
         deps = item.get("dependencies", [])
@@ -288,16 +254,16 @@ class _Validator:
         for key, (_, default) in JOB_OPTIONS.items():
             if key in item:
                 value = self.value(key, item[key], job_id, key)
-                ok = ok and value is not _BAD
+                ok = ok and value is not BAD
             elif key in defaults:
                 value = defaults[key]
             else:
                 value = default
             options[key] = value
-        if not ok or any(v is _BAD for v in options.values()):
+        if not ok or any(v is BAD for v in options.values()):
             return None
         if "slurm" in item and isinstance(written.get("slurm"), dict):  # per key, over the defaults
-            base = _check_value("slurm", written["slurm"])
+            base = check_value("slurm", written["slurm"])
             if isinstance(base, dict):
                 extra = {**base.get("additional_parameters", {}), **options["slurm"].get("additional_parameters", {})}
                 options["slurm"] = {**base, **options["slurm"]}
@@ -308,29 +274,29 @@ class _Validator:
         return spec if self.job_sizes(spec, own_env="env" in item) else None
 
     def value(self, key: str, value: Any, job: str | None, shown_key: str) -> Any:
-        """The checked value of option ``key``, or _BAD (reported)."""
+        """The checked value of option ``key``, or BAD (reported)."""
         kind = JOB_OPTIONS[key][0]
-        result = _check_value(kind, value)
-        if isinstance(result, _Problem):
+        result = check_value(kind, value)
+        if isinstance(result, Problem):
             self.err(result.message, job=job, key=shown_key)
-            return _BAD
+            return BAD
         if kind == "env":
             before = len(self.errors)
             env = self.env(value, job, shown_key)
-            return env if len(self.errors) == before else _BAD
+            return env if len(self.errors) == before else BAD
         return result
 
     def env(self, value: Any, job: str | None, key: str = "env") -> dict[str, str]:
         if not isinstance(value, dict):
-            self.err(f"must be a mapping of names to strings, not {_type_name(value)}", job=job, key=key)
+            self.err(f"must be a mapping of names to strings, not {type_name(value)}", job=job, key=key)
             return {}
         out: dict[str, str] = {}
         for name, v in value.items():
             if not isinstance(name, str) or not NAME.fullmatch(name):
                 self.err(f"{show(name)} is not a valid variable name", job=job, key=key)
-            elif not (isinstance(v, str) or _is_number(v)):
+            elif not (isinstance(v, str) or is_number(v)):
                 self.err(f"{cut(name)} must be a string or a finite number, not {show(v)}", job=job, key=key)
-            elif problem := _text_problem(str(v)):
+            elif problem := text_problem(str(v)):
                 self.err(f"{name}: {problem}", job=job, key=key)
             else:
                 out[name] = str(v)
@@ -381,105 +347,3 @@ class _Validator:
             path = list(reversed(e.args[1]))
             self.err(f"dependency cycle: {' -> '.join(path)} (each job depends on the next)",
                      job=path[0], key="dependencies")
-
-
-class _Problem:
-    def __init__(self, message: str):
-        self.message = message
-
-
-_BAD: Final = object()
-
-
-def _text_problem(text: str) -> str | None:
-    """What makes ``text`` unusable in a command, an environment or a path, if anything:
-    a NUL ends a C string (exec and every system call would cut it there), and a lone
-    surrogate cannot be written as UTF-8 (nor stored in a job file)."""
-    if "\0" in text:
-        return "contains a NUL character (\\0)"
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            return "contains a character that is not valid UTF-8 (a lone surrogate)"
-    return None
-
-
-def _is_number(v: Any) -> bool:
-    """A finite int or float (not a bool, not inf or nan: they cannot be stored in JSON)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check_value(kind: str, v: Any) -> Any:
-    """The normalised value, or a _Problem saying what is wrong with it."""
-    if kind == "env":
-        return v
-    if kind == "str":
-        if not isinstance(v, str):
-            return _Problem(f"must be a string, not {_type_name(v)}")
-        problem = _text_problem(v)
-        return _Problem(problem) if problem else v
-    if kind in ("pos_number", "pos_number_or_null"):
-        if v is None and kind.endswith("_or_null"):
-            return None
-        return float(v) if _is_number(v) and v > 0 else _Problem(f"must be a number > 0, not {show(v)}")
-    if kind == "nonneg_number":
-        return float(v) if _is_number(v) and v >= 0 else _Problem(f"must be a number >= 0, not {show(v)}")
-    if kind == "nonneg_int":
-        return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1_000_000 else _Problem(
-            f"must be a whole number from 0 to 1000000, not {show(v)}")
-    if kind == "pos_int":
-        return v if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1_000_000 else _Problem(
-            f"must be a whole number from 1 to 1000000, not {show(v)}")
-    if kind == "fraction":
-        return float(v) if _is_number(v) and 0 <= v <= 1 else _Problem(f"must be a number from 0 to 1, not {show(v)}")
-    if kind == "int_list_or_null":
-        if v is None:
-            return None
-        ok = isinstance(v, list) and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255
-                                         for c in v)
-        return tuple(v) if ok else _Problem("must be a list of exit codes (whole numbers 0 to 255)")
-    if kind == "status_list":
-        if isinstance(v, list) and all(s in RETRY_STATUSES for s in v):
-            return tuple(v)
-        return _Problem(f"must be a list of {', '.join(RETRY_STATUSES)}")
-    if kind == "slurm":
-        return _check_slurm(v)
-    if kind == "bool":
-        return v if isinstance(v, bool) else _Problem(f"must be true or false, not {show(v)}")
-    if kind == "str_list":
-        if not (isinstance(v, list) and all(isinstance(s, str) and s for s in v)):
-            return _Problem("must be a list of file paths")
-        problem = next((f"{show(s)}: {p}" for s in v if (p := _text_problem(s))), None)
-        return _Problem(problem) if problem else tuple(v)
-    raise AssertionError(kind)
-
-
-def _check_slurm(v: Any) -> Any:
-    """A ``slurm:`` mapping: resources of a job's own Slurm job (Slurm-DAG backend)."""
-    if not isinstance(v, dict):
-        return _Problem(f"must be a mapping of {', '.join(SLURM_KEYS)}, not {_type_name(v)}")
-    for k, x in v.items():
-        if k not in SLURM_KEYS:
-            return _Problem(f"unknown key {show(k)}{_suggest(str(k), SLURM_KEYS)}")
-        if k == "partition" and not isinstance(x, str):
-            return _Problem("partition must be a string")
-        if k == "partition" and (problem := _text_problem(x)):
-            return _Problem(f"partition: {problem}")
-        if k in ("time", "cpus", "gpus") and (not isinstance(x, int) or isinstance(x, bool) or x < 1):
-            return _Problem(f"{k} must be a whole number >= 1{' (minutes)' if k == 'time' else ''}")
-        if k == "mem_gb" and not (_is_number(x) and x > 0):
-            return _Problem("mem_gb must be a number > 0")
-        if k == "additional_parameters":
-            if not isinstance(x, dict):
-                return _Problem(f"additional_parameters must be a mapping of sbatch options to values, "
-                                f"not {_type_name(x)}")
-            bad = [p for p, y in x.items() if not isinstance(p, str) or not (isinstance(y, (str, bool)) or _is_number(y))]
-            if bad:
-                return _Problem(f"additional_parameters: {show(bad[0])} must name an sbatch option with a "
-                                "string, number or true")
-            problem = next((f"additional_parameters: {show(p)}: {t}" for p, y in x.items()
-                            if (t := _text_problem(p) or _text_problem(str(y)))), None)
-            if problem:
-                return _Problem(problem)
-    return dict(v)

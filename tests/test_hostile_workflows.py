@@ -201,3 +201,53 @@ def test_ids_differing_only_by_case_are_refused(tmp_path: Path) -> None:
 def test_ids_differing_only_by_case_through_the_cli(tmp_path: Path) -> None:
     err = submit_refused(tmp_path, "jobs: [{id: Job, command: x}, {id: job, command: x}]\n")
     assert "differ only by case" in err and err.count("\n") == 1
+
+
+# ---- 7. every number bounded ---------------------------------------------------------------------
+YEAR = 365 * 24 * 3600
+
+
+@pytest.mark.parametrize("key,bad,good", [
+    ("timeout", [0, -1, YEAR + 1, 1.0e17, ".inf", ".nan", "true"], [0.5, YEAR, "null"]),
+    ("max_retry_time", [0, YEAR + 1, 1.0e17, ".inf", ".nan"], [1, YEAR, "null"]),
+    ("retry_delay", [-1, YEAR + 1, 1.0e17, ".inf", "-.inf", ".nan"], [0, 2.5, YEAR]),
+    ("kill_grace", [-1, YEAR + 1, ".inf", ".nan"], [0, 5, YEAR]),
+    ("retry_backoff", [0, -2, 101, 1.0e17, ".inf", ".nan"], [0.5, 1, 100]),
+    ("retry_jitter", [-0.1, 1.1, ".nan"], [0, 1]),
+    ("max_retries", [-1, 1_000_001, 2.5, "true", ".inf"], [0, 1_000_000]),
+    ("max_lost", [0, 1_000_001, 1.5, ".nan"], [1, 1_000_000]),
+    ("retry_on_exit_codes", ["[-1]", "[256]", "[1.5]", "[.nan]", "[true]"], ["[0, 255]", "null"]),
+    ("slurm", ["{time: 0}", "{time: 525601}", "{cpus: 1000001}", "{gpus: 0}", "{mem_gb: .inf}",
+               "{mem_gb: 1.0e+7}", "{additional_parameters: {nice: .nan}}"],
+     ["{time: 525600, cpus: 1000000, gpus: 1, mem_gb: 1000000.0}"]),
+])
+def test_numbers_are_finite_and_within_bounds(tmp_path: Path, key: str, bad: list[object],
+                                              good: list[object]) -> None:
+    for value in bad:
+        for where in (f"jobs: [{{id: a, command: x, {key}: {value}}}]\n",
+                      f"defaults: {{{key}: {value}}}\njobs: [{{id: a, command: x}}]\n"):
+            [line] = refused(tmp_path, where)
+            assert f"key '{key}'" in line or f"key 'defaults.{key}'" in line, (value, line)
+    for value in good:
+        path = tmp_path / "good.yaml"
+        path.write_text(f"jobs: [{{id: a, command: x, {key}: {value}}}]\n")
+        load_workflow(str(path))
+
+
+def test_a_bound_is_named_in_the_message(tmp_path: Path) -> None:
+    [line] = refused(tmp_path, "jobs: [{id: a, command: x, retry_delay: 1.0e+17}]\n")
+    assert "job 'a': key 'retry_delay': must be a number of seconds from 0 to 31536000 (a year), not 1e+17" in line
+
+
+@pytest.mark.xfail(strict=True, raises=OverflowError,
+                   reason="executioner/retry.py (not this change's file): retry_backoff ** (n - 1) overflows "
+                          "past about 1000 retries; the delay needs a cap there")
+def test_a_long_series_of_quick_retries_does_not_overflow_the_delay(tmp_path: Path) -> None:
+    from executioner.retry import decide
+
+    path = tmp_path / "w.yaml"
+    path.write_text("jobs: [{id: a, command: x, max_retries: 5000, retry_delay: 0, retry_backoff: 2}]\n")
+    spec = load_workflow(str(path)).jobs[0].to_spec()  # valid: each number is within its bounds
+    tries = [{"status": "failed", "exit_code": 1, "start": 0.0}] * 1100
+    decision = decide(spec, tries, now=0.0)
+    assert decision.retry and 0 <= decision.delay <= YEAR
