@@ -8,9 +8,11 @@ or a :class:`Problem` with the message.
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import math
-from typing import Any, Final
+from collections import defaultdict
+from typing import Any, Final, Iterable
 
 from .wfparse import SHOWN_CHARS, show
 
@@ -59,6 +61,35 @@ def suggest(key: str, choices: tuple[str, ...]) -> str:
         return ""
     close = difflib.get_close_matches(key, choices, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class NearNames:
+    """Names indexed for "did you mean": difflib compares a name with every candidate, which
+    for thousands of similar ids takes most of a second per name. The candidates here are a
+    few hundred at most: the names that sort next to it, those whose reversal sorts next to
+    its reversal (a typo late, or early, in the name), and those with the same letters
+    (a transposition)."""
+
+    def __init__(self, names: Iterable[str], reach: int = 50):
+        self.reach = reach
+        self.forward = sorted(names)
+        self.backward = sorted(n[::-1] for n in self.forward)
+        self.letters: dict[str, list[str]] = defaultdict(list)
+        for n in self.forward:
+            self.letters["".join(sorted(n))].append(n)
+
+    def suggest(self, name: str) -> str:
+        """The words " (did you mean 'x'?)" when a name is close to ``name``."""
+        k = self.reach
+        near = set(_around(self.forward, name, k))
+        near.update(n[::-1] for n in _around(self.backward, name[::-1], k))
+        near.update(self.letters.get("".join(sorted(name)), ())[:k])
+        return suggest(name, tuple(sorted(near)))
+
+
+def _around(ordered: list[str], name: str, k: int) -> list[str]:
+    i = bisect.bisect_left(ordered, name)
+    return ordered[max(0, i - k):i + k]
 
 
 def type_name(value: Any) -> str:

@@ -16,13 +16,15 @@ from typing import Any, Final, Literal
 from .errors import WorkflowError, WorkflowErrors
 from .wfenv import MAX_JOB_ENV, MAX_VALUE, NAME, StoredEnv, expanded_size, expanded_sizes, human, stored_env
 from .wfparse import cut, parse, show
-from .wfvalues import (BAD, JOB_OPTIONS, RETRY_STATUSES, Problem, check_value, is_number,
+from .wfvalues import (BAD, JOB_OPTIONS, RETRY_STATUSES, NearNames, Problem, check_value, is_number,
                        suggest, text_problem, type_name)
 
 JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 TOP_KEYS: Final = ("name", "workdir", "env", "defaults", "jobs")
 TryStatus = Literal["done", "failed", "timeout"]
 JOB_KEYS: Final = ("id", "command", "dependencies", *JOB_OPTIONS)
+MAX_SHOWN: Final = 100  # problems listed; the rest are counted in one more line
+MAX_ID_SUGGESTIONS: Final = 20  # "did you mean" against every id costs O(ids) each
 
 
 @dataclass(frozen=True)
@@ -108,17 +110,40 @@ class _Validator:
         self.top_sizes: dict[str, int] = {}  # what the workflow's env values expand to
         self.top_total = 0
         self._levels: dict[int, tuple[dict[str, int], bool]] = {}  # see level_sizes
+        self._id_suggestions = 0
+        self._ids: NearNames | None = None
 
     def err(self, message: str, job: str | None = None, key: str | None = None) -> None:
         self.errors.append(WorkflowError(message, self.file, job, key))
 
+    def failure(self) -> WorkflowErrors:
+        """Every problem found: the first MAX_SHOWN, and a line counting the others."""
+        shown = self.errors[:MAX_SHOWN]
+        if len(self.errors) > MAX_SHOWN:
+            shown.append(WorkflowError(f"… and {len(self.errors) - MAX_SHOWN} more problems", self.file))
+        return WorkflowErrors(shown)
+
+    def suggest(self, key: Any, choices: tuple[str, ...]) -> str:
+        """A "did you mean", for a problem that will be shown (the others are only counted)."""
+        return suggest(str(key), choices) if len(self.errors) < MAX_SHOWN else ""
+
+    def suggest_id(self, dep: str, ids: set[str]) -> str:
+        """A "did you mean" among the job ids, for the first MAX_ID_SUGGESTIONS unknown ones
+        (each costs a few milliseconds however many ids there are)."""
+        self._id_suggestions += 1
+        if self._id_suggestions > MAX_ID_SUGGESTIONS or len(self.errors) >= MAX_SHOWN:
+            return ""
+        if self._ids is None:
+            self._ids = NearNames(ids)
+        return self._ids.suggest(dep)
+
     def workflow(self, data: Any) -> Workflow:
         if not isinstance(data, dict):
             self.err(f"the top level must be a mapping with a 'jobs' list, not {type_name(data)}")
-            raise WorkflowErrors(self.errors)
+            raise self.failure()
         for key in data:
             if key not in TOP_KEYS:
-                self.err(f"unknown key{suggest(str(key), TOP_KEYS)}", key=_key(key))
+                self.err(f"unknown key{self.suggest(key, TOP_KEYS)}", key=_key(key))
         stem = os.path.splitext(os.path.basename(self.file))[0]
         name = data.get("name", re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip("._-") or "run")
         if not isinstance(name, str) or not JOB_ID_RE.fullmatch(name):
@@ -147,7 +172,7 @@ class _Validator:
             if key in ("id", "command", "dependencies"):
                 self.err("cannot be set in defaults", key=f"defaults.{_key(key)}")
             elif key not in JOB_OPTIONS:
-                self.err(f"unknown key{suggest(str(key), tuple(JOB_OPTIONS))}", key=f"defaults.{_key(key)}")
+                self.err(f"unknown key{self.suggest(key, tuple(JOB_OPTIONS))}", key=f"defaults.{_key(key)}")
             else:
                 checked[key] = self.value(key, defaults[key], None, f"defaults.{key}")
         if isinstance(checked.get("env"), dict):
@@ -156,7 +181,7 @@ class _Validator:
         if not self.errors:
             self.cycles(jobs)
         if self.errors:
-            raise WorkflowErrors(self.errors)
+            raise self.failure()
         return Workflow(name=name, path=os.path.abspath(self.file), raw=self.raw,
                         workdir=os.path.normpath(os.path.join(base, workdir)), env=stored_env(env),
                         jobs=tuple(jobs))
@@ -194,7 +219,7 @@ class _Validator:
         for spec in specs:
             for dep in spec.dependencies:
                 if dep not in seen and dep not in named:
-                    self.err(f"unknown dependency {show(dep)}{suggest(dep, tuple(sorted(seen)))}",
+                    self.err(f"unknown dependency {show(dep)}{self.suggest_id(dep, seen)}",
                              job=spec.id, key="dependencies")
                 elif dep == spec.id:
                     self.err("a job cannot depend on itself", job=spec.id, key="dependencies")
@@ -216,7 +241,7 @@ class _Validator:
         ok = True
         for key in item:
             if key not in JOB_KEYS:
-                self.err(f"unknown key{suggest(str(key), JOB_KEYS)}", job=job_id, key=_key(key))
+                self.err(f"unknown key{self.suggest(key, JOB_KEYS)}", job=job_id, key=_key(key))
                 ok = False
         command = item.get("command")
         if command is None:

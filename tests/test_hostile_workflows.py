@@ -3,7 +3,9 @@ exit code 2, nothing written, and never with a traceback, a MemoryError or minut
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -251,3 +253,32 @@ def test_a_long_series_of_quick_retries_does_not_overflow_the_delay(tmp_path: Pa
     tries = [{"status": "failed", "exit_code": 1, "start": 0.0}] * 1100
     decision = decide(spec, tries, now=0.0)
     assert decision.retry and 0 <= decision.delay <= YEAR
+
+
+# ---- 8. many problems: fast, and a bounded number of lines ------------------------------------------
+def big_json(tmp_path: Path, jobs: list[dict[str, object]], name: str = "big") -> Path:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"jobs": jobs}))
+    return path
+
+
+@pytest.mark.timeout(30)
+def test_thousands_of_unknown_dependencies_are_refused_fast_in_a_bounded_report(tmp_path: Path) -> None:
+    jobs = [{"id": f"job{i:05d}", "command": "x"} for i in range(6000)]
+    for i in range(0, 6000, 2):
+        jobs[i]["dependencies"] = [f"jbo{i + 1:05d}"]  # a typo of an id that exists
+    path = big_json(tmp_path, jobs)
+    start = time.monotonic()
+    with pytest.raises(WorkflowErrors) as info:
+        load_workflow(str(path))
+    assert time.monotonic() - start < 3
+    lines = str(info.value).splitlines()
+    assert len(lines) == 101 and lines[-1] == f"{path}: … and 2900 more problems", lines[-1]
+    assert "job 'job00000': key 'dependencies': unknown dependency 'jbo00001' (did you mean 'job00001'?)" in lines[0]
+    assert len(info.value.errors) == 101
+
+
+def test_the_cli_prints_the_bounded_report(tmp_path: Path) -> None:
+    text = json.dumps({"jobs": [{"id": f"j{i}", "command": "x", "timeot": 1} for i in range(500)]})
+    err = submit_refused(tmp_path, text, ".json")
+    assert err.count("\n") == 101 and "… and 400 more problems" in err
