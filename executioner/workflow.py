@@ -102,6 +102,15 @@ def _key(key: Any) -> str:
     return cut(key) if isinstance(key, str) else show(key)
 
 
+@dataclass
+class _Entry:
+    """A job as far as it could be read: its id and dependencies, and its spec if valid."""
+
+    id: str
+    dependencies: tuple[str, ...]
+    spec: JobSpec | None = None
+
+
 class _Validator:
     def __init__(self, file: str, raw: bytes):
         self.file = file
@@ -178,8 +187,6 @@ class _Validator:
         if isinstance(checked.get("env"), dict):
             self.level_sizes(checked["env"], None, "defaults.env")  # reported once, not per job
         jobs = self.jobs(data.get("jobs"), checked, defaults)
-        if not self.errors:
-            self.cycles(jobs)
         if self.errors:
             raise self.failure()
         return Workflow(name=name, path=os.path.abspath(self.file), raw=self.raw,
@@ -188,7 +195,9 @@ class _Validator:
 
     def jobs(self, items: Any, defaults: dict[str, Any], written: dict[str, Any]) -> list[JobSpec]:
         """Every job; ``defaults`` are the checked defaults (BAD where broken), ``written``
-        the defaults as written (a job's ``slurm`` goes over them key by key)."""
+        the defaults as written (a job's ``slurm`` goes over them key by key). Dependencies
+        are checked for every job with a usable id, and cycles among the jobs that are
+        otherwise valid, so that one pass reports every problem."""
         if items is None:
             self.err("missing: a workflow needs a 'jobs' list", key="jobs")
             return []
@@ -198,34 +207,36 @@ class _Validator:
         if not items:
             self.err("is empty: a workflow needs at least one job", key="jobs")
             return []
-        specs: list[JobSpec] = []
-        seen: set[str] = set()
+        entries: dict[str, _Entry] = {}
         folded: dict[str, str] = {}  # lower case -> the id first written so
         named = {item.get("id") for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)}
         for index, item in enumerate(items):
-            spec = self.job(index, item, defaults, written)
-            if spec is None:
+            entry = self.job(index, item, defaults, written)
+            if entry is None:
                 continue
-            if spec.id in seen:
-                self.err("duplicate job id", job=spec.id, key="id")
+            if entry.id in entries:
+                self.err("duplicate job id", job=entry.id, key="id")
                 continue
-            first = folded.setdefault(spec.id.lower(), spec.id)
-            if first != spec.id:  # one file on a case-insensitive export (macOS, some NAS)
-                self.err(f"ids {first!r} and {spec.id!r} differ only by case (a case-insensitive "
-                         "filesystem would give them one file)", job=spec.id, key="id")
+            first = folded.setdefault(entry.id.lower(), entry.id)
+            if first != entry.id:  # one file on a case-insensitive export (macOS, some NAS)
+                self.err(f"ids {first!r} and {entry.id!r} differ only by case (a case-insensitive "
+                         "filesystem would give them one file)", job=entry.id, key="id")
                 continue
-            seen.add(spec.id)
-            specs.append(spec)
-        for spec in specs:
-            for dep in spec.dependencies:
-                if dep not in seen and dep not in named:
-                    self.err(f"unknown dependency {show(dep)}{self.suggest_id(dep, seen)}",
-                             job=spec.id, key="dependencies")
-                elif dep == spec.id:
-                    self.err("a job cannot depend on itself", job=spec.id, key="dependencies")
+            entries[entry.id] = entry
+        for entry in entries.values():
+            for dep in entry.dependencies:
+                if dep not in entries and dep not in named:
+                    self.err(f"unknown dependency {show(dep)}{self.suggest_id(dep, set(entries))}",
+                             job=entry.id, key="dependencies")
+                elif dep == entry.id:
+                    self.err("a job cannot depend on itself", job=entry.id, key="dependencies")
+        specs = [e.spec for e in entries.values() if e.spec is not None]
+        self.cycles(specs)
         return specs
 
-    def job(self, index: int, item: Any, defaults: dict[str, Any], written: dict[str, Any]) -> JobSpec | None:
+    def job(self, index: int, item: Any, defaults: dict[str, Any], written: dict[str, Any]) -> _Entry | None:
+        """Job ``index`` (its id, dependencies and, when nothing else is wrong, its spec), or
+        None when it has no usable id. Every problem is reported."""
         label = f"#{index + 1}"
         if not isinstance(item, dict):
             self.err(f"must be a mapping, not {type_name(item)}", job=label)
@@ -243,50 +254,22 @@ class _Validator:
             if key not in JOB_KEYS:
                 self.err(f"unknown key{self.suggest(key, JOB_KEYS)}", job=job_id, key=_key(key))
                 ok = False
-        command = item.get("command")
-        if command is None:
-            self.err("missing", job=job_id, key="command")
-            ok = False
-        elif isinstance(command, str):
-            if not command.strip():
-                self.err("is empty", job=job_id, key="command")
-                ok = False
-            elif problem := text_problem(command):
-                self.err(problem, job=job_id, key="command")
-                ok = False
-        elif isinstance(command, list):
-            if not command or not all(isinstance(a, str) or is_number(a) for a in command):
-                self.err("a list command must be a non-empty list of strings", job=job_id, key="command")
-                ok = False
-            else:
-                command = tuple(str(a) for a in command)
-                problem = next((f"argument {i}: {p}" for i, a in enumerate(command, 1)
-                                if (p := text_problem(a))), None)
-                if problem:
-                    self.err(problem, job=job_id, key="command")
-                    ok = False
-        else:
-            self.err(f"must be a string or a list of strings, not {type_name(command)}",
-                     job=job_id, key="command")
-            ok = False
+        command = self.command(item.get("command"), job_id)
         deps = item.get("dependencies", [])
         if deps is None:
             deps = []
         if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
             self.err("must be a list of job ids", job=job_id, key="dependencies")
-            ok = False
+            deps, ok = [], False
+        entry = _Entry(job_id, tuple(dict.fromkeys(deps)))
         options: dict[str, Any] = {}
         for key, (_, default) in JOB_OPTIONS.items():
             if key in item:
-                value = self.value(key, item[key], job_id, key)
-                ok = ok and value is not BAD
-            elif key in defaults:
-                value = defaults[key]
+                options[key] = self.value(key, item[key], job_id, key)
             else:
-                value = default
-            options[key] = value
-        if not ok or any(v is BAD for v in options.values()):
-            return None
+                options[key] = defaults.get(key, default)
+        if not ok or command is None or any(v is BAD for v in options.values()):
+            return entry
         if "slurm" in item and isinstance(written.get("slurm"), dict):  # per key, over the defaults
             base = check_value("slurm", written["slurm"])
             if isinstance(base, dict):
@@ -294,9 +277,31 @@ class _Validator:
                 options["slurm"] = {**base, **options["slurm"]}
                 if extra:
                     options["slurm"]["additional_parameters"] = extra
-        assert isinstance(command, (str, tuple))
-        spec = JobSpec(id=job_id, command=command, dependencies=tuple(dict.fromkeys(deps)), **options)
-        return spec if self.job_sizes(spec, own_env="env" in item) else None
+        spec = JobSpec(id=job_id, command=command, dependencies=entry.dependencies, **options)
+        if self.job_sizes(spec, own_env="env" in item):
+            entry.spec = spec
+        return entry
+
+    def command(self, command: Any, job_id: str) -> str | tuple[str, ...] | None:
+        """The checked command, or None (reported)."""
+        if command is None:
+            self.err("missing", job=job_id, key="command")
+            return None
+        if isinstance(command, str):
+            problem = "is empty" if not command.strip() else text_problem(command)
+        elif isinstance(command, list):
+            if not command or not all(isinstance(a, str) or is_number(a) for a in command):
+                problem = "a list command must be a non-empty list of strings"
+            else:
+                command = tuple(str(a) for a in command)
+                problem = next((f"argument {i}: {p}" for i, a in enumerate(command, 1)
+                                if (p := text_problem(a))), None)
+        else:
+            problem = f"must be a string or a list of strings, not {type_name(command)}"
+        if problem:
+            self.err(problem, job=job_id, key="command")
+            return None
+        return command  # type: ignore[no-any-return]
 
     def value(self, key: str, value: Any, job: str | None, shown_key: str) -> Any:
         """The checked value of option ``key``, or BAD (reported)."""
@@ -364,7 +369,11 @@ class _Validator:
         return ok
 
     def cycles(self, jobs: list[JobSpec]) -> None:
-        sorter = graphlib.TopologicalSorter({j.id: j.dependencies for j in jobs})
+        """Report one dependency cycle among ``jobs`` (edges to other jobs, or to the job
+        itself, are reported elsewhere). graphlib walks without recursion."""
+        ids = {j.id for j in jobs}
+        sorter = graphlib.TopologicalSorter(
+            {j.id: [d for d in j.dependencies if d in ids and d != j.id] for j in jobs})
         try:
             sorter.prepare()
         except graphlib.CycleError as e:

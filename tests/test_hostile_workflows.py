@@ -282,3 +282,36 @@ def test_the_cli_prints_the_bounded_report(tmp_path: Path) -> None:
     text = json.dumps({"jobs": [{"id": f"j{i}", "command": "x", "timeot": 1} for i in range(500)]})
     err = submit_refused(tmp_path, text, ".json")
     assert err.count("\n") == 101 and "… and 400 more problems" in err
+
+
+# ---- 9. every problem in one pass ------------------------------------------------------------------
+def test_cycles_and_unknown_dependencies_are_reported_with_the_other_problems(tmp_path: Path) -> None:
+    lines = refused(tmp_path, """\
+jobs:
+  - {id: a, command: x, dependencies: [b]}
+  - {id: b, command: x, dependencies: [a]}
+  - {id: c, command: x, dependencies: [zz]}
+  - {id: d, command: x, tmeout: 1, dependencies: [yy]}
+  - {id: e, command: x, timeout: -1, dependencies: [e]}
+  - {command: x}
+""")
+    text = "\n".join(lines)
+    assert len(lines) == 7, lines
+    for fragment in ("job 'd': key 'tmeout': unknown key", "job 'e': key 'timeout'", "job '#6': key 'id': missing",
+                     "job 'c': key 'dependencies': unknown dependency 'zz'",
+                     "job 'd': key 'dependencies': unknown dependency 'yy'",
+                     "job 'e': key 'dependencies': a job cannot depend on itself",
+                     "key 'dependencies': dependency cycle: "):
+        assert fragment in text, (fragment, lines)
+
+
+def test_a_cycle_is_found_beside_a_broken_job_but_not_through_it(tmp_path: Path) -> None:
+    lines = refused(tmp_path, """\
+jobs:
+  - {id: a, command: x, dependencies: [b]}
+  - {id: b, command: x, dependencies: [a, broken]}
+  - {id: broken, command: x, timeout: soon, dependencies: [c]}
+  - {id: c, command: x, dependencies: [broken]}
+""")
+    assert len(lines) == 2 and "job 'broken': key 'timeout'" in lines[0], lines
+    assert "dependency cycle: a -> b -> a" in lines[1] or "dependency cycle: b -> a -> b" in lines[1], lines
