@@ -23,6 +23,7 @@ JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 TOP_KEYS: Final = ("name", "workdir", "env", "defaults", "jobs")
 TryStatus = Literal["done", "failed", "timeout"]
 JOB_KEYS: Final = ("id", "command", "dependencies", *JOB_OPTIONS)
+MAX_FILE_BYTES: Final = 100_000_000  # a workflow of a million jobs is about 50 MB of JSON
 MAX_SHOWN: Final = 100  # problems listed; the rest are counted in one more line
 MAX_ID_SUGGESTIONS: Final = 20  # "did you mean" against every id costs O(ids) each
 
@@ -85,16 +86,44 @@ class Workflow:
         return out
 
 
-def load_workflow(path: str) -> Workflow:
+def load_workflow(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> Workflow:
     """Parse and validate ``path``; raise WorkflowErrors with every problem found."""
-    shown = os.fspath(path)
+    shown = os.fsdecode(path)  # bytes that are not UTF-8 become lone surrogates
+    problem = _path_problem(shown)
+    if problem:
+        raise WorkflowErrors([WorkflowError(problem, _printable(shown))])
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        with open(shown, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         raise WorkflowErrors([WorkflowError(f"cannot read: {e.strerror}", shown)]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise WorkflowErrors([WorkflowError(f"larger than {human(MAX_FILE_BYTES)}: not read", shown)])
     data = parse(raw, shown)
     return _Validator(shown, raw).workflow(data)
+
+
+def _path_problem(shown: str) -> str | None:
+    """Why the workflow's path cannot be used, if it cannot. A run records the workflow's
+    absolute path and working directory in JSON, which holds only UTF-8: a name in another
+    encoding (a lone surrogate once decoded) is refused here, before anything is written,
+    rather than stored in a form other readers would have to undo."""
+    if "\0" in shown:
+        return "the path contains a NUL character"
+    try:
+        absolute = os.path.abspath(shown)
+    except OSError as e:  # the current directory was removed
+        return f"cannot resolve the path: {e.strerror}"
+    if text_problem(absolute) is None:
+        return None
+    whose = "this path" if text_problem(shown) else f"its full path {_printable(absolute)}"
+    return (f"{whose} is not valid UTF-8 (a directory or file name in another encoding), and a run "
+            "records it in JSON: rename it, or work from a directory whose path is UTF-8")
+
+
+def _printable(path: str) -> str:
+    """``path`` with the bytes that are not UTF-8 shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _key(key: Any) -> str:

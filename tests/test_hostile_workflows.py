@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -315,3 +317,52 @@ jobs:
 """)
     assert len(lines) == 2 and "job 'broken': key 'timeout'" in lines[0], lines
     assert "dependency cycle: a -> b -> a" in lines[1] or "dependency cycle: b -> a -> b" in lines[1], lines
+
+
+# ---- 10. a workflow in a directory whose name is not UTF-8 -----------------------------------------
+def non_utf8_workflow(tmp_path: Path) -> bytes:
+    directory = os.fsencode(tmp_path) + b"/caf\xe9-latin1"
+    os.mkdir(directory)
+    path = directory + b"/wf.yaml"
+    with open(path, "wb") as f:
+        f.write(b"jobs: [{id: a, command: 'true'}]\n")
+    return path
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_a_path_that_is_not_utf8_is_refused_in_one_line(tmp_path: Path, as_bytes: bool) -> None:
+    path = non_utf8_workflow(tmp_path)
+    with pytest.raises(WorkflowErrors) as info:
+        load_workflow(path if as_bytes else os.fsdecode(path))  # type: ignore[arg-type]
+    [line] = str(info.value).splitlines()
+    assert line.startswith(f"{tmp_path}/caf\\xe9-latin1/wf.yaml: ") and "not valid UTF-8" in line, line
+    line.encode("utf-8")  # printable as it is
+
+
+def test_a_path_that_is_not_utf8_through_the_cli_exits_2_and_writes_nothing(tmp_path: Path) -> None:
+    path = non_utf8_workflow(tmp_path)
+    pool = tmp_path / "pool"
+    code = "import sys; from executioner.cli import submit_main; sys.exit(submit_main(sys.argv[1:]))"
+    for args, cwd in (([path], None), ([b"wf.yaml"], os.path.dirname(path))):
+        result = subprocess.run([sys.executable, "-c", code, *args, "--pool", str(pool)], cwd=cwd,
+                                capture_output=True, timeout=60)
+        assert result.returncode == 2, result
+        assert b"Traceback" not in result.stderr and b"not valid UTF-8" in result.stderr, result.stderr
+        assert result.stderr.count(b"\n") == 1 and not pool.exists()
+
+
+def test_a_non_utf8_name_is_refused_wherever_it_comes_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = non_utf8_workflow(tmp_path)
+    monkeypatch.chdir(os.path.dirname(path))
+    with pytest.raises(WorkflowErrors, match="not valid UTF-8"):
+        load_workflow("wf.yaml")  # the name is fine, the current directory is not
+
+
+def test_a_path_with_a_nul_and_a_file_too_large_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from executioner import workflow
+
+    with pytest.raises(WorkflowErrors, match="the path contains a NUL character"):
+        load_workflow(str(tmp_path / "a\0b.yaml"))
+    monkeypatch.setattr(workflow, "MAX_FILE_BYTES", 1000)
+    [line] = refused(tmp_path, "jobs: [{id: a, command: x}]\n" + "#" * 1000)
+    assert line.endswith("larger than 1 kB: not read")
