@@ -77,10 +77,16 @@ def expanded_sizes(env: Mapping[str, str], *outer: Mapping[str, int],
 def expanded_size(value: str, *levels: Mapping[str, int]) -> int:
     """How many characters ``value`` expands to when names have the sizes in ``levels``
     (innermost first), counted up to a bound that keeps the numbers small."""
+    if "${" not in value:
+        return len(value)
     size = len(value)
     for match in VAR.finditer(value):
         ref = match.group(1)
-        size += next((level[ref] for level in levels if ref in level), 0) - len(match.group(0))
+        size -= len(match.group(0))
+        for level in levels:
+            if ref in level:
+                size += level[ref]
+                break
     return min(size, _HUGE)
 
 

@@ -4,19 +4,20 @@ YAML is read by a strict safe loader (libyaml's parser when PyYAML has it, else 
 own): a key given twice in one mapping is refused, merge keys (``<<: *base``) work, aliases
 may not expand a document past ``max(MAX_EXPANSION, EXPANSION_RATIO x its written nodes)``
 (the "billion laughs"), nor contain themselves, and nothing may nest deeper than
-``MAX_DEPTH``. JSON is read by orjson with the same depth bound and the same refusal of
-duplicate keys. Every refusal is one :class:`WorkflowError` with a line and column where the
-format gives one. :func:`show` is how any value from the file is quoted in a message.
+``MAX_DEPTH``. JSON is read by the standard library, with the same depth bound, the same
+refusal of duplicate keys, and no NaN, Infinity or numbers too long to convert. Every
+refusal is one :class:`WorkflowError` with a line and column where the format gives one.
+:func:`show` is how any value from the file is quoted in a message.
 """
 
 from __future__ import annotations
 
 import codecs
 import json
+import os
 import reprlib
 from typing import Any, Final
 
-import orjson
 import yaml
 
 from .errors import WorkflowError, WorkflowErrors
@@ -26,6 +27,7 @@ MAX_EXPANSION: Final = 100_000  # nodes a document may always expand to through 
 EXPANSION_RATIO: Final = 10  # ... or this many times the nodes it writes, if more
 MAX_INT_BITS: Final = 1000  # about 300 digits; longer numbers cannot even be printed safely
 SHOWN_CHARS: Final = 80  # a value quoted in a message is cut to this many characters
+MAX_FILE_BYTES: Final = 100_000_000  # a workflow of a million jobs is about 50 MB of JSON
 
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 _REPR = reprlib.Repr()
@@ -45,6 +47,53 @@ def show(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS:
         return "<a number too large to print>"
     return cut(_REPR.repr(value))
+
+
+def read(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> tuple[str, bytes]:
+    """The workflow's path as shown in messages, and its bytes; or WorkflowErrors."""
+    shown = os.fsdecode(path)  # bytes that are not UTF-8 become lone surrogates
+    problem = _path_problem(shown)
+    if problem:
+        raise _one(problem, _printable(shown))
+    try:
+        with open(shown, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise _one(f"cannot read: {e.strerror}", shown) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise _one(f"larger than {MAX_FILE_BYTES // 1000:,} kB: not read", shown)
+    return shown, raw
+
+
+def _path_problem(shown: str) -> str | None:
+    """Why the workflow's path cannot be used, if it cannot. A run records the workflow's
+    absolute path and working directory in JSON, which holds only UTF-8: a name in another
+    encoding (a lone surrogate once decoded) is refused here, before anything is written,
+    rather than stored in a form other readers would have to undo."""
+    if "\0" in shown:
+        return "the path contains a NUL character"
+    try:
+        absolute = os.path.abspath(shown)
+    except OSError as e:  # the current directory was removed
+        return f"cannot resolve the path: {e.strerror}"
+    if _utf8(absolute):
+        return None
+    whose = "this path" if not _utf8(shown) else f"its full path {_printable(absolute)}"
+    return (f"{whose} is not valid UTF-8 (a directory or file name in another encoding), and a run "
+            "records it in JSON: rename it, or work from a directory whose path is UTF-8")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(path: str) -> str:
+    """``path`` with the bytes that are not UTF-8 shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def parse(raw: bytes, shown: str) -> Any:
@@ -81,19 +130,18 @@ def _position(raw: bytes, offset: int) -> str:
 
 # ---- JSON -----------------------------------------------------------------------------------
 def _parse_json(raw: bytes) -> Any:
+    """JSON through the standard library, which lets every object be checked for a key given
+    twice (orjson keeps the last silently) in the same single pass."""
     try:
-        raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise _Refused(f"not valid JSON{_position(raw, e.start)}: byte 0x{raw[e.start]:02x} is not UTF-8") from None
     try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        if "depth" in e.msg:
-            raise _Refused(f"nested too deeply (more than {MAX_DEPTH} levels)") from None
+        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant,
+                          parse_int=_json_int)
+    except json.JSONDecodeError as e:
         raise _Refused(f"not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
     _check_depth(data)
-    # orjson keeps the last of two equal keys; a second, slower parse finds them.
-    json.loads(raw, object_pairs_hook=_no_duplicates)
     return data
 
 
@@ -106,15 +154,29 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _no_constant(name: str) -> Any:
+    raise _Refused(f"not valid JSON: {name} is not a JSON number")
+
+
+def _json_int(digits: str) -> int:
+    if len(digits) > MAX_INT_BITS // 3:
+        raise _Refused("not valid JSON: a number this long is not accepted (quote it to make it a string)")
+    return int(digits)
+
+
 def _check_depth(data: Any) -> None:
-    """Refuse data nested deeper than MAX_DEPTH (walked without recursion)."""
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, (dict, list)):
-            if depth > MAX_DEPTH:
-                raise _Refused(f"nested too deeply (more than {MAX_DEPTH} levels)")
-            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    """Refuse data nested deeper than MAX_DEPTH, walked level by level (no recursion)."""
+    level = [data] if type(data) in (dict, list) else []
+    for _ in range(MAX_DEPTH):
+        below: list[Any] = []
+        for value in level:
+            for x in value.values() if type(value) is dict else value:
+                if type(x) is dict or type(x) is list:
+                    below.append(x)
+        if not below:
+            return
+        level = below
+    raise _Refused(f"nested too deeply (more than {MAX_DEPTH} levels)")
 
 
 # ---- YAML -----------------------------------------------------------------------------------

@@ -7,15 +7,14 @@ the file, the job and the key.
 
 from __future__ import annotations
 
-import graphlib
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Iterable, Literal
 
 from .errors import WorkflowError, WorkflowErrors
 from .wfenv import MAX_JOB_ENV, MAX_VALUE, NAME, StoredEnv, expanded_size, expanded_sizes, human, stored_env
-from .wfparse import cut, parse, show
+from .wfparse import cut, parse, read, show
 from .wfvalues import (BAD, JOB_OPTIONS, RETRY_STATUSES, NearNames, Problem, check_value, is_number,
                        suggest, text_problem, type_name)
 
@@ -23,7 +22,6 @@ JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 TOP_KEYS: Final = ("name", "workdir", "env", "defaults", "jobs")
 TryStatus = Literal["done", "failed", "timeout"]
 JOB_KEYS: Final = ("id", "command", "dependencies", *JOB_OPTIONS)
-MAX_FILE_BYTES: Final = 100_000_000  # a workflow of a million jobs is about 50 MB of JSON
 MAX_SHOWN: Final = 100  # problems listed; the rest are counted in one more line
 MAX_ID_SUGGESTIONS: Final = 20  # "did you mean" against every id costs O(ids) each
 
@@ -87,43 +85,9 @@ class Workflow:
 
 
 def load_workflow(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> Workflow:
-    """Parse and validate ``path``; raise WorkflowErrors with every problem found."""
-    shown = os.fsdecode(path)  # bytes that are not UTF-8 become lone surrogates
-    problem = _path_problem(shown)
-    if problem:
-        raise WorkflowErrors([WorkflowError(problem, _printable(shown))])
-    try:
-        with open(shown, "rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
-    except OSError as e:
-        raise WorkflowErrors([WorkflowError(f"cannot read: {e.strerror}", shown)]) from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise WorkflowErrors([WorkflowError(f"larger than {human(MAX_FILE_BYTES)}: not read", shown)])
-    data = parse(raw, shown)
-    return _Validator(shown, raw).workflow(data)
-
-
-def _path_problem(shown: str) -> str | None:
-    """Why the workflow's path cannot be used, if it cannot. A run records the workflow's
-    absolute path and working directory in JSON, which holds only UTF-8: a name in another
-    encoding (a lone surrogate once decoded) is refused here, before anything is written,
-    rather than stored in a form other readers would have to undo."""
-    if "\0" in shown:
-        return "the path contains a NUL character"
-    try:
-        absolute = os.path.abspath(shown)
-    except OSError as e:  # the current directory was removed
-        return f"cannot resolve the path: {e.strerror}"
-    if text_problem(absolute) is None:
-        return None
-    whose = "this path" if text_problem(shown) else f"its full path {_printable(absolute)}"
-    return (f"{whose} is not valid UTF-8 (a directory or file name in another encoding), and a run "
-            "records it in JSON: rename it, or work from a directory whose path is UTF-8")
-
-
-def _printable(path: str) -> str:
-    """``path`` with the bytes that are not UTF-8 shown as ``\\xNN``."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """Read, parse and validate ``path``; raise WorkflowErrors with every problem found."""
+    shown, raw = read(path)
+    return _Validator(shown, raw).workflow(parse(raw, shown))
 
 
 def _key(key: Any) -> str:
@@ -141,6 +105,8 @@ class _Entry:
 
 
 class _Validator:
+    """One pass over a parsed workflow that records every problem (see ``err``)."""
+
     def __init__(self, file: str, raw: bytes):
         self.file = file
         self.raw = raw
@@ -150,6 +116,7 @@ class _Validator:
         self._levels: dict[int, tuple[dict[str, int], bool]] = {}  # see level_sizes
         self._id_suggestions = 0
         self._ids: NearNames | None = None
+        self.bad_defaults = False  # a default is BAD: jobs that do not override it are too
 
     def err(self, message: str, job: str | None = None, key: str | None = None) -> None:
         self.errors.append(WorkflowError(message, self.file, job, key))
@@ -165,7 +132,7 @@ class _Validator:
         """A "did you mean", for a problem that will be shown (the others are only counted)."""
         return suggest(str(key), choices) if len(self.errors) < MAX_SHOWN else ""
 
-    def suggest_id(self, dep: str, ids: set[str]) -> str:
+    def suggest_id(self, dep: str, ids: Iterable[str]) -> str:
         """A "did you mean" among the job ids, for the first MAX_ID_SUGGESTIONS unknown ones
         (each costs a few milliseconds however many ids there are)."""
         self._id_suggestions += 1
@@ -175,6 +142,7 @@ class _Validator:
             self._ids = NearNames(ids)
         return self._ids.suggest(dep)
 
+    # ---- the top level ----------------------------------------------------------------------
     def workflow(self, data: Any) -> Workflow:
         if not isinstance(data, dict):
             self.err(f"the top level must be a mapping with a 'jobs' list, not {type_name(data)}")
@@ -186,61 +154,62 @@ class _Validator:
         name = data.get("name", re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip("._-") or "run")
         if not isinstance(name, str) or not JOB_ID_RE.fullmatch(name):
             self.err(f"must match {JOB_ID_RE.pattern} (it names the run's directory)", key="name")
-            name = "run"
-        base = os.path.dirname(os.path.abspath(self.file))
-        workdir = data.get("workdir", ".")
-        if not isinstance(workdir, str):
-            self.err(f"must be a string, not {type_name(workdir)}", key="workdir")
-            workdir = "."
-        if isinstance(workdir, str) and (problem := text_problem(workdir)):
-            self.err(problem, key="workdir")
-        env = self.env(data.get("env", {}), None)
+        workdir = check_value("str", data.get("workdir", "."))
+        if isinstance(workdir, Problem):
+            self.err(workdir.message, key="workdir")
+        env = self.top_env(data.get("env", {}))
+        jobs = self.jobs(data.get("jobs"), self.defaults(data.get("defaults", {})))
+        if self.errors:
+            raise self.failure()
+        here = os.path.dirname(os.path.abspath(self.file))
+        return Workflow(name=name, path=os.path.abspath(self.file), raw=self.raw,
+                        workdir=os.path.normpath(os.path.join(here, workdir)), env=stored_env(env),
+                        jobs=tuple(jobs))
+
+    def top_env(self, value: Any) -> dict[str, str]:
+        """The workflow's env, checked and sized."""
+        env = self.env(value, None)
         self.top_sizes = self.sizes(env, (), None, "env")
         self.top_total = sum(self.top_sizes.values())
         if self.top_total > MAX_JOB_ENV:
             self.err(f"would expand to {human(self.top_total)} in all; a job's env and the workflow's "
                      f"may expand to at most {human(MAX_JOB_ENV)} together", key="env")
             self.top_total = 0  # reported here, not again for every job
-        defaults = data.get("defaults", {})
-        if not isinstance(defaults, dict):
-            self.err(f"must be a mapping, not {type_name(defaults)}", key="defaults")
-            defaults = {}
-        checked: dict[str, Any] = {}
-        for key in list(defaults):
+        return env
+
+    def defaults(self, value: Any) -> dict[str, Any]:
+        """Every option's value for a job that does not set it (BAD where the default given is
+        wrong: reported here, once)."""
+        if not isinstance(value, dict):
+            self.err(f"must be a mapping, not {type_name(value)}", key="defaults")
+            value = {}
+        base = {key: default for key, (_, default) in JOB_OPTIONS.items()}
+        for key, v in value.items():
             if key in ("id", "command", "dependencies"):
                 self.err("cannot be set in defaults", key=f"defaults.{_key(key)}")
             elif key not in JOB_OPTIONS:
                 self.err(f"unknown key{self.suggest(key, tuple(JOB_OPTIONS))}", key=f"defaults.{_key(key)}")
             else:
-                checked[key] = self.value(key, defaults[key], None, f"defaults.{key}")
-        if isinstance(checked.get("env"), dict):
-            self.level_sizes(checked["env"], None, "defaults.env")  # reported once, not per job
-        jobs = self.jobs(data.get("jobs"), checked, defaults)
-        if self.errors:
-            raise self.failure()
-        return Workflow(name=name, path=os.path.abspath(self.file), raw=self.raw,
-                        workdir=os.path.normpath(os.path.join(base, workdir)), env=stored_env(env),
-                        jobs=tuple(jobs))
+                base[key] = self.value(key, v, None, f"defaults.{key}")
+        if isinstance(base["env"], dict) and "env" in value:
+            self.level_sizes(base["env"], None, "defaults.env")  # reported once, not per job
+        self.bad_defaults = any(v is BAD for v in base.values())
+        return base
 
-    def jobs(self, items: Any, defaults: dict[str, Any], written: dict[str, Any]) -> list[JobSpec]:
-        """Every job; ``defaults`` are the checked defaults (BAD where broken), ``written``
-        the defaults as written (a job's ``slurm`` goes over them key by key). Dependencies
-        are checked for every job with a usable id, and cycles among the jobs that are
-        otherwise valid, so that one pass reports every problem."""
-        if items is None:
-            self.err("missing: a workflow needs a 'jobs' list", key="jobs")
-            return []
-        if not isinstance(items, list):
-            self.err(f"must be a list of jobs, not {type_name(items)}", key="jobs")
-            return []
-        if not items:
-            self.err("is empty: a workflow needs at least one job", key="jobs")
+    # ---- jobs ---------------------------------------------------------------------------------
+    def jobs(self, items: Any, base: dict[str, Any]) -> list[JobSpec]:
+        """Every job. Dependencies are checked for every job with a usable id, and cycles
+        among the jobs that are otherwise valid, so that one pass reports every problem."""
+        if items is None or not isinstance(items, list) or not items:
+            problem = ("missing: a workflow needs a 'jobs' list" if items is None else
+                       f"must be a list of jobs, not {type_name(items)}" if not isinstance(items, list) else
+                       "is empty: a workflow needs at least one job")
+            self.err(problem, key="jobs")
             return []
         entries: dict[str, _Entry] = {}
         folded: dict[str, str] = {}  # lower case -> the id first written so
-        named = {item.get("id") for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)}
         for index, item in enumerate(items):
-            entry = self.job(index, item, defaults, written)
+            entry = self.job(index, item, base)
             if entry is None:
                 continue
             if entry.id in entries:
@@ -252,18 +221,23 @@ class _Validator:
                          "filesystem would give them one file)", job=entry.id, key="id")
                 continue
             entries[entry.id] = entry
+        named = {item.get("id") for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)}
         for entry in entries.values():
             for dep in entry.dependencies:
                 if dep not in entries and dep not in named:
-                    self.err(f"unknown dependency {show(dep)}{self.suggest_id(dep, set(entries))}",
+                    self.err(f"unknown dependency {show(dep)}{self.suggest_id(dep, entries)}",
                              job=entry.id, key="dependencies")
                 elif dep == entry.id:
                     self.err("a job cannot depend on itself", job=entry.id, key="dependencies")
         specs = [e.spec for e in entries.values() if e.spec is not None]
-        self.cycles(specs)
+        cycle = _find_cycle({s.id: s.dependencies for s in specs})
+        if cycle:
+            shown = cycle if len(cycle) <= 12 else [*cycle[:6], f"… ({len(cycle) - 10} more)", *cycle[-4:]]
+            self.err(f"dependency cycle: {' -> '.join(shown)} (each job depends on the next)",
+                     job=cycle[0], key="dependencies")
         return specs
 
-    def job(self, index: int, item: Any, defaults: dict[str, Any], written: dict[str, Any]) -> _Entry | None:
+    def job(self, index: int, item: Any, base: dict[str, Any]) -> _Entry | None:
         """Job ``index`` (its id, dependencies and, when nothing else is wrong, its spec), or
         None when it has no usable id. Every problem is reported."""
         label = f"#{index + 1}"
@@ -278,34 +252,26 @@ class _Validator:
             self.err(f"{show(job_id)} must match {JOB_ID_RE.pattern} (no '/', no spaces; it becomes a file name)",
                      job=label, key="id")
             return None
+        options = dict(base)
         ok = True
-        for key in item:
-            if key not in JOB_KEYS:
+        for key, value in item.items():
+            if key in JOB_OPTIONS:
+                options[key] = self.value(key, value, job_id, key)
+                ok = ok and options[key] is not BAD
+            elif key not in ("id", "command", "dependencies"):
                 self.err(f"unknown key{self.suggest(key, JOB_KEYS)}", job=job_id, key=_key(key))
                 ok = False
         command = self.command(item.get("command"), job_id)
-        deps = item.get("dependencies", [])
-        if deps is None:
-            deps = []
+        deps = item.get("dependencies")
+        deps = [] if deps is None else deps
         if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
             self.err("must be a list of job ids", job=job_id, key="dependencies")
             deps, ok = [], False
         entry = _Entry(job_id, tuple(dict.fromkeys(deps)))
-        options: dict[str, Any] = {}
-        for key, (_, default) in JOB_OPTIONS.items():
-            if key in item:
-                options[key] = self.value(key, item[key], job_id, key)
-            else:
-                options[key] = defaults.get(key, default)
-        if not ok or command is None or any(v is BAD for v in options.values()):
+        if not ok or command is None or (self.bad_defaults and any(v is BAD for v in options.values())):
             return entry
-        if "slurm" in item and isinstance(written.get("slurm"), dict):  # per key, over the defaults
-            base = check_value("slurm", written["slurm"])
-            if isinstance(base, dict):
-                extra = {**base.get("additional_parameters", {}), **options["slurm"].get("additional_parameters", {})}
-                options["slurm"] = {**base, **options["slurm"]}
-                if extra:
-                    options["slurm"]["additional_parameters"] = extra
+        if "slurm" in item:  # per key, over the defaults
+            options["slurm"] = _over(base["slurm"], options["slurm"])
         spec = JobSpec(id=job_id, command=command, dependencies=entry.dependencies, **options)
         if self.job_sizes(spec, own_env="env" in item):
             entry.spec = spec
@@ -319,12 +285,16 @@ class _Validator:
         if isinstance(command, str):
             problem = "is empty" if not command.strip() else text_problem(command)
         elif isinstance(command, list):
-            if not command or not all(isinstance(a, str) or is_number(a) for a in command):
-                problem = "a list command must be a non-empty list of strings"
+            problem = None if command else "a list command must be a non-empty list of strings"
+            for i, a in enumerate(command, 1):
+                if not (isinstance(a, str) or is_number(a)):
+                    problem = "a list command must be a non-empty list of strings"
+                elif bad := text_problem(str(a)):
+                    problem = f"argument {i}: {bad}"
+                if problem:
+                    break
             else:
                 command = tuple(str(a) for a in command)
-                problem = next((f"argument {i}: {p}" for i, a in enumerate(command, 1)
-                                if (p := text_problem(a))), None)
         else:
             problem = f"must be a string or a list of strings, not {type_name(command)}"
         if problem:
@@ -345,7 +315,9 @@ class _Validator:
             return env if len(self.errors) == before else BAD
         return result
 
+    # ---- environments ---------------------------------------------------------------------------
     def env(self, value: Any, job: str | None, key: str = "env") -> dict[str, str]:
+        """An env level (names to strings, in written order), its problems reported."""
         if not isinstance(value, dict):
             self.err(f"must be a mapping of names to strings, not {type_name(value)}", job=job, key=key)
             return {}
@@ -373,16 +345,20 @@ class _Validator:
 
     def level_sizes(self, env: dict[str, str], job: str | None, key: str) -> tuple[dict[str, int], bool]:
         """The sizes of a job level over the workflow's env, and whether it is within bounds.
-        Computed and reported once per level object: jobs sharing ``defaults: {env}`` share it."""
-        cached = self._levels.get(id(env))
+        A shared level (``defaults: {env}``, ``job`` None) is computed and reported once."""
+        cached = self._levels.get(id(env)) if job is None else None
         if cached is None:
             before = len(self.errors)
             sizes = self.sizes(env, (self.top_sizes,), job, key)
-            total = self.top_total + sum(size - self.top_sizes.get(name, 0) for name, size in sizes.items())
+            total = self.top_total
+            for name, size in sizes.items():
+                total += size - self.top_sizes.get(name, 0)
             if total > MAX_JOB_ENV:
                 self.err(f"would expand to {human(total)} with the workflow's env; a job's env and the "
                          f"workflow's may expand to at most {human(MAX_JOB_ENV)} together", job=job, key=key)
-            cached = self._levels[id(env)] = (sizes, len(self.errors) == before)
+            cached = (sizes, len(self.errors) == before)
+            if job is None:
+                self._levels[id(env)] = cached
         return cached
 
     def job_sizes(self, spec: JobSpec, own_env: bool) -> bool:
@@ -390,23 +366,53 @@ class _Validator:
         sizes, ok = self.level_sizes(spec.env, spec.id if own_env else None, "env" if own_env else "defaults.env")
         if isinstance(spec.command, tuple):
             for i, arg in enumerate(spec.command, 1):
-                size = expanded_size(arg, sizes, self.top_sizes)
-                if size > MAX_VALUE:
+                if "${" in arg and (size := expanded_size(arg, sizes, self.top_sizes)) > MAX_VALUE:
                     self.err(f"argument {i} would expand to {human(size)}; at most {human(MAX_VALUE)}",
                              job=spec.id, key="command")
                     ok = False
         return ok
 
-    def cycles(self, jobs: list[JobSpec]) -> None:
-        """Report one dependency cycle among ``jobs`` (edges to other jobs, or to the job
-        itself, are reported elsewhere). graphlib walks without recursion."""
-        ids = {j.id for j in jobs}
-        sorter = graphlib.TopologicalSorter(
-            {j.id: [d for d in j.dependencies if d in ids and d != j.id] for j in jobs})
-        try:
-            sorter.prepare()
-        except graphlib.CycleError as e:
-            # graphlib lists each node before the one that needs it; print "needs" order.
-            path = list(reversed(e.args[1]))
-            self.err(f"dependency cycle: {' -> '.join(path)} (each job depends on the next)",
-                     job=path[0], key="dependencies")
+
+def _over(base: Any, own: dict[str, Any]) -> dict[str, Any]:
+    """A job's ``slurm`` over the defaults' (``base``), key by key, additional_parameters too."""
+    if not isinstance(base, dict):
+        return own
+    extra = {**base.get("additional_parameters", {}), **own.get("additional_parameters", {})}
+    merged = {**base, **own}
+    if extra:
+        merged["additional_parameters"] = extra
+    return merged
+
+
+def _find_cycle(needs: dict[str, tuple[str, ...]]) -> list[str] | None:
+    """A dependency cycle among ``needs`` (job -> the distinct jobs it needs; other names and
+    the job itself are ignored), as a path in which each job needs the next, or None. Jobs
+    whose needs can all be met are peeled off (Kahn); every job left needs another one left,
+    so following needs from any of them comes back to a job already on the path. No
+    recursion; O(jobs + edges)."""
+    waiting: dict[str, int] = {}
+    needed_by: dict[str, list[str]] = {}
+    for j, ds in needs.items():
+        count = 0
+        for d in ds:
+            if d in needs and d != j:
+                count += 1
+                needed_by.setdefault(d, []).append(j)
+        waiting[j] = count
+    ready = [j for j, n in waiting.items() if n == 0]
+    while ready:
+        for k in needed_by.get(ready.pop(), ()):
+            waiting[k] -= 1
+            if waiting[k] == 0:
+                ready.append(k)
+    left = {j for j, n in waiting.items() if n > 0}
+    if not left:
+        return None
+    path: list[str] = []
+    position: dict[str, int] = {}
+    at = min(left)
+    while at not in position:
+        position[at] = len(path)
+        path.append(at)
+        at = next(d for d in needs[at] if d in left and d != at)
+    return path[position[at]:] + [at]

@@ -359,10 +359,64 @@ def test_a_non_utf8_name_is_refused_wherever_it_comes_from(tmp_path: Path, monke
 
 
 def test_a_path_with_a_nul_and_a_file_too_large_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from executioner import workflow
-
     with pytest.raises(WorkflowErrors, match="the path contains a NUL character"):
         load_workflow(str(tmp_path / "a\0b.yaml"))
-    monkeypatch.setattr(workflow, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(wfparse, "MAX_FILE_BYTES", 1000)
     [line] = refused(tmp_path, "jobs: [{id: a, command: x}]\n" + "#" * 1000)
     assert line.endswith("larger than 1 kB: not read")
+
+
+@pytest.mark.parametrize("value,problem", [("NaN", "NaN is not a JSON number"), ("-Infinity", "-Infinity is not"),
+                                           ("9" * 5000, "a number this long"), ("[" * 5000 + "]" * 5000, "nested too deeply")])
+def test_json_without_nan_infinity_endless_numbers_or_endless_nesting(tmp_path: Path, value: str, problem: str) -> None:
+    [line] = refused(tmp_path, '{"jobs": [{"id": "a", "command": "x", "timeout": %s}]}' % value, ".json")
+    assert problem in line, line
+
+
+# ---- large inputs stay linear (no recursion, nothing quadratic) ---------------------------------------
+N = 100_000
+
+
+def timed_load(path: Path) -> tuple[float, object]:
+    start = time.monotonic()
+    wf = load_workflow(str(path))
+    return time.monotonic() - start, wf
+
+
+@pytest.mark.timeout(120)
+def test_a_chain_of_100000_jobs_validates_in_seconds(tmp_path: Path) -> None:
+    jobs: list[dict[str, object]] = [{"id": "j0", "command": "true"}]
+    jobs += [{"id": f"j{i}", "command": "true", "dependencies": [f"j{i - 1}"]} for i in range(1, N)]
+    seconds, wf = timed_load(big_json(tmp_path, jobs))
+    assert len(wf.jobs) == N and wf.dependents()["j0"] == ["j1"]  # type: ignore[attr-defined]
+    assert seconds < 20, seconds  # about 3 s on 2 slow shared cores; a quadratic step takes hours
+
+
+@pytest.mark.timeout(120)
+def test_a_fan_out_and_in_of_100000_jobs_validates_in_seconds(tmp_path: Path) -> None:
+    jobs: list[dict[str, object]] = [{"id": "root", "command": "true"}]
+    jobs += [{"id": f"m{i}", "command": ["echo", "${X}"], "env": {"X": str(i)}, "dependencies": ["root"]}
+             for i in range(N)]
+    jobs.append({"id": "sink", "command": "true", "dependencies": [f"m{i}" for i in range(N)]})
+    seconds, wf = timed_load(big_json(tmp_path, jobs))
+    assert len(wf.jobs) == N + 2 and len(wf.dependents()["root"]) == N  # type: ignore[attr-defined]
+    assert seconds < 20, seconds
+
+
+@pytest.mark.timeout(120)
+def test_a_cycle_through_100000_jobs_is_one_short_line(tmp_path: Path) -> None:
+    jobs = [{"id": f"j{i}", "command": "true", "dependencies": [f"j{(i - 1) % N}"]} for i in range(N)]
+    path = big_json(tmp_path, jobs)
+    with pytest.raises(WorkflowErrors) as info:
+        load_workflow(str(path))
+    [line] = str(info.value).splitlines()
+    assert "dependency cycle: j0 -> j99999 -> j99998" in line and "(99991 more) -> j3 -> j2 -> j1 -> j0" in line and len(line) < 300, line
+
+
+@pytest.mark.timeout(120)
+def test_a_yaml_chain_of_20000_jobs_validates(tmp_path: Path, yaml_loader: str) -> None:
+    path = tmp_path / "chain.yaml"
+    path.write_text("jobs:\n  - {id: j0, command: 'true'}\n" +
+                    "".join(f"  - {{id: j{i}, command: 'true', dependencies: [j{i - 1}]}}\n" for i in range(1, 20_000)))
+    seconds, wf = timed_load(path)
+    assert len(wf.jobs) == 20_000  # type: ignore[attr-defined]
