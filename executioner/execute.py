@@ -40,7 +40,8 @@ def expand(value: str, env: Mapping[str, str], name: str = "a value") -> str:
     parts = _VAR.split(value)  # text, name, text, name, ..., text
     size = sum(len(p) if i % 2 == 0 else len(env.get(p, "")) for i, p in enumerate(parts))
     if size > MAX_VALUE:
-        raise WorkflowError(f"{name} would expand to {human(size)}; a value may expand to at most "
+        shown = name if len(name) <= 80 else name[:80] + "…"
+        raise WorkflowError(f"{shown} would expand to {human(size)}; a value may expand to at most "
                             f"{human(MAX_VALUE)}", key="env")
     return "".join(p if i % 2 == 0 else env.get(p, "") for i, p in enumerate(parts))
 

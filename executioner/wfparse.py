@@ -49,10 +49,11 @@ def show(value: Any) -> str:
     return cut(_REPR.repr(value))
 
 
-def read(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> tuple[str, bytes]:
-    """The workflow's path as shown in messages, and its bytes; or WorkflowErrors."""
+def read(path: str | bytes | os.PathLike[str] | os.PathLike[bytes], recorded: bool = True) -> tuple[str, bytes]:
+    """The workflow's path as shown in messages, and its bytes; or WorkflowErrors. A path
+    that will be ``recorded`` in JSON must be UTF-8."""
     shown = os.fsdecode(path)  # bytes that are not UTF-8 become lone surrogates
-    problem = _path_problem(shown)
+    problem = _path_problem(shown, recorded)
     if problem:
         raise _one(problem, _printable(shown))
     try:
@@ -65,7 +66,7 @@ def read(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> tuple[str
     return shown, raw
 
 
-def _path_problem(shown: str) -> str | None:
+def _path_problem(shown: str, recorded: bool) -> str | None:
     """Why the workflow's path cannot be used, if it cannot. A run records the workflow's
     absolute path and working directory in JSON, which holds only UTF-8: a name in another
     encoding (a lone surrogate once decoded) is refused here, before anything is written,
@@ -76,7 +77,7 @@ def _path_problem(shown: str) -> str | None:
         absolute = os.path.abspath(shown)
     except OSError as e:  # the current directory was removed
         return f"cannot resolve the path: {e.strerror}"
-    if _utf8(absolute):
+    if _utf8(absolute) or not recorded:
         return None
     whose = "this path" if not _utf8(shown) else f"its full path {_printable(absolute)}"
     return (f"{whose} is not valid UTF-8 (a directory or file name in another encoding), and a run "

@@ -84,9 +84,13 @@ class Workflow:
         return out
 
 
-def load_workflow(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> Workflow:
-    """Read, parse and validate ``path``; raise WorkflowErrors with every problem found."""
-    shown, raw = read(path)
+def load_workflow(path: str | bytes | os.PathLike[str] | os.PathLike[bytes], recorded: bool = True) -> Workflow:
+    """Read, parse and validate ``path``; raise WorkflowErrors with every problem found.
+
+    ``recorded``: the run will record this file's path and directory (a submit, or a resume
+    given a file), so a path that is not UTF-8 is refused. False for a run's own copy of its
+    workflow, whose recorded path and workdir the caller keeps (the pool may be anywhere)."""
+    shown, raw = read(path, recorded)
     return _Validator(shown, raw).workflow(parse(raw, shown))
 
 
@@ -328,7 +332,7 @@ class _Validator:
             elif not (isinstance(v, str) or is_number(v)):
                 self.err(f"{cut(name)} must be a string or a finite number, not {show(v)}", job=job, key=key)
             elif problem := text_problem(str(v)):
-                self.err(f"{name}: {problem}", job=job, key=key)
+                self.err(f"{cut(name)}: {problem}", job=job, key=key)
             else:
                 out[name] = str(v)
         return out
@@ -339,7 +343,7 @@ class _Validator:
         MAX_VALUE reported and then counted as empty, so that what refers to it is not."""
         sizes, over = expanded_sizes(env, *outer, limit=MAX_VALUE)
         for name, size in over:
-            self.err(f"{name} would expand to {human(size)}; a value may expand to at most "
+            self.err(f"{cut(name)} would expand to {human(size)}; a value may expand to at most "
                      f"{human(MAX_VALUE)}", job=job, key=key)
         return sizes
 

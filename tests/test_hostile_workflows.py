@@ -420,3 +420,11 @@ def test_a_yaml_chain_of_20000_jobs_validates(tmp_path: Path, yaml_loader: str) 
                     "".join(f"  - {{id: j{i}, command: 'true', dependencies: [j{i - 1}]}}\n" for i in range(1, 20_000)))
     seconds, wf = timed_load(path)
     assert len(wf.jobs) == 20_000  # type: ignore[attr-defined]
+
+
+def test_a_runs_own_copy_in_a_pool_that_is_not_utf8_still_loads(tmp_path: Path) -> None:
+    """A pool may live anywhere: resume and rebuild read the run's copy and keep its recorded
+    path and workdir (they pass recorded=False)."""
+    path = non_utf8_workflow(tmp_path)
+    wf = load_workflow(path, recorded=False)  # type: ignore[arg-type]
+    assert [j.id for j in wf.jobs] == ["a"]
