@@ -43,13 +43,14 @@ def cut(text: str, limit: int = SHOWN_CHARS) -> str:
 def show(value: Any) -> str:
     """``value`` quoted for a message (like ``repr``), never longer than about 80 characters."""
     if isinstance(value, str):
-        return repr(cut(value)) + ("…" if len(value) > SHOWN_CHARS else "")
+        return repr(value[:SHOWN_CHARS]) + ("…" if len(value) > SHOWN_CHARS else "")
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS:
         return "<a number too large to print>"
     return cut(_REPR.repr(value))
 
 
-def read(path: str | bytes | os.PathLike[str] | os.PathLike[bytes], recorded: bool = True) -> tuple[str, bytes]:
+def read(path: str | bytes | os.PathLike[str] | os.PathLike[bytes],
+         recorded: bool = True) -> tuple[str, bytes]:
     """The workflow's path as shown in messages, and its bytes; or WorkflowErrors. A path
     that will be ``recorded`` in JSON must be UTF-8."""
     shown = os.fsdecode(path)  # bytes that are not UTF-8 become lone surrogates
@@ -85,6 +86,7 @@ def _path_problem(shown: str, recorded: bool) -> str | None:
 
 
 def _utf8(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (it holds no lone surrogate)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -118,11 +120,13 @@ class _Refused(Exception):
 
 
 def _one(message: str, shown: str) -> WorkflowErrors:
+    """One problem of the whole file."""
     return WorkflowErrors([WorkflowError(message, shown)])
 
 
 def _position(raw: bytes, offset: int) -> str:
-    """The words " at line L, column C" for a byte offset into ``raw`` (columns count characters)."""
+    """The words " at line L, column C" for a byte offset into ``raw`` (a column counts
+    characters)."""
     start = raw.rfind(b"\n", 0, offset) + 1
     line = raw.count(b"\n", 0, offset) + 1
     column = len(raw[start:offset].decode("utf-8-sig" if start == 0 else "utf-8", "replace")) + 1
@@ -136,7 +140,8 @@ def _parse_json(raw: bytes) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise _Refused(f"not valid JSON{_position(raw, e.start)}: byte 0x{raw[e.start]:02x} is not UTF-8") from None
+        where = _position(raw, e.start)
+        raise _Refused(f"not valid JSON{where}: byte 0x{raw[e.start]:02x} is not UTF-8") from None
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant,
                           parse_int=_json_int)
@@ -147,6 +152,7 @@ def _parse_json(raw: bytes) -> Any:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused when a key appears twice in it."""
     out = dict(pairs)
     if len(out) != len(pairs):
         seen: set[str] = set()
@@ -156,10 +162,12 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _no_constant(name: str) -> Any:
+    """NaN, Infinity and -Infinity: not JSON, and not a usable number."""
     raise _Refused(f"not valid JSON: {name} is not a JSON number")
 
 
 def _json_int(digits: str) -> int:
+    """An integer, refused before ``int()`` when too long to convert or to print."""
     if len(digits) > MAX_INT_BITS // 3:
         raise _Refused("not valid JSON: a number this long is not accepted (quote it to make it a string)")
     return int(digits)
@@ -182,7 +190,8 @@ def _check_depth(data: Any) -> None:
 
 # ---- YAML -----------------------------------------------------------------------------------
 def _yaml_message(e: yaml.YAMLError, raw: bytes) -> str:
-    """The message "not valid YAML at line L, column C: problem" for any PyYAML or libyaml error."""
+    """The message "not valid YAML at line L, column C: problem" for any PyYAML or libyaml
+    error."""
     if isinstance(e, yaml.reader.ReaderError):
         return f"not valid YAML{_reader_message(e, raw)}"
     mark = getattr(e, "problem_mark", None)
@@ -225,6 +234,7 @@ def _reader_position(e: yaml.reader.ReaderError, raw: bytes) -> str:
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
+    """The nodes directly inside ``node`` (a mapping's keys and values)."""
     if isinstance(node, yaml.SequenceNode):
         return list(node.value)
     if isinstance(node, yaml.MappingNode):
@@ -263,7 +273,7 @@ def check_nodes(root: yaml.Node) -> None:
         stack.extend((k, False) for k in _children(node) if id(k) not in size)
     limit = max(MAX_EXPANSION, EXPANSION_RATIO * len(nodes))
     if size[id(root)] > limit:
-        culprit = next(n for n in nodes if size[id(n)] > limit)  # the first, so the smallest
+        culprit = next(n for n in nodes if size[id(n)] > limit)  # the first: its parts are within
         raise _refuse(f"aliases expand this to {_count(size[id(culprit)])} values (a document of "
                       f"{len(nodes)} written values may expand to {limit})", culprit)
 

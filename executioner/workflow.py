@@ -23,7 +23,7 @@ TOP_KEYS: Final = ("name", "workdir", "env", "defaults", "jobs")
 TryStatus = Literal["done", "failed", "timeout"]
 JOB_KEYS: Final = ("id", "command", "dependencies", *JOB_OPTIONS)
 MAX_SHOWN: Final = 100  # problems listed; the rest are counted in one more line
-MAX_ID_SUGGESTIONS: Final = 20  # "did you mean" against every id costs O(ids) each
+MAX_ID_SUGGESTIONS: Final = 20  # unknown dependencies offered a "did you mean" (see NearNames)
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,8 @@ class JobSpec:
 
 @dataclass(frozen=True)
 class Workflow:
+    """A validated workflow: what a run is made of."""
+
     name: str
     path: str  # absolute path of the source file
     raw: bytes  # the file's bytes, copied verbatim into the run
@@ -84,7 +86,8 @@ class Workflow:
         return out
 
 
-def load_workflow(path: str | bytes | os.PathLike[str] | os.PathLike[bytes], recorded: bool = True) -> Workflow:
+def load_workflow(path: str | bytes | os.PathLike[str] | os.PathLike[bytes], *,
+                  recorded: bool = True) -> Workflow:
     """Read, parse and validate ``path``; raise WorkflowErrors with every problem found.
 
     ``recorded``: the run will record this file's path and directory (a submit, or a resume
@@ -148,6 +151,7 @@ class _Validator:
 
     # ---- the top level ----------------------------------------------------------------------
     def workflow(self, data: Any) -> Workflow:
+        """The Workflow ``data`` describes, or WorkflowErrors with every problem in it."""
         if not isinstance(data, dict):
             self.err(f"the top level must be a mapping with a 'jobs' list, not {type_name(data)}")
             raise self.failure()
@@ -253,8 +257,8 @@ class _Validator:
             self.err("missing", job=label, key="id")
             return None
         if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
-            self.err(f"{show(job_id)} must match {JOB_ID_RE.pattern} (no '/', no spaces; it becomes a file name)",
-                     job=label, key="id")
+            self.err(f"{show(job_id)} must match {JOB_ID_RE.pattern} (no '/', no spaces; it becomes a "
+                     "file name)", job=label, key="id")
             return None
         options = dict(base)
         ok = True

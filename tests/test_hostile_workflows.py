@@ -366,9 +366,12 @@ def test_a_path_with_a_nul_and_a_file_too_large_are_one_line(tmp_path: Path, mon
     assert line.endswith("larger than 1 kB: not read")
 
 
-@pytest.mark.parametrize("value,problem", [("NaN", "NaN is not a JSON number"), ("-Infinity", "-Infinity is not"),
-                                           ("9" * 5000, "a number this long"), ("[" * 5000 + "]" * 5000, "nested too deeply")])
-def test_json_without_nan_infinity_endless_numbers_or_endless_nesting(tmp_path: Path, value: str, problem: str) -> None:
+@pytest.mark.parametrize("value,problem", [
+    ("NaN", "NaN is not a JSON number"), ("-Infinity", "-Infinity is not"),
+    ("9" * 5000, "a number this long"), ("[" * 5000 + "]" * 5000, "nested too deeply"),
+    ("[" * 101 + "]" * 101, "nested too deeply (more than 100 levels)")])
+def test_json_without_nan_infinity_endless_numbers_or_endless_nesting(tmp_path: Path, value: str,
+                                                                      problem: str) -> None:
     [line] = refused(tmp_path, '{"jobs": [{"id": "a", "command": "x", "timeout": %s}]}' % value, ".json")
     assert problem in line, line
 
@@ -410,14 +413,15 @@ def test_a_cycle_through_100000_jobs_is_one_short_line(tmp_path: Path) -> None:
     with pytest.raises(WorkflowErrors) as info:
         load_workflow(str(path))
     [line] = str(info.value).splitlines()
-    assert "dependency cycle: j0 -> j99999 -> j99998" in line and "(99991 more) -> j3 -> j2 -> j1 -> j0" in line and len(line) < 300, line
+    assert "dependency cycle: j0 -> j99999 -> j99998" in line, line
+    assert "(99991 more) -> j3 -> j2 -> j1 -> j0" in line and len(line) < 300, line
 
 
 @pytest.mark.timeout(120)
 def test_a_yaml_chain_of_20000_jobs_validates(tmp_path: Path, yaml_loader: str) -> None:
     path = tmp_path / "chain.yaml"
-    path.write_text("jobs:\n  - {id: j0, command: 'true'}\n" +
-                    "".join(f"  - {{id: j{i}, command: 'true', dependencies: [j{i - 1}]}}\n" for i in range(1, 20_000)))
+    path.write_text("jobs:\n  - {id: j0, command: 'true'}\n" + "".join(
+        f"  - {{id: j{i}, command: 'true', dependencies: [j{i - 1}]}}\n" for i in range(1, 20_000)))
     seconds, wf = timed_load(path)
     assert len(wf.jobs) == 20_000  # type: ignore[attr-defined]
 
