@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import difflib
 import math
+import re
 from collections import defaultdict
 from typing import Any, Final, Iterable
 
@@ -24,6 +25,7 @@ MAX_SLURM_COUNT: Final = 1_000_000  # cpus, gpus
 MAX_MEM_GB: Final = 1_000_000.0
 RETRY_STATUSES: Final = ("failed", "timeout")
 SLURM_KEYS: Final = ("partition", "time", "cpus", "mem_gb", "gpus", "additional_parameters")
+SBATCH_OPTION: Final = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 # key -> (kind, default). Kinds are checked by check_value.
 JOB_OPTIONS: Final[dict[str, tuple[str, Any]]] = {
@@ -180,7 +182,7 @@ def check_slurm(v: Any) -> Any:
             return Problem(f"unknown key {show(k)}{suggest(str(k), SLURM_KEYS)}")
         if k == "partition" and not isinstance(x, str):
             return Problem("partition must be a string")
-        if k == "partition" and (problem := text_problem(x)):
+        if k == "partition" and (problem := _sbatch_problem(x)):
             return Problem(f"partition: {problem}")
         if k == "time" and not is_whole(x, 1, MAX_SLURM_MINUTES):
             return Problem(f"time must be a whole number of minutes from 1 to {MAX_SLURM_MINUTES}")
@@ -198,9 +200,22 @@ def _check_sbatch_options(x: Any) -> Problem | None:
         return Problem(f"additional_parameters must be a mapping of sbatch options to values, "
                        f"not {type_name(x)}")
     for p, y in x.items():
-        if not isinstance(p, str) or not (isinstance(y, (str, bool)) or is_number(y)):
-            return Problem(f"additional_parameters: {show(p)} must name an sbatch option with a "
-                           "string, a finite number or true")
-        if problem := text_problem(p) or text_problem(str(y)):
+        if not isinstance(p, str) or not SBATCH_OPTION.fullmatch(p):
+            return Problem(f"additional_parameters: {show(p)} is not an sbatch option name "
+                           f"({SBATCH_OPTION.pattern})")
+        if not (isinstance(y, (str, bool)) or is_number(y)):
+            return Problem(f"additional_parameters: {show(p)} must have a string, a finite number or true")
+        if problem := _sbatch_problem(str(y)):
             return Problem(f"additional_parameters: {show(p)}: {problem}")
+    return None
+
+
+def _sbatch_problem(text: str) -> str | None:
+    """Each setting becomes one ``#SBATCH`` line of a script: a line break would start a
+    line of its own (another option, or a command), so no control character is accepted."""
+    if problem := text_problem(text):
+        return problem
+    if any(c < " " or c == "\x7f" for c in text):
+        return "contains a control character (a line break would start a line of its own in the sbatch " \
+            "script)"
     return None

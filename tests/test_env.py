@@ -215,3 +215,15 @@ def test_a_job_the_workers_environment_makes_too_large_fails_with_the_reason(
     record = read_json(run.job("a", "failed"))
     assert "X would expand to 1.2 MB; a value may expand to at most 1 MB" in record["reason"], record["reason"]
     assert read_json(run.job("b", "done"))["id"] == "b"
+
+
+@pytest.mark.parametrize("slurm,fragment", [
+    ({"partition": "cpu\n#SBATCH --account=other"}, "partition"),
+    ({"additional_parameters": {"comment": "x\necho injected"}}, "'comment'"),
+    ({"additional_parameters": {"account=x --qos": "y"}}, "'account=x --qos'"),
+    ({"additional_parameters": {"comment": "tab\tand\rcarriage"}}, "'comment'"),
+])
+def test_slurm_settings_cannot_break_out_of_their_sbatch_line(tmp_path: Path, slurm: dict[str, Any],
+                                                              fragment: str) -> None:
+    [line] = refused_lines(tmp_path, {"jobs": [{"id": "a", "command": "x", "slurm": slurm}]})
+    assert "job 'a': key 'slurm'" in line and fragment in line, line
