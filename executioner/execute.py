@@ -10,11 +10,13 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
 
 import psutil
 
 from . import fsio
+from .errors import WorkflowError
+from .wfenv import MAX_VALUE, env_items, human
 
 TryStatus = Literal["done", "failed", "timeout", "lost", "preempted"]
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -31,18 +33,29 @@ class TryResult:
     pid: int | None = None  # of the command's process
 
 
-def expand(value: str, env: dict[str, str]) -> str:
-    """Replace ``${VAR}`` with its value in ``env`` (empty when unset, as a shell does)."""
-    return _VAR.sub(lambda m: env.get(m.group(1), ""), value)
+def expand(value: str, env: Mapping[str, str], name: str = "a value") -> str:
+    """Replace ``${VAR}`` with its value in ``env`` (empty when unset, as a shell does).
+
+    Nested references can make a short value stand for gigabytes: when the result would pass
+    MAX_VALUE characters, WorkflowError says so (naming ``name``) and nothing is built."""
+    parts = _VAR.split(value)  # text, name, text, name, ..., text
+    size = sum(len(p) if i % 2 == 0 else len(env.get(p, "")) for i, p in enumerate(parts))
+    if size > MAX_VALUE:
+        shown = name if len(name) <= 80 else name[:80] + "…"
+        raise WorkflowError(f"{shown} would expand to {human(size)}; a value may expand to at most "
+                            f"{human(MAX_VALUE)}", key="env")
+    return "".join(p if i % 2 == 0 else env.get(p, "") for i, p in enumerate(parts))
 
 
-def build_env(base: dict[str, str], layers: list[dict[str, str]], extra: dict[str, str]) -> dict[str, str]:
+def build_env(base: dict[str, str], layers: list[Any], extra: dict[str, str]) -> dict[str, str]:
     """``base`` (os.environ) and ``extra`` (EXEC_*), then each layer in order, each value
-    expanded against what is set so far; ``extra`` wins in the end."""
+    expanded against what is set so far; ``extra`` wins in the end. A layer is stored as a
+    mapping or as ``[[name, value], ...]`` pairs in written order (see executioner.wfenv);
+    either way its keys apply in the order given."""
     env = {**base, **extra}
     for layer in layers:
-        for name, value in layer.items():
-            env[name] = expand(value, env)
+        for name, value in env_items(layer):
+            env[name] = expand(value, env, name)
     env.update(extra)
     return env
 

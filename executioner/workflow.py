@@ -7,44 +7,23 @@ the file, the job and the key.
 
 from __future__ import annotations
 
-import difflib
-import graphlib
-import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
-
-import orjson
-import yaml
+from typing import Any, Final, Iterable, Literal
 
 from .errors import WorkflowError, WorkflowErrors
+from .wfenv import MAX_JOB_ENV, MAX_VALUE, NAME, StoredEnv, expanded_size, expanded_sizes, human, stored_env
+from .wfparse import cut, parse, read, show
+from .wfvalues import (BAD, JOB_OPTIONS, RETRY_STATUSES, NearNames, Problem, check_value, is_number,
+                       suggest, text_problem, type_name)
 
 JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 TOP_KEYS: Final = ("name", "workdir", "env", "defaults", "jobs")
-RETRY_STATUSES: Final = ("failed", "timeout")
 TryStatus = Literal["done", "failed", "timeout"]
-
-# key -> (kind, default). Kinds are checked by _check_value.
-JOB_OPTIONS: Final[dict[str, tuple[str, Any]]] = {
-    "env": ("env", {}),
-    "workdir": ("str", None),
-    "timeout": ("pos_number_or_null", None),
-    "kill_grace": ("nonneg_number", 5.0),
-    "max_retries": ("nonneg_int", 0),
-    "max_lost": ("pos_int", 3),
-    "retry_delay": ("nonneg_number", 0.0),
-    "retry_backoff": ("pos_number", 1.0),
-    "retry_jitter": ("fraction", 0.0),
-    "retry_on_exit_codes": ("int_list_or_null", None),
-    "retry_on_status": ("status_list", list(RETRY_STATUSES)),
-    "max_retry_time": ("pos_number_or_null", None),
-    "outputs": ("str_list", []),
-    "always_rerun": ("bool", False),
-    "slurm": ("slurm", {}),
-}
-SLURM_KEYS: Final = ("partition", "time", "cpus", "mem_gb", "gpus", "additional_parameters")
 JOB_KEYS: Final = ("id", "command", "dependencies", *JOB_OPTIONS)
+MAX_SHOWN: Final = 100  # problems listed; the rest are counted in one more line
+MAX_ID_SUGGESTIONS: Final = 20  # unknown dependencies offered a "did you mean" (see NearNames)
 
 
 @dataclass(frozen=True)
@@ -74,7 +53,7 @@ class JobSpec:
         """The definition as stored in the job file (everything but id and dependencies)."""
         return {
             "command": list(self.command) if isinstance(self.command, tuple) else self.command,
-            "env": self.env, "workdir": self.workdir, "timeout": self.timeout,
+            "env": stored_env(self.env), "workdir": self.workdir, "timeout": self.timeout,
             "kill_grace": self.kill_grace, "max_retries": self.max_retries, "max_lost": self.max_lost,
             "retry_delay": self.retry_delay, "retry_backoff": self.retry_backoff,
             "retry_jitter": self.retry_jitter,
@@ -86,11 +65,13 @@ class JobSpec:
 
 @dataclass(frozen=True)
 class Workflow:
+    """A validated workflow: what a run is made of."""
+
     name: str
     path: str  # absolute path of the source file
     raw: bytes  # the file's bytes, copied verbatim into the run
     workdir: str  # absolute
-    env: dict[str, str]
+    env: StoredEnv  # as run.json stores it (see executioner.wfenv); read it with env_items()
     jobs: tuple[JobSpec, ...]
 
     @property
@@ -105,320 +86,341 @@ class Workflow:
         return out
 
 
-def load_workflow(path: str) -> Workflow:
-    """Parse and validate ``path``; raise WorkflowErrors with every problem found."""
-    shown = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise WorkflowErrors([WorkflowError(f"cannot read: {e.strerror}", shown)]) from None
-    data = _parse(raw, shown)
-    return _Validator(shown, raw).workflow(data)
+def load_workflow(path: str | bytes | os.PathLike[str] | os.PathLike[bytes], *,
+                  recorded: bool = True) -> Workflow:
+    """Read, parse and validate ``path``; raise WorkflowErrors with every problem found.
+
+    ``recorded``: the run will record this file's path and directory (a submit, or a resume
+    given a file), so a path that is not UTF-8 is refused. False for a run's own copy of its
+    workflow, whose recorded path and workdir the caller keeps (the pool may be anywhere)."""
+    shown, raw = read(path, recorded)
+    return _Validator(shown, raw).workflow(parse(raw, shown))
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """Safe YAML that refuses a key given twice in one mapping (the last would silently win)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+def _key(key: Any) -> str:
+    """A key from the file as a message names it: itself if a string, cut short."""
+    return cut(key) if isinstance(key, str) else show(key)
 
 
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-                              _StrictLoader.construct_mapping)
+@dataclass
+class _Entry:
+    """A job as far as it could be read: its id and dependencies, and its spec if valid."""
 
-
-def _parse(raw: bytes, shown: str) -> Any:
-    try:
-        if shown.endswith(".json"):
-            return orjson.loads(raw)
-        return yaml.load(raw, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except RecursionError:
-        raise WorkflowErrors([WorkflowError("nested too deeply to read", shown)]) from None
-    except orjson.JSONDecodeError as e:
-        raise WorkflowErrors([WorkflowError(f"not valid JSON: {e}", shown)]) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "syntax error"
-        raise WorkflowErrors([WorkflowError(f"not valid YAML{where}: {problem}", shown)]) from None
-
-
-def _suggest(key: str, choices: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(key, choices, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _type_name(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
-            type(None): "null"}.get(type(value), type(value).__name__)
+    id: str
+    dependencies: tuple[str, ...]
+    spec: JobSpec | None = None
 
 
 class _Validator:
+    """One pass over a parsed workflow that records every problem (see ``err``)."""
+
     def __init__(self, file: str, raw: bytes):
         self.file = file
         self.raw = raw
         self.errors: list[WorkflowError] = []
+        self.top_sizes: dict[str, int] = {}  # what the workflow's env values expand to
+        self.top_total = 0
+        self._levels: dict[int, tuple[dict[str, int], bool]] = {}  # see level_sizes
+        self._id_suggestions = 0
+        self._ids: NearNames | None = None
+        self.bad_defaults = False  # a default is BAD: jobs that do not override it are too
 
     def err(self, message: str, job: str | None = None, key: str | None = None) -> None:
         self.errors.append(WorkflowError(message, self.file, job, key))
 
+    def failure(self) -> WorkflowErrors:
+        """Every problem found: the first MAX_SHOWN, and a line counting the others."""
+        shown = self.errors[:MAX_SHOWN]
+        if len(self.errors) > MAX_SHOWN:
+            shown.append(WorkflowError(f"… and {len(self.errors) - MAX_SHOWN} more problems", self.file))
+        return WorkflowErrors(shown)
+
+    def suggest(self, key: Any, choices: tuple[str, ...]) -> str:
+        """A "did you mean", for a problem that will be shown (the others are only counted)."""
+        return suggest(str(key), choices) if len(self.errors) < MAX_SHOWN else ""
+
+    def suggest_id(self, dep: str, ids: Iterable[str]) -> str:
+        """A "did you mean" among the job ids, for the first MAX_ID_SUGGESTIONS unknown ones
+        (each costs a few milliseconds however many ids there are)."""
+        self._id_suggestions += 1
+        if self._id_suggestions > MAX_ID_SUGGESTIONS or len(self.errors) >= MAX_SHOWN:
+            return ""
+        if self._ids is None:
+            self._ids = NearNames(ids)
+        return self._ids.suggest(dep)
+
+    # ---- the top level ----------------------------------------------------------------------
     def workflow(self, data: Any) -> Workflow:
+        """The Workflow ``data`` describes, or WorkflowErrors with every problem in it."""
         if not isinstance(data, dict):
-            self.err(f"the top level must be a mapping with a 'jobs' list, not {_type_name(data)}")
-            raise WorkflowErrors(self.errors)
+            self.err(f"the top level must be a mapping with a 'jobs' list, not {type_name(data)}")
+            raise self.failure()
         for key in data:
             if key not in TOP_KEYS:
-                self.err(f"unknown key{_suggest(str(key), TOP_KEYS)}", key=str(key))
+                self.err(f"unknown key{self.suggest(key, TOP_KEYS)}", key=_key(key))
         stem = os.path.splitext(os.path.basename(self.file))[0]
         name = data.get("name", re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip("._-") or "run")
         if not isinstance(name, str) or not JOB_ID_RE.fullmatch(name):
             self.err(f"must match {JOB_ID_RE.pattern} (it names the run's directory)", key="name")
-            name = "run"
-        base = os.path.dirname(os.path.abspath(self.file))
-        workdir = data.get("workdir", ".")
-        if not isinstance(workdir, str):
-            self.err(f"must be a string, not {_type_name(workdir)}", key="workdir")
-            workdir = "."
-        env = self.env(data.get("env", {}), None)
-        defaults = data.get("defaults", {})
-        if not isinstance(defaults, dict):
-            self.err(f"must be a mapping, not {_type_name(defaults)}", key="defaults")
-            defaults = {}
-        for key in list(defaults):
-            if key in ("id", "command", "dependencies"):
-                self.err("cannot be set in defaults", key=f"defaults.{key}")
-            elif key not in JOB_OPTIONS:
-                self.err(f"unknown key{_suggest(str(key), tuple(JOB_OPTIONS))}", key=f"defaults.{key}")
-            else:
-                self.value(key, defaults[key], None, f"defaults.{key}")
-        jobs = self.jobs(data.get("jobs"), defaults)
-        if not self.errors:
-            self.cycles(jobs)
+        workdir = check_value("str", data.get("workdir", "."))
+        if isinstance(workdir, Problem):
+            self.err(workdir.message, key="workdir")
+        env = self.top_env(data.get("env", {}))
+        jobs = self.jobs(data.get("jobs"), self.defaults(data.get("defaults", {})))
         if self.errors:
-            raise WorkflowErrors(self.errors)
+            raise self.failure()
+        here = os.path.dirname(os.path.abspath(self.file))
         return Workflow(name=name, path=os.path.abspath(self.file), raw=self.raw,
-                        workdir=os.path.normpath(os.path.join(base, workdir)), env=env,
+                        workdir=os.path.normpath(os.path.join(here, workdir)), env=stored_env(env),
                         jobs=tuple(jobs))
 
-    def jobs(self, items: Any, defaults: dict[str, Any]) -> list[JobSpec]:
-        if items is None:
-            self.err("missing: a workflow needs a 'jobs' list", key="jobs")
+    def top_env(self, value: Any) -> dict[str, str]:
+        """The workflow's env, checked and sized."""
+        env = self.env(value, None)
+        self.top_sizes = self.sizes(env, (), None, "env")
+        self.top_total = sum(self.top_sizes.values())
+        if self.top_total > MAX_JOB_ENV:
+            self.err(f"would expand to {human(self.top_total)} in all; a job's env and the workflow's "
+                     f"may expand to at most {human(MAX_JOB_ENV)} together", key="env")
+            self.top_total = 0  # reported here, not again for every job
+        return env
+
+    def defaults(self, value: Any) -> dict[str, Any]:
+        """Every option's value for a job that does not set it (BAD where the default given is
+        wrong: reported here, once)."""
+        if not isinstance(value, dict):
+            self.err(f"must be a mapping, not {type_name(value)}", key="defaults")
+            value = {}
+        base = {key: default for key, (_, default) in JOB_OPTIONS.items()}
+        for key, v in value.items():
+            if key in ("id", "command", "dependencies"):
+                self.err("cannot be set in defaults", key=f"defaults.{_key(key)}")
+            elif key not in JOB_OPTIONS:
+                self.err(f"unknown key{self.suggest(key, tuple(JOB_OPTIONS))}", key=f"defaults.{_key(key)}")
+            else:
+                base[key] = self.value(key, v, None, f"defaults.{key}")
+        if isinstance(base["env"], dict) and "env" in value:
+            self.level_sizes(base["env"], None, "defaults.env")  # reported once, not per job
+        self.bad_defaults = any(v is BAD for v in base.values())
+        return base
+
+    # ---- jobs ---------------------------------------------------------------------------------
+    def jobs(self, items: Any, base: dict[str, Any]) -> list[JobSpec]:
+        """Every job. Dependencies are checked for every job with a usable id, and cycles
+        among the jobs that are otherwise valid, so that one pass reports every problem."""
+        if items is None or not isinstance(items, list) or not items:
+            problem = ("missing: a workflow needs a 'jobs' list" if items is None else
+                       f"must be a list of jobs, not {type_name(items)}" if not isinstance(items, list) else
+                       "is empty: a workflow needs at least one job")
+            self.err(problem, key="jobs")
             return []
-        if not isinstance(items, list):
-            self.err(f"must be a list of jobs, not {_type_name(items)}", key="jobs")
-            return []
-        if not items:
-            self.err("is empty: a workflow needs at least one job", key="jobs")
-            return []
-        specs: list[JobSpec] = []
-        seen: set[str] = set()
-        named = {item.get("id") for item in items if isinstance(item, dict)}
+        entries: dict[str, _Entry] = {}
+        folded: dict[str, str] = {}  # lower case -> the id first written so
         for index, item in enumerate(items):
-            spec = self.job(index, item, defaults)
-            if spec is None:
+            entry = self.job(index, item, base)
+            if entry is None:
                 continue
-            if spec.id in seen:
-                self.err("duplicate job id", job=spec.id, key="id")
+            if entry.id in entries:
+                self.err("duplicate job id", job=entry.id, key="id")
                 continue
-            seen.add(spec.id)
-            specs.append(spec)
-        for spec in specs:
-            for dep in spec.dependencies:
-                if dep not in seen and dep not in named:
-                    self.err(f"unknown dependency {dep!r}{_suggest(dep, tuple(sorted(seen)))}",
-                             job=spec.id, key="dependencies")
-                elif dep == spec.id:
-                    self.err("a job cannot depend on itself", job=spec.id, key="dependencies")
+            first = folded.setdefault(entry.id.lower(), entry.id)
+            if first != entry.id:  # one file on a case-insensitive export (macOS, some NAS)
+                self.err(f"ids {first!r} and {entry.id!r} differ only by case (a case-insensitive "
+                         "filesystem would give them one file)", job=entry.id, key="id")
+                continue
+            entries[entry.id] = entry
+        named = {item.get("id") for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)}
+        for entry in entries.values():
+            for dep in entry.dependencies:
+                if dep not in entries and dep not in named:
+                    self.err(f"unknown dependency {show(dep)}{self.suggest_id(dep, entries)}",
+                             job=entry.id, key="dependencies")
+                elif dep == entry.id:
+                    self.err("a job cannot depend on itself", job=entry.id, key="dependencies")
+        specs = [e.spec for e in entries.values() if e.spec is not None]
+        cycle = _find_cycle({s.id: s.dependencies for s in specs})
+        if cycle:
+            shown = cycle if len(cycle) <= 12 else [*cycle[:6], f"… ({len(cycle) - 10} more)", *cycle[-4:]]
+            self.err(f"dependency cycle: {' -> '.join(shown)} (each job depends on the next)",
+                     job=cycle[0], key="dependencies")
         return specs
 
-    def job(self, index: int, item: Any, defaults: dict[str, Any]) -> JobSpec | None:
+    def job(self, index: int, item: Any, base: dict[str, Any]) -> _Entry | None:
+        """Job ``index`` (its id, dependencies and, when nothing else is wrong, its spec), or
+        None when it has no usable id. Every problem is reported."""
         label = f"#{index + 1}"
         if not isinstance(item, dict):
-            self.err(f"must be a mapping, not {_type_name(item)}", job=label)
+            self.err(f"must be a mapping, not {type_name(item)}", job=label)
             return None
         job_id = item.get("id")
         if job_id is None:
             self.err("missing", job=label, key="id")
             return None
         if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
-            self.err(f"{job_id!r} must match {JOB_ID_RE.pattern} (no '/', no spaces; it becomes a file name)",
-                     job=label, key="id")
+            self.err(f"{show(job_id)} must match {JOB_ID_RE.pattern} (no '/', no spaces; it becomes a "
+                     "file name)", job=label, key="id")
             return None
+        options = dict(base)
         ok = True
-        for key in item:
-            if key not in JOB_KEYS:
-                self.err(f"unknown key{_suggest(str(key), JOB_KEYS)}", job=job_id, key=str(key))
+        for key, value in item.items():
+            if key in JOB_OPTIONS:
+                options[key] = self.value(key, value, job_id, key)
+                ok = ok and options[key] is not BAD
+            elif key not in ("id", "command", "dependencies"):
+                self.err(f"unknown key{self.suggest(key, JOB_KEYS)}", job=job_id, key=_key(key))
                 ok = False
-        command = item.get("command")
+        command = self.command(item.get("command"), job_id)
+        deps = item.get("dependencies")
+        deps = [] if deps is None else deps
+        if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+            self.err("must be a list of job ids", job=job_id, key="dependencies")
+            deps, ok = [], False
+        entry = _Entry(job_id, tuple(dict.fromkeys(deps)))
+        if not ok or command is None or (self.bad_defaults and any(v is BAD for v in options.values())):
+            return entry
+        if "slurm" in item:  # per key, over the defaults
+            options["slurm"] = _over(base["slurm"], options["slurm"])
+        spec = JobSpec(id=job_id, command=command, dependencies=entry.dependencies, **options)
+        if self.job_sizes(spec, own_env="env" in item):
+            entry.spec = spec
+        return entry
+
+    def command(self, command: Any, job_id: str) -> str | tuple[str, ...] | None:
+        """The checked command, or None (reported)."""
         if command is None:
             self.err("missing", job=job_id, key="command")
-            ok = False
-        elif isinstance(command, str):
-            if not command.strip():
-                self.err("is empty", job=job_id, key="command")
-                ok = False
+            return None
+        if isinstance(command, str):
+            problem = "is empty" if not command.strip() else text_problem(command)
         elif isinstance(command, list):
-            if not command or not all(isinstance(a, (str, int, float)) and not isinstance(a, bool)
-                                      for a in command):
-                self.err("a list command must be a non-empty list of strings", job=job_id, key="command")
-                ok = False
+            problem = None if command else "a list command must be a non-empty list of strings"
+            for i, a in enumerate(command, 1):
+                if not (isinstance(a, str) or is_number(a)):
+                    problem = "a list command must be a non-empty list of strings"
+                elif bad := text_problem(str(a)):
+                    problem = f"argument {i}: {bad}"
+                if problem:
+                    break
             else:
                 command = tuple(str(a) for a in command)
         else:
-            self.err(f"must be a string or a list of strings, not {_type_name(command)}",
-                     job=job_id, key="command")
-            ok = False
-        deps = item.get("dependencies", [])
-        if deps is None:
-            deps = []
-        if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
-            self.err("must be a list of job ids", job=job_id, key="dependencies")
-            ok = False
-        options: dict[str, Any] = {}
-        for key, (_, default) in JOB_OPTIONS.items():
-            if key in item:
-                value = self.value(key, item[key], job_id, key)
-                ok = ok and value is not _BAD
-            elif key in defaults:
-                value = self.value(key, defaults[key], None, f"defaults.{key}", report=False)
-            else:
-                value = default
-            options[key] = value
-        if not ok or any(v is _BAD for v in options.values()):
+            problem = f"must be a string or a list of strings, not {type_name(command)}"
+        if problem:
+            self.err(problem, job=job_id, key="command")
             return None
-        if "slurm" in item and isinstance(defaults.get("slurm"), dict):  # per key, over the defaults
-            base = _check_value("slurm", defaults["slurm"])
-            if isinstance(base, dict):
-                extra = {**base.get("additional_parameters", {}), **options["slurm"].get("additional_parameters", {})}
-                options["slurm"] = {**base, **options["slurm"]}
-                if extra:
-                    options["slurm"]["additional_parameters"] = extra
-        assert isinstance(command, (str, tuple))
-        return JobSpec(id=job_id, command=command, dependencies=tuple(dict.fromkeys(deps)), **options)
+        return command  # type: ignore[no-any-return]
 
-    def value(self, key: str, value: Any, job: str | None, shown_key: str, report: bool = True) -> Any:
+    def value(self, key: str, value: Any, job: str | None, shown_key: str) -> Any:
+        """The checked value of option ``key``, or BAD (reported)."""
         kind = JOB_OPTIONS[key][0]
-        result = _check_value(kind, value)
-        if isinstance(result, _Problem):
-            if report:
-                self.err(result.message, job=job, key=shown_key)
-            return _BAD
+        result = check_value(kind, value)
+        if isinstance(result, Problem):
+            self.err(result.message, job=job, key=shown_key)
+            return BAD
         if kind == "env":
-            return self.env(value, job, shown_key) if report else self.env_quiet(value)
+            before = len(self.errors)
+            env = self.env(value, job, shown_key)
+            return env if len(self.errors) == before else BAD
         return result
 
+    # ---- environments ---------------------------------------------------------------------------
     def env(self, value: Any, job: str | None, key: str = "env") -> dict[str, str]:
+        """An env level (names to strings, in written order), its problems reported."""
         if not isinstance(value, dict):
-            self.err(f"must be a mapping of names to strings, not {_type_name(value)}", job=job, key=key)
+            self.err(f"must be a mapping of names to strings, not {type_name(value)}", job=job, key=key)
             return {}
         out: dict[str, str] = {}
         for name, v in value.items():
-            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                self.err(f"{name!r} is not a valid variable name", job=job, key=key)
-            elif isinstance(v, bool) or not isinstance(v, (str, int, float)):
-                self.err(f"{name} must be a string or number, not {_type_name(v)}", job=job, key=key)
+            if not isinstance(name, str) or not NAME.fullmatch(name):
+                self.err(f"{show(name)} is not a valid variable name", job=job, key=key)
+            elif not (isinstance(v, str) or is_number(v)):
+                self.err(f"{cut(name)} must be a string or a finite number, not {show(v)}", job=job, key=key)
+            elif problem := text_problem(str(v)):
+                self.err(f"{cut(name)}: {problem}", job=job, key=key)
             else:
                 out[name] = str(v)
         return out
 
-    def env_quiet(self, value: Any) -> dict[str, str]:
-        """An env already reported on (from defaults): keep only its valid entries."""
-        before = len(self.errors)
-        out = self.env(value, None)
-        del self.errors[before:]
-        return out
+    def sizes(self, env: dict[str, str], outer: tuple[dict[str, int], ...], job: str | None,
+              key: str) -> dict[str, int]:
+        """What each value of ``env`` expands to (see executioner.wfenv), a value past
+        MAX_VALUE reported and then counted as empty, so that what refers to it is not."""
+        sizes, over = expanded_sizes(env, *outer, limit=MAX_VALUE)
+        for name, size in over:
+            self.err(f"{cut(name)} would expand to {human(size)}; a value may expand to at most "
+                     f"{human(MAX_VALUE)}", job=job, key=key)
+        return sizes
 
-    def cycles(self, jobs: list[JobSpec]) -> None:
-        sorter = graphlib.TopologicalSorter({j.id: j.dependencies for j in jobs})
-        try:
-            sorter.prepare()
-        except graphlib.CycleError as e:
-            # graphlib lists each node before the one that needs it; print "needs" order.
-            path = list(reversed(e.args[1]))
-            self.err(f"dependency cycle: {' -> '.join(path)} (each job depends on the next)",
-                     job=path[0], key="dependencies")
+    def level_sizes(self, env: dict[str, str], job: str | None, key: str) -> tuple[dict[str, int], bool]:
+        """The sizes of a job level over the workflow's env, and whether it is within bounds.
+        A shared level (``defaults: {env}``, ``job`` None) is computed and reported once."""
+        cached = self._levels.get(id(env)) if job is None else None
+        if cached is None:
+            before = len(self.errors)
+            sizes = self.sizes(env, (self.top_sizes,), job, key)
+            total = self.top_total
+            for name, size in sizes.items():
+                total += size - self.top_sizes.get(name, 0)
+            if total > MAX_JOB_ENV:
+                self.err(f"would expand to {human(total)} with the workflow's env; a job's env and the "
+                         f"workflow's may expand to at most {human(MAX_JOB_ENV)} together", job=job, key=key)
+            cached = (sizes, len(self.errors) == before)
+            if job is None:
+                self._levels[id(env)] = cached
+        return cached
 
-
-class _Problem:
-    def __init__(self, message: str):
-        self.message = message
-
-
-_BAD: Final = object()
-
-
-def _is_number(v: Any) -> bool:
-    """A finite int or float (not a bool, not inf or nan: they cannot be stored in JSON)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check_value(kind: str, v: Any) -> Any:
-    """The normalised value, or a _Problem saying what is wrong with it."""
-    if kind == "env":
-        return v
-    if kind == "str":
-        return v if isinstance(v, str) else _Problem(f"must be a string, not {_type_name(v)}")
-    if kind in ("pos_number", "pos_number_or_null"):
-        if v is None and kind.endswith("_or_null"):
-            return None
-        return float(v) if _is_number(v) and v > 0 else _Problem(f"must be a number > 0, not {v!r}")
-    if kind == "nonneg_number":
-        return float(v) if _is_number(v) and v >= 0 else _Problem(f"must be a number >= 0, not {v!r}")
-    if kind == "nonneg_int":
-        return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1_000_000 else _Problem(
-            f"must be a whole number from 0 to 1000000, not {v!r}")
-    if kind == "pos_int":
-        return v if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1_000_000 else _Problem(
-            f"must be a whole number from 1 to 1000000, not {v!r}")
-    if kind == "fraction":
-        return float(v) if _is_number(v) and 0 <= v <= 1 else _Problem(f"must be a number from 0 to 1, not {v!r}")
-    if kind == "int_list_or_null":
-        if v is None:
-            return None
-        ok = isinstance(v, list) and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255
-                                         for c in v)
-        return tuple(v) if ok else _Problem("must be a list of exit codes (whole numbers 0 to 255)")
-    if kind == "status_list":
-        if isinstance(v, list) and all(s in RETRY_STATUSES for s in v):
-            return tuple(v)
-        return _Problem(f"must be a list of {', '.join(RETRY_STATUSES)}")
-    if kind == "slurm":
-        return _check_slurm(v)
-    if kind == "bool":
-        return v if isinstance(v, bool) else _Problem(f"must be true or false, not {v!r}")
-    if kind == "str_list":
-        ok = isinstance(v, list) and all(isinstance(s, str) and s for s in v)
-        return tuple(v) if ok else _Problem("must be a list of file paths")
-    raise AssertionError(kind)
+    def job_sizes(self, spec: JobSpec, own_env: bool) -> bool:
+        """Refuse (and report) a job whose env or list command expands past the bounds."""
+        sizes, ok = self.level_sizes(spec.env, spec.id if own_env else None, "env" if own_env else "defaults.env")
+        if isinstance(spec.command, tuple):
+            for i, arg in enumerate(spec.command, 1):
+                if "${" in arg and (size := expanded_size(arg, sizes, self.top_sizes)) > MAX_VALUE:
+                    self.err(f"argument {i} would expand to {human(size)}; at most {human(MAX_VALUE)}",
+                             job=spec.id, key="command")
+                    ok = False
+        return ok
 
 
-def _check_slurm(v: Any) -> Any:
-    """A ``slurm:`` mapping: resources of a job's own Slurm job (Slurm-DAG backend)."""
-    if not isinstance(v, dict):
-        return _Problem(f"must be a mapping of {', '.join(SLURM_KEYS)}, not {_type_name(v)}")
-    for k, x in v.items():
-        if k not in SLURM_KEYS:
-            return _Problem(f"unknown key {k!r}{_suggest(str(k), SLURM_KEYS)}")
-        if k == "partition" and not isinstance(x, str):
-            return _Problem("partition must be a string")
-        if k in ("time", "cpus", "gpus") and (not isinstance(x, int) or isinstance(x, bool) or x < 1):
-            return _Problem(f"{k} must be a whole number >= 1{' (minutes)' if k == 'time' else ''}")
-        if k == "mem_gb" and not (_is_number(x) and x > 0):
-            return _Problem("mem_gb must be a number > 0")
-        if k == "additional_parameters":
-            if not isinstance(x, dict):
-                return _Problem(f"additional_parameters must be a mapping of sbatch options to values, "
-                                f"not {_type_name(x)}")
-            bad = [p for p, y in x.items() if not isinstance(p, str) or not isinstance(y, (str, int, float, bool))]
-            if bad:
-                return _Problem(f"additional_parameters: {bad[0]!r} must name an sbatch option with a "
-                                "string, number or true")
-    return dict(v)
+def _over(base: Any, own: dict[str, Any]) -> dict[str, Any]:
+    """A job's ``slurm`` over the defaults' (``base``), key by key, additional_parameters too."""
+    if not isinstance(base, dict):
+        return own
+    extra = {**base.get("additional_parameters", {}), **own.get("additional_parameters", {})}
+    merged = {**base, **own}
+    if extra:
+        merged["additional_parameters"] = extra
+    return merged
+
+
+def _find_cycle(needs: dict[str, tuple[str, ...]]) -> list[str] | None:
+    """A dependency cycle among ``needs`` (job -> the distinct jobs it needs; other names and
+    the job itself are ignored), as a path in which each job needs the next, or None. Jobs
+    whose needs can all be met are peeled off (Kahn); every job left needs another one left,
+    so following needs from any of them comes back to a job already on the path. No
+    recursion; O(jobs + edges)."""
+    waiting: dict[str, int] = {}
+    needed_by: dict[str, list[str]] = {}
+    for j, ds in needs.items():
+        count = 0
+        for d in ds:
+            if d in needs and d != j:
+                count += 1
+                needed_by.setdefault(d, []).append(j)
+        waiting[j] = count
+    ready = [j for j, n in waiting.items() if n == 0]
+    while ready:
+        for k in needed_by.get(ready.pop(), ()):
+            waiting[k] -= 1
+            if waiting[k] == 0:
+                ready.append(k)
+    left = {j for j, n in waiting.items() if n > 0}
+    if not left:
+        return None
+    path: list[str] = []
+    position: dict[str, int] = {}
+    at = min(left)
+    while at not in position:
+        position[at] = len(path)
+        path.append(at)
+        at = next(d for d in needs[at] if d in left and d != at)
+    return path[position[at]:] + [at]

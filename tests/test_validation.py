@@ -9,6 +9,7 @@ import pytest
 from executioner import WorkflowErrors, load_workflow
 
 from .conftest import cli
+from .test_hostile_workflows import yaml_loader  # noqa: F401 - both YAML parsers, libyaml and PyYAML's
 
 
 def problems(tmp_path: Path, text: str, suffix: str = ".yaml") -> list[str]:
@@ -48,7 +49,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("text,expected", CASES)
-def test_each_problem_is_one_line_naming_file_job_and_key(tmp_path: Path, text: str, expected: list[str]) -> None:
+def test_each_problem_is_one_line_naming_file_job_and_key(tmp_path: Path, text: str, expected: list[str],
+                                                          yaml_loader: str) -> None:
     lines = problems(tmp_path, text)
     assert len(lines) == 1, lines
     for fragment in expected:
@@ -122,7 +124,7 @@ MORE_CASES = [
 
 
 @pytest.mark.parametrize("text,expected", MORE_CASES)
-def test_edge_cases_are_one_line_too(tmp_path: Path, text: str, expected: list[str]) -> None:
+def test_edge_cases_are_one_line_too(tmp_path: Path, text: str, expected: list[str], yaml_loader: str) -> None:
     lines = problems(tmp_path, text)
     assert len(lines) == 1, lines
     for fragment in expected:
