@@ -241,7 +241,7 @@ def workflow_for_resume(run: RunLayout, path: str | None) -> Workflow:
     if copy is None:
         raise WorkflowErrors([WorkflowError("the run has no copy of its workflow; pass the file", run.root)])
     record = read_run_record(run)
-    return replace(load_workflow(copy), workdir=record["workdir"], path=record.get("source") or copy)
+    return replace(load_workflow(copy, recorded=False), workdir=record["workdir"], path=record.get("source") or copy)
 
 
 # ---- planning ----------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def rebuilt(run: RunLayout, job_id: str, reason: str) -> dict[str, Any] | None:
     if path is None:
         return None
     try:
-        workflow = load_workflow(path)
+        workflow = load_workflow(path, recorded=False)
     except Exception as e:  # noqa: BLE001 - a broken copy: say so, rebuild nothing
         log.warning("run %s: cannot rebuild job %s: its workflow copy %s is unreadable: %s",
                     run.run_id, job_id, path, e)

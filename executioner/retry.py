@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Any
 
-COUNTED = ("failed", "timeout")  # try statuses that use up max_retries
+COUNTED = ("failed", "timeout")
+YEAR = 365 * 86400.0  # try statuses that use up max_retries
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,9 @@ def decide(spec: dict[str, Any], tries: list[dict[str, Any]], now: float,
         return Decision(False, reason=f"exit code {last['exit_code']} is not in retry_on_exit_codes")
     if failures > spec["max_retries"]:
         return Decision(False, reason=f"no retries left (max_retries {spec['max_retries']})")
-    delay = spec["retry_delay"] * spec["retry_backoff"] ** (failures - 1)
+    n, base, first = failures - 1, spec["retry_backoff"], spec["retry_delay"]
+    # exact for every sane value; capped at a year instead of overflowing after ~1000 retries
+    delay = 0.0 if first == 0 else (min(YEAR, first * base ** n) if n * math.log(base) < 700 else YEAR)
     jitter = spec["retry_jitter"]
     if jitter and delay:
         delay *= 1 + (rng or random).uniform(-jitter, jitter)

@@ -19,7 +19,8 @@ import filelock
 from . import fsio, store
 from .claims import Claiming
 from .events import Events
-from .execute import TryStatus, build_env, command_argv, missing_outputs, run_command
+from .errors import WorkflowError
+from .execute import TryResult, TryStatus, build_env, command_argv, missing_outputs, run_command
 from .layout import PoolLayout
 from .rebuild import LostFinder, coordinating, place_record
 from .clock import StorageClock
@@ -298,15 +299,20 @@ class Worker(Claiming):
         run_record = self._records[run.run_id]  # read again by _take if a resume came since
         try_number = claim.try_number
         cwd = os.path.normpath(os.path.join(run_record["workdir"], spec["workdir"] or ""))
-        env = build_env(dict(os.environ), [run_record["env"], spec["env"]], {
-            "EXEC_RUN_ID": run.run_id, "EXEC_JOB_ID": claim.job_id, "EXEC_TRY": str(try_number),
-            "EXEC_ATTEMPT": str(record.get("attempt", 1)),
-            "EXEC_RUN_DIR": run.root, "EXEC_CLAIM": claim.token})
         out, err = run.log(claim.job_id, try_number, "out"), run.log(claim.job_id, try_number, "err")
-        result = run_command(command_argv(spec["command"], env), cwd, env, out, err,
-                             spec["timeout"], spec["kill_grace"], claim.token,
-                             keep_going=lambda: not self._abort.is_set() and claim.still_held(),
-                             tick=min(self.heartbeat, 1.0))
+        try:
+            env = build_env(dict(os.environ), [run_record["env"], spec["env"]], {
+                "EXEC_RUN_ID": run.run_id, "EXEC_JOB_ID": claim.job_id, "EXEC_TRY": str(try_number),
+                "EXEC_ATTEMPT": str(record.get("attempt", 1)),
+                "EXEC_RUN_DIR": run.root, "EXEC_CLAIM": claim.token})
+            argv = command_argv(spec["command"], env)
+        except WorkflowError as e:  # a value this worker's environment makes too large: the job's failure
+            now = time.time()
+            result = TryResult("failed", None, None, now, now, str(e))
+        else:
+            result = run_command(argv, cwd, env, out, err, spec["timeout"], spec["kill_grace"], claim.token,
+                                 keep_going=lambda: not self._abort.is_set() and claim.still_held(),
+                                 tick=min(self.heartbeat, 1.0))
         status: TryStatus = result.status
         reason = result.reason
         if status == "failed" and not self._abort.is_set() and (result.signal in STOP_SIGNALS or self.in_slurm):
