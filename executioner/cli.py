@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import ChangeIncomplete, ExecutionerError, PoolError, Refused, RunBusy, WorkflowErrors
-from .layout import PoolLayout, RunLayout
-from .status import is_run_dir, last_update, pool_status, run_status
+from .protocol.layout import PoolLayout, RunLayout
+from .views.status import is_run_dir, last_update, pool_status, run_status
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 
@@ -97,7 +97,7 @@ def submit_main(argv: list[str] | None = None) -> int:
                     help="any other sbatch option, e.g. account=proj or qos=long (repeatable)")
     sl.add_argument("--cancel", metavar="RUN_ID", help="cancel the run's Slurm jobs; the run stays resumable")
     a = p.parse_args(argv)
-    from .plan import Options
+    from .coordinator.plan import Options
 
     pool_dir = _pool_arg(a.pool)
     if not pool_dir:
@@ -156,12 +156,12 @@ def submit_main(argv: list[str] | None = None) -> int:
         print(f"{run.run_id} {run.root}", flush=True)
         if a.resume or options.from_jobs:
             print(plan.text(), file=sys.stderr, flush=True)
-    from .slurm import SlurmError
+    from .backends.slurm import SlurmError
 
     backend = _backend(run)
     try:
         if backend == "slurm":
-            from .slurm import submit_dag
+            from .backends.slurm import submit_dag
 
             to_run = [s.job for s in plan.steps if s.action == "run"]
             left = {s.job for s in plan.steps if s.src == "running" and s.dst is None}
@@ -170,7 +170,7 @@ def submit_main(argv: list[str] | None = None) -> int:
             print(f"slurm: {len(ids)} job(s): " + " ".join(f"{j}={i}" for j, i in ids.items()),
                   file=sys.stderr, flush=True)
         if a.slurm_workers:
-            from .slurm import start_workers
+            from .backends.slurm import start_workers
 
             workers = start_workers(pool, run, a.slurm_workers, slurm_base, slots=a.jobs_per_worker,
                                     heartbeat=a.stale_after / 6, stale_after=a.stale_after)
@@ -187,7 +187,7 @@ def submit_main(argv: list[str] | None = None) -> int:
               f"exec-submit --pool {pool.root} --resume {run.run_id}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     if a.workers:
-        from .launch import start_local_workers
+        from .execution.launch import start_local_workers
 
         try:  # the same beat as Slurm workers get: --wait judges them with this --stale-after
             pids = start_local_workers(pool, run, a.workers, slots=a.jobs_per_worker,
@@ -200,7 +200,7 @@ def submit_main(argv: list[str] | None = None) -> int:
               f"once the run is idle; to stop them now: kill {' '.join(pids)}", file=sys.stderr, flush=True)
     if not a.wait:
         return EXIT_OK
-    from .progress import wait_for_run
+    from .views.progress import wait_for_run
 
     try:
         status = wait_for_run(run, total=len(plan.workflow.jobs), stale_after=a.stale_after)
@@ -216,7 +216,7 @@ def submit_main(argv: list[str] | None = None) -> int:
 
 
 def _slurm_options(a: argparse.Namespace) -> Any:
-    from .slurm import SlurmOptions
+    from .backends.slurm import SlurmOptions
 
     extra: dict[str, Any] = {}
     for item in a.slurm_param:
@@ -234,13 +234,13 @@ def _slurm_options(a: argparse.Namespace) -> Any:
 
 
 def _backend(run: RunLayout) -> str:
-    from .store import read_run_record
+    from .protocol.store import read_run_record
 
     return str(read_run_record(run).get("backend") or "workers")
 
 
 def _cancel(prog: str, pool: PoolLayout, run_id: str, dry_run: bool) -> int:
-    from .slurm import SlurmError, cancel_run
+    from .backends.slurm import SlurmError, cancel_run
 
     run = pool.run(run_id)
     if not is_run_dir(run.root):
@@ -258,7 +258,7 @@ def _cancel(prog: str, pool: PoolLayout, run_id: str, dry_run: bool) -> int:
 
 
 def _submit(pool: PoolLayout, path: str, options: Any, dry_run: bool) -> tuple[RunLayout | None, Any]:
-    from .submit import create_run_planned, plan_submit
+    from .coordinator.submit import create_run_planned, plan_submit
     from .workflow import load_workflow
 
     workflow = load_workflow(path)
@@ -269,8 +269,8 @@ def _submit(pool: PoolLayout, path: str, options: Any, dry_run: bool) -> tuple[R
 
 def _resume(pool: PoolLayout, run_id: str, path: str | None, options: Any,
             dry_run: bool) -> tuple[RunLayout | None, Any]:
-    from .change import apply
-    from .plan import plan_resume, workflow_for_resume
+    from .coordinator.change import apply
+    from .coordinator.plan import plan_resume, workflow_for_resume
 
     run = pool.run(run_id)
     if not is_run_dir(run.root):
@@ -279,7 +279,7 @@ def _resume(pool: PoolLayout, run_id: str, path: str | None, options: Any,
     slurm = (options.backend or _backend(run)) == "slurm"
     held: list[str] = []
     if slurm:
-        from .slurm import pool_worker_claims
+        from .backends.slurm import pool_worker_claims
 
         held = pool_worker_claims(run)
     if dry_run:
@@ -308,7 +308,7 @@ def worker_main(argv: list[str] | None = None) -> int:
                    help="a claim whose worker has not beaten for this long is requeued (default 60)")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     a = p.parse_args(argv)
-    from .worker import Worker
+    from .execution.worker import Worker
 
     pool_dir = _pool_arg(a.pool)
     if not pool_dir:
@@ -327,7 +327,7 @@ def worker_main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s")
     ends_at = None
     if os.environ.get("SLURM_JOB_ID"):  # inside a Slurm allocation: claim only what fits in it
-        from .slurm import allocation_end
+        from .backends.slurm import allocation_end
 
         ends_at = allocation_end()
     worker = Worker(pool_dir, run_ids=a.runs, slots=a.jobs, exit_when_idle=a.exit_when_idle,
@@ -369,7 +369,7 @@ def status_main(argv: list[str] | None = None) -> int:
                 raise PoolError("no such run (no run.json)", path)
             run = RunLayout(os.path.abspath(path))
             if a.attempts or a.job:
-                from .history import attempts_status, job_history
+                from .views.history import attempts_status, job_history
 
                 pool = PoolLayout(os.path.dirname(run.root))
                 if a.attempts:

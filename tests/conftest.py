@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from executioner import PoolLayout, RunLayout, Worker, create_run, load_workflow
+from executioner.workflow import parse as wfparse
 
 HOSTILE = "pool with spaces 'quote\" ; echo x"
 
@@ -18,6 +19,14 @@ HOSTILE = "pool with spaces 'quote\" ; echo x"
 def pool(tmp_path: Path) -> Path:
     """A pool directory whose name has spaces, both quotes and a semicolon."""
     return tmp_path / HOSTILE
+
+
+@pytest.fixture(params=["libyaml", "pure"] if wfparse.yaml.__with_libyaml__ else ["pure"])
+def yaml_loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with libyaml's parser (the default when PyYAML has it) and with PyYAML's own."""
+    if request.param == "pure":
+        monkeypatch.setattr(wfparse, "_LOADER", wfparse._PyLoader)
+    return str(request.param)
 
 
 @pytest.fixture

@@ -130,13 +130,13 @@ def test_time_flags_are_validated_alike_in_every_command(pool: Path, tmp_path: P
 
 def test_workers_that_cannot_start_are_one_line_and_the_run_stays(pool: Path, tmp_path: Path, monkeypatch,
                                                                   capsys) -> None:
-    import executioner.launch
+    import executioner.execution.launch
     from executioner.cli import submit_main
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", "launch")
 
-    monkeypatch.setattr(executioner.launch, "start_detached", refuse)
+    monkeypatch.setattr(executioner.execution.launch, "start_detached", refuse)
     wf = write(tmp_path, "jobs: [{id: a, command: 'true'}]\n")
     assert submit_main([str(wf), "--pool", str(pool), "--workers", "2"]) == 1
     err = capsys.readouterr().err

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from executioner.fsio import read_json
+from executioner.protocol.fsio import read_json
 
 from .conftest import files, submit
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from executioner import coord
-from executioner.change import settle_if_abandoned
-from executioner.coord import COORD_STALE, abandoned, coordinating
+from executioner.coordinator import coord
+from executioner.coordinator.change import settle_if_abandoned
+from executioner.coordinator.coord import COORD_STALE, abandoned, coordinating
 from executioner.errors import RunBusy
-from executioner.watch import Watch
+from executioner.liveness.watch import Watch
 
 from .conftest import files, submit, work
 
@@ -38,7 +38,7 @@ def test_a_second_coordinator_fails_at_once_naming_the_first(pool: Path, make_wo
 
 def test_a_dead_holders_lock_is_broken(pool: Path, make_workflow) -> None:
     run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
-    code = ("import os, sys\nfrom executioner import RunLayout\nfrom executioner.coord import coordinating\n"
+    code = ("import os, sys\nfrom executioner import RunLayout\nfrom executioner.coordinator.coord import coordinating\n"
             "with coordinating(RunLayout(sys.argv[1]), 'crash'):\n    os._exit(9)\n")
     assert subprocess.run([sys.executable, "-c", code, run.root]).returncode == 9
     assert os.path.exists(run.coordinator_lock)  # left behind by the dead process
@@ -47,7 +47,7 @@ def test_a_dead_holders_lock_is_broken(pool: Path, make_workflow) -> None:
 
 
 # ---- judged by watching, not by comparing clocks ---------------------------------------
-HOLD = ("import os, sys, time\nfrom executioner import RunLayout\nfrom executioner.coord import coordinating\n"
+HOLD = ("import os, sys, time\nfrom executioner import RunLayout\nfrom executioner.coordinator.coord import coordinating\n"
         "with coordinating(RunLayout(sys.argv[1]), 'rollback'):\n"
         "    open(sys.argv[2] + '.ready', 'w').close()\n"
         "    while not os.path.exists(sys.argv[2] + '.go'):\n        time.sleep(0.02)\n")
@@ -119,7 +119,7 @@ def test_a_still_lock_is_abandoned_after_coord_stale_of_watching(pool: Path, mak
 @pytest.mark.timeout(60)
 def test_a_dead_holder_on_this_host_is_abandoned_at_once(pool: Path, make_workflow) -> None:
     run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
-    code = ("import os, sys\nfrom executioner import RunLayout\nfrom executioner.coord import coordinating\n"
+    code = ("import os, sys\nfrom executioner import RunLayout\nfrom executioner.coordinator.coord import coordinating\n"
             "with coordinating(RunLayout(sys.argv[1]), 'crash'):\n    print(os.getpid(), flush=True)\n"
             "    os._exit(9)\n")
     out = subprocess.run([sys.executable, "-c", code, run.root], capture_output=True, text=True)
@@ -151,7 +151,7 @@ def _chain_done(pool: Path, make_workflow):
 @pytest.mark.timeout(60)
 def test_settle_if_abandoned_undoes_a_crashed_change(pool: Path, make_workflow) -> None:
     run = _chain_done(pool, make_workflow)
-    code = ("import os, sys\nimport executioner.change as c\nc._stage = lambda *a: os._exit(9)\n"
+    code = ("import os, sys\nimport executioner.coordinator.change as c\nc._stage = lambda *a: os._exit(9)\n"
             "from executioner.cli import submit_main\nsys.exit(submit_main(sys.argv[1:]))\n")
     assert subprocess.run([sys.executable, "-c", code, "--pool", str(pool), "--resume", run.run_id,
                            "--rollback-to", "j1"]).returncode == 9

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from executioner import store
-from executioner.status import JobView, _mark_blocked, _mark_held
+from executioner.protocol import store
+from executioner.views.status import JobView, _mark_blocked, _mark_held
 
 from .conftest import cli, submit
 

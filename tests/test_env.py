@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from executioner import WorkflowErrors, load_workflow
-from executioner.attempts import definition_hash
-from executioner.execute import build_env
-from executioner.fsio import dumps, read_json
+from executioner.protocol.attempts import definition_hash
+from executioner.execution.execute import build_env
+from executioner.protocol.fsio import dumps, read_json
 
 from .conftest import cli, submit, work
 
@@ -185,7 +185,7 @@ def test_nul_characters_at_the_top_are_refused_too(tmp_path: Path, top: dict[str
 
 
 def test_a_lone_surrogate_is_refused_at_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from executioner import wfparse
+    from executioner.workflow import parse as wfparse
     monkeypatch.setattr(wfparse, "_LOADER", wfparse._PyLoader)  # libyaml refuses it while parsing
     path = tmp_path / "s.yaml"
     path.write_text('jobs: [{id: a, command: "x\\udc80y"}]\n')

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import psutil
 
-from executioner import PoolLayout, fsio, store
-from executioner.fsio import HOST, atomic_write_json, read_json
-from executioner.clock import storage_now
-from executioner.reap import Reaper, requeue_lost
+from executioner import PoolLayout
+
+from executioner.protocol import fsio, store
+from executioner.protocol.fsio import HOST, atomic_write_json, read_json
+from executioner.liveness.clock import storage_now
+from executioner.liveness.reap import Reaper, requeue_lost
 
 from .conftest import files, submit, work
 

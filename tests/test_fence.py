@@ -13,9 +13,11 @@ from typing import Callable
 
 import pytest
 
-from executioner import PoolLayout, fence, run_status, store
-from executioner.fsio import atomic_write_json, read_json
-from executioner.reap import Reaper, recover_private, requeue_lost
+from executioner import PoolLayout, run_status
+
+from executioner.protocol import fence, store
+from executioner.protocol.fsio import atomic_write_json, read_json
+from executioner.liveness.reap import Reaper, recover_private, requeue_lost
 
 from .conftest import submit, work
 
@@ -233,7 +235,7 @@ def test_an_empty_private_folder_taken_from_under_the_owner_does_not_lose_its_cl
 
 
 def test_a_job_in_a_private_folder_counts_as_running_for_status_and_resume(pool, run, monkeypatch, make_workflow) -> None:
-    from executioner.plan import Options, plan_resume, workflow_for_resume
+    from executioner.coordinator.plan import Options, plan_resume, workflow_for_resume
 
     claim = remote_claim(pool, run)
     seen: list[object] = []
@@ -251,7 +253,7 @@ def test_a_job_in_a_private_folder_counts_as_running_for_status_and_resume(pool,
 def test_the_write_fails_the_claim_is_put_back_untouched(pool, run, monkeypatch) -> None:
     import errno
 
-    from executioner import fsio
+    from executioner.protocol import fsio
 
     claim = remote_claim(pool, run)
     before = Path(claim.path).read_bytes()
@@ -280,8 +282,8 @@ def test_a_format_1_run_is_read_and_finished(pool, make_workflow) -> None:
 
 def resume_takes(run, claim, private: bool = False) -> str:
     """What a resume's grab does with a running job it takes back (change._take_claim)."""
-    from executioner.change import _take_claim
-    from executioner.plan import Step
+    from executioner.coordinator.change import _take_claim
+    from executioner.coordinator.plan import Step
 
     step = Step("a", "run", "rolled back", "running", "queued", take="taken back by exec-submit --resume --force",
                 token=claim.token, private=private_of(run).name if private else None)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from executioner import fsio
-from executioner.execute import run_command
+from executioner.protocol import fsio
+from executioner.execution.execute import run_command
 
 from .conftest import files, submit
 

@@ -12,17 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from executioner import WorkflowErrors, load_workflow, wfparse
+from executioner import WorkflowErrors, load_workflow
+from executioner.workflow import parse as wfparse
 
 from .conftest import cli
-
-
-@pytest.fixture(params=["libyaml", "pure"] if wfparse.yaml.__with_libyaml__ else ["pure"])
-def yaml_loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test with libyaml's parser (the default when PyYAML has it) and with PyYAML's own."""
-    if request.param == "pure":
-        monkeypatch.setattr(wfparse, "_LOADER", wfparse._PyLoader)
-    return str(request.param)
 
 
 def refused(tmp_path: Path, text: str | bytes, suffix: str = ".yaml") -> list[str]:
@@ -244,7 +237,7 @@ def test_a_bound_is_named_in_the_message(tmp_path: Path) -> None:
 
 
 def test_a_long_series_of_quick_retries_does_not_overflow_the_delay(tmp_path: Path) -> None:
-    from executioner.retry import decide
+    from executioner.execution.retry import decide
 
     path = tmp_path / "w.yaml"
     path.write_text("jobs: [{id: a, command: x, max_retries: 5000, retry_delay: 0, retry_backoff: 2}]\n")

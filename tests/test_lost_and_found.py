@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from executioner import PoolLayout, fsio, run_status, store
-from executioner.fsio import atomic_write_json, read_json
-from executioner.reap import Reaper
-from executioner.scrub import quarantine
+from executioner import PoolLayout, run_status
+
+from executioner.protocol import fsio, store
+from executioner.protocol.fsio import atomic_write_json, read_json
+from executioner.liveness.reap import Reaper
+from executioner.protocol.scrub import quarantine
 
 from .conftest import files, submit, work
 
@@ -98,7 +100,7 @@ def test_a_commit_write_that_keeps_failing_hands_the_job_back_untouched(pool: Pa
             raise OSError(errno.EDQUOT, "Disk quota exceeded")
         return real(directory, payload)
 
-    from executioner.worker import Worker
+    from executioner.execution.worker import Worker
 
     monkeypatch.setattr(fsio, "write_temp", full)
     worker = Worker(str(pool), run_ids=[run.run_id], max_jobs=1, poll_min=0.02, poll_max=0.2)
@@ -133,7 +135,7 @@ def test_a_quarantined_job_is_shown_lost_and_rebuilt_by_a_worker(pool: Path, mak
     assert status["state"] == "running"  # not done: a job of the run is in no folder
     assert rows["a"]["state"] == "lost" and "no state folder" in rows["a"]["reason"]
     assert "waits for a, which is lost" in rows["b"]["reason"]
-    from executioner.worker import Worker
+    from executioner.execution.worker import Worker
 
     worker = Worker(str(pool), run_ids=[run.run_id], exit_when_idle=3.0, poll_min=0.02, poll_max=0.2,
                     sweep_every=0.1)
@@ -161,7 +163,7 @@ def test_a_job_that_signals_its_own_worker_is_stopped_by_max_lost(pool: Path, ma
 
 
 def test_a_single_preemption_costs_nothing(pool: Path, make_workflow) -> None:
-    from executioner.reap import losses
+    from executioner.liveness.reap import losses
 
     assert losses([{"status": "preempted"}, {"status": "failed"}, {"status": "preempted"}]) == 0
     assert losses([{"status": "preempted"}, {"status": "preempted"}, {"status": "lost"}]) == 2

@@ -9,7 +9,7 @@ import pty
 import threading
 from pathlib import Path
 
-from executioner.progress import wait_for_run
+from executioner.views.progress import wait_for_run
 
 from .conftest import submit, work
 
@@ -60,7 +60,7 @@ def test_wait_reaps_stale_claims_and_says_when_no_worker_is_alive(pool: Path, ma
     from .test_faults import fake_remote_claim
 
     run = submit(pool, make_workflow([{"id": "a", "command": "true"}, {"id": "b", "command": "true"}]))
-    from executioner.fsio import HOST
+    from executioner.protocol.fsio import HOST
 
     fake_remote_claim(pool, run, "a", worker="dead-1", host=HOST)  # its pid does not exist
     out = io.StringIO()
@@ -82,8 +82,8 @@ def test_wait_reaps_stale_claims_and_says_when_no_worker_is_alive(pool: Path, ma
 
 def test_live_workers_are_judged_by_their_heartbeat_changing_not_by_clocks(pool: Path, make_workflow) -> None:
     from executioner import PoolLayout
-    from executioner.fsio import atomic_write_json
-    from executioner.progress import LiveWorkers
+    from executioner.protocol.fsio import atomic_write_json
+    from executioner.views.progress import LiveWorkers
 
     submit(pool, make_workflow([{"id": "a", "command": "true"}]))
     layout = PoolLayout(str(pool))
@@ -99,8 +99,8 @@ def test_live_workers_are_judged_by_their_heartbeat_changing_not_by_clocks(pool:
 
 def test_a_worker_pinned_to_another_run_is_not_a_live_worker_of_this_one(pool: Path, make_workflow) -> None:
     from executioner import PoolLayout
-    from executioner.fsio import atomic_write_json
-    from executioner.progress import LiveWorkers
+    from executioner.protocol.fsio import atomic_write_json
+    from executioner.views.progress import LiveWorkers
 
     run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
     layout = PoolLayout(str(pool))

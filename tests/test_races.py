@@ -6,8 +6,8 @@ import os
 import threading
 from pathlib import Path
 
-from executioner import store
-from executioner.fsio import read_json
+from executioner.protocol import store
+from executioner.protocol.fsio import read_json
 
 from .conftest import files, submit, work
 
@@ -123,7 +123,7 @@ def test_temp_files_are_never_claimed(pool: Path, make_workflow) -> None:
 
 def test_a_running_job_shows_who_runs_it_from_its_claim_record(pool: Path, make_workflow) -> None:
     from executioner import run_status
-    from executioner.fsio import HOST
+    from executioner.protocol.fsio import HOST
 
     run = one_job_run(pool, make_workflow)
     claim = store.claim(run, "a", owner("w7"))

@@ -11,15 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from executioner import RunLayout, store
-from executioner.change import recover
+from executioner import RunLayout
+
+from executioner.protocol import store
+from executioner.coordinator.change import recover
 from executioner.errors import ChangeIncomplete
 
 from .conftest import cli, files, submit, work
 from .test_resume_races import where
 
 # Dies right after the change is staged and COMMIT written, before anything is placed.
-DIE_AT_COMMIT = ("import os, sys\nimport executioner.change as c\n"
+DIE_AT_COMMIT = ("import os, sys\nimport executioner.coordinator.change as c\n"
                  "c._commit = lambda *a, **k: os._exit(9)\n"
                  "from executioner.cli import submit_main\nsys.exit(submit_main(sys.argv[1:]))\n")
 
@@ -133,10 +135,12 @@ def test_a_file_in_coord_is_quarantined_not_fatal(pool: Path, make_workflow) -> 
 def test_a_full_disk_while_staging_puts_every_job_back(pool: Path, make_workflow, monkeypatch) -> None:
     import errno
 
-    from executioner import PoolLayout, fsio
-    from executioner.change import apply
+    from executioner import PoolLayout
+
+    from executioner.protocol import fsio
+    from executioner.coordinator.change import apply
     from executioner.errors import Refused
-    from executioner.plan import Options, plan_resume, workflow_for_resume
+    from executioner.coordinator.plan import Options, plan_resume, workflow_for_resume
 
     from .test_resume import tree
 

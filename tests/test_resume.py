@@ -230,7 +230,7 @@ def test_two_resumes_started_together_exactly_one_proceeds(pool: Path, tmp_path:
     work(pool, run)
     go = tmp_path / "go"
     # Each resume holds the lock a little longer than usual, so the two surely overlap.
-    code = ("import os, sys, time\nimport executioner.change as c\n"
+    code = ("import os, sys, time\nimport executioner.coordinator.change as c\n"
             "slow = c._stage\nc._stage = lambda *a: (time.sleep(1.5), slow(*a))\n"
             "while not os.path.exists(sys.argv[1]): time.sleep(0.005)\n"
             "from executioner.cli import submit_main\nsys.exit(submit_main(sys.argv[2:]))\n")

@@ -14,14 +14,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from executioner import PoolLayout, RunLayout, store
-from executioner.change import apply, recover
-from executioner.coord import COORD_STALE, shared_watch, watch_key
+from executioner import PoolLayout, RunLayout
+
+from executioner.protocol import store
+from executioner.coordinator.change import apply, recover
+from executioner.coordinator.coord import COORD_STALE, shared_watch, watch_key
 from executioner.errors import Refused
-from executioner.fsio import HOST
-from executioner.layout import STATES
-from executioner import plan as plan_module
-from executioner.plan import Options, plan_resume, workflow_for_resume
+from executioner.protocol.fsio import HOST
+from executioner.protocol.layout import STATES
+from executioner.coordinator import plan as plan_module
+from executioner.coordinator.plan import Options, plan_resume, workflow_for_resume
 
 from .conftest import cli, files, submit, work
 from .test_resume import tree
@@ -105,7 +107,7 @@ def test_a_dead_workers_claim_is_requeued_by_the_resume(pool: Path, make_workflo
     assert [(t["attempt"], t["status"]) for t in record["tries"]] == [(1, "lost"), (2, "done")]
 
 
-CRASH = ("import os, sys\nimport executioner.change as c\n"
+CRASH = ("import os, sys\nimport executioner.coordinator.change as c\n"
          "point = sys.argv[1]\n"
          "if point == 'before-commit':\n"
          "    c._stage = lambda *a: os._exit(9)\n"
@@ -270,7 +272,7 @@ def test_a_stale_promotion_cannot_release_a_held_job(pool: Path, make_workflow, 
     assert json.loads(cli("exec-status", run.root, "--json").stdout)["jobs"][1]["state"] == "held"
 
 
-PAUSED = ("import os, sys, time\nimport executioner.change as c\n"
+PAUSED = ("import os, sys, time\nimport executioner.coordinator.change as c\n"
           "tag, go = sys.argv[1], sys.argv[2]\nreal = c._stage\n"
           "def paused(*a):\n"
           "    open(go + '.' + tag + '.grabbed', 'w').close()\n"

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from executioner import PoolLayout, store
-from executioner.change import apply
+from executioner import PoolLayout
+
+from executioner.protocol import store
+from executioner.coordinator.change import apply
 from executioner.errors import Refused
-from executioner.fsio import read_json
-from executioner.plan import Options, plan_resume, workflow_for_resume
+from executioner.protocol.fsio import read_json
+from executioner.coordinator.plan import Options, plan_resume, workflow_for_resume
 
 from .conftest import files, submit
 
@@ -22,7 +24,7 @@ def test_a_refused_resume_leaves_no_claim_taken_back(pool: Path, make_workflow, 
     store.write_lock(dead)  # no heartbeat file: a resume judges it stale
     claim = store.claim(run, "b", store.Owner.current("w"))
     assert store.finish(claim, dict(claim.record, reason="exit code 1"), "failed")
-    import executioner.change as change
+    import executioner.coordinator.change as change
 
     real = change.store.transition
 
@@ -48,7 +50,7 @@ def test_a_claim_whose_worker_finishes_while_the_resume_takes_it_is_grabbed_wher
     run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
     live = store.claim(run, "a", store.Owner.current("w"))
     store.write_lock(live)
-    import executioner.change as change
+    import executioner.coordinator.change as change
 
     real = change.requeue_lost
 

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from executioner import PoolLayout, fence, fsio, store
+from executioner import PoolLayout
+
+from executioner.protocol import fence, fsio, store
 from executioner.errors import Refused
-from executioner.fsio import atomic_write_json, read_json
-from executioner.reap import Reaper, recover_private
+from executioner.protocol.fsio import atomic_write_json, read_json
+from executioner.liveness.reap import Reaper, recover_private
 
 from .conftest import submit, work
 
@@ -57,7 +59,7 @@ def test_a_stopped_worker_exits_even_if_its_hand_back_keeps_failing(pool, run, m
     reaper requeues the claim, as _hand_back's own comment says). Observed: run() never
     returns: _hand_back waits on _slots_done, which is only set after every slot returned,
     and the heartbeat thread keeps the stuck claim looking alive forever."""
-    from executioner.worker import Worker
+    from executioner.execution.worker import Worker
 
     real_write_temp, real_rename = fsio.write_temp, os.rename
     handbacks = []
@@ -95,8 +97,9 @@ def test_a_stopped_worker_exits_even_if_its_hand_back_keeps_failing(pool, run, m
 # ---- 2. an empty private folder of a killed owner stays in running/ forever ---------------
 KILL_AT_FENCE = r"""
 import os, signal, sys
-from executioner import PoolLayout, store
-from executioner.layout import RunLayout
+from executioner import PoolLayout
+from executioner.protocol import store
+from executioner.protocol.layout import RunLayout
 run = RunLayout(sys.argv[1])
 claim = store.claim(run, "a", store.Owner.current("victim"))
 store.write_lock(claim)
@@ -136,7 +139,7 @@ def test_a_heartbeat_missing_for_an_instant_twice_does_not_requeue_a_live_claim(
     which never changes) is kept (for 3 h, shared by the host) from the first time the
     heartbeat was missing. The live worker restores its heartbeat and keeps beating; when
     its heartbeat is missing again for an instant 61 s later, its claim is requeued at once."""
-    claim = remote_claim(pool, run)
+    remote_claim(pool, run)
     beat = PoolLayout(str(pool)).heartbeat("far-1")
     reaper = Reaper(PoolLayout(str(pool)), stale_after=60)
     os.unlink(beat)  # gone for an instant (cleaned by hand, a tidy, ...)
@@ -223,7 +226,7 @@ def test_a_job_claimed_and_released_while_it_is_looked_for_is_not_rebuilt_as_a_s
     whole time, is 'rebuilt' into waiting/ too (os.link only guards the destination folder).
     Two copies: both run, the job completes twice (the second rename into done/ overwrites
     the first)."""
-    from executioner.rebuild import LostFinder
+    from executioner.protocol.rebuild import LostFinder
 
     ledger = tmp_path / "ledger"
     run = submit(pool, make_workflow([{"id": "a", "command": f"echo a >> '{ledger}'"}]))
@@ -273,8 +276,8 @@ def test_a_resume_that_cannot_write_a_take_puts_back_what_it_grabbed(pool, make_
     write_temp); its OSError escapes _grab_all, which only undoes on _Moved. The jobs already
     grabbed (here: b, from failed/) stay in .coord/<token>/ after the resume exits: invisible
     to workers and to `ls failed/`, until a worker's housekeeping settles the abandoned change."""
-    from executioner.change import apply
-    from executioner.plan import Options, plan_resume, workflow_for_resume
+    from executioner.coordinator.change import apply
+    from executioner.coordinator.plan import Options, plan_resume, workflow_for_resume
 
     run = submit(pool, make_workflow([{"id": "a", "command": "true"}, {"id": "b", "command": "false"}]))
     dead = store.claim(run, "a", store.Owner("gone-1", "far-away-host", 1, 1.0))
@@ -315,8 +318,8 @@ def test_a_claim_put_back_by_a_taker_whose_write_failed_is_not_stranded(pool, ma
     reappears: running/a@T.json, locked by a live worker that no longer runs it and keeps
     beating. No reaper ever calls it stale, and the worker itself never becomes idle
     (_work_pending counts that claim): the job and the run hang for the worker's lifetime."""
-    from executioner.reap import requeue_lost
-    from executioner.worker import Worker
+    from executioner.liveness.reap import requeue_lost
+    from executioner.execution.worker import Worker
 
     run = submit(pool, make_workflow([{"id": "a", "command": "sleep 30"}]))
     worker = Worker(str(pool), run_ids=[run.run_id], exit_when_idle=1.0, poll_min=0.02, poll_max=0.2,

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from executioner import run_status, store
-from executioner.fsio import read_json
+from executioner import run_status
+
+from executioner.protocol import store
+from executioner.protocol.fsio import read_json
 
 from .conftest import files, submit, work
 
@@ -27,7 +29,7 @@ def test_a_broken_queued_file_is_quarantined_and_the_rest_runs(pool: Path, make_
 
 def test_an_internal_error_while_running_is_a_lost_try_and_max_lost_ends_it(
         pool: Path, make_workflow, monkeypatch) -> None:
-    import executioner.worker as worker_module
+    import executioner.execution.worker as worker_module
 
     real = worker_module.run_command
 
@@ -79,7 +81,7 @@ def test_a_crash_after_writing_the_result_leaves_the_job_running_with_it(pool: P
     ("done", lambda p: (p.parent / "notes.txt").write_text("hi"), "foreign name"),
 ])
 def test_broken_files_in_any_state_folder_are_quarantined(pool: Path, make_workflow, state, make, why) -> None:
-    from executioner.scrub import Scrubber
+    from executioner.protocol.scrub import Scrubber
 
     run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
     make(Path(run.state_dir(state)) / "x.json")
@@ -93,8 +95,8 @@ def test_broken_files_in_any_state_folder_are_quarantined(pool: Path, make_workf
 
 
 def test_stale_temp_files_are_cleaned_and_fresh_ones_left(pool: Path, make_workflow) -> None:
-    from executioner.fsio import HOST
-    from executioner.scrub import TEMP_MAX_AGE, Scrubber
+    from executioner.protocol.fsio import HOST
+    from executioner.protocol.scrub import TEMP_MAX_AGE, Scrubber
 
     run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
     queued = Path(run.state_dir("queued"))
@@ -138,7 +140,7 @@ def test_a_dormant_run_is_still_picked_up_by_polling(pool: Path, make_workflow, 
                                       {"id": "x", "command": "exit 1"}]))
     worker = Worker(str(pool), slots=1, poll_min=0.02, poll_max=0.1, sweep_every=0.1, dormant_every=0.5,
                     heartbeat=0.1, stale_after=60)
-    from executioner.events import Events
+    from executioner.execution.events import Events
 
     monkeypatch.setattr(Events, "watch", lambda self, folder: None)  # polling only, as on NFS
     thread = threading.Thread(target=worker.run, daemon=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 
 from executioner import run_status
-from executioner.fsio import read_json
+from executioner.protocol.fsio import read_json
 
 from .conftest import files, submit, work
 
@@ -133,7 +133,7 @@ def test_timeout_kills_a_grandchild_that_left_the_group(pool: Path, make_workflo
 
 
 def test_timeouts_leak_no_file_descriptors(tmp_path: Path) -> None:
-    from executioner.execute import run_command
+    from executioner.execution.execute import run_command
     before = len(os.listdir("/proc/self/fd"))
     for i in range(20):
         r = run_command(["sleep", "5"], str(tmp_path), dict(os.environ), str(tmp_path / f"{i}.out"),
@@ -237,10 +237,10 @@ def test_a_script_that_cannot_be_executed_fails_cleanly(pool: Path, make_workflo
 def test_a_retry_no_worker_could_start_in_time_is_failed_when_claimed(pool: Path, make_workflow, tmp_path) -> None:
     """The retry was due within max_retry_time when decided, but every worker was busy (or
     none was running) until long after: it is failed, not started late."""
-    from executioner import store
-    from executioner.clock import storage_now
-    from executioner.fsio import atomic_write_json
-    from executioner.layout import PoolLayout
+    from executioner.protocol import store
+    from executioner.liveness.clock import storage_now
+    from executioner.protocol.fsio import atomic_write_json
+    from executioner.protocol.layout import PoolLayout
 
     run = submit(pool, make_workflow([{"id": "m", "command": f"touch '{tmp_path}/ran'", "max_retries": 5,
                                        "max_retry_time": 60}]))

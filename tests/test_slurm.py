@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from executioner import RunLayout
-from executioner.slurm import SlurmOptions, merge_dependency
+from executioner.backends.slurm import SlurmOptions, merge_dependency
 
 from .conftest import cli
 
@@ -251,7 +251,7 @@ def test_cancel_leaves_the_run_resumable_and_resume_reuses_pending_jobs(
 
 
 def test_a_pool_workers_claim_stops_a_slurm_submission(slurm_pool: Path, tmp_path: Path) -> None:
-    from executioner import store
+    from executioner.protocol import store
 
     wf = write(tmp_path, [{"id": "x", "command": "true"}], "mixed")
     run = submit(slurm_pool, wf)  # a pool-worker run, whose job a worker of a Slurm array holds ...
@@ -289,7 +289,7 @@ def test_the_sbatch_template_starts_workers_by_hand(slurm: None, slurm_pool: Pat
 
 
 def test_slurm_jobs_it_no_longer_knows_are_simply_absent(slurm: None) -> None:
-    from executioner.slurm import job_states
+    from executioner.backends.slurm import job_states
 
     assert job_states(["999999"]) == {}  # squeue alone would fail: "Invalid job id specified"
     assert job_states(["999998", "999999"]) == {}

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from executioner import fsio
-from executioner.coord import COORD_STALE, shared_watch, watch_key
+from executioner.protocol import fsio
+from executioner.coordinator.coord import COORD_STALE, shared_watch, watch_key
 
 from .conftest import cli, submit, work
 from .test_resume_races import PAUSED, _wait_for
@@ -70,7 +70,7 @@ def test_a_stopped_rollback_is_shown_in_progress_then_interrupted(pool: Path, ma
 @pytest.mark.timeout(60)
 def test_a_live_coordinator_named_by_its_lock_is_shown_in_progress(pool: Path, make_workflow) -> None:
     run = chain_done(pool, make_workflow)
-    code = ("import os, sys\nimport executioner.change as c\nc._stage = lambda *a: os._exit(9)\n"
+    code = ("import os, sys\nimport executioner.coordinator.change as c\nc._stage = lambda *a: os._exit(9)\n"
             "from executioner.cli import submit_main\nsys.exit(submit_main(sys.argv[1:]))\n")
     assert subprocess.run([sys.executable, "-c", code, "--pool", str(pool), "--resume", run.run_id,
                            "--rollback-to", "j2"]).returncode == 9

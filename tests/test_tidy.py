@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from executioner import PoolLayout, fsio
-from executioner.clock import StorageClock, storage_now
-from executioner.fsio import HOST, atomic_write_json
-from executioner.tidy import Tidy, tidy_workers_dir
-from executioner.watch import Watch
+from executioner import PoolLayout
+
+from executioner.protocol import fsio
+from executioner.liveness.clock import StorageClock, storage_now
+from executioner.protocol.fsio import HOST, atomic_write_json
+from executioner.liveness.tidy import Tidy, tidy_workers_dir
+from executioner.liveness.watch import Watch
 
 from .conftest import submit
 from .test_faults import start_worker, wait_for
@@ -53,7 +55,7 @@ def test_many_short_lived_workers_leave_no_probe_and_no_heartbeat(pool: Path, ma
             assert proc.wait(timeout=60) == 0
     assert probes(pool) == [] and heartbeats(pool) == []
     # What a process that cannot run its exit handlers (killed, os._exit) leaves, a tidy removes.
-    code = ("import os, sys; from executioner import PoolLayout; from executioner.clock import storage_now; "
+    code = ("import os, sys; from executioner import PoolLayout; from executioner.liveness.clock import storage_now; "
             "storage_now(PoolLayout(sys.argv[1])); os._exit(0)")
     subprocess.run([sys.executable, "-c", code, str(pool)], check=True, timeout=60)
     [left] = probes(pool)
@@ -150,7 +152,7 @@ def test_tidy_runs_at_most_every_few_minutes_and_reads_the_clock_only_then(pool:
 
 
 def test_storage_clock_reads_the_probe_once_a_minute(pool: Path, monkeypatch) -> None:
-    import executioner.clock as clock
+    import executioner.liveness.clock as clock
 
     layout = PoolLayout(str(pool))
     touches: list[float] = []

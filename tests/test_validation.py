@@ -9,7 +9,6 @@ import pytest
 from executioner import WorkflowErrors, load_workflow
 
 from .conftest import cli
-from .test_hostile_workflows import yaml_loader  # noqa: F401 - both YAML parsers, libyaml and PyYAML's
 
 
 def problems(tmp_path: Path, text: str, suffix: str = ".yaml") -> list[str]:

@@ -1,0 +1,1 @@
+"""Schedulers reached through submitit: Slurm worker arrays and the Slurm-DAG backend."""

@@ -1,0 +1,540 @@
+"""What a submit, resume, rollback or from-job will do, job by job, and whether it may.
+
+A plan is computed from the run's folders and the workflow alone and writes nothing, so
+``--dry-run`` is just a plan printed. Each job gets one step: ``run``, ``skip``,
+``blocked`` or ``remove``, with the reason, and where its file goes (``dst``; None leaves
+the file alone). Checks that fail (definition changes of done jobs without ``--force``,
+live claims, unreadable job files) refuse the whole change.
+"""
+
+from __future__ import annotations
+
+import difflib
+import graphlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..protocol import attempts, fence
+from ..protocol.attempts import DEFINITION_FIELDS
+from ..errors import Refused, RunBusy, WorkflowError, WorkflowErrors
+from ..protocol.layout import STAGE_SEP, STATES, PoolLayout, RunLayout, split_running_name
+from ..liveness.reap import judge_now, judge_private_now
+from ..protocol.rebuild import known_jobs
+from ..protocol.scrub import read_checked
+from ..views.status import interrupted_change, snapshot
+from ..protocol.store import SPEC_DEFAULTS, new_job_record, read_run_record
+from ..workflow import JobSpec, Workflow
+
+Build = Callable[[dict[str, Any] | None], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Options:
+    failed_only: bool = False
+    no_retry_failed: bool = False
+    force: bool = False
+    from_jobs: tuple[str, ...] = ()
+    rollback_to: tuple[str, ...] = ()
+    stale_after: float = 60.0
+    backend: str | None = None  # "slurm": the run's jobs go to Slurm, one Slurm job each
+
+    @property
+    def why(self) -> str:
+        return "rollback" if self.rollback_to else "from-job" if self.from_jobs else "resume"
+
+    def flags(self) -> dict[str, Any]:
+        return {"failed_only": self.failed_only, "no_retry_failed": self.no_retry_failed,
+                "force": self.force, "from_job": list(self.from_jobs), "rollback_to": list(self.rollback_to),
+                "backend": self.backend}
+
+
+@dataclass
+class Current:
+    """A job's file as it is now."""
+
+    state: str
+    record: dict[str, Any] | None  # None: unreadable
+    token: str | None = None  # for running/
+    live: str | None = None  # running/: why its claim is live (None: stale)
+    stale: str | None = None  # running/: why its claim is stale
+    private: str | None = None  # running/: the private folder it is in (being taken out of running/)
+
+
+@dataclass
+class Step:
+    job: str
+    action: str  # run | skip | blocked | remove
+    reason: str
+    src: str | None  # state now; None for an added job
+    dst: str | None = None  # state after; None: the file is left as it is
+    build: Build | None = None  # new content from the content found when grabbed
+    take: str | None = None  # running/: take the claim back first, with this reason
+    token: str | None = None
+    private: str | None = None  # ... out of this private folder (see executioner.protocol.fence)
+    held: bool = False  # the new content keeps it waiting (--failed-only)
+    stays: bool = False  # the job is left as it is, or its file would be rewritten to mean the same
+
+    def row(self) -> dict[str, Any]:
+        return {"job": self.job, "action": self.action, "reason": self.reason,
+                "from": self.src, "to": self.dst}
+
+
+@dataclass
+class Plan:
+    run_id: str
+    attempt: int
+    why: str
+    options: Options
+    workflow: Workflow
+    steps: list[Step] = field(default_factory=list)
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    backend_before: str = "workers"  # the run's backend now
+
+    @property
+    def refused(self) -> bool:
+        return any(not c["ok"] for c in self.checks)
+
+    @property
+    def nothing_to_do(self) -> bool:
+        """A resume that would move no job and accept no change: it writes nothing, not even
+        its attempt record (four resumes racing must not leave three ghost attempts). Never
+        for the Slurm-DAG backend, whose resume also resubmits Slurm jobs cancelled meanwhile."""
+        backend = self.options.backend or self.backend_before
+        return (self.attempt > 1 and all(s.stays for s in self.steps) and not self.changes
+                and backend == self.backend_before == "workers")
+
+    def idle_text(self) -> str:
+        """What a resume with nothing to do says."""
+        srcs = [s.src for s in self.steps]
+        if all(src == "done" for src in srcs):
+            return "nothing to do: the run is done"
+        blocked = sum(1 for s in self.steps if s.action == "blocked")
+        held = sum(1 for s in self.steps if s.held)
+        waiting = srcs.count("waiting") - blocked - held
+        queued, running, failed = srcs.count("queued"), srcs.count("running"), srcs.count("failed")
+        if queued or running or waiting:
+            extra = "".join(f", {n} {what}" for n, what in ((waiting, "waiting"), (failed, "failed")) if n)
+            return (f"nothing to do: attempt {self.attempt - 1} is in progress ({queued} queued, {running} running"
+                    f"{extra})")
+        left = ", ".join(f"{n} {what}" for n, what in ((failed, "failed"), (blocked, "blocked"), (held, "held")) if n)
+        return f"nothing to do: attempt {self.attempt - 1} has stopped ({left})"
+
+    def check(self, name: str, ok: bool, detail: str) -> None:
+        self.checks.append({"check": name, "ok": ok, "detail": detail})
+
+    def text(self) -> str:
+        width = max([len(s.job) for s in self.steps] + [3])
+        lines = [f"attempt {self.attempt} of run {self.run_id} ({self.why}):"]
+        lines += [f"  {s.action:<7} {s.job:<{width}}  {s.reason}" for s in self.steps]
+        if self.changes:
+            lines.append("changes since the last attempt:")
+            lines += [f"  {_change_text(c)}" for c in self.changes]
+        lines.append("checks:")
+        lines += [f"  {'ok  ' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}" for c in self.checks]
+        return "\n".join(lines)
+
+
+def _change_text(c: dict[str, Any]) -> str:
+    if c["field"] == "job":
+        return f"{c['job']}: {c['new']}" + ("" if c["new"] == "added" else " (needs --force)" * c["needs_force"])
+    tag = " (needs --force)" if c["needs_force"] else ""
+    return f"{c['job']}: {c['field']}: {_short(c['old'])} -> {_short(c['new'])}{tag}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ---- reading the run ---------------------------------------------------------------------
+def read_current(pool: PoolLayout, run: RunLayout, stale_after: float, now: float,
+                 known: set[str] | None = None) -> dict[str, Current]:
+    """Every job of the run, where it is and what it holds; running claims judged live or not.
+
+    A job caught moving (listed, then gone when read; or a job the run knows, seen nowhere)
+    makes us look again: a job missed here would be planned as new and placed a second time.
+    """
+    expected = 0
+    try:
+        expected = int(read_run_record(run).get("jobs", 0))
+    except (OSError, ValueError):
+        pass
+    out = None
+    for _ in range(20):
+        out = _read_once(pool, run, stale_after, now, expected)
+        if out is not None and not (known or set()) - set(out):
+            return out
+        time.sleep(0.05)
+    from .coord import busy_message
+
+    busy = busy_message(run)
+    if busy:
+        raise RunBusy(busy, run.run_id)
+    if out is None:
+        raise Refused(f"run {run.run_id} kept changing while it was read; try again", run.run_id)
+    return out  # a known job missing for a whole second: gone (quarantined, deleted); the plan says so
+
+
+def _read_once(pool: PoolLayout, run: RunLayout, stale_after: float, now: float,
+               expected: int) -> dict[str, Current] | None:
+    out = {}
+    for job_id, (state, path) in snapshot(run, expected).items():
+        try:
+            record, _ = read_checked(path, job_id)
+        except FileNotFoundError:
+            return None
+        cur = Current(state, record)
+        if state == "running":
+            parts = split_running_name(os.path.basename(path))
+            private = None if parts else fence.Private.parse(run, os.path.basename(os.path.dirname(path)))
+            cur.token = parts[1] if parts else private.token if private else ""
+            cur.private = private.name if private else None
+            if record is not None:
+                try:
+                    if private is not None:
+                        verdict = judge_private_now(private, stale_after, now)
+                    else:
+                        verdict, _ = judge_now(pool, run, job_id, cur.token, record, stale_after, now)
+                except FileNotFoundError:
+                    return None
+                if verdict.stale:
+                    cur.stale = verdict.reason
+                else:
+                    cur.live = verdict.reason
+        out[job_id] = cur
+    if interrupted_change(run):
+        out.update(_settled(run, out))
+    return out
+
+
+def _settled(run: RunLayout, seen: dict[str, Current]) -> dict[str, Current]:
+    """Jobs crashed coordinators left in .coord/, where the next one will put them (it
+    finishes a committed change and undoes any other), so a dry run shows the truth."""
+    out = {}
+    for stage in sorted(os.listdir(run.staging_root)) if os.path.isdir(run.staging_root) else []:
+        committed = os.path.exists(run.staging_commit(stage))
+        folder = os.path.join(run.staging(stage), "new") if committed else run.staging(stage)
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            state, sep, rest = name.partition(STAGE_SEP)
+            job_id = rest[: -len(".json")] if rest.endswith(".json") else ""
+            if sep and job_id and state in STATES and job_id not in seen:
+                try:
+                    record, _ = read_checked(os.path.join(folder, name), job_id)
+                except FileNotFoundError:
+                    continue
+                out[job_id] = Current(state, record)
+    return out
+
+
+def workflow_for_resume(run: RunLayout, path: str | None) -> Workflow:
+    """The workflow given, or the copy the run's last attempt used (with the run's workdir)."""
+    from dataclasses import replace
+
+    from ..workflow import load_workflow
+
+    if path:
+        return load_workflow(path)
+    copy = attempts.workflow_of(run, attempts.current(run))
+    if copy is None:
+        raise WorkflowErrors([WorkflowError("the run has no copy of its workflow; pass the file", run.root)])
+    record = read_run_record(run)
+    return replace(load_workflow(copy, recorded=False), workdir=record["workdir"], path=record.get("source") or copy)
+
+
+# ---- planning ----------------------------------------------------------------------------
+def plan_resume(pool: PoolLayout, run: RunLayout, workflow: Workflow, options: Options,
+                now: float | None = None) -> Plan:
+    now = time.time() if now is None else now
+    record = read_run_record(run)
+    known = known_jobs(run)
+    current = read_current(pool, run, options.stale_after, now, known)
+    return make_plan(run.run_id, attempts.current(run) + 1, workflow, current, options,
+                     run_level={"env": record.get("env"), "workdir": record.get("workdir"),
+                                "backend": record.get("backend") or "workers"},
+                     missing=known - set(current))
+
+
+def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, Current],
+              options: Options, run_level: dict[str, Any] | None = None,
+              missing: set[str] | None = None) -> Plan:
+    """The plan for attempt ``attempt``; ``current`` is empty for a new run. ``missing``: jobs
+    the run had whose files are gone (quarantined as broken, or deleted by hand)."""
+    missing = missing or set()
+    specs = {s.id: s for s in workflow.jobs}
+    _check_names(workflow, specs, options)
+    why = options.why if current else ("from-job" if options.from_jobs else "submit")
+    plan = Plan(run_id, attempt, why, options, workflow,
+                backend_before=str((run_level or {}).get("backend") or "workers"))
+    dependents = workflow.dependents()
+    order = list(graphlib.TopologicalSorter({s.id: s.dependencies for s in workflow.jobs}).static_order())
+
+    def descendants(roots: set[str]) -> set[str]:
+        seen, todo = set(roots), list(roots)
+        while todo:
+            for d in dependents[todo.pop()]:
+                if d not in seen:
+                    seen.add(d)
+                    todo.append(d)
+        return seen
+
+    def ancestors(roots: set[str]) -> set[str]:
+        seen: set[str] = set()
+        todo = [d for r in roots for d in specs[r].dependencies]
+        while todo:
+            j = todo.pop()
+            if j not in seen:
+                seen.add(j)
+                todo.extend(specs[j].dependencies)
+        return seen
+
+    _diff(plan, specs, current, run_level, workflow)
+    changed: dict[str, list[str]] = {c["job"]: [] for c in plan.changes}
+    for c in plan.changes:
+        if c["field"] in DEFINITION_FIELDS:
+            changed[c["job"]].append(c["field"])
+    run_level_changed = [c["field"] for c in plan.changes if c["job"] == "*"]
+
+    # Jobs that run again although done, and why; then everything downstream of them.
+    rerun: dict[str, str] = {}
+    for j in order:
+        cur = current.get(j)
+        if j in options.rollback_to:
+            rerun[j] = f"rolled back (--rollback-to {j})"
+        elif j in options.from_jobs and current:
+            rerun[j] = f"runs from here (--from-job {j})"
+        elif cur is None or cur.state != "done" or cur.record is None or options.failed_only:
+            continue  # (--failed-only: only failed jobs run again, whatever else changed)
+        elif (changed.get(j) or run_level_changed) and options.force:
+            rerun[j] = "definition changed: " + ", ".join(changed.get(j) or run_level_changed)
+        elif gone := _missing_outputs(workflow, specs[j]):
+            rerun[j] = "outputs missing: " + ", ".join(gone)
+        elif specs[j].always_rerun:
+            rerun[j] = "always_rerun"
+    for root in list(rerun):
+        for d in descendants({root}) - {root}:
+            rerun.setdefault(d, f"downstream of {root}")
+    skipped = ancestors(set(options.from_jobs)) - descendants(set(options.from_jobs))
+    clash = sorted(set(options.rollback_to) & skipped)
+    if clash:
+        raise WorkflowErrors([WorkflowError(
+            f"--rollback-to {j} asks to run it again, but --from-job {', '.join(options.from_jobs)} assumes it "
+            "done (it is upstream); give one or the other", workflow.path, j, "--rollback-to") for j in clash])
+
+    final_done: set[str] = set()
+    failed_upstream: dict[str, str] = {}
+    live: list[str] = []
+    for j in order:
+        spec, cur = specs[j], current.get(j)
+        state = cur.state if cur else None
+        record = cur.record if cur else None
+        if cur is not None and record is None:
+            plan.steps.append(Step(j, "skip", "job file unreadable", state))
+            continue
+        step = _step(j, spec, cur, rerun, skipped, options, failed_upstream, final_done, attempt,
+                     dependents, run_id)
+        _mind_claim(step, cur, plan.why, live)
+        plan.steps.append(step)
+        if step.dst == "done" or (step.dst is None and state == "done"):
+            final_done.add(j)
+    for j in sorted(set(current) - set(specs)):
+        cur = current[j]
+        step = Step(j, "remove", "not in the workflow any more: kept under removed/", cur.state,
+                    dst="removed", build=lambda r: r or {})
+        _mind_claim(step, cur, plan.why, live, " (job removed)")
+        plan.steps.append(step)
+    for step in plan.steps:
+        if step.job in missing and step.src is None:
+            step.reason = "recreated from the workflow (its file was missing)"
+            step.build = _with_lost_try(step.build, attempt)
+    for change in plan.changes:
+        if change["job"] in missing and change["new"] == "added":
+            change["old"], change["new"] = "missing", "recreated"
+    _checks(plan, current, live, options, missing)
+    if plan.nothing_to_do and live:  # live claims are only left running: nothing to refuse
+        for c in plan.checks:
+            if c["check"] == "claims":
+                c["ok"], c["detail"] = True, "left running: " + "; ".join(live)
+    return plan
+
+
+def _mind_claim(step: Step, cur: Current | None, why: str, live: list[str], note: str = "") -> None:
+    """A step on a job in running/: a live claim is noted (it refuses without --force), and if
+    the step moves the job, its claim is taken back first (stale, or live with --force)."""
+    if cur is None or cur.state != "running":
+        return
+    if cur.live:
+        live.append(f"job {step.job} is {cur.live}")
+    if step.dst is not None:
+        step.token = cur.token
+        step.private = cur.private
+        step.take = (f"taken back by exec-submit --{why} --force{note}" if cur.live
+                     else f"stale claim requeued by exec-submit --{why}: {cur.stale}")
+
+
+def _check_names(workflow: Workflow, specs: dict[str, JobSpec], options: Options) -> None:
+    errors = []
+    for flag, names in (("--from-job", options.from_jobs), ("--rollback-to", options.rollback_to)):
+        for name in names:
+            if name not in specs:
+                close = difflib.get_close_matches(name, list(specs), n=3)
+                hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+                errors.append(WorkflowError(f"no job {name!r} in the workflow{hint}", workflow.path, name, flag))
+    if errors:
+        raise WorkflowErrors(errors)
+
+
+def _diff(plan: Plan, specs: dict[str, JobSpec], current: dict[str, Current],
+          run_level: dict[str, Any] | None, workflow: Workflow) -> None:
+    any_done = any(c.state == "done" for c in current.values())
+    for key in ("env", "workdir"):
+        if run_level is not None and run_level.get(key) != getattr(workflow, key):
+            plan.changes.append({"job": "*", "field": key, "old": run_level.get(key),
+                                 "new": getattr(workflow, key), "needs_force": any_done})
+    for j in sorted(set(current) | set(specs)):
+        cur, spec = current.get(j), specs.get(j)
+        if spec is None:
+            plan.changes.append({"job": j, "field": "job", "old": "present", "new": "removed",
+                                 "needs_force": True})
+            continue
+        if cur is None:
+            if current:
+                plan.changes.append({"job": j, "field": "job", "old": None, "new": "added",
+                                     "needs_force": False})
+            continue
+        if cur.record is None:
+            continue
+        old = {**SPEC_DEFAULTS, **cur.record["spec"], "dependencies": sorted(cur.record["dependencies"])}
+        new = {**spec.to_spec(), "dependencies": sorted(spec.dependencies)}
+        for key in new:
+            if old.get(key) != new[key]:
+                plan.changes.append({"job": j, "field": key, "old": old.get(key), "new": new[key],
+                                     "needs_force": cur.state == "done" and key in DEFINITION_FIELDS})
+
+
+def _with_lost_try(build: Build | None, attempt: int) -> Build:
+    """A job recreated because its file was gone keeps a ``lost`` try saying so (and
+    max_lost counts it); its earlier tries went with its file."""
+    from ..protocol.store import try_record
+
+    assert build is not None
+
+    def make(found: dict[str, Any] | None) -> dict[str, Any]:
+        record = build(found)
+        if found is None:
+            record["tries"] = [try_record(1, attempt, "lost", start=None, end=time.time(), worker=None, host=None,
+                                          worker_pid=None, reason="its file was in no state folder (quarantined, "
+                                          "or deleted); recreated from the workflow by exec-submit --resume")]
+        return record
+    return make
+
+
+def _missing_outputs(workflow: Workflow, spec: JobSpec) -> list[str]:
+    cwd = os.path.normpath(os.path.join(workflow.workdir, spec.workdir or ""))
+    return [o for o in spec.outputs if not os.path.exists(os.path.join(cwd, o))]
+
+
+def _done_in(record: dict[str, Any]) -> str:
+    if record.get("skipped"):
+        return str(record["skipped"].get("reason", "skipped"))
+    tries = record.get("tries") or [{}]
+    return f"done in attempt {tries[-1].get('attempt', 1)}"
+
+
+def _step(j: str, spec: JobSpec, cur: Current | None, rerun: dict[str, str], skipped: set[str],
+          options: Options, failed_upstream: dict[str, str], final_done: set[str], attempt: int,
+          dependents: dict[str, list[str]], run_id: str) -> Step:
+    """One job's step; jobs come in dependency order, so ``final_done`` holds its upstream.
+    Marked ``stays`` when the job is left where it is as it is: done and skipped, failed and
+    not retried, running and left running, or a queued or waiting job whose file would be
+    rewritten into the same folder, neither held nor released (a change of its definition
+    is in ``plan.changes``)."""
+    step = _choose(j, spec, cur, rerun, skipped, options, failed_upstream, final_done, attempt, dependents, run_id)
+    if cur is not None and cur.record is not None:
+        step.stays = step.dst is None or (step.dst == cur.state and bool(cur.record.get("held")) == step.held
+                                          and not cur.record.get("skipped"))
+    return step
+
+
+def _choose(j: str, spec: JobSpec, cur: Current | None, rerun: dict[str, str], skipped: set[str],
+            options: Options, failed_upstream: dict[str, str], final_done: set[str], attempt: int,
+            dependents: dict[str, list[str]], run_id: str) -> Step:
+    state = cur.state if cur else None
+    record = cur.record if cur else None
+    ready = all(d in final_done for d in spec.dependencies)
+
+    def build(held: bool = False, skip: str | None = None) -> Build:
+        def make(found: dict[str, Any] | None) -> dict[str, Any]:
+            new = new_job_record(run_id, spec, dependents[j], attempt)
+            if found is not None:
+                new["tries"] = found.get("tries", [])
+                new["last_exit_code"] = found.get("last_exit_code")
+                if found.get("slurm"):
+                    new["slurm"] = found["slurm"]  # a Slurm job still pending for it is reused
+            new["held"] = held
+            new["skipped"] = {"reason": skip, "attempt": attempt} if skip else None
+            return new
+        return make
+
+    if j in skipped:
+        if state == "done":
+            return Step(j, "skip", _done_in(record or {}), state)
+        why = f"assumed done (--from-job {', '.join(options.from_jobs)})"
+        return Step(j, "skip", why, state, dst="done", build=build(skip=why))
+    if j in rerun:
+        return Step(j, "run", rerun[j], state, "queued" if ready else "waiting", build())
+    if state is None:
+        return Step(j, "run", "added" if cur is None and attempt > 1 else "new", None,
+                    "queued" if ready else "waiting", build())
+    assert record is not None
+    if state == "done":
+        return Step(j, "skip", _done_in(record), state)
+    blocker = next((failed_upstream[d] for d in spec.dependencies if d in failed_upstream), None)
+    if state == "failed":
+        if options.no_retry_failed:
+            failed_upstream[j] = j
+            return Step(j, "skip", "failed, not retried (--no-retry-failed)", state)
+        tries = record.get("tries") or [{}]
+        why = f"failed in attempt {tries[-1].get('attempt', 1)}: requeued"
+        if blocker:  # its own upstream stays failed: it cannot run anyway
+            failed_upstream[j] = blocker
+            return Step(j, "blocked", f"upstream failed: {blocker}", state, "waiting", build())
+        return Step(j, "run", why, state, "queued" if ready else "waiting", build())
+    if blocker:
+        failed_upstream[j] = blocker
+        return Step(j, "blocked", f"upstream failed: {blocker}", state, "waiting", build())
+    if state == "running":
+        if cur and cur.live:
+            return Step(j, "run", f"{cur.live}; left running", state)
+        return Step(j, "run", "stale claim: requeued", state, "queued" if ready else "waiting", build())
+    if options.failed_only:
+        return Step(j, "skip", "held until a plain resume (--failed-only)", state, "waiting", build(held=True),
+                    held=True)
+    why = "waiting for its dependencies" if not ready else "never ran" if not record["tries"] else "queued"
+    return Step(j, "run", why, state, "queued" if ready else "waiting", build())
+
+
+def _checks(plan: Plan, current: dict[str, Current], live: list[str], options: Options,
+            missing: set[str]) -> None:
+    unreadable = [j for j, c in current.items() if c.record is None]
+    problems = [f"unreadable: {', '.join(sorted(unreadable))}"] if unreadable else []
+    plan.check("job files readable", not problems,
+               "; ".join(problems) or ("all readable" if not missing else
+                                       f"recreating from the workflow, with a lost try: {', '.join(sorted(missing))} "
+                                       "(in no state folder: see quarantine/)"))
+    forced = [c for c in plan.changes if c["needs_force"]]
+    if not forced:
+        plan.check("definitions", True, f"{len(plan.changes)} change(s), none needs --force")
+    elif options.force:
+        plan.check("definitions", True, f"{len(forced)} change(s) accepted with --force")
+    else:
+        plan.check("definitions", False, f"{len(forced)} change(s) to done or removed jobs need --force: "
+                   + "; ".join(_change_text(c) for c in forced))
+    if not live:
+        plan.check("claims", True, "no live claims")
+    elif options.force:
+        plan.check("claims", True, f"--force: {'; '.join(live)}")
+    else:
+        plan.check("claims", False, "; ".join(f"{x}; wait, or use --force" for x in live))

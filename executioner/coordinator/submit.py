@@ -1,0 +1,92 @@
+"""Create a run directory from a validated workflow: attempt 1 of the run."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import time
+from typing import Any
+
+from ..protocol import attempts, fsio
+from ..errors import PoolError
+from ..protocol.layout import FORMAT_VERSION, PoolLayout, RunLayout, run_sort_key
+from .plan import Options, Plan, make_plan
+from ..workflow import Workflow
+
+
+def create_run(pool: PoolLayout, workflow: Workflow, options: Options | None = None) -> RunLayout:
+    """Build ``POOL/<name>-<seq>/`` and publish it by writing ``run.json`` last."""
+    return create_run_planned(pool, workflow, options)[0]
+
+
+def create_run_planned(pool: PoolLayout, workflow: Workflow,
+                       options: Options | None = None) -> tuple[RunLayout, Plan]:
+    options = options or Options()
+    make_plan("?", 1, workflow, {}, options)  # unknown --from-job names fail before any write
+    try:
+        os.makedirs(pool.root, exist_ok=True)
+        os.makedirs(pool.workers_dir, exist_ok=True)
+    except OSError as e:
+        raise PoolError(f"cannot create the pool directory: {e.strerror}", pool.root) from None
+    run = _reserve_run_dir(pool, workflow.name)
+    try:
+        plan = make_plan(run.run_id, 1, workflow, {}, options)
+        _build(run, workflow, plan)
+    except BaseException:
+        shutil.rmtree(run.root, ignore_errors=True)
+        raise
+    return run, plan
+
+
+def plan_submit(workflow: Workflow, options: Options) -> Plan:
+    """What a submit would do (for --dry-run); writes nothing."""
+    return make_plan("(new run)", 1, workflow, {}, options)
+
+
+def _reserve_run_dir(pool: PoolLayout, name: str) -> RunLayout:
+    existing = [run_sort_key(n)[0] for n in os.listdir(pool.root)]
+    seq = max([s for s in existing if s < 1 << 62], default=0) + 1
+    while True:
+        run = pool.run(f"{name}-{seq:04d}")
+        try:
+            # RACE: two submits pick the same number; mkdir is atomic, so one gets
+            # EEXIST and takes the next number.
+            os.mkdir(run.root)
+            return run
+        except FileExistsError:
+            seq += 1
+
+
+def _build(run: RunLayout, workflow: Workflow, plan: Plan) -> None:
+    for d in run.all_dirs():
+        os.mkdir(d)
+    fsio.write_unsynced(run.workflow_copy(workflow.suffix), workflow.raw)
+    for step in plan.steps:
+        assert step.build is not None and step.dst is not None
+        fsio.write_unsynced(run.job(step.job, step.dst), fsio.dumps(step.build(None)))
+    fsio.write_unsynced(run.attempt_workflow(1, workflow.suffix), workflow.raw)
+    record = attempts.new_record(run, 1, plan.why, plan.options.flags(), workflow.raw, workflow.suffix,
+                                 [], [s.row() for s in plan.steps], plan.checks)
+    fsio.write_unsynced(run.attempt_record(1), fsio.dumps(record))
+    # One syncfs makes every file above durable (instead of one fsync each) before
+    # run.json publishes the run; nothing reads a run before that.
+    fsio.sync_filesystem(run.root)
+    fsio.atomic_write_json(run.record, run_record(run, workflow, plan.options.backend))
+
+
+def run_record(run: RunLayout, workflow: Workflow, backend: str | None = None) -> dict[str, Any]:
+    return {
+        "format": FORMAT_VERSION,
+        "run_id": run.run_id,
+        "name": workflow.name,
+        "created": time.time(),
+        "workflow": os.path.basename(run.workflow_copy(workflow.suffix)),
+        "source": workflow.path,
+        "workdir": workflow.workdir,
+        "env": workflow.env,
+        "jobs": len(workflow.jobs),
+        "attempt": 1,
+        "backend": backend or "workers",
+        "submitted_by": f"{getpass.getuser()}@{fsio.HOST}",
+    }

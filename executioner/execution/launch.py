@@ -1,0 +1,79 @@
+"""Start local worker processes for ``exec-submit --workers N``, detached from the terminal.
+
+Each worker is an ordinary ``exec-worker`` process, started in a session of its own
+(``setsid``): no controlling terminal, stdin from ``/dev/null``, stdout and stderr to files
+in the run's ``launch/`` folder. Closing the terminal or the ssh connection that started
+it (SIGHUP to the terminal's session), or pressing Ctrl-C while ``exec-submit --wait``
+follows the run (SIGINT to the terminal's foreground group), reaches none of them: they
+finish the run and exit once it is idle. What was started is recorded beside the logs::
+
+    RUN/launch/worker-<id>.json   {"pid", "pid_start", "host", "command", "stdout", "stderr", "started"}
+    RUN/launch/worker-<id>.out    its stdout
+    RUN/launch/worker-<id>.err    its stderr (its log)
+
+submitit's LocalExecutor is not used for this: it starts its controller with a plain
+``Popen`` in the caller's session and process group (no new session, stdin inherited), so
+the workers died with the terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from ..protocol import fsio
+from ..protocol.layout import PoolLayout, RunLayout
+
+
+@dataclass(frozen=True)
+class Launched:
+    """One local worker we started: enough to find it, read its log and stop it."""
+
+    pid: int
+    stdout: str
+    stderr: str
+
+
+def worker_command(pool: PoolLayout, run: RunLayout, slots: int, exit_when_idle: float,
+                   heartbeat: float | None = None, stale_after: float | None = None) -> list[str]:
+    """The ``exec-worker`` command line of a local worker for ``run``, run by this Python."""
+    argv = [sys.executable, "-m", "executioner", "worker", "--pool", pool.root, "--run", run.run_id,
+            "-j", str(slots), "--exit-when-idle", repr(exit_when_idle)]
+    if heartbeat is not None:
+        argv += ["--heartbeat", repr(heartbeat)]
+    if stale_after is not None:
+        argv += ["--stale-after", repr(stale_after)]
+    return argv
+
+
+def start_detached(argv: list[str], run: RunLayout) -> Launched:
+    """Start ``argv`` in a new session with no terminal, its output in ``run``'s launch/."""
+    os.makedirs(run.launch_dir, exist_ok=True)
+    name = f"worker-{secrets.token_hex(4)}"
+    out, err = run.launched(name, "out"), run.launched(name, "err")
+    with open(os.devnull, "rb") as stdin, open(out, "ab") as stdout, open(err, "ab") as stderr:
+        proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, close_fds=True,
+                                start_new_session=True)
+    try:
+        pid_start: float | None = psutil.Process(proc.pid).create_time()
+    except psutil.Error:  # it has already exited: its log says why
+        pid_start = None
+    fsio.atomic_write_json(run.launched(name, "json"), {
+        "pid": proc.pid, "pid_start": pid_start, "host": fsio.HOST, "command": argv,
+        "stdout": out, "stderr": err, "started": time.time()})
+    return Launched(proc.pid, out, err)
+
+
+def start_local_workers(pool: PoolLayout, run: RunLayout, count: int, slots: int = 1,
+                        exit_when_idle: float = 3.0, heartbeat: float | None = None,
+                        stale_after: float | None = None) -> list[str]:
+    """Start ``count`` detached local workers for one run; they exit once it is idle.
+    Returns their pids (as strings)."""
+    argv = worker_command(pool, run, slots, exit_when_idle, heartbeat, stale_after)
+    return [str(start_detached(argv, run).pid) for _ in range(count)]

@@ -1,0 +1,253 @@
+"""Taking a job out of ``running/`` without ever writing into a file someone else can reach.
+
+Every exit from ``running/`` with new content goes through :func:`leave`, called only by
+:func:`executioner.protocol.store.transition`:
+
+1. ``mkdir running/<job>@<token>+<who>/``: a folder only we know (``who`` carries a fresh
+   random part, our intent, pid and host);
+2. the **fence**: ``rename(running/<job>@<token>.json, <folder>/<job>.json)``. Exactly one
+   process can move the claim; everyone else gets ENOENT and writes nothing;
+3. the new record is written to a fresh temp file (whole, checked, fsynced) and renamed
+   over ``<folder>/<job>.json``;
+4. ``rename(<folder>/<job>.json, <dst>/<job>.json)``; then the empty folder is removed.
+
+Steps 3 and 4 are renames *into or out of* our folder. A checker that finds a private
+folder standing still (its process gone, or unchanged for ``--stale-after``) renames the
+whole folder to a private name of its own first (:func:`recover`), so the stalled owner's
+later renames fail: it can neither complete the job nor place a second copy. The job file
+inside is either the claim as it was or the owner's complete new record (a rename swaps
+it in whole), never torn; a result that was written but not committed is recorded as a
+``lost`` try, except that a finished result (``done``/``failed``/a retry) whose intent the
+folder names is completed as its owner meant. A job file that is torn anyway (a storage
+fault) is rebuilt from the run's workflow copy with a ``lost`` try: a job may lose
+history, never its place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import stat
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import psutil
+
+from . import fsio
+from .layout import STATES, RunLayout, split_private_name
+from .scrub import check_record
+
+log = logging.getLogger("executioner.fence")
+Build = Callable[[dict[str, Any] | None, "Private"], "tuple[str, dict[str, Any]] | None"]
+INTENTS = ("done", "failed", "queued", "waiting", "take", "recover")
+
+
+def _pause_hook() -> float:
+    """Tests and scripts/chaos.py: ``EXEC_TEST_COMMIT_PAUSE=SECONDS[:FRACTION]`` pauses that
+    long inside a fraction of commits, between the fence and the final rename, so that a
+    SIGSTOP or SIGKILL can land there. Off unless set."""
+    spec = os.environ.get("EXEC_TEST_COMMIT_PAUSE")
+    if not spec:
+        return 0.0
+    seconds, _, fraction = spec.partition(":")
+    return float(seconds) if random.random() < float(fraction or 1.0) else 0.0
+
+
+def who(intent: str) -> str:
+    host = "".join(c if c.isalnum() or c in "._-" else "_" for c in fsio.HOST)
+    return f"{intent}-{secrets.token_hex(3)}-{os.getpid()}-{host}"
+
+
+@dataclass(frozen=True)
+class Private:
+    """A private folder in running/: ``<job>@<token>+<intent>-<rand>-<pid>-<host>``."""
+
+    run: RunLayout
+    name: str
+    job_id: str
+    token: str
+    intent: str
+    pid: int | None
+    host: str
+
+    @classmethod
+    def parse(cls, run: RunLayout, name: str) -> "Private | None":
+        parts = split_private_name(name)
+        if parts is None:
+            return None
+        job_id, token, rest = parts
+        intent, _, rest = rest.partition("-")
+        _, _, rest = rest.partition("-")
+        pid, _, host = rest.partition("-")
+        return cls(run, name, job_id, token, intent, int(pid) if pid.isdigit() else None, host)
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.run.state_dir("running"), self.name)
+
+    @property
+    def job_file(self) -> str:
+        return self.run.private_job(self.path, self.job_id)
+
+    def is_folder(self) -> bool:
+        """A real folder (a symlink named like one is not followed: scrub quarantines it)."""
+        try:
+            return stat.S_ISDIR(os.lstat(self.path).st_mode)
+        except FileNotFoundError:
+            return False
+
+    def owner_dead_here(self) -> bool:
+        """Its process is gone (same host only: a pid means nothing elsewhere)."""
+        host = "".join(c if c.isalnum() or c in "._-" else "_" for c in fsio.HOST)
+        return self.host == host and self.pid is not None and self.pid != os.getpid() \
+            and not psutil.pid_exists(self.pid)
+
+    def stamp(self) -> float:
+        """Changes with every step its owner makes (each one adds or removes an entry)."""
+        st = os.stat(self.path)
+        return st.st_mtime + st.st_ctime * 1e-3
+
+
+def leave(run: RunLayout, job_id: str, token: str, intent: str, build: Build, give_back: bool = True) -> str | None:
+    """Take claim ``running/<job>@<token>.json`` out of running/ through a private folder.
+
+    ``build(content, private)`` gets the claim's content as fenced (None if unreadable) and
+    returns ``(dst, record)``, or None to put the claim back untouched. Returns the state the
+    job went to; None if the claim was gone (someone else took it: we wrote nothing).
+    OSError from writing the record (a full disk) propagates. The claim's own worker
+    (``give_back``) then puts it back under its own name, untouched, to try again later.
+    Anyone else leaves it in its private folder: the claim's worker may have seen it go and
+    given up on it, so its name must not come back; the folder is recovered (by anyone,
+    once it stands still) when the disk has room again.
+    """
+    claim_path = run.running(job_id, token)
+    for _ in range(3):
+        private = Private.parse(run, os.path.basename(run.private(job_id, token, who(intent))))
+        assert private is not None
+        try:
+            os.mkdir(private.path)
+        except FileNotFoundError:
+            return None  # no running/ folder: not a run any more
+        try:
+            os.rename(claim_path, private.job_file)  # the fence
+        except FileNotFoundError:
+            _rmdir(private.path)
+            # RACE: a checker may have judged our fresh, still empty folder stale (our pid
+            # reused, a long stall) and taken it: the claim itself is still in place, so try
+            # again with a new folder. Otherwise the claim is gone: someone else took it.
+            if os.path.exists(claim_path):
+                continue
+            return None
+        return _publish(private, build, claim_path if give_back else None)
+    return None
+
+
+def _publish(private: Private, build: Build, put_back: str | None) -> str | None:
+    """The fenced job file is ours: build its new record and place it; see :func:`leave`."""
+    run = private.run
+    try:
+        content = _read(private.job_file)
+    except FileNotFoundError:
+        _rmdir(private.path)  # RACE: taken from our folder by a checker that judged us stale
+        return None
+    decided = build(content, private)
+    if decided is None:
+        _undo(private, put_back)
+        return None
+    dst, record = decided
+    try:
+        tmp = fsio.write_temp(run.state_dir("running"), fsio.dumps(record))
+    except OSError:
+        _undo(private, put_back)
+        raise
+    pause = _pause_hook()
+    if pause:
+        time.sleep(pause)
+    try:
+        # RACE: a checker that took our folder meanwhile makes this rename fail (the folder
+        # path no longer exists): we then hold nothing, and write nothing more.
+        os.rename(tmp, private.job_file)
+    except FileNotFoundError:
+        fsio.unlink_quietly(tmp)
+        return None
+    if pause:
+        time.sleep(pause)
+    if dst == "removed":
+        os.makedirs(run.removed_dir, exist_ok=True)
+    try:
+        os.rename(private.job_file, run.job(private.job_id, dst))  # RACE: as above
+    except FileNotFoundError:
+        return None
+    _rmdir(private.path)
+    return dst
+
+
+def _undo(private: Private, put_back: str | None) -> None:
+    """Give the fenced claim back under its own name, untouched (or leave the folder to be
+    recovered, when there is no name to give it back to)."""
+    if put_back is not None:
+        try:
+            os.rename(private.job_file, put_back)
+        except FileNotFoundError:
+            pass  # RACE: taken from our folder meanwhile: it is the taker's now
+    _rmdir(private.path)
+
+
+def _read(path: str) -> dict[str, Any] | None:
+    """The job file's content; None if it is not a job record (torn, foreign)."""
+    try:
+        record = fsio.read_json(path)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _rmdir(path: str) -> None:
+    """Remove our folder once empty. One that still holds a job file is left to be recovered."""
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def recover(private: Private, build: Build) -> str | None:
+    """Take a stalled private folder over: rename it to a folder of our own (the fence on its
+    owner), then place its job with ``build`` as :func:`leave` would. Returns the state the
+    job went to; None if there was nothing to take (the owner finished, or someone else
+    took the folder first), or the folder was empty."""
+    run = private.run
+    # Our folder keeps the owner's intent: should we stall after our swap, the next checker
+    # still completes a finished result rather than turning it into a loss.
+    intent = private.intent if private.intent in STATES else "recover"
+    mine = Private.parse(run, os.path.basename(run.private(private.job_id, private.token, who(intent))))
+    assert mine is not None
+    try:
+        # RACE: the owner finishing or another checker recovering at the same moment: one
+        # rename of the folder (or the owner's final rename out of it) wins.
+        os.rename(private.path, mine.path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:  # ENOTEMPTY/EEXIST: a folder of that name exists (cannot be ours)
+        log.warning("run %s: cannot take over %s: %s", run.run_id, private.name, e)
+        return None
+    if not os.path.exists(mine.job_file):
+        # The owner died after making its folder and before its fence (its claim is still
+        # in running/, judged on its own), or after its final rename: nothing to place.
+        _rmdir(mine.path)
+        return None
+    return _publish(mine, build, None)
+
+
+def valid(record: dict[str, Any] | None, job_id: str) -> bool:
+    return record is not None and check_record(record, job_id) is None
+
+
+def completed(record: dict[str, Any] | None, private: Private, claimed_try: int | None) -> bool:
+    """Does the folder hold its owner's finished result, written whole and meant for a state?"""
+    return (private.intent in STATES and private.intent != "running" and record is not None
+            and isinstance(claimed_try, int) and isinstance(record.get("tries"), list)
+            and len(record["tries"]) >= claimed_try >= 1
+            and record["tries"][claimed_try - 1].get("status") != "lost")

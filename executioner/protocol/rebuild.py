@@ -1,0 +1,175 @@
+"""Jobs whose file is gone or torn: found, and rebuilt from the run's workflow copy.
+
+The run knows its job set (its last attempt's plan). A job in no state folder, no private
+folder in running/ and no coordinator's staging folder (quarantined as broken, deleted by
+hand or by a job that removed its own claim) is *lost*: ``exec-status`` shows it so, its
+dependents say why they wait, and a worker's sweep rebuilds it from its definition, with a
+``lost`` try saying what happened (its earlier tries are gone with its file: a job may lose
+history, never its place). The same rebuild serves a private folder whose job file is torn.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from . import attempts, fsio
+from .layout import STATES, RunLayout, job_id_of
+
+log = logging.getLogger("executioner.rebuild")
+
+
+def coordinating(run: RunLayout) -> bool:
+    """A resume is changing the run, or left a change behind: its jobs may sit in its staging
+    folder, out of every state folder, for a while."""
+    try:
+        return bool(os.listdir(run.staging_root)) or os.path.exists(run.coordinator_lock)
+    except FileNotFoundError:
+        return os.path.exists(run.coordinator_lock)
+
+
+def known_jobs(run: RunLayout) -> set[str]:
+    """Jobs the run had after its last attempt (its plan, less what it removed)."""
+    record = attempts.read(run, attempts.current(run)) or {}
+    plan = record.get("plan")
+    if not isinstance(plan, list):
+        return set()
+    return {str(s["job"]) for s in plan if isinstance(s, dict) and "job" in s and s.get("action") != "remove"}
+
+
+def rebuilt(run: RunLayout, job_id: str, reason: str) -> dict[str, Any] | None:
+    """A fresh record of ``job_id`` from the workflow copy of the run's current attempt, with
+    one ``lost`` try giving ``reason``; None if that workflow does not have the job."""
+    from .store import new_job_record, try_record
+    from ..workflow import load_workflow
+
+    number = attempts.current(run)
+    path = attempts.workflow_of(run, number)
+    if path is None:
+        return None
+    try:
+        workflow = load_workflow(path, recorded=False)
+    except Exception as e:  # noqa: BLE001 - a broken copy: say so, rebuild nothing
+        log.warning("run %s: cannot rebuild job %s: its workflow copy %s is unreadable: %s",
+                    run.run_id, job_id, path, e)
+        return None
+    spec = next((s for s in workflow.jobs if s.id == job_id), None)
+    if spec is None:
+        return None
+    record = new_job_record(run.run_id, spec, workflow.dependents()[job_id], number)
+    record["tries"] = [try_record(1, number, "lost", start=None, end=time.time(), worker=None, host=None,
+                                  worker_pid=None, reason=reason)]
+    return record
+
+
+def missing(run: RunLayout, known: set[str]) -> set[str]:
+    """Known jobs found in no state folder or private folder right now."""
+    return known - seen_jobs(run)
+
+
+def seen_jobs(run: RunLayout) -> set[str]:
+    """Jobs in a state folder or a private folder in running/ right now."""
+    from .store import running_jobs
+
+    seen: set[str] = set()
+    for state in STATES:
+        if state == "running":
+            seen.update(r.job_id for r in running_jobs(run))
+            continue
+        try:
+            seen.update(j for j in map(job_id_of, os.listdir(run.state_dir(state))) if j)
+        except FileNotFoundError:
+            continue
+    return seen
+
+
+def quarantine_reason(run: RunLayout, job_id: str) -> str | None:
+    """Why the job's file was quarantined, if it was (the latest such note)."""
+    try:
+        names = sorted(n for n in os.listdir(run.quarantine_dir)
+                       if n.endswith(".reason") and f"--{job_id}." in n)
+    except FileNotFoundError:
+        return None
+    for name in reversed(names):
+        try:
+            return fsio.read_bytes(os.path.join(run.quarantine_dir, name), 1 << 14).decode(errors="replace").strip()
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+class LostFinder:
+    """Finds a run's lost jobs and rebuilds them, after seeing them missing twice, at least
+    ``confirm`` seconds apart (a job is never in no folder for longer than a rename takes)."""
+
+    def __init__(self, confirm: float = 2.0):
+        self.confirm = confirm
+        self._pending: dict[str, tuple[set[str], float]] = {}
+
+    def pending(self, run_id: str) -> bool:
+        return run_id in self._pending
+
+    def check(self, run: RunLayout, expected: int, mono: float) -> list[str]:
+        """One look; returns the jobs rebuilt. Call it holding the run's sweep lease."""
+        if coordinating(run):
+            self._pending.pop(run.run_id, None)
+            return []
+        from .store import still_look
+
+        seen, still = still_look(run, lambda: seen_jobs(run))
+        if not still:
+            return []  # the run kept moving under every look: nothing can be concluded now
+        if len(seen) >= expected and run.run_id not in self._pending:
+            return []
+        gone = known_jobs(run) - seen
+        first = self._pending.pop(run.run_id, None)
+        if not gone:
+            return []
+        if first is None or mono - first[1] < self.confirm:
+            self._pending[run.run_id] = (gone if first is None else first[0], first[1] if first else mono)
+            return []
+        rebuilt_now = []
+        for job_id in sorted(first[0] & gone):
+            note = quarantine_reason(run, job_id)
+            why = f"its file was quarantined ({note})" if note else "its file was in no state folder (deleted?)"
+            if place_lost(run, job_id, why):
+                rebuilt_now.append(job_id)
+        return rebuilt_now
+
+
+def place_record(run: RunLayout, job_id: str, record: dict[str, Any], dst: str) -> bool:
+    """Put a job that is in no folder back into ``dst`` with ``record``; False if it turned
+    up meanwhile. ``os.link`` never replaces a file that appeared in ``dst`` itself."""
+    from .store import state_of
+
+    tmp = fsio.write_temp(run.state_dir(dst), fsio.dumps(record))
+    try:
+        # RACE: a job that was only moving (seen nowhere by a listing that raced its rename)
+        # is found by this look; the caller looked twice, some time apart, already.
+        from .store import still_look
+
+        state, still = still_look(run, lambda: state_of(run, job_id))
+        if state is not None or not still:
+            return False
+        os.link(tmp, run.job(job_id, dst))
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        fsio.unlink_quietly(tmp)
+
+
+def place_lost(run: RunLayout, job_id: str, reason: str) -> bool:
+    """Rebuild a lost job into waiting/ (the sweep promotes it when its dependencies are done).
+
+    The caller has seen it missing twice, some time apart, holds the run's sweep lease, and
+    made sure no coordinator is at work; ``os.link`` never replaces a file that appeared.
+    """
+    record = rebuilt(run, job_id, reason)
+    if record is None or not place_record(run, job_id, record, "waiting"):
+        return False
+    log.warning("run %s: job %s was in no state folder (%s); rebuilt from the workflow into waiting/",
+                run.run_id, job_id, reason)
+    return True

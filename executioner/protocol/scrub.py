@@ -1,0 +1,147 @@
+"""Keep a run's state folders clean: broken files to quarantine/, stale temp files removed.
+
+A broken file is one that cannot be a job of this run: a foreign name, a directory, a
+symlink, an empty or invalid JSON file, one without the fields of a job record, or one
+that names another job. It is moved to ``<run>/quarantine/`` with a ``.reason`` file
+beside it, and workers go on. Because a network filesystem can show a file torn or
+missing for an instant around a rename, content is judged bad only after a second read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from typing import Any
+
+import psutil
+
+from . import fsio
+from .layout import STATES, RunLayout, job_id_of, split_private_name, split_running_name
+from ..workflow import JOB_ID_RE
+
+log = logging.getLogger("executioner.scrub")
+TEMP_MAX_AGE = 3600.0  # a temp file older than this (storage clock) is an abandoned write
+CONTENT_CHECKS_PER_PASS = 200
+
+
+def check_record(record: Any, job_id: str) -> str | None:
+    """Why ``record`` is not a valid job record for ``job_id``; None when it is."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    missing = [k for k in ("spec", "tries", "dependencies", "dependents") if k not in record]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if not isinstance(record["spec"], dict) or "command" not in record["spec"]:
+        return "spec has no command"
+    if not isinstance(record["tries"], list) or not isinstance(record["dependencies"], list):
+        return "tries or dependencies is not a list"
+    if record.get("id") != job_id:
+        return f"the file of job {job_id!r} holds job {record.get('id')!r}"
+    return None
+
+
+def read_checked(path: str, job_id: str, pause: float = 0.2) -> tuple[dict[str, Any] | None, str | None]:
+    """(record, None) for a good file; (None, reason) for one bad on two reads ``pause`` apart.
+    Raises FileNotFoundError if the file went away (moved on: not broken)."""
+    reason = None
+    for attempt in range(2):
+        if attempt:
+            time.sleep(pause)
+        try:
+            record = fsio.read_json(path)
+        except IsADirectoryError:
+            return None, "a directory"
+        except ValueError as e:
+            if str(e) == "not a regular file":
+                return None, str(e)
+            reason = f"not valid JSON: {e}" if os.path.getsize(path) else "empty file"
+            continue
+        reason = check_record(record, job_id)
+        if reason is None:
+            return record, None
+    return None, reason
+
+
+def quarantine(run: RunLayout, path: str, reason: str) -> bool:
+    """Move ``path`` to quarantine/ (under a fresh name) with a note; False if it was gone."""
+    os.makedirs(run.quarantine_dir, exist_ok=True)
+    state = os.path.basename(os.path.dirname(path))
+    target = os.path.join(run.quarantine_dir, f"{state}--{os.path.basename(path)}--{secrets.token_hex(3)}")
+    try:
+        os.rename(path, target)
+    except FileNotFoundError:
+        return False
+    fsio.atomic_write(target + ".reason", f"{state}/{os.path.basename(path)}: {reason}\n".encode())
+    log.warning("run %s: quarantined %s/%s: %s", run.run_id, state, os.path.basename(path), reason)
+    return True
+
+
+def temp_owner_gone(name: str, now: float, mtime: float) -> bool:
+    """A temp file ``.tmp-<host>-<pid>-<rand>`` whose writer is dead (this host) or that is old."""
+    host_pid = name[len(fsio.TEMP_PREFIX):].rsplit("-", 1)[0]
+    host, _, pid = host_pid.rpartition("-")
+    if host == fsio.HOST and pid.isdigit() and int(pid) != os.getpid():
+        if not psutil.pid_exists(int(pid)):
+            return True
+    return now - mtime > TEMP_MAX_AGE
+
+
+def _name_problem(state: str, name: str) -> str | None:
+    if state == "running":
+        parts = split_running_name(name)
+        job_id = parts[0] if parts else None
+    else:
+        job_id = job_id_of(name)
+    if job_id is None or not JOB_ID_RE.fullmatch(job_id):
+        return "foreign name (not a job file)"
+    return None
+
+
+class Scrubber:
+    """Remembers which done/failed files it has already read, so each is read once."""
+
+    def __init__(self) -> None:
+        self._good: set[str] = set()
+
+    def scrub(self, run: RunLayout, now: float) -> list[str]:
+        """One pass over ``run``; ``now`` is the storage's time. Returns quarantined paths."""
+        bad: list[str] = []
+        budget = CONTENT_CHECKS_PER_PASS
+        for state in STATES:
+            folder = run.state_dir(state)
+            try:
+                entries = list(os.scandir(folder))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                name, path = entry.name, entry.path
+                try:
+                    if fsio.is_temp(name):
+                        if temp_owner_gone(name, now, entry.stat(follow_symlinks=False).st_mtime):
+                            fsio.unlink_quietly(path)
+                        continue
+                    if name.startswith("."):
+                        continue  # our own markers (.sweep.lock)
+                    if state == "running" and split_private_name(name) and entry.is_dir(follow_symlinks=False):
+                        continue  # a private folder: judged (and recovered) by the reaper
+                    if entry.is_symlink():
+                        reason: str | None = "a symlink"
+                    elif entry.is_dir(follow_symlinks=False):
+                        reason = "a directory"
+                    elif not entry.is_file(follow_symlinks=False):
+                        reason = "not a regular file"
+                    else:
+                        reason = _name_problem(state, name)
+                    if reason is None and state in ("done", "failed") and path not in self._good and budget:
+                        budget -= 1
+                        job_id = job_id_of(name) or ""
+                        record, reason = read_checked(path, job_id)
+                        if record is not None:
+                            self._good.add(path)
+                except FileNotFoundError:
+                    continue  # moved on meanwhile: not broken
+                if reason is not None and quarantine(run, path, reason):
+                    bad.append(path)
+        return bad

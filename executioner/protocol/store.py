@@ -1,0 +1,356 @@
+"""Job files and the one function that moves a job between state folders.
+
+Every rename across ``waiting/ queued/ running/ done/ failed/`` happens in
+:func:`transition`. Claiming is ``rename(queued/J.json, running/J@T.json)`` with a fresh
+token ``T``; finishing starts with a rename *of that claim* into the finisher's private
+folder, so a worker whose claim was taken away (a reaper requeued it) fails that rename and
+writes nothing: this is the fence.
+
+Leaving ``running/`` with new content (finishing, requeueing a stale claim) goes through a
+private folder, fence first (:mod:`executioner.protocol.fence`): nobody writes into a file another
+process can still reach by name.
+
+A coordinator (resume, rollback; :mod:`executioner.coordinator.change`) uses the same function with
+two more places: ``staged:<state>`` (a job it grabbed out of ``<state>``, unchanged) and
+``new:<state>`` (the content it will place into ``<state>``), both under its staging folder
+``RUN/.coord/<token>/`` (``token`` then names the folder).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import psutil
+
+from . import fence, fsio
+from .attempts import definition_hash
+from .layout import FORMAT_VERSION, STATES, RunLayout, job_id_of, split_running_name
+from .scrub import quarantine, read_checked
+from ..workflow import JobSpec
+
+SPEC_KEYS = ("command",)  # the rest default: files written by an older version stay valid
+SPEC_DEFAULTS = {k: v for k, v in JobSpec(id="_", command="_").to_spec().items() if k not in SPEC_KEYS}
+
+FinalState = Literal["done", "failed"]
+
+
+def new_job_record(run_id: str, spec: JobSpec, dependents: list[str], attempt: int = 1) -> dict[str, Any]:
+    stored = spec.to_spec()
+    return {
+        "format": FORMAT_VERSION,
+        "id": spec.id,
+        "run_id": run_id,
+        "spec": stored,
+        "dependencies": list(spec.dependencies),
+        "dependents": dependents,
+        "definition_hash": definition_hash(stored, list(spec.dependencies)),
+        "attempt": attempt,
+        "held": False,
+        "skipped": None,
+        "tries": [],
+        "last_exit_code": None,
+        "not_before": None,
+    }
+
+
+def attempt_tries(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tries of the job's current attempt (retry limits count these only)."""
+    attempt = record.get("attempt", 1)
+    return [t for t in record["tries"] if t.get("attempt", 1) == attempt]
+
+
+def try_record(number: int, attempt: int, status: str, *, start: float | None, end: float, worker: str | None,
+               host: str | None, worker_pid: int | None, pid: int | None = None,
+               exit_code: int | None = None, signal: str | None = None, reason: str | None = None,
+               stdout: str | None = None, stderr: str | None = None) -> dict[str, Any]:
+    """One entry of a job file's ``tries``: every try is recorded with the same keys."""
+    duration = None if start is None else round(end - start, 6)
+    return {"try": number, "attempt": attempt, "status": status, "reason": reason, "worker": worker, "host": host,
+            "worker_pid": worker_pid, "pid": pid, "start": start, "end": end, "duration": duration,
+            "exit_code": exit_code, "signal": signal, "stdout": stdout, "stderr": stderr}
+
+
+def read_run_record(run: RunLayout) -> dict[str, Any]:
+    """The run's run.json; ValueError if it is not a run record (FileNotFoundError if absent)."""
+    record = fsio.read_json(run.record)
+    if not isinstance(record, dict) or "workdir" not in record or "env" not in record:
+        raise ValueError("not a run record")
+    return record
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who holds claims: written into each claim's lock (``logs/<job>.<try>.claim``)."""
+
+    worker_id: str
+    host: str
+    pid: int
+    pid_start: float
+    dag: bool = False  # the Slurm job of the Slurm-DAG backend that runs this one job
+
+    @classmethod
+    def current(cls, worker_id: str, dag: bool = False) -> "Owner":
+        return cls(worker_id, fsio.HOST, os.getpid(), psutil.Process().create_time(), dag)
+
+
+@dataclass(frozen=True)
+class Claim:
+    run: RunLayout
+    job_id: str
+    token: str
+    record: dict[str, Any]  # the job file as read right after the claim rename
+    owner: Owner
+    claimed_at: float
+
+    @property
+    def path(self) -> str:
+        return self.run.running(self.job_id, self.token)
+
+    @property
+    def try_number(self) -> int:
+        return len(self.record["tries"]) + 1
+
+    @property
+    def lock(self) -> str:
+        return self.run.claim_record(self.job_id, self.try_number)
+
+    def still_held(self) -> bool:
+        return os.path.exists(self.path)
+
+
+def transition(run: RunLayout, job_id: str, src: str, dst: str, *, token: str | None = None,
+               record: dict[str, Any] | None = None) -> bool:
+    """Move one job from state ``src`` to state ``dst``; False if it was not there.
+
+    ``token`` names the claim when ``src`` or ``dst`` is ``running``. ``record``, when
+    given, becomes the job file's new content in ``dst`` (only when leaving ``running``).
+    Losing a race is a normal result and returns False; nothing is written then.
+    ``src``/``dst`` may also be a coordinator's ``staged:<state>``, ``new:<state>`` or
+    ``removed``.
+    """
+    if dst == "running":
+        assert token is not None and src == "queued"
+        # RACE: two workers rename the same queued file; the kernel (or NFS server) lets
+        # exactly one succeed, the other gets ENOENT and returns False here.
+        return _rename(run.job(job_id, src), run.running(job_id, token))
+    source, target = _where(run, job_id, src, token), _where(run, job_id, dst, token)
+    if record is None:
+        # RACE: promotion waiting -> queued by two workers at once: one rename wins, the
+        # other sees ENOENT. An unchanged file put back from running is ours alone.
+        # RACE: a coordinator grabbing queued/J (-> staged) while a worker claims it: one
+        # rename wins; the coordinator then finds J in running/ and undoes its change.
+        return _rename(source, target)
+    assert src == "running" and token is not None
+    # Leaving running/ with new content: through a private folder, fence first, so nobody
+    # writes into a file another process can reach (see executioner.protocol.fence).
+    return fence.leave(run, job_id, token, dst, lambda _content, _private: (dst, record)) is not None
+
+
+def take(run: RunLayout, job_id: str, token: str, build: fence.Build) -> str | None:
+    """Take someone else's claim out of running/ (a stale one, or one a resume takes back):
+    ``build(content, private)`` decides where the job goes, from the content as fenced.
+    Returns that state; None if the claim was gone (its worker finished, or another taker)."""
+    return fence.leave(run, job_id, token, "take", build, give_back=False)
+
+
+def _where(run: RunLayout, job_id: str, place: str, token: str | None) -> str:
+    kind, _, state = place.partition(":")
+    if kind == "staged":  # token: the coordinator's staging folder
+        return run.staged(token or "", job_id, state)
+    if kind == "new":
+        return run.staged_new(token or "", job_id, state)
+    if place == "running":
+        return run.running(job_id, token or "")
+    return run.job(job_id, place)
+
+
+def _rename(src: str, dst: str) -> bool:
+    try:
+        os.rename(src, dst)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def claim(run: RunLayout, job_id: str, owner: Owner) -> Claim | None:
+    """Claim a queued job: rename it into running/ under a new token. None if we lost the race.
+
+    The caller writes the lock (:func:`write_lock`) once it decides to run the job.
+    """
+    token = secrets.token_hex(6)
+    path = run.running(job_id, token)
+    if not transition(run, job_id, "queued", "running", token=token):
+        # RACE: on NFS a retransmitted rename can report ENOENT although the first one
+        # worked; the destination carries our fresh token, so its existence settles it.
+        if not os.path.exists(path):
+            return None
+    now = time.time()
+    try:
+        record, problem = read_checked(path, job_id)
+    except FileNotFoundError:
+        return None
+    if record is None:
+        quarantine(run, path, f"unreadable job file: {problem}")
+        return None
+    record["spec"] = {**SPEC_DEFAULTS, **record["spec"]}
+    return Claim(run, job_id, token, record, owner, now)
+
+
+def claim_lock(run: RunLayout, job_id: str, token: str, record: dict[str, Any]) -> dict[str, Any] | None:
+    """The lock of the claim ``running/<job>@<token>``, whose file holds ``record``; None if
+    it has none (yet). It is the lock of try len(tries) + 1, or of try len(tries) when the
+    owner has already written its result into the claim (just before its fenced rename)."""
+    for number in (len(record["tries"]) + 1, len(record["tries"])):
+        if number < 1:
+            continue
+        try:
+            lock = fsio.read_json(run.claim_record(job_id, number))
+        except (OSError, ValueError):
+            continue
+        if isinstance(lock, dict) and lock.get("token") == token:
+            return lock
+    return None
+
+
+def write_lock(claim: Claim) -> None:
+    o = claim.owner
+    fsio.atomic_write_json(claim.lock, {
+        "job": claim.job_id, "try": claim.try_number, "token": claim.token, "worker": o.worker_id, "host": o.host,
+        "pid": o.pid, "pid_start": o.pid_start, "claimed_at": claim.claimed_at, "dag": o.dag,
+    })
+
+
+def release(claim: Claim) -> bool:
+    """Give back a claim unchanged (it was not due yet). Done before the lock is written."""
+    return transition(claim.run, claim.job_id, "running", "queued", token=claim.token)
+
+
+def finish(claim: Claim, record: dict[str, Any], state: str) -> bool:
+    """Leave running/ for ``state`` with the new ``record``; False if the claim was lost."""
+    return transition(claim.run, claim.job_id, "running", state, token=claim.token, record=record)
+
+
+def list_jobs(run: RunLayout, state: str) -> list[str]:
+    """Job ids in a state folder (for running/: ``job@token`` stems)."""
+    try:
+        names = os.listdir(run.state_dir(state))
+    except FileNotFoundError:
+        return []
+    return [j for j in (job_id_of(n) for n in names) if j is not None]
+
+
+@dataclass(frozen=True)
+class Running:
+    """A job in running/: a claim, or a claim inside a private folder (being taken out)."""
+
+    job_id: str
+    token: str
+    path: str  # the job's file
+    private: fence.Private | None = None
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path) if self.private is None else self.private.name
+
+
+def running_jobs(run: RunLayout, names: list[str] | None = None) -> list[Running]:
+    """Every job in running/: claims, and private folders that hold their job's file (an empty
+    one is a process about to fence, or one that just finished: not a job)."""
+    if names is None:
+        try:
+            names = os.listdir(run.state_dir("running"))
+        except FileNotFoundError:
+            return []
+    out = []
+    for name in names:
+        parts = split_running_name(name)
+        if parts is not None:
+            out.append(Running(parts[0], parts[1], os.path.join(run.state_dir("running"), name)))
+            continue
+        private = fence.Private.parse(run, name)
+        if private is not None and private.is_folder() and os.path.exists(private.job_file):
+            out.append(Running(private.job_id, private.token, private.job_file, private))
+    return out
+
+
+def folders_stamp(run: RunLayout) -> tuple[tuple[int, int], ...]:
+    """The state folders' mtimes and ctimes: any rename into or out of one changes it."""
+    out = []
+    for state in STATES:
+        try:
+            st = os.stat(run.state_dir(state))
+            out.append((st.st_mtime_ns, st.st_ctime_ns))
+        except FileNotFoundError:
+            out.append((0, 0))
+    return tuple(out)
+
+
+def still_look(run: RunLayout, look: Callable[[], Any], tries: int = 10, pause: float = 0.02) -> tuple[Any, bool]:
+    """``look()`` made while no state folder changed (no job moved), and True; or the last
+    look and False when the run kept moving under every try. A job in the middle of a move
+    can be missed by a look that lists the folders one after another; a still look cannot
+    miss it (on filesystems whose folder times change with every rename)."""
+    result = None
+    for i in range(tries):
+        before = folders_stamp(run)
+        result = look()
+        if folders_stamp(run) == before:
+            return result, True
+        time.sleep(pause * (i + 1))
+    return result, False
+
+
+def state_of(run: RunLayout, job_id: str) -> str | None:
+    """The state folder holding the job now (running/ under any token, or in a private
+    folder there); None if none does."""
+    for state in ("done", "failed", "queued", "waiting"):
+        if os.path.exists(run.job(job_id, state)):
+            return state
+    if any(r.job_id == job_id for r in running_jobs(run)):
+        return "running"
+    return None
+
+
+def deps_done(run: RunLayout, record: dict[str, Any], done: set[str] | None = None) -> bool:
+    if done is not None:
+        return all(d in done for d in record["dependencies"])
+    return all(os.path.exists(run.job(d, "done")) for d in record["dependencies"])
+
+
+def promote(run: RunLayout, job_ids: list[str]) -> list[str]:
+    """Move those of ``job_ids`` still waiting whose dependencies are all done to queued/."""
+    moved = []
+    for job_id in job_ids:
+        try:
+            record = fsio.read_json(run.job(job_id, "waiting"))
+        except (FileNotFoundError, ValueError):
+            continue  # promoted by someone else already, or being rewritten
+        # RACE: two workers finishing two dependencies of one job: each checks after its
+        # own rename into done/, so the later one sees both done; both may try, one wins.
+        if not record.get("held") and deps_done(run, record) and transition(run, job_id, "waiting", "queued"):
+            moved.append(job_id)
+    return moved
+
+
+def sweep(run: RunLayout) -> list[str]:
+    """Promote every waiting job whose dependencies are done (a missed promotion, a crash)."""
+    waiting = list_jobs(run, "waiting")
+    if not waiting:
+        return []
+    done = set(list_jobs(run, "done"))
+    ready = []
+    for job_id in waiting:
+        try:
+            record, problem = read_checked(run.job(job_id, "waiting"), job_id)
+        except FileNotFoundError:
+            continue
+        if record is None:
+            quarantine(run, run.job(job_id, "waiting"), f"unreadable job file: {problem}")
+            continue
+        if not record.get("held") and deps_done(run, record, done):
+            ready.append(job_id)
+    return [j for j in ready if transition(run, j, "waiting", "queued")]

@@ -1,0 +1,82 @@
+"""A run's past: its attempts (``exec-status RUN --attempts``) and one job's tries (``--job``)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+from ..protocol import attempts, fsio
+from ..errors import ExecutionerError, PoolError, WorkflowErrors
+from ..protocol.layout import PoolLayout, RunLayout
+from .status import snapshot
+
+
+def _all_records(run: RunLayout) -> dict[str, dict[str, Any]]:
+    out = {}
+    for job_id, (_, path) in snapshot(run).items():
+        try:
+            record = fsio.read_json(path)
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            out[job_id] = record
+    return out
+
+
+def attempts_status(pool: PoolLayout, run: RunLayout) -> dict[str, Any]:
+    """Every attempt: when, who, why, flags, its plan in numbers, and how its tries ended;
+    and what a plain resume would do now."""
+    records = _all_records(run)
+    outcomes: dict[int, Counter[str]] = {}
+    for record in records.values():
+        for t in record.get("tries", []):
+            outcomes.setdefault(t.get("attempt", 1), Counter())[t.get("status", "?")] += 1
+    rows = []
+    for a in attempts.all_records(run):
+        n = a.get("attempt", 1)
+        planned = Counter(s.get("action") for s in a.get("plan", []))
+        rows.append({"attempt": n, "time": a.get("time"), "who": a.get("who"), "why": a.get("why"),
+                     "flags": {k: v for k, v in (a.get("flags") or {}).items() if v},
+                     "sha256": a.get("sha256"), "changes": len(a.get("changes", [])),
+                     "planned": dict(planned), "tries": dict(outcomes.get(n, {}))})
+    return {"run_id": run.run_id, "attempts": rows, "next": _next_resume(pool, run)}
+
+
+def _next_resume(pool: PoolLayout, run: RunLayout) -> dict[str, Any]:
+    from ..coordinator.plan import Options, plan_resume, workflow_for_resume
+
+    try:
+        plan = plan_resume(pool, run, workflow_for_resume(run, None), Options())
+    except (WorkflowErrors, ExecutionerError, OSError, ValueError) as e:
+        return {"error": str(e)}
+    return {"attempt": plan.attempt, "planned": dict(Counter(s.action for s in plan.steps)),
+            "steps": [s.row() for s in plan.steps], "checks": plan.checks}
+
+
+def job_history(run: RunLayout, job_id: str) -> dict[str, Any]:
+    """Every try of one job across attempts, with absolute log paths."""
+    found = snapshot(run).get(job_id)
+    if found is None:
+        removed = run.job(job_id, "removed")
+        if not os.path.exists(removed):
+            raise PoolError(f"no job {job_id!r} in this run", run.root)
+        found = ("removed", removed)
+    state, path = found
+    try:
+        record = fsio.read_json(path)
+    except (OSError, ValueError) as e:
+        raise PoolError(f"cannot read the file of job {job_id!r}: {e}", path) from None
+    if state == "waiting" and record.get("held"):
+        state = "held"
+    elif state == "done" and record.get("skipped"):
+        state = "skipped"
+    tries = []
+    for t in record.get("tries", []):
+        logs = {k: os.path.join(run.root, t[k]) if t.get(k) else None for k in ("stdout", "stderr")}
+        tries.append({"attempt": t.get("attempt", 1), "try": t.get("try"), "status": t.get("status"),
+                      "host": t.get("host"), "worker": t.get("worker"), "start": t.get("start"),
+                      "duration": t.get("duration"), "exit_code": t.get("exit_code"),
+                      "reason": t.get("reason"), **logs})
+    return {"run_id": run.run_id, "job": job_id, "state": state, "attempt": record.get("attempt", 1),
+            "skipped": record.get("skipped"), "held": bool(record.get("held")), "tries": tries}

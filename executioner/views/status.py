@@ -1,0 +1,321 @@
+"""What a run or a pool looks like right now, computed from the folders alone."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..protocol import fsio
+from ..coordinator.coord import abandoned, describe, holder, is_stopped, shared_watch, since_text
+from ..errors import PoolError
+from ..protocol.layout import JOB_SUFFIX, STAGE_SEP, STATES, PoolLayout, RunLayout, job_id_of, split_private_name, split_running_name
+from ..protocol.rebuild import known_jobs
+from ..protocol.store import claim_lock as store_claim_lock
+from ..protocol.store import read_run_record, running_jobs
+from ..liveness.watch import Watch
+
+JOB_STATES = ("waiting", "queued", "running", "done", "failed", "blocked")
+# Shown as job states, counted as the folder they are in (the --json count keys are fixed).
+COUNTED_AS = {"held": "waiting", "skipped": "done", "lost": "waiting"}
+LOST_REASON = ("in no state folder (quarantined, or deleted): a worker's sweep or the next resume rebuilds it "
+               "from the workflow")
+
+
+@dataclass
+class JobView:
+    id: str
+    state: str
+    record: dict[str, Any] | None
+    claim: dict[str, Any] | None = None
+    reason: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        r = self.record or {}
+        tries = r.get("tries", [])
+        last = tries[-1] if tries else {}
+        host = (self.claim or {}).get("host") if self.state == "running" else last.get("host")
+        return {"id": self.id, "state": self.state, "tries": len(tries),
+                "exit_code": r.get("last_exit_code"), "duration": last.get("duration"),
+                "host": host, "reason": self.reason}
+
+
+def snapshot(run: RunLayout, expected: int = 0, staged: bool = False) -> dict[str, tuple[str, str]]:
+    """job id -> (state, file path); listed again if a job was caught moving (seen twice,
+    or fewer jobs than the run has). A job in a private folder in running/ (being taken out
+    of it) is running; with ``staged``, a job in a coordinator's staging folder counts in
+    the state it was grabbed from (a resume at work, or one that was interrupted)."""
+    seen: dict[str, tuple[str, str]] = {}
+    for _ in range(5):
+        seen = {}
+        moving = False
+        for state in STATES:
+            try:
+                names = os.listdir(run.state_dir(state))
+            except FileNotFoundError:
+                raise PoolError("not a run directory (no state folders)", run.root) from None
+            if state == "running":
+                found = [(r.job_id, r.path) for r in running_jobs(run, names)]
+            else:
+                found = [(j, os.path.join(run.state_dir(state), n)) for n in names if (j := job_id_of(n))]
+            for job_id, path in found:
+                if job_id in seen:
+                    moving = True
+                seen[job_id] = (state, path)
+        if staged:
+            for job_id, (state, path) in staged_jobs(run).items():
+                seen.setdefault(job_id, (state, path))
+        if not moving and len(seen) >= expected:
+            return seen
+    return seen
+
+
+def staged_jobs(run: RunLayout) -> dict[str, tuple[str, str]]:
+    """Jobs grabbed into coordinators' staging folders: job -> (state it came from, path)."""
+    out: dict[str, tuple[str, str]] = {}
+    try:
+        stages = sorted(os.listdir(run.staging_root))
+    except FileNotFoundError:
+        return out
+    for stage in stages:
+        try:
+            names = os.listdir(run.staging(stage))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in names:
+            state, sep, rest = name.partition(STAGE_SEP)
+            if sep and state in STATES and rest.endswith(".json"):
+                out.setdefault(rest[:-5], (state, os.path.join(run.staging(stage), name)))
+    return out
+
+
+def _token_of(path: str) -> str | None:
+    """The claim token of a job file in running/ (a claim, or the job file in a private folder)."""
+    parts = split_running_name(os.path.basename(path)) or split_private_name(os.path.basename(os.path.dirname(path)))
+    return parts[1] if parts else None
+
+
+def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
+    views: dict[str, JobView] = {}
+    for job_id, (state, path) in snapshot(run, expected, staged=True).items():
+        try:
+            record = fsio.read_json(path)
+        except (OSError, ValueError):
+            record = None  # moved since the listing, or not readable: shown without details
+        claim = None
+        if state == "running" and isinstance(record, dict) and isinstance(record.get("tries"), list):
+            token = _token_of(path)
+            # None when not written yet (the claim is a moment old), or torn: shown without it
+            claim = store_claim_lock(run, job_id, token, record) if token else None
+        views[job_id] = JobView(job_id, state, record, claim)
+    if len(views) < expected:
+        for job_id in known_jobs(run) - set(views):
+            views[job_id] = JobView(job_id, "lost", None, reason=LOST_REASON)
+    _mark_blocked(views)
+    _mark_held(views)
+    for v in views.values():
+        r = v.record or {}
+        if v.state == "done" and r.get("skipped"):
+            v.state, v.reason = "skipped", str(r["skipped"].get("reason", "skipped"))
+        if v.state == "failed":
+            v.reason = r.get("reason")
+        elif v.state == "running" and v.claim:
+            v.reason = f"on {v.claim.get('host')} (worker {v.claim.get('worker')})"
+        elif v.state == "queued" and r.get("not_before") and r["not_before"] > time.time():
+            # not_before is in the storage's clock; shown as a local time, close enough to read
+            v.reason = "retry after " + time.strftime("%H:%M:%S", time.localtime(r["not_before"]))
+        if v.state == "waiting" and not v.reason:
+            lost = [d for d in r.get("dependencies") or [] if d in views and views[d].state == "lost"]
+            if lost:
+                v.reason = f"waits for {', '.join(lost)}, which is lost (a worker rebuilds it)"
+        if v.state in ("waiting", "queued") and (r.get("slurm") or {}).get("job_id"):
+            v.reason = f"Slurm job {r['slurm']['job_id']}" + (f"; {v.reason}" if v.reason else "")
+    return sorted(views.values(), key=lambda v: v.id)
+
+
+def _first_upstream(views: dict[str, JobView], source: Any, passes: Any) -> dict[str, str | None]:
+    """For every job: itself if ``source(view)``, else (when ``passes(view)``) the first such
+    job found upstream through its dependencies, in order; else None.
+
+    Iterative and memoised: linear in jobs + edges on any DAG shape (a 100,000-job chain,
+    a ladder whose paths number 2^30), and safe on a cycle in hand-edited files."""
+    found: dict[str, str | None] = {}
+    for root in views:
+        if root in found:
+            continue
+        stack: list[tuple[str, int]] = [(root, 0)]
+        on_path = {root}
+        while stack:
+            job_id, i = stack[-1]
+            v = views.get(job_id)
+            if v is None or source(v) or not passes(v):
+                found[job_id] = job_id if v is not None and source(v) else None
+                stack.pop()
+                on_path.discard(job_id)
+                continue
+            deps = (v.record or {}).get("dependencies")
+            deps = deps if isinstance(deps, list) else []
+            result, descend = None, None
+            while i < len(deps):
+                d = deps[i]
+                i += 1
+                if not isinstance(d, str) or d in on_path:
+                    continue
+                if d not in found:
+                    descend = d
+                    break
+                if found[d] is not None:
+                    result = found[d]
+                    break
+            if descend is not None:
+                stack[-1] = (job_id, i - 1)  # look at this dependency again once it is known
+                stack.append((descend, 0))
+                on_path.add(descend)
+                continue
+            found[job_id] = result
+            stack.pop()
+            on_path.discard(job_id)
+    return found
+
+
+def _mark_blocked(views: dict[str, JobView]) -> None:
+    """A waiting job is blocked when a job it needs (directly or not) has failed."""
+    failed = _first_upstream(views, lambda v: v.state == "failed", lambda v: v.state == "waiting")
+    for v in views.values():
+        if v.state == "waiting" and failed.get(v.id):
+            v.state = "blocked"
+            v.reason = f"upstream failed: {failed[v.id]}"
+
+
+def _mark_held(views: dict[str, JobView]) -> None:
+    """Held (by --failed-only): a waiting job so marked, or one downstream of it."""
+    held = _first_upstream(views, lambda v: v.state == "waiting" and bool((v.record or {}).get("held")),
+                           lambda v: v.state == "waiting")
+    for v in views.values():
+        if v.state == "waiting" and held.get(v.id):
+            h = held[v.id]
+            v.state = "held"
+            v.reason = "held until a plain resume (--failed-only)" if h == v.id else f"upstream held: {h}"
+
+
+def run_state(states: dict[str, int]) -> str:
+    """From the number of jobs in each shown state."""
+    if states.get("queued") or states.get("running") or states.get("waiting") or states.get("lost"):
+        return "running"
+    if states.get("failed") or states.get("blocked"):
+        return "failed"
+    if states.get("held"):
+        return "held"
+    return "done"
+
+
+def run_status(run: RunLayout) -> dict[str, Any]:
+    """The run's state and jobs; state ``corrupt`` (with ``reason``) if run.json is broken."""
+    try:
+        record = read_run_record(run)
+    except FileNotFoundError:
+        raise PoolError("not a run directory (no run.json)", run.root) from None
+    except ValueError as e:
+        return {"run_id": run.run_id, "name": None, "state": "corrupt",
+                "counts": {s: 0 for s in JOB_STATES}, "jobs": [],
+                "reason": f"run.json is corrupt ({e}); workers skip this run"}
+    views = job_views(run, record.get("jobs", 0))
+    counts = {s: 0 for s in JOB_STATES}
+    shown: dict[str, int] = {}
+    for v in views:
+        counts[COUNTED_AS.get(v.state, v.state)] += 1
+        shown[v.state] = shown.get(v.state, 0) + 1
+    out = {"run_id": record.get("run_id", run.run_id), "name": record.get("name"),
+           "state": run_state(shown), "counts": counts, "jobs": [v.row() for v in views]}
+    try:
+        slurm = fsio.read_json(run.slurm_record)
+        if isinstance(slurm, dict) and slurm:
+            out["slurm"] = slurm  # Slurm job ids of the run's workers ("workers") or jobs ("dag")
+    except (OSError, ValueError):
+        pass
+    note = change_note(run)
+    if note:
+        out["reason"] = note
+    return out
+
+
+def change_note(run: RunLayout, watch: Watch | None = None, mono: float | None = None) -> str | None:
+    """What ``exec-status`` says while ``.coord/`` holds a change: who is making it, or that
+    it was interrupted (no lock, or a lock judged abandoned); None if nothing is staged."""
+    try:
+        if not os.listdir(run.staging_root):
+            return None
+    except FileNotFoundError:
+        return None
+    n = _staged_jobs(run)
+    jobs = f"{n} job is" if n == 1 else f"{n} jobs are"
+    if not interrupted_change(run, watch, mono):
+        info = holder(run) or {}
+        stopped = "; the process is stopped" if is_stopped(info) else ""
+        return (f"a resume of this run is in progress ({describe(info)}, {info.get('action', '?')}, since "
+                f"{since_text(info)}{stopped}): {jobs} staged in .coord/")
+    return (f"a resume of this run was interrupted: {jobs} waiting in {run.staging_root}, unseen by workers; "
+            f"run `exec-submit --resume {run.run_id}` to finish or undo it")
+
+
+def _staged_jobs(run: RunLayout) -> int:
+    """Jobs in coordinators' staging folders (grabbed, or new content waiting to be placed)."""
+    jobs = set()
+    try:
+        stages = os.listdir(run.staging_root)
+    except FileNotFoundError:
+        return 0
+    for stage in stages:
+        for folder in (run.staging(stage), os.path.join(run.staging(stage), "new")):
+            try:
+                names = os.listdir(folder)
+            except OSError:  # gone (settled meanwhile), or not a folder
+                continue
+            for name in names:
+                _, sep, rest = name.partition(STAGE_SEP)
+                if sep and rest.endswith(JOB_SUFFIX):
+                    jobs.add(rest[: -len(JOB_SUFFIX)])
+    return len(jobs)
+
+
+def interrupted_change(run: RunLayout, watch: Watch | None = None, mono: float | None = None) -> bool:
+    """A coordinator's staging area left behind: no lock, or a lock judged abandoned (its
+    holder dead on this host, or its mtime still for COORD_STALE as this host has watched
+    it; ``watch`` defaults to the host's shared observations, read and not saved)."""
+    try:
+        if not os.listdir(run.staging_root):
+            return False
+    except FileNotFoundError:
+        return False
+    if not os.path.exists(run.coordinator_lock):
+        return True
+    watch = shared_watch(run) if watch is None else watch
+    return abandoned(run, watch, time.monotonic() if mono is None else mono) is not None
+
+
+def last_update(run: RunLayout) -> float:
+    stamps = []
+    for d in run.all_dirs():
+        try:
+            stamps.append(os.stat(d).st_mtime)
+        except FileNotFoundError:
+            pass
+    return max(stamps, default=0.0)
+
+
+def pool_status(pool: PoolLayout) -> dict[str, Any]:
+    if not os.path.isdir(pool.root):
+        raise PoolError("no such pool directory", pool.root)
+    runs = []
+    for run_id in pool.run_ids():
+        status = run_status(pool.run(run_id))
+        row = {k: status[k] for k in ("run_id", "name", "state", "counts")}
+        if "reason" in status:
+            row["reason"] = status["reason"]
+        runs.append(row)
+    return {"runs": runs}
+
+
+def is_run_dir(path: str) -> bool:
+    return os.path.exists(os.path.join(path, "run.json"))
