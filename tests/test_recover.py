@@ -168,7 +168,7 @@ def test_a_full_disk_while_staging_puts_every_job_back(pool: Path, make_workflow
 
 FULL = {  # every write writes nothing; or only executioner's own (the lock is taken, coordinator.json is not)
     "all": "import os\nos.write = lambda fd, data: 0\n",
-    "ours": "import errno\nfrom executioner import fsio\n"
+    "ours": "import errno\nfrom executioner.protocol import fsio\n"
             "def full(*a, **k):\n    raise OSError(errno.ENOSPC, 'No space left on device')\n"
             "fsio.write_all = full\n"}
 

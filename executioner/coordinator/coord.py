@@ -272,3 +272,18 @@ def _busy_message(run: RunLayout, lock: filelock.SoftFileLock, wait: float = 1.0
     who = describe({"pid": lock.pid, **info})
     doing = f" ({info['action']})" if info.get("action") else ""
     return f"run {run.run_id} is being changed by {who} since {since_text(info)}{doing}; try again when it is done"
+
+
+def interrupted_change(run: RunLayout, watch: Watch | None = None, mono: float | None = None) -> bool:
+    """A coordinator's staging area left behind: no lock, or a lock judged abandoned (its
+    holder dead on this host, or its mtime still for COORD_STALE as this host has watched
+    it; ``watch`` defaults to the host's shared observations, read and not saved)."""
+    try:
+        if not os.listdir(run.staging_root):
+            return False
+    except FileNotFoundError:
+        return False
+    if not os.path.exists(run.coordinator_lock):
+        return True
+    watch = shared_watch(run) if watch is None else watch
+    return abandoned(run, watch, time.monotonic() if mono is None else mono) is not None

@@ -23,7 +23,8 @@ from ..protocol.layout import STAGE_SEP, STATES, PoolLayout, RunLayout, split_ru
 from ..liveness.reap import judge_now, judge_private_now
 from ..protocol.rebuild import known_jobs
 from ..protocol.scrub import read_checked
-from ..views.status import interrupted_change, snapshot
+from ..protocol.snapshot import snapshot
+from .coord import interrupted_change
 from ..protocol.store import SPEC_DEFAULTS, new_job_record, read_run_record
 from ..workflow import JobSpec, Workflow
 

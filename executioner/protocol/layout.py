@@ -140,13 +140,17 @@ class RunLayout:
         """A job grabbed by coordinator ``stage`` out of ``state`` (its content unchanged)."""
         return os.path.join(self.root, ".coord", stage, f"{state}{STAGE_SEP}{job_id}{JOB_SUFFIX}")
 
+    def staging_new(self, stage: str) -> str:
+        """What coordinator ``stage`` will place when it commits (new job content, records)."""
+        return os.path.join(self.root, ".coord", stage, "new")
+
     def staged_new(self, stage: str, job_id: str, state: str) -> str:
         """The job's new content, to be placed into ``state`` when ``stage`` commits."""
-        return os.path.join(self.root, ".coord", stage, "new", f"{state}{STAGE_SEP}{job_id}{JOB_SUFFIX}")
+        return os.path.join(self.staging_new(stage), f"{state}{STAGE_SEP}{job_id}{JOB_SUFFIX}")
 
     def staged_file(self, stage: str, name: str) -> str:
         """Another file staged for the commit (the attempt record, run.json, ...)."""
-        return os.path.join(self.root, ".coord", stage, "new", name)
+        return os.path.join(self.staging_new(stage), name)
 
     def staging_commit(self, stage: str) -> str:
         return os.path.join(self.root, ".coord", stage, "COMMIT")

@@ -9,7 +9,7 @@ from typing import Any
 from ..protocol import attempts, fsio
 from ..errors import ExecutionerError, PoolError, WorkflowErrors
 from ..protocol.layout import PoolLayout, RunLayout
-from .status import snapshot
+from ..protocol.snapshot import snapshot
 
 
 def _all_records(run: RunLayout) -> dict[str, dict[str, Any]]:

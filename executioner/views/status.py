@@ -7,14 +7,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..protocol import fsio
-from ..coordinator.coord import abandoned, describe, holder, is_stopped, shared_watch, since_text
+from ..coordinator.coord import describe, holder, interrupted_change, is_stopped, since_text
 from ..errors import PoolError
-from ..protocol.layout import JOB_SUFFIX, STAGE_SEP, STATES, PoolLayout, RunLayout, job_id_of, split_private_name, split_running_name
-from ..protocol.rebuild import known_jobs
-from ..protocol.store import claim_lock as store_claim_lock
-from ..protocol.store import read_run_record, running_jobs
 from ..liveness.watch import Watch
+from ..protocol import fsio
+from ..protocol.layout import PoolLayout, RunLayout, split_private_name, split_running_name
+from ..protocol.rebuild import known_jobs
+from ..protocol.snapshot import snapshot, staged_jobs
+from ..protocol.store import claim_lock as store_claim_lock
+from ..protocol.store import read_run_record
 
 JOB_STATES = ("waiting", "queued", "running", "done", "failed", "blocked")
 # Shown as job states, counted as the folder they are in (the --json count keys are fixed).
@@ -39,55 +40,6 @@ class JobView:
         return {"id": self.id, "state": self.state, "tries": len(tries),
                 "exit_code": r.get("last_exit_code"), "duration": last.get("duration"),
                 "host": host, "reason": self.reason}
-
-
-def snapshot(run: RunLayout, expected: int = 0, staged: bool = False) -> dict[str, tuple[str, str]]:
-    """job id -> (state, file path); listed again if a job was caught moving (seen twice,
-    or fewer jobs than the run has). A job in a private folder in running/ (being taken out
-    of it) is running; with ``staged``, a job in a coordinator's staging folder counts in
-    the state it was grabbed from (a resume at work, or one that was interrupted)."""
-    seen: dict[str, tuple[str, str]] = {}
-    for _ in range(5):
-        seen = {}
-        moving = False
-        for state in STATES:
-            try:
-                names = os.listdir(run.state_dir(state))
-            except FileNotFoundError:
-                raise PoolError("not a run directory (no state folders)", run.root) from None
-            if state == "running":
-                found = [(r.job_id, r.path) for r in running_jobs(run, names)]
-            else:
-                found = [(j, os.path.join(run.state_dir(state), n)) for n in names if (j := job_id_of(n))]
-            for job_id, path in found:
-                if job_id in seen:
-                    moving = True
-                seen[job_id] = (state, path)
-        if staged:
-            for job_id, (state, path) in staged_jobs(run).items():
-                seen.setdefault(job_id, (state, path))
-        if not moving and len(seen) >= expected:
-            return seen
-    return seen
-
-
-def staged_jobs(run: RunLayout) -> dict[str, tuple[str, str]]:
-    """Jobs grabbed into coordinators' staging folders: job -> (state it came from, path)."""
-    out: dict[str, tuple[str, str]] = {}
-    try:
-        stages = sorted(os.listdir(run.staging_root))
-    except FileNotFoundError:
-        return out
-    for stage in stages:
-        try:
-            names = os.listdir(run.staging(stage))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for name in names:
-            state, sep, rest = name.partition(STAGE_SEP)
-            if sep and state in STATES and rest.endswith(".json"):
-                out.setdefault(rest[:-5], (state, os.path.join(run.staging(stage), name)))
-    return out
 
 
 def _token_of(path: str) -> str | None:
@@ -248,7 +200,7 @@ def change_note(run: RunLayout, watch: Watch | None = None, mono: float | None =
             return None
     except FileNotFoundError:
         return None
-    n = _staged_jobs(run)
+    n = len(staged_jobs(run, new=True))
     jobs = f"{n} job is" if n == 1 else f"{n} jobs are"
     if not interrupted_change(run, watch, mono):
         info = holder(run) or {}
@@ -257,41 +209,6 @@ def change_note(run: RunLayout, watch: Watch | None = None, mono: float | None =
                 f"{since_text(info)}{stopped}): {jobs} staged in .coord/")
     return (f"a resume of this run was interrupted: {jobs} waiting in {run.staging_root}, unseen by workers; "
             f"run `exec-submit --resume {run.run_id}` to finish or undo it")
-
-
-def _staged_jobs(run: RunLayout) -> int:
-    """Jobs in coordinators' staging folders (grabbed, or new content waiting to be placed)."""
-    jobs = set()
-    try:
-        stages = os.listdir(run.staging_root)
-    except FileNotFoundError:
-        return 0
-    for stage in stages:
-        for folder in (run.staging(stage), os.path.join(run.staging(stage), "new")):
-            try:
-                names = os.listdir(folder)
-            except OSError:  # gone (settled meanwhile), or not a folder
-                continue
-            for name in names:
-                _, sep, rest = name.partition(STAGE_SEP)
-                if sep and rest.endswith(JOB_SUFFIX):
-                    jobs.add(rest[: -len(JOB_SUFFIX)])
-    return len(jobs)
-
-
-def interrupted_change(run: RunLayout, watch: Watch | None = None, mono: float | None = None) -> bool:
-    """A coordinator's staging area left behind: no lock, or a lock judged abandoned (its
-    holder dead on this host, or its mtime still for COORD_STALE as this host has watched
-    it; ``watch`` defaults to the host's shared observations, read and not saved)."""
-    try:
-        if not os.listdir(run.staging_root):
-            return False
-    except FileNotFoundError:
-        return False
-    if not os.path.exists(run.coordinator_lock):
-        return True
-    watch = shared_watch(run) if watch is None else watch
-    return abandoned(run, watch, time.monotonic() if mono is None else mono) is not None
 
 
 def last_update(run: RunLayout) -> float:
