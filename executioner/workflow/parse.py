@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import re
 import reprlib
 from typing import Any, Final
 
@@ -29,6 +30,7 @@ MAX_INT_BITS: Final = 1000  # about 300 digits; longer numbers cannot even be pr
 SHOWN_CHARS: Final = 80  # a value quoted in a message is cut to this many characters
 MAX_FILE_BYTES: Final = 100_000_000  # a workflow of a million jobs is about 50 MB of JSON
 
+_PLACEHOLDER_BYTES: Final = re.compile(rb"(?<!\$)\{[A-Za-z_][A-Za-z0-9_]*\}")
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, SHOWN_CHARS, SHOWN_CHARS
@@ -58,13 +60,27 @@ def read(path: str | bytes | os.PathLike[str] | os.PathLike[bytes],
     if problem:
         raise _one(problem, _printable(shown))
     try:
-        with open(shown, "rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
+        raw = read_bounded(shown, MAX_FILE_BYTES)
     except OSError as e:
         raise _one(f"cannot read: {e.strerror}", shown) from None
     if len(raw) > MAX_FILE_BYTES:
         raise _one(f"larger than {MAX_FILE_BYTES // 1000:,} kB: not read", shown)
     return shown, raw
+
+
+def read_bounded(path: str, limit: int) -> bytes:
+    """The bytes of ``path``, at most ``limit`` + 1 of them (more means too large). Read in
+    pieces: ``read(limit + 1)`` would reserve the whole limit first, whatever the file's size."""
+    parts = []
+    size = 0
+    with open(path, "rb") as f:
+        while size <= limit:
+            part = f.read(min(1 << 20, limit + 1 - size))
+            if not part:
+                break
+            parts.append(part)
+            size += len(part)
+    return b"".join(parts)
 
 
 def _path_problem(shown: str, recorded: bool) -> str | None:
@@ -199,7 +215,18 @@ def _yaml_message(e: yaml.YAMLError, raw: bytes) -> str:
     problem = getattr(e, "problem", None) or "syntax error"
     if "nesting depth" in str(problem):  # libyaml's own bound (1000 levels)
         problem = f"nested too deeply (more than {MAX_DEPTH} levels)"
-    return f"not valid YAML{where}: {cut(str(problem), 200)}"
+    return f"not valid YAML{where}: {cut(str(problem), 200)}{_brace_hint(e, raw)}"
+
+
+def _brace_hint(e: yaml.YAMLError, raw: bytes) -> str:
+    """A placeholder such as ``{index}`` in an unquoted value inside ``[...]`` or ``{...}``
+    (or at the start of a value) is YAML syntax, not text: say so when the line has one."""
+    marks = [m for m in (getattr(e, "context_mark", None), getattr(e, "problem_mark", None)) if m]
+    lines = raw.split(b"\n")
+    for mark in marks:
+        if mark.line < len(lines) and _PLACEHOLDER_BYTES.search(lines[mark.line]):
+            return " (a value holding a {placeholder} must be quoted there: 'out/{index}.json')"
+    return ""
 
 
 def _reader_message(e: yaml.reader.ReaderError, raw: bytes) -> str:

@@ -7,21 +7,25 @@ the file, the job and the key.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Final, Iterable, Literal
+from typing import Any, Callable, Final, Iterable, Literal
 
 from ..errors import WorkflowError, WorkflowErrors
+from .arrays import (ARRAY_KEYS, MAX_LINES_BYTES, EACH, TASK_SEP, TaskSet, check_array, check_chunk, check_lines, check_matrix,
+                     placeholders, split_task)
 from .env import MAX_JOB_ENV, MAX_VALUE, NAME, StoredEnv, expanded_size, expanded_sizes, human, stored_env
-from .parse import cut, parse, read, show
+from .parse import cut, parse, read, read_bounded, show
 from .values import (BAD, JOB_OPTIONS, RETRY_STATUSES, NearNames, Problem, check_value, is_number,
                        suggest, text_problem, type_name)
 
 JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 TOP_KEYS: Final = ("name", "workdir", "env", "defaults", "jobs")
 TryStatus = Literal["done", "failed", "timeout"]
-JOB_KEYS: Final = ("id", "command", "dependencies", *JOB_OPTIONS)
+JOB_KEYS: Final = ("id", "command", "dependencies", *ARRAY_KEYS, "chunk", *JOB_OPTIONS)
+OWN_KEYS: Final = ("id", "command", "dependencies", *ARRAY_KEYS, "chunk")  # never in defaults
 MAX_SHOWN: Final = 100  # problems listed; the rest are counted in one more line
 MAX_ID_SUGGESTIONS: Final = 20  # unknown dependencies offered a "did you mean" (see NearNames)
 
@@ -48,10 +52,20 @@ class JobSpec:
     outputs: tuple[str, ...] = ()
     always_rerun: bool = False
     slurm: dict[str, Any] = field(default_factory=dict)  # resources for the Slurm-DAG backend
+    tasks: TaskSet | None = None  # an array's tasks (see executioner.workflow.arrays)
+    elementwise: tuple[str, ...] = ()  # dependencies on task i of an array, for task i
+
+    @property
+    def is_array(self) -> bool:
+        return self.tasks is not None
 
     def to_spec(self) -> dict[str, Any]:
-        """The definition as stored in the job file (everything but id and dependencies)."""
-        return {
+        """The definition as stored in the job file (everything but id and dependencies).
+        An array's task set and element-wise dependencies are stored only for arrays, so a
+        plain job's definition (and hash) is what it was before arrays existed."""
+        array = {} if self.tasks is None else {"tasks": self.tasks.describe(),
+                                                "elementwise": list(self.elementwise)}
+        return {**array,
             "command": list(self.command) if isinstance(self.command, tuple) else self.command,
             "env": stored_env(self.env), "workdir": self.workdir, "timeout": self.timeout,
             "kill_grace": self.kill_grace, "max_retries": self.max_retries, "max_lost": self.max_lost,
@@ -87,14 +101,16 @@ class Workflow:
 
 
 def load_workflow(path: str | bytes | os.PathLike[str] | os.PathLike[bytes], *,
-                  recorded: bool = True) -> Workflow:
+                  recorded: bool = True, inputs: Callable[[str, str], str] | None = None) -> Workflow:
     """Read, parse and validate ``path``; raise WorkflowErrors with every problem found.
 
     ``recorded``: the run will record this file's path and directory (a submit, or a resume
     given a file), so a path that is not UTF-8 is refused. False for a run's own copy of its
-    workflow, whose recorded path and workdir the caller keeps (the pool may be anywhere)."""
+    workflow, whose recorded path and workdir the caller keeps (the pool may be anywhere).
+    ``inputs(job, written path)``: where to read an ``each_line`` file (a run reads its own
+    copies); by default the written path, relative to the workflow file."""
     shown, raw = read(path, recorded)
-    return _Validator(shown, raw).workflow(parse(raw, shown))
+    return _Validator(shown, raw, inputs).workflow(parse(raw, shown))
 
 
 def _key(key: Any) -> str:
@@ -109,14 +125,18 @@ class _Entry:
     id: str
     dependencies: tuple[str, ...]
     spec: JobSpec | None = None
+    elementwise: tuple[str, ...] = ()
+    tasks: TaskSet | None = None  # None: a plain job (or an array whose tasks are wrong)
+    array: bool = False  # written as an array (even if its task set is wrong)
 
 
 class _Validator:
     """One pass over a parsed workflow that records every problem (see ``err``)."""
 
-    def __init__(self, file: str, raw: bytes):
+    def __init__(self, file: str, raw: bytes, inputs: Callable[[str, str], str] | None = None):
         self.file = file
         self.raw = raw
+        self.inputs = inputs
         self.errors: list[WorkflowError] = []
         self.top_sizes: dict[str, int] = {}  # what the workflow's env values expand to
         self.top_total = 0
@@ -193,7 +213,7 @@ class _Validator:
             value = {}
         base = {key: default for key, (_, default) in JOB_OPTIONS.items()}
         for key, v in value.items():
-            if key in ("id", "command", "dependencies"):
+            if key in OWN_KEYS:
                 self.err("cannot be set in defaults", key=f"defaults.{_key(key)}")
             elif key not in JOB_OPTIONS:
                 self.err(f"unknown key{self.suggest(key, tuple(JOB_OPTIONS))}", key=f"defaults.{_key(key)}")
@@ -237,6 +257,8 @@ class _Validator:
                              job=entry.id, key="dependencies")
                 elif dep == entry.id:
                     self.err("a job cannot depend on itself", job=entry.id, key="dependencies")
+            for dep in entry.elementwise:
+                self.check_elementwise(entry, entries.get(dep))
         specs = [e.spec for e in entries.values() if e.spec is not None]
         cycle = _find_cycle({s.id: s.dependencies for s in specs})
         if cycle:
@@ -244,6 +266,118 @@ class _Validator:
             self.err(f"dependency cycle: {' -> '.join(shown)} (each job depends on the next)",
                      job=cycle[0], key="dependencies")
         return specs
+
+    def check_elementwise(self, entry: _Entry, upstream: _Entry | None) -> None:
+        """``dependencies: ["sim:{index}"]``: both arrays, of the same length."""
+        if upstream is None:
+            return  # unknown: reported already
+        key, dep = "dependencies", f"{upstream.id}{TASK_SEP}{EACH}"
+        if not entry.array:
+            self.err(f"{show(dep)}: only an array (matrix, array or each_line) can depend on another "
+                     f"array's tasks one by one; depend on {show(upstream.id)} to wait for all of it",
+                     job=entry.id, key=key)
+        elif not upstream.array:
+            self.err(f"{show(dep)}: {show(upstream.id)} is not an array; depend on {show(upstream.id)}",
+                     job=entry.id, key=key)
+        elif entry.tasks is not None and upstream.tasks is not None and len(entry.tasks) != len(upstream.tasks):
+            self.err(f"{show(dep)}: task i waits for task i of {show(upstream.id)}, but this array has "
+                     f"{len(entry.tasks):,} tasks and {show(upstream.id)} has {len(upstream.tasks):,}",
+                     job=entry.id, key=key)
+
+    def dependencies(self, deps: Any, job_id: str) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+        """The upstream job ids, those of them depended on task by task, and whether all is well."""
+        deps = [] if deps is None else deps
+        if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+            self.err("must be a list of job ids", job=job_id, key="dependencies")
+            return (), (), False
+        ids: list[str] = []
+        each: list[str] = []
+        ok = True
+        for dep in deps:
+            upstream, task = split_task(dep)
+            if task is None:
+                ids.append(dep)
+            elif task == EACH:
+                ids.append(upstream)
+                each.append(upstream)
+            else:
+                self.err(f"{show(dep)}: a dependency names a job, or {show(upstream + TASK_SEP + EACH)} for "
+                         "task i of an array (one task of another array is not a dependency)",
+                         job=job_id, key="dependencies")
+                ok = False
+        whole = set(deps)  # written as a job id: waits for all of it, task by task or not
+        return tuple(dict.fromkeys(ids)), tuple(e for e in dict.fromkeys(each) if e not in whole), ok
+
+    def tasks(self, item: dict[str, Any], job_id: str) -> tuple[bool, TaskSet | None]:
+        """Whether the job is an array, and its checked task set (None: reported, or plain)."""
+        given = [k for k in ARRAY_KEYS if k in item]
+        if not given:
+            if "chunk" in item:
+                self.err("only an array (matrix, array or each_line) is claimed in chunks", job=job_id, key="chunk")
+            return False, None
+        if len(given) > 1:
+            self.err(f"a job may have one of {', '.join(ARRAY_KEYS)}, not {' and '.join(given)}",
+                     job=job_id, key=given[1])
+            return True, None
+        key = given[0]
+        if key == "array":
+            tasks = check_array(item[key])
+        elif key == "matrix":
+            tasks = check_matrix(item[key])
+        else:
+            tasks = check_lines(item[key], *self.read_lines(job_id, item[key]))
+        if isinstance(tasks, Problem):
+            self.err(tasks.message, job=job_id, key=key)
+            return True, None
+        if "chunk" in item:
+            chunk = check_chunk(item["chunk"])
+            if isinstance(chunk, Problem):
+                self.err(chunk.message, job=job_id, key="chunk")
+                return True, None
+            tasks = dataclasses.replace(tasks, chunk=chunk)
+        return True, tasks
+
+    def read_lines(self, job_id: str, source: Any) -> tuple[bytes | None, str | None]:
+        """The bytes of an ``each_line`` file (or why not), read once, with a bound."""
+        if not isinstance(source, str) or not source or text_problem(source):
+            return None, None
+        if self.inputs is not None:
+            path = self.inputs(job_id, source)
+        else:
+            path = os.path.join(os.path.dirname(os.path.abspath(self.file)), source)
+        try:
+            raw = read_bounded(path, MAX_LINES_BYTES)
+        except FileNotFoundError:
+            return None, "no such file (an each_line path is relative to the workflow file)"
+        except IsADirectoryError:
+            return None, "is a directory"
+        except OSError as e:
+            return None, f"cannot be read ({e.strerror})"
+        if len(raw) > MAX_LINES_BYTES:
+            return None, f"larger than {MAX_LINES_BYTES // 1_000_000:,} MB: not read"
+        return raw, None
+
+    def check_placeholders(self, spec: JobSpec) -> bool:
+        """Every placeholder of an array names something the array has; a plain job has none
+        (its braces are left alone)."""
+        if spec.tasks is None:
+            return True
+        have = spec.tasks.names
+        texts: list[tuple[str, str]] = []
+        texts += [("command", a) for a in ((spec.command,) if isinstance(spec.command, str) else spec.command)]
+        texts += [("env", v) for v in spec.env.values()]
+        texts += [("workdir", spec.workdir)] if spec.workdir else []
+        texts += [("outputs", o) for o in spec.outputs]
+        ok = True
+        for key, text in texts:
+            for name in placeholders(text):
+                if name not in have:
+                    shown = ", ".join("{" + n + "}" for n in have)
+                    self.err(f"placeholder {{{name}}} names nothing (this array has {shown}; write "
+                             f"{{{{{name}}}}} for a literal {{{name}}})", job=spec.id, key=key)
+                    ok = False
+                    break
+        return ok
 
     def job(self, index: int, item: Any, base: dict[str, Any]) -> _Entry | None:
         """Job ``index`` (its id, dependencies and, when nothing else is wrong, its spec), or
@@ -266,22 +400,21 @@ class _Validator:
             if key in JOB_OPTIONS:
                 options[key] = self.value(key, value, job_id, key)
                 ok = ok and options[key] is not BAD
-            elif key not in ("id", "command", "dependencies"):
+            elif key not in OWN_KEYS:
                 self.err(f"unknown key{self.suggest(key, JOB_KEYS)}", job=job_id, key=_key(key))
                 ok = False
         command = self.command(item.get("command"), job_id)
-        deps = item.get("dependencies")
-        deps = [] if deps is None else deps
-        if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
-            self.err("must be a list of job ids", job=job_id, key="dependencies")
-            deps, ok = [], False
-        entry = _Entry(job_id, tuple(dict.fromkeys(deps)))
+        deps, each, deps_ok = self.dependencies(item.get("dependencies"), job_id)
+        array, tasks = self.tasks(item, job_id)
+        entry = _Entry(job_id, deps, elementwise=each, tasks=tasks, array=array)
+        ok = ok and deps_ok and (tasks is not None or not array)
         if not ok or command is None or (self.bad_defaults and any(v is BAD for v in options.values())):
             return entry
         if "slurm" in item:  # per key, over the defaults
             options["slurm"] = _over(base["slurm"], options["slurm"])
-        spec = JobSpec(id=job_id, command=command, dependencies=entry.dependencies, **options)
-        if self.job_sizes(spec, own_env="env" in item):
+        spec = JobSpec(id=job_id, command=command, dependencies=entry.dependencies, tasks=tasks,
+                       elementwise=each, **options)
+        if self.job_sizes(spec, own_env="env" in item) and self.check_placeholders(spec):
             entry.spec = spec
         return entry
 
@@ -304,7 +437,7 @@ class _Validator:
             else:
                 command = tuple(str(a) for a in command)
         else:
-            problem = f"must be a string or a list of strings, not {type_name(command)}"
+            problem = f"must be a string or a list of strings, not {type_name(command)}{_flow_hint(command)}"
         if problem:
             self.err(problem, job=job_id, key="command")
             return None
@@ -379,6 +512,13 @@ class _Validator:
                              job=spec.id, key="command")
                     ok = False
         return ok
+
+
+def _flow_hint(value: Any) -> str:
+    """Unquoted, ``command: {index}`` is a YAML mapping {"index": null}: say so."""
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value.values())) is None:
+        return f" (unquoted, YAML reads {{{_key(next(iter(value)))}}} as a mapping: quote the value)"
+    return ""
 
 
 def _over(base: Any, own: dict[str, Any]) -> dict[str, Any]:
