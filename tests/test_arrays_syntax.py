@@ -174,6 +174,8 @@ def test_each_line_file_not_utf8_names_the_line(tmp_path: Path) -> None:
      "job 'p': key 'dependencies': unknown dependency 'nope'"),
     ('  - {id: s, command: x, array: 3}\n  - {id: a, command: y, defaults: 1}\n',
      "job 'a': key 'defaults': unknown key"),
+    ('  - {id: s, command: x, array: 3}\n  - {id: s.0-1, command: y}\n',
+     "job 's.0-1': key 'id': looks like a chunk of array 's' (its files are s.<first>-<last>.json): rename the job"),
 ])
 def test_dependency_mistakes(tmp_path: Path, jobs: str, expected: str) -> None:
     lines = refused(tmp_path, "jobs:\n" + jobs)

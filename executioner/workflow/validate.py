@@ -23,6 +23,7 @@ from .values import (BAD, JOB_OPTIONS, RETRY_STATUSES, NearNames, Problem, check
 
 JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 TOP_KEYS: Final = ("name", "workdir", "env", "defaults", "jobs")
+CHUNK_TAIL: Final = re.compile(r"[0-9]+(-[0-9]+)?")
 TryStatus = Literal["done", "failed", "timeout"]
 JOB_KEYS: Final = ("id", "command", "dependencies", *ARRAY_KEYS, "chunk", *JOB_OPTIONS)
 OWN_KEYS: Final = ("id", "command", "dependencies", *ARRAY_KEYS, "chunk")  # never in defaults
@@ -259,6 +260,12 @@ class _Validator:
                     self.err("a job cannot depend on itself", job=entry.id, key="dependencies")
             for dep in entry.elementwise:
                 self.check_elementwise(entry, entries.get(dep))
+        arrays = {e.id for e in entries.values() if e.array}
+        for entry in entries.values():  # a chunk of array A is the file A.<lo>-<hi>.json
+            stem, dot, tail = entry.id.rpartition(".")
+            if dot and stem in arrays and CHUNK_TAIL.fullmatch(tail):
+                self.err(f"looks like a chunk of array {stem!r} (its files are {stem}.<first>-<last>.json): "
+                         "rename the job", job=entry.id, key="id")
         specs = [e.spec for e in entries.values() if e.spec is not None]
         cycle = _find_cycle({s.id: s.dependencies for s in specs})
         if cycle:
