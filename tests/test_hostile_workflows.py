@@ -237,7 +237,7 @@ def test_a_bound_is_named_in_the_message(tmp_path: Path) -> None:
 
 
 def test_a_long_series_of_quick_retries_does_not_overflow_the_delay(tmp_path: Path) -> None:
-    from executioner.execution.retry import decide
+    from executioner.protocol.retry import decide
 
     path = tmp_path / "w.yaml"
     path.write_text("jobs: [{id: a, command: x, max_retries: 5000, retry_delay: 0, retry_backoff: 2}]\n")

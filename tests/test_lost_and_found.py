@@ -163,7 +163,7 @@ def test_a_job_that_signals_its_own_worker_is_stopped_by_max_lost(pool: Path, ma
 
 
 def test_a_single_preemption_costs_nothing(pool: Path, make_workflow) -> None:
-    from executioner.liveness.reap import losses
+    from executioner.protocol.retry import losses
 
     assert losses([{"status": "preempted"}, {"status": "failed"}, {"status": "preempted"}]) == 0
     assert losses([{"status": "preempted"}, {"status": "preempted"}, {"status": "lost"}]) == 2

@@ -25,7 +25,9 @@ from ..protocol.rebuild import known_jobs
 from ..protocol.scrub import read_checked
 from ..protocol.snapshot import snapshot
 from .coord import interrupted_change
-from ..protocol.store import SPEC_DEFAULTS, new_job_record, read_run_record
+from ..protocol.store import SPEC_DEFAULTS, new_chunk_record, new_job_record, read_run_record
+from ..protocol.units import unit_name
+from ..workflow.arrays import chunk_size, chunks
 from ..workflow import JobSpec, Workflow
 
 Build = Callable[[dict[str, Any] | None], dict[str, Any]]
@@ -238,11 +240,13 @@ def workflow_for_resume(run: RunLayout, path: str | None) -> Workflow:
 
     if path:
         return load_workflow(path)
-    copy = attempts.workflow_of(run, attempts.current(run))
+    number = attempts.current(run)
+    copy = attempts.workflow_of(run, number)
     if copy is None:
         raise WorkflowErrors([WorkflowError("the run has no copy of its workflow; pass the file", run.root)])
     record = read_run_record(run)
-    return replace(load_workflow(copy, recorded=False), workdir=record["workdir"], path=record.get("source") or copy)
+    workflow = load_workflow(copy, recorded=False, inputs=lambda job, _src: run.attempt_lines(number, job))
+    return replace(workflow, workdir=record["workdir"], path=record.get("source") or copy)
 
 
 # ---- planning ----------------------------------------------------------------------------
@@ -334,6 +338,12 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
         if cur is not None and record is None:
             plan.steps.append(Step(j, "skip", "job file unreadable", state))
             continue
+        if spec.is_array:
+            if current:
+                raise Refused("a run with task arrays cannot be resumed, rolled back or restarted yet "
+                              "(arrays are new: see docs/arrays-format.md)", run_id)
+            plan.steps += _chunk_steps(spec, run_id, attempt, dependents[j])
+            continue
         step = _step(j, spec, cur, rerun, skipped, options, failed_upstream, final_done, attempt,
                      dependents, run_id)
         _mind_claim(step, cur, plan.why, live)
@@ -359,6 +369,19 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
             if c["check"] == "claims":
                 c["ok"], c["detail"] = True, "left running: " + "; ".join(live)
     return plan
+
+
+def _chunk_steps(spec: JobSpec, run_id: str, attempt: int, dependents: list[str]) -> list[Step]:
+    """A new array: one step per chunk (see executioner.protocol.units), queued if it needs
+    nothing, else waiting (a worker's promotion queues it when its upstream is done)."""
+    assert spec.tasks is not None
+    size = chunk_size(len(spec.tasks), spec.tasks.chunk)
+    dst = "waiting" if spec.dependencies else "queued"
+    steps = []
+    for lo, hi in chunks(len(spec.tasks), size):
+        build = (lambda lo, hi: lambda _found: new_chunk_record(run_id, spec, lo, hi, dependents, attempt))(lo, hi)
+        steps.append(Step(unit_name(spec.id, lo, hi), "run", "new", None, dst, build))
+    return steps
 
 
 def _mind_claim(step: Step, cur: Current | None, why: str, live: list[str], note: str = "") -> None:

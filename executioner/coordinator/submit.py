@@ -10,6 +10,7 @@ from typing import Any
 
 from ..protocol import attempts, fsio
 from ..errors import PoolError
+from ..workflow.arrays import chunk_size
 from ..protocol.layout import FORMAT_VERSION, PoolLayout, RunLayout, run_sort_key
 from .plan import Options, Plan, make_plan
 from ..workflow import Workflow
@@ -66,6 +67,9 @@ def _build(run: RunLayout, workflow: Workflow, plan: Plan) -> None:
         assert step.build is not None and step.dst is not None
         fsio.write_unsynced(run.job(step.job, step.dst), fsio.dumps(step.build(None)))
     fsio.write_unsynced(run.attempt_workflow(1, workflow.suffix), workflow.raw)
+    for spec in workflow.jobs:  # each_line files: the run keeps the lines it was given
+        if spec.tasks is not None and spec.tasks.kind == "each_line":
+            fsio.write_unsynced(run.attempt_lines(1, spec.id), spec.tasks.raw)
     record = attempts.new_record(run, 1, plan.why, plan.options.flags(), workflow.raw, workflow.suffix,
                                  [], [s.row() for s in plan.steps], plan.checks)
     fsio.write_unsynced(run.attempt_record(1), fsio.dumps(record))
@@ -76,6 +80,7 @@ def _build(run: RunLayout, workflow: Workflow, plan: Plan) -> None:
 
 
 def run_record(run: RunLayout, workflow: Workflow, backend: str | None = None) -> dict[str, Any]:
+    arrays = {j.id: len(j.tasks) for j in workflow.jobs if j.tasks is not None}
     return {
         "format": FORMAT_VERSION,
         "run_id": run.run_id,
@@ -85,7 +90,10 @@ def run_record(run: RunLayout, workflow: Workflow, backend: str | None = None) -
         "source": workflow.path,
         "workdir": workflow.workdir,
         "env": workflow.env,
-        "jobs": len(workflow.jobs),
+        "jobs": len(workflow.jobs) - len(arrays) + sum(
+            len(range(0, n, chunk_size(n, chunk))) for n, chunk in ((len(j.tasks), j.tasks.chunk) for j in workflow.jobs if j.tasks)),
+        "arrays": arrays,  # job -> its number of tasks (see executioner.protocol.units)
+        "tasks": len(workflow.jobs) - len(arrays) + sum(arrays.values()),
         "attempt": 1,
         "backend": backend or "workers",
         "submitted_by": f"{getpass.getuser()}@{fsio.HOST}",

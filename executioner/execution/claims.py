@@ -17,7 +17,7 @@ from .events import Events
 from ..protocol.layout import PoolLayout, run_sort_key
 from ..liveness.clock import StorageClock
 from ..liveness.reap import Reaper
-from .retry import first_start_of
+from ..protocol.retry import first_start_of
 
 log = logging.getLogger("executioner.worker")
 FIT_MARGIN = 90.0  # Slurm's warning signal comes 30 s before the end, or up to a minute earlier

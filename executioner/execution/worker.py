@@ -24,10 +24,13 @@ from .execute import TryResult, TryStatus, build_env, command_argv, missing_outp
 from ..protocol.layout import PoolLayout
 from ..protocol.rebuild import LostFinder, coordinating, place_record
 from ..liveness.clock import StorageClock
-from ..liveness.reap import Reaper, losses
+from ..liveness.reap import Reaper
+from ..protocol.pieces import is_chunk
+from ..protocol.retry import losses
+from .chunk import ChunkTry
 from ..liveness.tidy import Tidy
 from ..protocol.scrub import Scrubber
-from .retry import decide
+from ..protocol.retry import decide
 
 log = logging.getLogger("executioner.worker")
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGKILL", "SIGUSR2")
@@ -76,6 +79,9 @@ class Worker(Claiming):
         self._abort = threading.Event()  # and stop the running commands too
         self._wake = threading.Event()
         self._lock = threading.Lock()
+        # One permit per slot: a slot holds one while it claims and runs; a chunk borrows the
+        # free ones to run several of its tasks at once (see executioner.execution.chunk).
+        self._permits = threading.BoundedSemaphore(self.slots)
         self._busy = 0
         self._events: Events | None = None
         self._idle_since: float | None = None
@@ -183,7 +189,18 @@ class Worker(Claiming):
             return self.max_jobs is not None and self.claimed >= self.max_jobs
 
     def _run_one(self) -> bool:
-        """Claim one job and run it to the end; False when there was nothing to claim."""
+        """Claim one job and run it to the end; False when there was nothing to claim (or
+        every slot's permit is lent to a chunk's tasks)."""
+        if not self._permits.acquire(blocking=False):
+            with self._lock:
+                self._idle_since = None  # our slots are busy with a chunk: not idle
+            return False
+        try:
+            return self._claim_and_run()
+        finally:
+            self._permits.release()
+
+    def _claim_and_run(self) -> bool:
         with self._lock:
             if self.max_jobs is not None and self.claimed >= self.max_jobs:
                 return False
@@ -201,7 +218,10 @@ class Worker(Claiming):
             self._busy += 1
             self._idle_since = None
         try:
-            self._execute(claim)
+            if is_chunk(claim.record):
+                self._execute_chunk(claim)
+            else:
+                self._execute(claim)
         except Exception as e:
             log.exception("job %s of run %s: unexpected error", claim.job_id, claim.run.run_id)
             self._fail_internal(claim, e)
@@ -380,7 +400,32 @@ class Worker(Claiming):
         if self._finish(claim, new, "failed"):
             self._count_finished()
 
-    def _finish(self, claim: store.Claim, record: dict[str, Any], state: str) -> bool:
+    def _execute_chunk(self, claim: store.Claim) -> None:
+        """Run a chunk's tasks and commit its pieces (see executioner.execution.chunk)."""
+        run = claim.run
+        pieces = ChunkTry(self, claim).run()
+        if pieces is None:
+            log.warning("chunk %s of run %s: claim lost; its finished tasks are in its journal", claim.job_id,
+                        run.run_id)
+            return
+        if not self._finish(claim, None, "pieces", pieces):
+            return
+        settled = sum(r["tasks"][1] - r["tasks"][0] + 1 for state, _, r in pieces if state in ("done", "failed"))
+        with self._lock:
+            self.finished += settled
+        log.info("chunk %s of run %s (try %d): %s", claim.job_id, run.run_id, claim.try_number,
+                 ", ".join(f"{unit} -> {state}" for state, unit, _ in pieces))
+        for state, unit, record in pieces:
+            if state == "queued" and record.get("not_before"):
+                with self._lock:
+                    self._not_before[(run.run_id, unit)] = time.monotonic() + max(
+                        0.0, record["not_before"] - self.clock.now())
+        if any(state == "done" for state, _, _ in pieces) and store.promote(run, claim.record["dependents"]):
+            with self._lock:
+                self._queued_empty.discard(run.run_id)
+
+    def _finish(self, claim: store.Claim, record: dict[str, Any] | None, state: str,
+                pieces: list[tuple[str, str, dict[str, Any]]] | None = None) -> bool:
         """Move our claim on; if it was taken away meanwhile, say so and write nothing.
 
         A write that fails (a full disk, a quota, EIO for a moment) is tried again with
@@ -391,7 +436,7 @@ class Worker(Claiming):
         delay, deadline = 0.5, time.monotonic() + self.commit_patience
         while True:
             try:
-                if store.finish(claim, record, state):
+                if store.finish_pieces(claim, pieces) if pieces else store.finish(claim, record or {}, state):
                     return True
                 log.warning("job %s of run %s: claim %s was taken away (requeued as stale?); its result "
                             "is not recorded", claim.job_id, claim.run.run_id, claim.token)

@@ -25,6 +25,7 @@ from ..protocol import fence, fsio, store
 from ..protocol.layout import PoolLayout, RunLayout
 from ..protocol.rebuild import rebuilt
 from ..protocol.scrub import quarantine, read_checked
+from ..protocol.retry import losses
 from .watch import Watch
 
 log = logging.getLogger("executioner.reap")
@@ -138,7 +139,7 @@ class Reaper:
     def _private_patience(self, run: RunLayout, private: fence.Private) -> float:
         """A worker finishing its own claim gets the patience its settings ask for, as its
         claim would; takers and recoverers (no heartbeat of their own) get ours."""
-        if private.intent not in ("done", "failed", "queued", "waiting"):
+        if private.intent not in ("done", "failed", "queued", "waiting", "pieces"):
             return self.stale_after
         try:
             record = fsio.read_json(private.job_file)
@@ -214,19 +215,6 @@ class Reaper:
         if not verdict.stale:
             return None
         return requeue_lost(run, job.job_id, job.token, record, verdict.reason, self._claims.get(job.path))
-
-
-def losses(tries: list[dict[str, Any]]) -> int:
-    """Tries that count against ``max_lost``: every ``lost`` one, and every ``preempted`` one
-    that follows another ``preempted`` try. A real preemption rarely hits one job twice in a
-    row; a job that signals its own worker (or that is longer than every allocation) does it
-    every time, and is stopped by max_lost instead of looping forever."""
-    count, previous = 0, None
-    for t in tries:
-        status = t.get("status") if isinstance(t, dict) else None
-        count += status == "lost" or (status == "preempted" and previous == "preempted")
-        previous = status
-    return count
 
 
 def lost_record(run: RunLayout, record: dict[str, Any], reason: str, claim: dict[str, Any] | None,

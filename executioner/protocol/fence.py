@@ -11,6 +11,13 @@ Every exit from ``running/`` with new content goes through :func:`leave`, called
    over ``<folder>/<job>.json``;
 4. ``rename(<folder>/<job>.json, <dst>/<job>.json)``; then the empty folder is removed.
 
+A chunk of an array may leave as several *pieces* (see executioner.protocol.pieces):
+each is written whole into the folder as ``<state>~<unit>.json``; then the fenced chunk
+file is unlinked (the commit point: from then on the folder holds the complete set);
+then each piece is renamed out to ``<state>/<unit>.json``. A recoverer that finds the
+chunk file still there discards any piece (the set may be incomplete) and decides
+afresh; one that finds it gone renames the remaining pieces out.
+
 Steps 3 and 4 are renames *into or out of* our folder. A checker that finds a private
 folder standing still (its process gone, or unchanged for ``--stale-after``) renames the
 whole folder to a private name of its own first (:func:`recover`), so the stalled owner's
@@ -41,8 +48,10 @@ from .layout import STATES, RunLayout, split_private_name
 from .scrub import check_record
 
 log = logging.getLogger("executioner.fence")
-Build = Callable[[dict[str, Any] | None, "Private"], "tuple[str, dict[str, Any]] | None"]
-INTENTS = ("done", "failed", "queued", "waiting", "take", "recover")
+# build(content, private) -> (state, record); or, for a chunk, [(state, unit, record), ...]
+# (its pieces, see executioner.protocol.pieces); or None: put the claim back untouched.
+Build = Callable[[dict[str, Any] | None, "Private"], "tuple[str, dict[str, Any]] | list[tuple[str, str, dict[str, Any]]] | None"]
+INTENTS = ("done", "failed", "queued", "waiting", "pieces", "take", "recover")
 
 
 def _pause_hook() -> float:
@@ -157,6 +166,8 @@ def _publish(private: Private, build: Build, put_back: str | None) -> str | None
     if decided is None:
         _undo(private, put_back)
         return None
+    if isinstance(decided, list):
+        return _publish_pieces(private, decided, put_back)
     dst, record = decided
     try:
         tmp = fsio.write_temp(run.state_dir("running"), fsio.dumps(record))
@@ -183,6 +194,55 @@ def _publish(private: Private, build: Build, put_back: str | None) -> str | None
         return None
     _rmdir(private.path)
     return dst
+
+
+def _publish_pieces(private: Private, pieces: list[tuple[str, str, dict[str, Any]]],
+                    put_back: str | None) -> str | None:
+    """Commit a chunk's pieces (see the module docstring); returns the first piece's state."""
+    run = private.run
+    placed = []
+    try:
+        for dst, unit, record in pieces:
+            tmp = fsio.write_temp(run.state_dir("running"), fsio.dumps(record))
+            piece = run.piece(private.path, unit, dst)
+            try:
+                # RACE: a checker that took our folder meanwhile makes this fail: we hold
+                # nothing any more, and write nothing more.
+                os.rename(tmp, piece)
+            except FileNotFoundError:
+                fsio.unlink_quietly(tmp)
+                return None
+            placed.append((piece, run.job(unit, dst)))
+    except OSError:
+        for piece, _ in placed:
+            fsio.unlink_quietly(piece)
+        _undo(private, put_back)
+        raise
+    pause = _pause_hook()
+    if pause:
+        time.sleep(pause)
+    try:
+        os.unlink(private.job_file)  # the commit point: the folder now holds every piece
+    except FileNotFoundError:
+        return None  # RACE: taken from our folder by a checker that judged us stale
+    if pause:
+        time.sleep(pause)
+    if _place_pieces(private, placed) is None:
+        return None
+    return pieces[0][0] if pieces else None
+
+
+def _place_pieces(private: Private, placed: list[tuple[str, str]]) -> str | None:
+    """Rename committed pieces out of the folder, then remove it; None if it was taken."""
+    if any(os.path.dirname(dst) == private.run.removed_dir for _, dst in placed):
+        os.makedirs(private.run.removed_dir, exist_ok=True)
+    for piece, dst in placed:
+        try:
+            os.rename(piece, dst)  # RACE: as in _publish
+        except FileNotFoundError:
+            return None
+    _rmdir(private.path)
+    return "placed"
 
 
 def _undo(private: Private, put_back: str | None) -> None:
@@ -233,12 +293,33 @@ def recover(private: Private, build: Build) -> str | None:
     except OSError as e:  # ENOTEMPTY/EEXIST: a folder of that name exists (cannot be ours)
         log.warning("run %s: cannot take over %s: %s", run.run_id, private.name, e)
         return None
+    pieces = pieces_in(mine)
     if not os.path.exists(mine.job_file):
+        if pieces:  # a chunk's pieces, committed: finish placing them
+            state = pieces[0][2]
+            return state if _place_pieces(mine, [(p, d) for p, d, _ in pieces]) else None
         # The owner died after making its folder and before its fence (its claim is still
         # in running/, judged on its own), or after its final rename: nothing to place.
         _rmdir(mine.path)
         return None
+    for piece, _, _ in pieces:  # not committed: perhaps not all there; decided afresh below
+        fsio.unlink_quietly(piece)
     return _publish(mine, build, None)
+
+
+def pieces_in(private: Private) -> list[tuple[str, str, str]]:
+    """Pieces written into a private folder: (path, destination, state)."""
+    out = []
+    try:
+        names = sorted(os.listdir(private.path))
+    except OSError:
+        return out
+    for name in names:
+        parsed = private.run.parse_piece(name)
+        if parsed is not None:
+            state, unit = parsed
+            out.append((os.path.join(private.path, name), private.run.job(unit, state), state))
+    return out
 
 
 def valid(record: dict[str, Any] | None, job_id: str) -> bool:

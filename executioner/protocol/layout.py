@@ -124,6 +124,10 @@ class RunLayout:
     def attempt_workflow(self, number: int, suffix: str) -> str:
         return os.path.join(self.root, "attempts", f"{number:04d}.workflow{suffix}")
 
+    def attempt_lines(self, number: int, job_id: str) -> str:
+        """The copy of an ``each_line`` file that attempt N of the run used."""
+        return os.path.join(self.root, "attempts", f"{number:04d}.{job_id}.lines")
+
     @property
     def removed_dir(self) -> str:
         return os.path.join(self.root, "removed")
@@ -196,6 +200,22 @@ class RunLayout:
     def private_job(self, folder: str, job_id: str) -> str:
         """The job's file inside a private folder."""
         return os.path.join(folder, job_id + JOB_SUFFIX)
+
+    def piece(self, folder: str, unit: str, state: str) -> str:
+        """A piece of a chunk written into a private folder, to be placed in ``state``."""
+        return os.path.join(folder, f"{state}{STAGE_SEP}{unit}{JOB_SUFFIX}")
+
+    @staticmethod
+    def parse_piece(name: str) -> tuple[str, str] | None:
+        """``<state>~<unit>.json`` -> (state, unit); None for anything else."""
+        state, sep, rest = name.partition(STAGE_SEP)
+        if not sep or state not in (*STATES, "removed") or not rest.endswith(JOB_SUFFIX) or rest.startswith("."):
+            return None
+        return state, rest[: -len(JOB_SUFFIX)]
+
+    def task_journal(self, unit: str, try_number: int) -> str:
+        """The progress journal of a chunk try (see executioner.execution.tasks)."""
+        return os.path.join(self.root, "logs", f"{unit}.{try_number}.tasks")
 
     def claim_record(self, job_id: str, try_number: int) -> str:
         """The lock of try N: who claimed it, with which token. Kept as the try's record."""

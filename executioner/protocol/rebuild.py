@@ -17,6 +17,8 @@ from typing import Any
 
 from . import attempts, fsio
 from .layout import STATES, RunLayout, job_id_of
+from .ready import arrays_of
+from .units import parse_unit
 
 log = logging.getLogger("executioner.rebuild")
 
@@ -36,13 +38,17 @@ def known_jobs(run: RunLayout) -> set[str]:
     plan = record.get("plan")
     if not isinstance(plan, list):
         return set()
-    return {str(s["job"]) for s in plan if isinstance(s, dict) and "job" in s and s.get("action") != "remove"}
+    arrays = arrays_of(run)
+    # An array's chunks split into pieces as their tasks end: its units are not known by
+    # name (its tasks are found missing by coverage instead).
+    return {str(s["job"]) for s in plan if isinstance(s, dict) and "job" in s and s.get("action") != "remove"
+            and not (arrays and parse_unit(str(s["job"]), arrays))}
 
 
 def rebuilt(run: RunLayout, job_id: str, reason: str) -> dict[str, Any] | None:
     """A fresh record of ``job_id`` from the workflow copy of the run's current attempt, with
     one ``lost`` try giving ``reason``; None if that workflow does not have the job."""
-    from .store import new_job_record, try_record
+    from .store import new_chunk_record, new_job_record, try_record
     from ..workflow import load_workflow
 
     number = attempts.current(run)
@@ -50,15 +56,21 @@ def rebuilt(run: RunLayout, job_id: str, reason: str) -> dict[str, Any] | None:
     if path is None:
         return None
     try:
-        workflow = load_workflow(path, recorded=False)
+        workflow = load_workflow(path, recorded=False, inputs=lambda job, _src: run.attempt_lines(number, job))
     except Exception as e:  # noqa: BLE001 - a broken copy: say so, rebuild nothing
         log.warning("run %s: cannot rebuild job %s: its workflow copy %s is unreadable: %s",
                     run.run_id, job_id, path, e)
         return None
-    spec = next((s for s in workflow.jobs if s.id == job_id), None)
-    if spec is None:
+    chunk = parse_unit(job_id, arrays_of(run))
+    spec = next((s for s in workflow.jobs if s.id == (chunk.job if chunk else job_id)), None)
+    if spec is None or (chunk is not None) != spec.is_array:
         return None
-    record = new_job_record(run.run_id, spec, workflow.dependents()[job_id], number)
+    if chunk is not None:
+        if spec.tasks is None or chunk.hi >= len(spec.tasks):
+            return None
+        record = new_chunk_record(run.run_id, spec, chunk.lo, chunk.hi, workflow.dependents()[spec.id], number)
+    else:
+        record = new_job_record(run.run_id, spec, workflow.dependents()[job_id], number)
     record["tries"] = [try_record(1, number, "lost", start=None, end=time.time(), worker=None, host=None,
                                   worker_pid=None, reason=reason)]
     return record

@@ -29,7 +29,9 @@ import psutil
 from . import fence, fsio
 from .attempts import definition_hash
 from .layout import FORMAT_VERSION, STATES, RunLayout, job_id_of, split_running_name
+from .ready import Upstream
 from .scrub import quarantine, read_checked
+from .units import parse_unit, unit_name
 from ..workflow import JobSpec
 
 SPEC_KEYS = ("command",)  # the rest default: files written by an older version stay valid
@@ -55,6 +57,17 @@ def new_job_record(run_id: str, spec: JobSpec, dependents: list[str], attempt: i
         "last_exit_code": None,
         "not_before": None,
     }
+
+
+def new_chunk_record(run_id: str, spec: JobSpec, lo: int, hi: int, dependents: list[str],
+                     attempt: int = 1) -> dict[str, Any]:
+    """The file of tasks lo..hi of array ``spec`` (see executioner.protocol.units)."""
+    record = new_job_record(run_id, spec, dependents, attempt)
+    record.update(id=unit_name(spec.id, lo, hi), job=spec.id, tasks=[lo, hi])
+    assert spec.tasks is not None
+    if spec.tasks.kind == "each_line":
+        record["lines"] = list(spec.tasks.lines[lo:hi + 1])
+    return record
 
 
 def attempt_tries(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -234,6 +247,13 @@ def finish(claim: Claim, record: dict[str, Any], state: str) -> bool:
     return transition(claim.run, claim.job_id, "running", state, token=claim.token, record=record)
 
 
+def finish_pieces(claim: Claim, pieces: list[tuple[str, str, dict[str, Any]]]) -> bool:
+    """Leave running/ as several pieces of a chunk (see executioner.protocol.pieces); False
+    if the claim was lost. Every piece is placed, or none."""
+    intent = pieces[0][0] if len({p[0] for p in pieces}) == 1 else "pieces"
+    return fence.leave(claim.run, claim.job_id, claim.token, intent, lambda _c, _p: pieces) is not None
+
+
 def list_jobs(run: RunLayout, state: str) -> list[str]:
     """Job ids in a state folder (for running/: ``job@token`` stems)."""
     try:
@@ -272,8 +292,16 @@ def running_jobs(run: RunLayout, names: list[str] | None = None) -> list[Running
             out.append(Running(parts[0], parts[1], os.path.join(run.state_dir("running"), name)))
             continue
         private = fence.Private.parse(run, name)
-        if private is not None and private.is_folder() and os.path.exists(private.job_file):
+        if private is None or not private.is_folder():
+            continue
+        if os.path.exists(private.job_file):
             out.append(Running(private.job_id, private.token, private.job_file, private))
+            continue
+        # RACE: a chunk between its commit and the last rename of its pieces out (see
+        # executioner.protocol.fence): its tasks are still running until placed.
+        pieces = fence.pieces_in(private)
+        if pieces:
+            out.append(Running(private.job_id, private.token, pieces[0][0], private))
     return out
 
 
@@ -316,23 +344,34 @@ def state_of(run: RunLayout, job_id: str) -> str | None:
 
 
 def deps_done(run: RunLayout, record: dict[str, Any], done: set[str] | None = None) -> bool:
-    if done is not None:
-        return all(d in done for d in record["dependencies"])
-    return all(os.path.exists(run.job(d, "done")) for d in record["dependencies"])
+    """Are the job's (or chunk's) dependencies met? See executioner.protocol.ready."""
+    return Upstream(run, done=None if done is None else list(done)).ready(record)
 
 
 def promote(run: RunLayout, job_ids: list[str]) -> list[str]:
-    """Move those of ``job_ids`` still waiting whose dependencies are all done to queued/."""
-    moved = []
+    """Move those of ``job_ids`` (jobs, or arrays: each of their chunks) still waiting whose
+    dependencies are met to queued/."""
+    upstream = Upstream(run)
+    units: list[str] = []
+    waiting: list[str] | None = None
     for job_id in job_ids:
+        if job_id in upstream.arrays:
+            if waiting is None:
+                waiting = list_jobs(run, "waiting")
+            units += [u for u in waiting if (c := parse_unit(u, upstream.arrays)) and c.job == job_id]
+        else:
+            units.append(job_id)
+    moved = []
+    for unit in units:
         try:
-            record = fsio.read_json(run.job(job_id, "waiting"))
+            record = fsio.read_json(run.job(unit, "waiting"))
         except (FileNotFoundError, ValueError):
             continue  # promoted by someone else already, or being rewritten
         # RACE: two workers finishing two dependencies of one job: each checks after its
         # own rename into done/, so the later one sees both done; both may try, one wins.
-        if not record.get("held") and deps_done(run, record) and transition(run, job_id, "waiting", "queued"):
-            moved.append(job_id)
+        if isinstance(record, dict) and not record.get("held") and upstream.ready(record) \
+                and transition(run, unit, "waiting", "queued"):
+            moved.append(unit)
     return moved
 
 
@@ -341,7 +380,7 @@ def sweep(run: RunLayout) -> list[str]:
     waiting = list_jobs(run, "waiting")
     if not waiting:
         return []
-    done = set(list_jobs(run, "done"))
+    upstream = Upstream(run, done=list_jobs(run, "done"))
     ready = []
     for job_id in waiting:
         try:
@@ -351,6 +390,6 @@ def sweep(run: RunLayout) -> list[str]:
         if record is None:
             quarantine(run, run.job(job_id, "waiting"), f"unreadable job file: {problem}")
             continue
-        if not record.get("held") and deps_done(run, record, done):
+        if not record.get("held") and upstream.ready(record):
             ready.append(job_id)
     return [j for j in ready if transition(run, j, "waiting", "queued")]

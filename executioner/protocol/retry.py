@@ -49,3 +49,16 @@ def decide(spec: dict[str, Any], tries: list[dict[str, Any]], now: float,
     if limit is not None and now + delay - first_start > limit:
         return Decision(False, reason=f"max_retry_time {limit:g} s would be exceeded")
     return Decision(True, delay=delay)
+
+
+def losses(tries: list[dict[str, Any]]) -> int:
+    """Tries that count against ``max_lost``: every ``lost`` one, and every ``preempted`` one
+    that follows another ``preempted`` try. A real preemption rarely hits one job twice in a
+    row; a job that signals its own worker (or that is longer than every allocation) does it
+    every time, and is stopped by max_lost instead of looping forever."""
+    count, previous = 0, None
+    for t in tries:
+        status = t.get("status") if isinstance(t, dict) else None
+        count += status == "lost" or (status == "preempted" and previous == "preempted")
+        previous = status
+    return count

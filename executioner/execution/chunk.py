@@ -1,0 +1,176 @@
+"""One try of a chunk: its tasks run up to the worker's free slots at once, then the chunk
+leaves running/ as pieces (see executioner.protocol.pieces).
+
+The slot that claimed the chunk runs its first task; each further task at the same time
+borrows another free slot of the worker (a permit), so a worker never runs more than
+``-j`` commands, and a chunk of 64 quick tasks on an otherwise idle ``-j 8`` worker runs
+8 at a time. Tasks whose element-wise upstream task failed are not run: they go back to
+waiting/ as a piece of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import tempfile
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..errors import WorkflowError
+from ..protocol import store
+from ..protocol.pieces import destination, results_columns, split
+from ..protocol.ready import Upstream
+from .execute import build_env, command_argv, missing_outputs, run_command, TryResult
+from .tasks import TaskResult, TryLog, render, task_set
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+log = logging.getLogger("executioner.worker")
+HELD_CHECK = 0.5  # seconds between two checks that the claim is still ours, between tasks
+
+
+class ChunkTry:
+    def __init__(self, worker: "Worker", claim: store.Claim):
+        self.worker = worker
+        self.claim = claim
+        record = claim.record
+        self.record = record
+        self.spec = record["spec"]
+        self.job = record["job"]
+        self.lo, self.hi = record["tasks"]
+        self.tasks = task_set(self.spec, record.get("lines"), self.lo)
+        self.number = claim.try_number
+        self.results: dict[int, dict[str, Any]] = {}
+        self.cond = threading.Condition()
+        self.running = 0
+        self.checked = 0.0
+        self.held = True
+
+    # ---- running ----------------------------------------------------------------
+    def run(self) -> list[tuple[str, str, dict[str, Any]]] | None:
+        """Run the tasks; the pieces to commit, or None if the claim was lost meanwhile."""
+        claim, run = self.claim, self.claim.run
+        blocked = Upstream(run).blocked(self.record) or set()
+        for p in blocked:
+            self.results[p] = {"status": "blocked", "reason": "its upstream task failed"}
+        unit = claim.job_id
+        self.out, self.err = run.log(unit, self.number, "out"), run.log(unit, self.number, "err")
+        logs = TryLog(self.out, self.err, run.task_journal(unit, self.number))
+        spool = tempfile.mkdtemp(prefix="exec-spool-")
+        start = time.time()
+        try:
+            threads = []
+            for p in range(self.lo, self.hi + 1):
+                if p in blocked:
+                    continue
+                borrowed = self._wait_for_room()
+                if borrowed is None:
+                    break  # stopping, or the claim is gone: the rest is not started
+                t = threading.Thread(target=self._task, args=(p, borrowed, logs, spool), daemon=True)
+                with self.cond:
+                    self.running += 1
+                t.start()
+                threads.append(t)
+            for t in threads:
+                t.join()
+        finally:
+            logs.close()
+            shutil.rmtree(spool, ignore_errors=True)
+        if not claim.still_held():
+            return None
+        return self._pieces(start, time.time())
+
+    def _wait_for_room(self) -> bool | None:
+        """Room for one more task now: False (our own slot), True (a borrowed permit), or
+        None when no more task should start."""
+        w = self.worker
+        with self.cond:
+            while True:
+                if w._abort.is_set() or not self._still_held():
+                    return None
+                if self.running == 0:
+                    return False
+                if w._permits.acquire(blocking=False):
+                    return True
+                self.cond.wait(0.2)
+
+    def _still_held(self) -> bool:
+        now = time.monotonic()
+        if now - self.checked >= HELD_CHECK:
+            self.checked = now
+            self.held = self.claim.still_held()
+        return self.held
+
+    def _task(self, p: int, borrowed: bool, logs: TryLog, spool: str) -> None:
+        try:
+            result = self._run_task(p, spool)
+            self.results[p] = result
+            task = TaskResult(p, result["status"], exit=result.get("exit"), signal=result.get("signal"),
+                              start=result.get("start"), end=result.get("end"), reason=result.get("reason"))
+            header = (f"==> {self.job}:{self.tasks.index(p)} try {self.number} {result['status']}"
+                      f"{'' if result.get('exit') is None else ' exit ' + str(result['exit'])} <==\n")
+            logs.add(task, header, (os.path.join(spool, f"{p}.out"), os.path.join(spool, f"{p}.err")))
+            result["out"], result["err"] = list(task.out or ()), list(task.err or ())
+        except Exception as e:  # ours, not the task's: the task is lost, the chunk goes on
+            log.exception("task %s:%d of run %s: internal error", self.job, p, self.claim.run.run_id)
+            self.results[p] = {"status": "lost", "reason": f"internal error in the worker: {e!r}"[:500]}
+        finally:
+            for stream in ("out", "err"):
+                try:
+                    os.unlink(os.path.join(spool, f"{p}.{stream}"))
+                except OSError:
+                    pass
+            if borrowed:
+                self.worker._permits.release()
+            with self.cond:
+                self.running -= 1
+                self.cond.notify_all()
+
+    def _run_task(self, p: int, spool: str) -> dict[str, Any]:
+        w, claim, run = self.worker, self.claim, self.claim.run
+        run_record = w._records[run.run_id]
+        r = render(self.job, self.spec, self.tasks, p)
+        cwd = os.path.normpath(os.path.join(run_record["workdir"], r.workdir or ""))
+        try:
+            env = build_env(dict(os.environ), [run_record["env"], r.env], {
+                "EXEC_RUN_ID": run.run_id, "EXEC_JOB_ID": self.job, "EXEC_TRY": str(self.number),
+                "EXEC_ATTEMPT": str(self.record.get("attempt", 1)), "EXEC_RUN_DIR": run.root,
+                "EXEC_CLAIM": claim.token, "EXEC_UNIT": claim.job_id, **r.extra})
+            argv = command_argv(r.command, env)
+        except WorkflowError as e:
+            now = time.time()
+            result = TryResult("failed", None, None, now, now, str(e))
+        else:
+            result = run_command(argv, cwd, env, os.path.join(spool, f"{p}.out"), os.path.join(spool, f"{p}.err"),
+                                 self.spec["timeout"], self.spec["kill_grace"], claim.token,
+                                 keep_going=lambda: not w._abort.is_set() and claim.still_held(),
+                                 tick=min(w.heartbeat, 1.0))
+        status, reason = result.status, result.reason
+        if status in ("failed", "timeout", "lost") and w._abort.is_set():
+            status, reason = "preempted", f"{w.stop_reason}; task put back in queued/"
+        if status == "done":
+            missing = missing_outputs(cwd, r.outputs)
+            if missing:
+                status, reason = "failed", f"missing outputs: {', '.join(missing)}"
+        return {"status": status, "exit": result.exit_code, "signal": result.signal, "start": result.start,
+                "end": result.end, "duration": round(result.end - result.start, 6), "reason": reason}
+
+    # ---- ending -----------------------------------------------------------------
+    def _pieces(self, start: float, end: float) -> list[tuple[str, str, dict[str, Any]]]:
+        w, run = self.worker, self.claim.run
+        statuses = [r["status"] for r in self.results.values()]
+        summary = ("done" if statuses and all(s in ("done", "blocked") for s in statuses)
+                   else "preempted" if "preempted" in statuses else "failed" if statuses else "preempted")
+        entry = store.try_record(
+            self.number, self.record.get("attempt", 1), summary, start=start, end=end, worker=w.worker_id,
+            host=w.owner.host, worker_pid=w.owner.pid, stdout=os.path.relpath(self.out, run.root),
+            stderr=os.path.relpath(self.err, run.root))
+        entry["start_storage"] = round(start + w.clock.offset(), 6)
+        entry["results"] = results_columns(self.lo, self.hi, self.results)
+        now, rng = w.clock.now(), random.Random()
+        return split(self.record, entry,
+                     lambda p: destination(self.spec, self.record, entry, p, now, rng, w.slurm_dag))

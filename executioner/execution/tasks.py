@@ -1,0 +1,229 @@
+"""The tasks of a chunk: their placeholder values, their progress journal, their output.
+
+A chunk try keeps three files of its own in ``logs/``, created by the claimer (O_EXCL,
+never through a link) and only appended to by it:
+
+- ``<unit>.<try>.out`` and ``.err``: each task's output, appended whole when the task ends
+  (it runs into a spool file in $TMPDIR meanwhile), after a header line
+  ``==> sim:5 try 2 exit 0 <==``; the journal records where it starts and how long it is;
+- ``<unit>.<try>.tasks``: the progress journal, one JSON line per finished task
+  (``{"task": 5, "status": "done", "exit": 0, ...}``), written and made durable at most a
+  second after the task ends (and at the end), after the output it points into. A recoverer reads it after fencing the claim
+  (see executioner.protocol.fence): tasks it lists are not run again; a line torn by a
+  crash is ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import orjson
+
+from ..protocol import fsio
+from ..workflow.arrays import Template, TaskSet
+
+SYNC_EVERY = 1.0  # seconds: the journal is made durable at least this often while tasks end
+MAX_JOURNAL = 64 << 20
+BUFFER = 1 << 20  # bytes of output or journal kept before writing
+
+
+@dataclass
+class TaskResult:
+    task: int  # position in the array
+    status: str  # done | failed | timeout | preempted | lost | blocked
+    exit: int | None = None
+    signal: str | None = None
+    start: float | None = None
+    end: float | None = None
+    reason: str | None = None
+    out: tuple[int, int] | None = None  # offset, length in the chunk try's .out
+    err: tuple[int, int] | None = None
+
+    def line(self) -> bytes:
+        return orjson.dumps({k: v for k, v in self.__dict__.items() if v is not None}) + b"\n"
+
+    @classmethod
+    def parse(cls, data: Any) -> "TaskResult | None":
+        if not isinstance(data, dict) or not isinstance(data.get("task"), int) or not isinstance(data.get("status"), str):
+            return None
+        try:
+            return cls(task=data["task"], status=data["status"], exit=data.get("exit"), signal=data.get("signal"),
+                       start=data.get("start"), end=data.get("end"), reason=data.get("reason"),
+                       out=tuple(data["out"]) if data.get("out") else None,  # type: ignore[arg-type]
+                       err=tuple(data["err"]) if data.get("err") else None)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None
+
+
+def task_set(spec: dict[str, Any], lines: list[str] | None = None, first: int = 0) -> TaskSet:
+    """The TaskSet a stored spec describes; an each_line chunk carries its own lines
+    (``lines[i]`` is the line of position ``first + i``)."""
+    d = spec["tasks"]
+    if d["kind"] == "array":
+        return TaskSet("array", d["count"], start=d.get("start", 0), step=d.get("step", 1))
+    if d["kind"] == "matrix":
+        keys = tuple(d["matrix"])
+        return TaskSet("matrix", d["count"], keys=keys, values=tuple(tuple(d["matrix"][k]) for k in keys))
+    padded = ("",) * first + tuple(lines or ())
+    return TaskSet("each_line", d["count"], lines=padded, source=d.get("source"))
+
+
+def task_name(job: str, tasks: TaskSet, position: int) -> str:
+    return f"{job}:{tasks.index(position)}"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    command: str | list[str]
+    env: list[list[str]]
+    workdir: str | None
+    outputs: list[str]
+    extra: dict[str, str]  # EXEC_TASK_INDEX, EXEC_TASK_ID, EXEC_PARAM_<KEY>
+
+
+def render(job: str, spec: dict[str, Any], tasks: TaskSet, position: int) -> Rendered:
+    """The task's own command, env, workdir and outputs: placeholders replaced."""
+    values = tasks.params(position)
+    command = spec["command"]
+    if isinstance(command, str):
+        shown: str | list[str] = Template.parse(command).render(values, shell=True)
+    else:
+        shown = [Template.parse(a).render(values) for a in command]
+    env = spec["env"]
+    pairs = env.items() if isinstance(env, dict) else env
+    extra = {"EXEC_TASK_INDEX": values["index"], "EXEC_TASK_ID": f"{job}:{values['index']}",
+             "EXEC_TASK_POSITION": str(position)}
+    for key, value in values.items():
+        if key != "index":
+            extra[f"EXEC_PARAM_{key.upper()}"] = value
+    return Rendered(
+        command=shown,
+        env=[[k, Template.parse(v).render(values)] for k, v in pairs],
+        workdir=None if spec["workdir"] is None else Template.parse(spec["workdir"]).render(values),
+        outputs=[Template.parse(o).render(values) for o in spec["outputs"]],
+        extra=extra)
+
+
+class TryLog:
+    """The three files of one chunk try (see the module docstring), written by its claimer
+    alone and only appended to. Buffered: a task's output and its journal line reach the
+    storage at most SYNC_EVERY seconds after it ends (or 1 MB later), output first, so a
+    journal line never points past what was written; a fast task costs no file operation
+    of its own."""
+
+    def __init__(self, out: str, err: str, journal: str):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+        self.paths = (out, err, journal)
+        self.fds: list[int] = []
+        try:
+            for path in self.paths:
+                self.fds.append(os.open(path, flags, 0o644))
+        except OSError:
+            self._close_fds()
+            raise
+        self.sizes = [0, 0]
+        self.buffers = [bytearray(), bytearray(), bytearray()]
+        self.lock = threading.Lock()
+        self.flushed = time.monotonic()
+
+    def add(self, result: TaskResult, header: str, spools: tuple[str, str]) -> None:
+        """Record a finished task: its output (from its spool files), then its journal line."""
+        with self.lock:
+            for i, spool in enumerate(spools):
+                head = header.encode()
+                self.buffers[i] += head
+                self.sizes[i] += len(head)
+                start = self.sizes[i]
+                try:
+                    with open(spool, "rb") as f:
+                        while piece := f.read(1 << 20):
+                            self.buffers[i] += piece
+                            self.sizes[i] += len(piece)
+                            if len(self.buffers[i]) >= BUFFER:
+                                self._write(i)
+                except FileNotFoundError:
+                    pass
+                span = (start, self.sizes[i] - start)
+                if i == 0:
+                    result.out = span
+                else:
+                    result.err = span
+            self.buffers[2] += result.line()
+            if time.monotonic() - self.flushed >= SYNC_EVERY or sum(map(len, self.buffers)) >= BUFFER:
+                self._flush()
+
+    def _write(self, i: int) -> None:
+        if self.buffers[i]:
+            fsio.write_all(self.fds[i], bytes(self.buffers[i]))
+            self.buffers[i].clear()
+
+    def _flush(self) -> None:
+        """Output first, then the journal, made durable (the journal's lines point into it)."""
+        for i in (0, 1):
+            self._write(i)
+        if self.buffers[2]:
+            for fd in self.fds[:2]:
+                os.fsync(fd)
+            self._write(2)
+            os.fsync(self.fds[2])
+        self.flushed = time.monotonic()
+
+    def close(self) -> None:
+        with self.lock:
+            try:
+                if self.fds:
+                    self._flush()
+            finally:
+                self._close_fds()
+
+    def _close_fds(self) -> None:
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = []
+
+
+def read_journal(path: str) -> dict[int, TaskResult]:
+    """Finished tasks as a chunk try's journal says; a missing journal says none. Only whole
+    lines count (the last may be torn: a crash in the middle of an append)."""
+    try:
+        raw = fsio.read_bytes(path, MAX_JOURNAL)
+    except (FileNotFoundError, ValueError):
+        return {}
+    out: dict[int, TaskResult] = {}
+    for line in raw.split(b"\n")[:-1]:
+        try:
+            result = TaskResult.parse(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            continue
+        if result is not None:
+            out[result.task] = result
+    return out
+
+
+def task_rows(record: dict[str, Any], position: int) -> Iterable[dict[str, Any]]:
+    """Every try of task ``position`` recorded in a chunk record, oldest first: the chunk
+    try's entry with this task's own status, exit code and times."""
+    for t in record.get("tries", []):
+        results = t.get("results")
+        if isinstance(results, dict) and isinstance(results.get("first"), int):
+            i = position - results["first"]
+            statuses = results.get("status", [])
+            if not 0 <= i < len(statuses) or statuses[i] is None:
+                continue
+            row = dict(t, status=statuses[i])
+            for key, column in (("exit_code", "exit"), ("signal", "signal"), ("start", "start"),
+                                ("duration", "duration"), ("reason", "reason")):
+                values = results.get(column)
+                if isinstance(values, list) and i < len(values):
+                    row[key] = values[i]
+            row.pop("results", None)
+            yield row
+        else:
+            yield t  # a try of the whole chunk (lost with its worker, an internal error)
