@@ -480,7 +480,8 @@ def _run_table(data: dict[str, Any]) -> Table:
               title=f"{data['run_id']} ({data['name']}): {data['state']}  -  {summary}")
     for j in data["jobs"]:
         dur = "" if j["duration"] is None else f"{j['duration']:.1f}s"
-        t.add_row(j["id"], _paint(j["state"]), str(j["tries"]),
+        name = j["id"] if j.get("tasks") is None else f"{j['id']} [{j['tasks']} tasks]"
+        t.add_row(_plain(name), _paint(j["state"]), "" if j["tries"] is None else str(j["tries"]),
                   "" if j["exit_code"] is None else str(j["exit_code"]), dur, _plain(j["host"]),
                   _plain(j["reason"]))
     return t

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import graphlib
 import os
 import time
 from dataclasses import dataclass
@@ -12,7 +13,9 @@ from ..errors import PoolError
 from ..liveness.watch import Watch
 from ..protocol import fsio
 from ..protocol.layout import PoolLayout, RunLayout, split_private_name, split_running_name
+from ..protocol.ready import arrays_of
 from ..protocol.rebuild import known_jobs
+from ..protocol.units import Chunk, Coverage, parse_unit, unit_name
 from ..protocol.snapshot import snapshot, staged_jobs
 from ..protocol.store import claim_lock as store_claim_lock
 from ..protocol.store import read_run_record
@@ -32,6 +35,10 @@ class JobView:
     claim: dict[str, Any] | None = None
     reason: str | None = None
 
+    def needs(self) -> list[Any]:
+        deps = (self.record or {}).get("dependencies")
+        return deps if isinstance(deps, list) else []
+
     def row(self) -> dict[str, Any]:
         r = self.record or {}
         tries = r.get("tries", [])
@@ -48,9 +55,61 @@ def _token_of(path: str) -> str | None:
     return parts[1] if parts else None
 
 
+class ArrayView(JobView):
+    """An array, one row: its tasks counted per state from its chunk files' names alone
+    (see executioner.protocol.units); ``record`` is one of its chunk files, for its
+    dependencies."""
+
+    def __init__(self, job: str, size: int, units: list[tuple[str, Chunk, str]], record: dict[str, Any] | None):
+        self.size = size
+        self.units = units  # (state, chunk, path)
+        self.counts = {s: 0 for s in (*JOB_STATES, "lost")}
+        for state, chunk, _ in units:
+            self.counts[state] += len(chunk)
+        self.counts["lost"] = max(0, size - sum(self.counts.values()))
+        super().__init__(job, self.derived(), record)
+
+    def derived(self) -> str:
+        c = self.counts
+        for state in ("running", "queued"):
+            if c[state]:
+                return state
+        if c["waiting"] or c["lost"]:
+            return "waiting"
+        return "failed" if c["failed"] or c["blocked"] else "done"
+
+    def needs(self) -> list[Any]:
+        """What it needs as a whole (task by task dependencies are judged per task)."""
+        each = set(((self.record or {}).get("spec") or {}).get("elementwise") or ())
+        return [d for d in super().needs() if d not in each]
+
+    def positions(self, state: str) -> Coverage:
+        return Coverage([chunk.unit for s, chunk, _ in self.units if s == state], {self.id: self.size})
+
+    def block(self, count: int, reason: str) -> None:
+        """``count`` of its waiting tasks can never run."""
+        self.counts["waiting"] -= count
+        self.counts["blocked"] += count
+        self.reason = reason
+        self.state = self.derived()
+
+    def row(self) -> dict[str, Any]:
+        counts = {k: v for k, v in self.counts.items() if v}
+        shown = ", ".join(f"{v} {k}" for k, v in counts.items())
+        return {"id": self.id, "state": self.state, "tasks": self.size, "counts": counts, "tries": None,
+                "exit_code": None, "duration": None, "host": None,
+                "reason": f"{shown}" + (f"; {self.reason}" if self.reason else "")}
+
+
 def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
     views: dict[str, JobView] = {}
+    arrays = arrays_of(run)
+    chunks: dict[str, list[tuple[str, Chunk, str]]] = {}
     for job_id, (state, path) in snapshot(run, expected, staged=True).items():
+        chunk = parse_unit(job_id, arrays) if arrays else None
+        if chunk is not None:
+            chunks.setdefault(chunk.job, []).append((state, chunk, path))
+            continue
         try:
             record = fsio.read_json(path)
         except (OSError, ValueError):
@@ -61,12 +120,17 @@ def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
             # None when not written yet (the claim is a moment old), or torn: shown without it
             claim = store_claim_lock(run, job_id, token, record) if token else None
         views[job_id] = JobView(job_id, state, record, claim)
+    for job, size in arrays.items():
+        views[job] = ArrayView(job, size, chunks.get(job, []), _one_record(chunks.get(job, [])))
     if len(views) < expected:
         for job_id in known_jobs(run) - set(views):
             views[job_id] = JobView(job_id, "lost", None, reason=LOST_REASON)
     _mark_blocked(views)
     _mark_held(views)
+    _mark_blocked_tasks(views)
     for v in views.values():
+        if isinstance(v, ArrayView):
+            continue
         r = v.record or {}
         if v.state == "done" and r.get("skipped"):
             v.state, v.reason = "skipped", str(r["skipped"].get("reason", "skipped"))
@@ -84,6 +148,50 @@ def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
         if v.state in ("waiting", "queued") and (r.get("slurm") or {}).get("job_id"):
             v.reason = f"Slurm job {r['slurm']['job_id']}" + (f"; {v.reason}" if v.reason else "")
     return sorted(views.values(), key=lambda v: v.id)
+
+
+def _one_record(units: list[tuple[str, Chunk, str]]) -> dict[str, Any] | None:
+    """Any readable chunk file of an array (they all hold its dependencies)."""
+    for _, _, path in sorted(units, key=lambda u: u[0] != "waiting"):
+        try:
+            record = fsio.read_json(path)
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            return record
+    return None
+
+
+def _mark_blocked_tasks(views: dict[str, JobView]) -> None:
+    """Tasks waiting for an element-wise upstream task that failed, or that is itself
+    blocked (in dependency order, so a chain of arrays blocks task by task)."""
+    arrays = {k: v for k, v in views.items() if isinstance(v, ArrayView)}
+    if not arrays:
+        return
+    order = graphlib.TopologicalSorter({k: [d for d in (v.record or {}).get("dependencies") or []
+                                            if d in arrays] for k, v in arrays.items()})
+    bad: dict[str, Coverage] = {}
+    try:
+        ordered = list(order.static_order())
+    except graphlib.CycleError:
+        return
+    for job in ordered:
+        v = arrays[job]
+        each = [d for d in ((v.record or {}).get("spec") or {}).get("elementwise") or [] if d in arrays]
+        blocked: list[str] = []
+        if each and v.counts["waiting"]:
+            for state, chunk, _ in v.units:
+                if state != "waiting":
+                    continue
+                for p in range(chunk.lo, chunk.hi + 1):
+                    for d in each:
+                        if arrays[d].positions("failed").covers(d, p, p) or bad[d].covers(d, p, p):
+                            blocked.append(unit_name(job, p, p))
+                            break
+            if blocked:
+                names = ", ".join(f"{job}:{b.rpartition('.')[2]}" for b in blocked[:3])
+                v.block(len(blocked), f"{names}{' …' if len(blocked) > 3 else ''}: upstream task failed")
+        bad[job] = Coverage(blocked, {job: v.size})
 
 
 def _first_upstream(views: dict[str, JobView], source: Any, passes: Any) -> dict[str, str | None]:
@@ -106,8 +214,7 @@ def _first_upstream(views: dict[str, JobView], source: Any, passes: Any) -> dict
                 stack.pop()
                 on_path.discard(job_id)
                 continue
-            deps = (v.record or {}).get("dependencies")
-            deps = deps if isinstance(deps, list) else []
+            deps = v.needs()
             result, descend = None, None
             while i < len(deps):
                 d = deps[i]
@@ -132,12 +239,26 @@ def _first_upstream(views: dict[str, JobView], source: Any, passes: Any) -> dict
 
 
 def _mark_blocked(views: dict[str, JobView]) -> None:
-    """A waiting job is blocked when a job it needs (directly or not) has failed."""
-    failed = _first_upstream(views, lambda v: v.state == "failed", lambda v: v.state == "waiting")
+    """A waiting job is blocked when a job it needs (directly or not) has failed. An array
+    with a failed task has failed for what needs all of it; an array's waiting tasks are
+    blocked when what it needs as a whole has failed."""
+    def failed(v: JobView) -> bool:
+        return v.state == "failed" or (isinstance(v, ArrayView) and v.counts["failed"] > 0)
+
+    def waits(v: JobView) -> bool:
+        return v.state == "waiting"
+
+    upstream = _first_upstream(views, failed, waits)
     for v in views.values():
-        if v.state == "waiting" and failed.get(v.id):
-            v.state = "blocked"
-            v.reason = f"upstream failed: {failed[v.id]}"
+        if v.state != "waiting":
+            continue
+        found = upstream.get(v.id)
+        if found and found != v.id:
+            if isinstance(v, ArrayView):
+                v.block(v.counts["waiting"], f"upstream failed: {found}")
+            else:
+                v.state = "blocked"
+                v.reason = f"upstream failed: {found}"
 
 
 def _mark_held(views: dict[str, JobView]) -> None:
@@ -176,6 +297,12 @@ def run_status(run: RunLayout) -> dict[str, Any]:
     counts = {s: 0 for s in JOB_STATES}
     shown: dict[str, int] = {}
     for v in views:
+        if isinstance(v, ArrayView):
+            for state, n in v.counts.items():
+                if n:
+                    counts[COUNTED_AS.get(state, state)] += n
+                    shown[state] = shown.get(state, 0) + n
+            continue
         counts[COUNTED_AS.get(v.state, v.state)] += 1
         shown[v.state] = shown.get(v.state, 0) + 1
     out = {"run_id": record.get("run_id", run.run_id), "name": record.get("name"),
