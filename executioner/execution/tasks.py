@@ -21,42 +21,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-import orjson
 
 from ..protocol import fsio
+from ..protocol.journal import TaskResult
 from ..workflow.arrays import Template, TaskSet
 
 SYNC_EVERY = 1.0  # seconds: the journal is made durable at least this often while tasks end
-MAX_JOURNAL = 64 << 20
 BUFFER = 1 << 20  # bytes of output or journal kept before writing
-
-
-@dataclass
-class TaskResult:
-    task: int  # position in the array
-    status: str  # done | failed | timeout | preempted | lost | blocked
-    exit: int | None = None
-    signal: str | None = None
-    start: float | None = None
-    end: float | None = None
-    reason: str | None = None
-    out: tuple[int, int] | None = None  # offset, length in the chunk try's .out
-    err: tuple[int, int] | None = None
-
-    def line(self) -> bytes:
-        return orjson.dumps({k: v for k, v in self.__dict__.items() if v is not None}) + b"\n"
-
-    @classmethod
-    def parse(cls, data: Any) -> "TaskResult | None":
-        if not isinstance(data, dict) or not isinstance(data.get("task"), int) or not isinstance(data.get("status"), str):
-            return None
-        try:
-            return cls(task=data["task"], status=data["status"], exit=data.get("exit"), signal=data.get("signal"),
-                       start=data.get("start"), end=data.get("end"), reason=data.get("reason"),
-                       out=tuple(data["out"]) if data.get("out") else None,  # type: ignore[arg-type]
-                       err=tuple(data["err"]) if data.get("err") else None)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return None
 
 
 def task_set(spec: dict[str, Any], lines: list[str] | None = None, first: int = 0) -> TaskSet:
@@ -187,24 +158,6 @@ class TryLog:
             except OSError:
                 pass
         self.fds = []
-
-
-def read_journal(path: str) -> dict[int, TaskResult]:
-    """Finished tasks as a chunk try's journal says; a missing journal says none. Only whole
-    lines count (the last may be torn: a crash in the middle of an append)."""
-    try:
-        raw = fsio.read_bytes(path, MAX_JOURNAL)
-    except (FileNotFoundError, ValueError):
-        return {}
-    out: dict[int, TaskResult] = {}
-    for line in raw.split(b"\n")[:-1]:
-        try:
-            result = TaskResult.parse(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            continue
-        if result is not None:
-            out[result.task] = result
-    return out
 
 
 def task_rows(record: dict[str, Any], position: int) -> Iterable[dict[str, Any]]:

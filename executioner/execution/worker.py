@@ -85,6 +85,8 @@ class Worker(Claiming):
         self._busy = 0
         self._events: Events | None = None
         self._idle_since: float | None = None
+        self._last_look_at = 0.0  # when the last look before an idle exit began
+        self._swept_at = -1.0  # when a sweep last ended
         self._runs: list[str] = []
         self._candidates: dict[str, list[str]] = {}
         self._cursor: dict[str, int] = {}
@@ -248,10 +250,13 @@ class Worker(Claiming):
                 # Before leaving, one look at everything that the rate limits skip (dormant
                 # runs, a sweep): another host may have made work ready meanwhile.
                 self._last_look = True
+                self._last_look_at = time.monotonic()
                 self._event = True
                 self._last_sweep.clear()
                 return False
-            return True
+            # RACE: another slot may be in the middle of that last sweep (we found the sweep
+            # taken): leave only once a sweep has ended since the last look began.
+            return self._swept_at > self._last_look_at
 
     def _idle_wait(self, delay: float) -> float:
         now = time.monotonic()
@@ -308,6 +313,8 @@ class Worker(Claiming):
                         self._candidates.pop(run_id, None)
                         self._queued_empty.discard(run_id)
                     promoted = True
+            with self._lock:
+                self._swept_at = time.monotonic()
             return promoted
         finally:
             self._sweeping.release()
@@ -420,7 +427,8 @@ class Worker(Claiming):
                 with self._lock:
                     self._not_before[(run.run_id, unit)] = time.monotonic() + max(
                         0.0, record["not_before"] - self.clock.now())
-        if any(state == "done" for state, _, _ in pieces) and store.promote(run, claim.record["dependents"]):
+        # A failed task settles its element-wise dependents' readiness as a done one does.
+        if any(state in ("done", "failed") for state, _, _ in pieces) and store.promote(run, claim.record["dependents"]):
             with self._lock:
                 self._queued_empty.discard(run.run_id)
 

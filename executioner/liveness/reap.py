@@ -25,6 +25,7 @@ from ..protocol import fence, fsio, store
 from ..protocol.layout import PoolLayout, RunLayout
 from ..protocol.rebuild import rebuilt
 from ..protocol.scrub import quarantine, read_checked
+from ..protocol.pieces import is_chunk, lost_pieces
 from ..protocol.retry import losses
 from .watch import Watch
 
@@ -220,7 +221,10 @@ class Reaper:
 def lost_record(run: RunLayout, record: dict[str, Any], reason: str, claim: dict[str, Any] | None,
                 into: str | None = None) -> tuple[str, dict[str, Any]]:
     """Where a job whose claim was lost goes, and its record with the ``lost`` try: queued/, or
-    failed/ past max_lost or for the Slurm-DAG backend; ``into`` forces the state."""
+    failed/ past max_lost or for the Slurm-DAG backend; ``into`` forces the state. A chunk
+    of an array goes as pieces instead (its finished tasks keep their results)."""
+    if is_chunk(record):
+        return lost_pieces(run, record, reason, claim, into, _slurm_backend(run))  # type: ignore[return-value]
     claim = claim or {}
     claimed_try = claim.get("try")
     if isinstance(claimed_try, int) and 1 <= claimed_try <= len(record["tries"]):

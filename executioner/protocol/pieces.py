@@ -16,10 +16,15 @@ worker, an internal error).
 
 from __future__ import annotations
 
+import os
 import random
+import time
 from typing import Any, Callable, Iterable
 
+from .journal import read_journal
+from .layout import RunLayout
 from .retry import decide, losses
+from .store import try_record
 from .units import unit_name
 
 COLUMNS = ("status", "exit", "signal", "start", "duration", "reason", "out", "err")
@@ -110,6 +115,9 @@ def split(record: dict[str, Any], entry: dict[str, Any] | None,
     for first, last, state, not_before, reason in groups:
         new = dict(record, id=unit_name(record["job"], first, last), tasks=[first, last],
                    tries=[cut(t, first, last) for t in tries], not_before=not_before)
+        new.pop("retry_delay_s", None)
+        if not_before is not None:  # a claimer waits at most this long (see claims._take)
+            new["retry_delay_s"] = round(max(0.0, not_before - time.time()), 6)
         if isinstance(record.get("lines"), list):
             new["lines"] = record["lines"][first - lo:last - lo + 1]
         new.pop("reason", None)
@@ -131,6 +139,38 @@ def cut(entry: dict[str, Any], first: int, last: int) -> dict[str, Any]:
         values = results.get(c)
         cols[c] = values[start:start + length] if isinstance(values, list) else None
     return dict(entry, results=cols)
+
+
+def lost_pieces(run: RunLayout, record: dict[str, Any], reason: str, claim: dict[str, Any] | None,
+                into: str | None = None, slurm_dag: bool = False) -> list[Piece]:
+    """A chunk whose claim was lost (its worker died or stalled, or a resume takes it back):
+    the tasks its journal lists as finished keep their result; every other task has a
+    ``lost`` try (max_lost counts it, task by task) and goes back to queued/ (or ``into``)."""
+    claim = claim or {}
+    number = claim.get("try") if isinstance(claim.get("try"), int) else len(record["tries"]) + 1
+    lo, hi = record["tasks"]
+    finished = read_journal(run.task_journal(record["id"], number)) if claim else {}
+    results: dict[int, dict[str, Any]] = {}
+    for p in range(lo, hi + 1):
+        r = finished.get(p)
+        if r is None:
+            results[p] = {"status": "lost", "reason": reason}
+        else:
+            duration = None if r.start is None or r.end is None else round(r.end - r.start, 6)
+            results[p] = {"status": r.status, "exit": r.exit, "signal": r.signal, "start": r.start,
+                          "duration": duration, "reason": r.reason, "out": list(r.out or ()), "err": list(r.err or ())}
+    now = time.time()
+    entry = try_record(number, record.get("attempt", 1), "lost", reason=reason, start=claim.get("claimed_at"),
+                       end=now, worker=claim.get("worker"), host=claim.get("host"), worker_pid=claim.get("pid"),
+                       stdout=os.path.relpath(run.log(record["id"], number, "out"), run.root),
+                       stderr=os.path.relpath(run.log(record["id"], number, "err"), run.root))
+    entry["results"] = results_columns(lo, hi, results)
+    spec = record["spec"]
+    if into is not None:
+        return split(record, entry, lambda p: ("done", None, None) if results[p]["status"] == "done"
+                     else (into, None, None))
+    rng = random.Random()
+    return split(record, entry, lambda p: destination(spec, record, entry, p, now, rng, slurm_dag))
 
 
 def task_count(records: Iterable[dict[str, Any]]) -> int:
