@@ -442,6 +442,13 @@ def _attempts_table(data: dict[str, Any]) -> Any:
 
 
 def _job_table(data: dict[str, Any]) -> Table:
+    if data.get("array"):
+        t = Table("task", "state", "tries", "exit", "duration", "host", "reason", title=f"{data['run_id']} array {data['job']}")
+        for r in data["tasks"]:
+            dur = "" if r["duration"] is None else f"{r['duration']:.1f}s"
+            t.add_row(_plain(r["task"]), _paint(r["state"]), str(r["tries"]),
+                      "" if r["exit_code"] is None else str(r["exit_code"]), dur, _plain(r["host"]), _plain(r["reason"]))
+        return t
     extra = f", {data['skipped']['reason']}" if data.get("skipped") else ", held" if data.get("held") else ""
     t = Table("attempt", "try", "status", "host", "start", "duration", "exit", "reason", "logs",
               title=f"{data['run_id']} job {data['job']}: {data['state']}{extra}")

@@ -140,3 +140,47 @@ def test_status_json_counts_tasks(pool: Path, tmp_path: Path) -> None:
                              "reason": "10000 queued"}]
     pool_view = json.loads(cli("exec-status", str(pool), "--json").stdout)
     assert pool_view["runs"][0]["counts"]["queued"] == 10_000
+
+
+def test_a_quarantined_chunk_is_shown_lost_and_its_tasks_rebuilt(pool: Path, tmp_path: Path) -> None:
+    from executioner.execution.worker import Worker
+    from executioner.protocol.scrub import quarantine
+
+    ledger = tmp_path / "ledger"
+    run = submit(pool, tmp_path, [{"id": "q", "array": 6, "chunk": 3, "command": f"echo {{index}} >> {ledger}"},
+                                  {"id": "after", "command": "true", "dependencies": ["q"]}])
+    quarantine(run, run.job("q.3-5", "queued"), "unreadable job file: not valid JSON")
+    status = run_status(run)
+    assert status["state"] == "running" and row(run, "q")["counts"] == {"queued": 3, "lost": 3}
+    worker = Worker(str(pool), run_ids=[run.run_id], exit_when_idle=3.0, poll_min=0.02, poll_max=0.2,
+                    sweep_every=0.1)
+    worker.lost_every = 0.1
+    worker.lost.confirm = 0.2
+    worker.run()
+    assert sorted(ledger.read_text().split()) == [str(i) for i in range(6)]
+    assert run_status(run)["state"] == "done"
+    rebuilt = json.loads(Path(run.job("q.3-5", "done")).read_text())
+    assert rebuilt["tries"][0]["status"] == "lost" and "quarantined" in rebuilt["tries"][0]["reason"]
+
+
+def test_job_view_of_an_array_and_of_one_task(pool: Path, tmp_path: Path) -> None:
+    run = submit(pool, tmp_path, [{"id": "r", "array": {"start": 100, "stop": 130, "step": 10},
+                                   "command": "echo r{index}; test {index} != 110"}])
+    work(pool, run)
+    tasks = json.loads(cli("exec-status", str(pool), run.run_id, "--job", "r", "--json").stdout)["tasks"]
+    assert [(t["task"], t["state"], t["exit_code"]) for t in tasks] == [
+        ("r:100", "done", 0), ("r:110", "failed", 1), ("r:120", "done", 0)]
+    one = json.loads(cli("exec-status", str(pool), run.run_id, "--job", "r:110", "--json").stdout)
+    assert one["state"] == "failed" and one["unit"] == "r.1" and [t["exit_code"] for t in one["tries"]] == [1]
+    out = Path(one["tries"][0]["stdout"]).read_text()
+    assert "==> r:110 try 1 failed exit 1 <==\nr110\n" in out
+    bad = cli("exec-status", str(pool), run.run_id, "--job", "r:105")
+    assert bad.returncode != 0 and "no task r:105 in this run (its tasks are r:100 to r:120)" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_arrays_are_refused_by_the_slurm_dag_backend_for_now(pool: Path, tmp_path: Path) -> None:
+    wf = tmp_path / "wf.yaml"
+    wf.write_text("jobs:\n  - {id: a, command: x, array: 3}\n")
+    out = cli("exec-submit", str(wf), "--pool", str(pool), "--backend", "slurm", "--dry-run")
+    assert out.returncode == 2 and "task arrays run on pool workers only for now" in out.stderr

@@ -18,7 +18,7 @@ from typing import Any
 from . import attempts, fsio
 from .layout import STATES, RunLayout, job_id_of
 from .ready import arrays_of
-from .units import parse_unit
+from .units import Coverage, parse_unit, runs, unit_name
 
 log = logging.getLogger("executioner.rebuild")
 
@@ -97,6 +97,22 @@ def seen_jobs(run: RunLayout) -> set[str]:
     return seen
 
 
+def array_gaps(run: RunLayout, seen: set[str]) -> set[str]:
+    """Tasks of the run's arrays in no unit seen, as chunk names (``sim.12-13``)."""
+    arrays = arrays_of(run)
+    if not arrays:
+        return set()
+    covered = Coverage(seen, arrays)
+    gaps = set()
+    for job, size in arrays.items():
+        have = covered.positions(job, 0, size - 1) if covered.tasks.get(job, 0) < size else None
+        if have is None:
+            continue
+        missing = sorted(set(range(size)) - set(have))
+        gaps.update(unit_name(job, lo, hi) for lo, hi in runs(missing))
+    return gaps
+
+
 def quarantine_reason(run: RunLayout, job_id: str) -> str | None:
     """Why the job's file was quarantined, if it was (the latest such note)."""
     try:
@@ -133,9 +149,10 @@ class LostFinder:
         seen, still = still_look(run, lambda: seen_jobs(run))
         if not still:
             return []  # the run kept moving under every look: nothing can be concluded now
-        if len(seen) >= expected and run.run_id not in self._pending:
+        gaps = array_gaps(run, seen)
+        if len(seen) >= expected and not gaps and run.run_id not in self._pending:
             return []
-        gone = known_jobs(run) - seen
+        gone = (known_jobs(run) - seen) | gaps
         first = self._pending.pop(run.run_id, None)
         if not gone:
             return []

@@ -9,7 +9,11 @@ from typing import Any
 from ..protocol import attempts, fsio
 from ..errors import ExecutionerError, PoolError, WorkflowErrors
 from ..protocol.layout import PoolLayout, RunLayout
+from ..execution.tasks import task_name, task_rows, task_set
+from ..protocol.ready import arrays_of
 from ..protocol.snapshot import snapshot
+from ..protocol.units import Chunk, parse_unit
+from ..workflow.arrays import TASK_SEP
 
 
 def _all_records(run: RunLayout) -> dict[str, dict[str, Any]]:
@@ -55,7 +59,15 @@ def _next_resume(pool: PoolLayout, run: RunLayout) -> dict[str, Any]:
 
 
 def job_history(run: RunLayout, job_id: str) -> dict[str, Any]:
-    """Every try of one job across attempts, with absolute log paths."""
+    """Every try of one job (or task ``sim:4``) across attempts, with absolute log paths; for
+    an array (``sim``), every task's state and last try."""
+    arrays = arrays_of(run)
+    name, _, index = job_id.partition(TASK_SEP)
+    if name in arrays:
+        units = _units_of(run, name, arrays)
+        if not index:
+            return _array_tasks(run, name, units)
+        return _task_history(run, name, index, units)
     found = snapshot(run).get(job_id)
     if found is None:
         removed = run.job(job_id, "removed")
@@ -80,3 +92,57 @@ def job_history(run: RunLayout, job_id: str) -> dict[str, Any]:
                       "reason": t.get("reason"), **logs})
     return {"run_id": run.run_id, "job": job_id, "state": state, "attempt": record.get("attempt", 1),
             "skipped": record.get("skipped"), "held": bool(record.get("held")), "tries": tries}
+
+
+def _units_of(run: RunLayout, job: str, arrays: dict[str, int]) -> list[tuple[str, Chunk, dict[str, Any]]]:
+    """The array's chunk files now: (state, chunk, record), by first task."""
+    out = []
+    for unit, (state, path) in snapshot(run).items():
+        chunk = parse_unit(unit, arrays)
+        if chunk is None or chunk.job != job:
+            continue
+        try:
+            record = fsio.read_json(path)
+        except (OSError, ValueError):
+            continue  # moved meanwhile, or broken (the scrub quarantines it)
+        if isinstance(record, dict):
+            out.append((state, chunk, record))
+    return sorted(out, key=lambda u: u[1].lo)
+
+
+def _array_tasks(run: RunLayout, job: str, units: list[tuple[str, Chunk, dict[str, Any]]]) -> dict[str, Any]:
+    rows = []
+    for state, chunk, record in units:
+        tasks = task_set(record["spec"], record.get("lines"), chunk.lo)
+        for p in range(chunk.lo, chunk.hi + 1):
+            tries = list(task_rows(record, p))
+            last = tries[-1] if tries else {}
+            rows.append({"task": task_name(job, tasks, p), "state": state, "tries": len(tries),
+                         "exit_code": last.get("exit_code"), "duration": last.get("duration"),
+                         "host": last.get("host"), "reason": last.get("reason") if state == "failed" else None,
+                         "unit": chunk.unit})
+    return {"run_id": run.run_id, "job": job, "array": True, "tasks": rows}
+
+
+def _task_history(run: RunLayout, job: str, index: str, units: list[tuple[str, Chunk, dict[str, Any]]]) -> dict[str, Any]:
+    if not units:
+        raise PoolError(f"no task of array {job!r} is in a state folder now", run.root)
+    tasks = task_set(units[0][2]["spec"])
+    position = tasks.position(int(index)) if index.lstrip("-").isdigit() else None
+    if position is None:
+        raise PoolError(f"no task {job}:{index} in this run (its tasks are {job}:{tasks.index(0)} to "
+                        f"{job}:{tasks.index(len(tasks) - 1)})", run.root)
+    found = next(((s, c, r) for s, c, r in units if c.lo <= position <= c.hi), None)
+    if found is None:
+        raise PoolError(f"task {job}:{index} is in no state folder now (lost: a worker rebuilds it)", run.root)
+    state, chunk, record = found
+    tries = []
+    for t in task_rows(record, position):
+        logs = {k: os.path.join(run.root, t[k]) if t.get(k) else None for k in ("stdout", "stderr")}
+        tries.append({"attempt": t.get("attempt", 1), "try": t.get("try"), "status": t.get("status"),
+                      "host": t.get("host"), "worker": t.get("worker"), "start": t.get("start"),
+                      "duration": t.get("duration"), "exit_code": t.get("exit_code"),
+                      "reason": t.get("reason"), **logs})
+    return {"run_id": run.run_id, "job": f"{job}:{index}", "state": state, "unit": chunk.unit,
+            "attempt": record.get("attempt", 1), "skipped": record.get("skipped"), "held": bool(record.get("held")),
+            "tries": tries}
