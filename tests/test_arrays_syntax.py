@@ -219,9 +219,9 @@ def test_a_million_task_array_validates_fast_and_small(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("text, expected", [
     ("jobs:\n  - id: a\n    array: 3\n    command: x\n    outputs: [out/{index}.json]\n",
-     "(a value holding a {placeholder} must be quoted there: 'out/{index}.json')"),
+     "(if a {placeholder} is meant there, quote the value: 'out/{index}.json')"),
     ("jobs:\n  - {id: a, command: x {index}, array: 3}\n",
-     "(a value holding a {placeholder} must be quoted there: 'out/{index}.json')"),
+     "(if a {placeholder} is meant there, quote the value: 'out/{index}.json')"),
     ("jobs:\n  - id: a\n    array: 3\n    command: {index}\n",
      "key 'command': must be a string or a list of strings, not a mapping (unquoted, YAML reads {index} as a mapping: quote the value)"),
 ])

@@ -27,6 +27,11 @@ Format version 1. A *pool* is a directory of runs::
                                      it is live while running/<job>@<token>.json exists, and
                                      stays afterwards as the record of who ran that try
         logs/<job>.<try>.out|.err    stdout and stderr of each try
+        <state>/<job>.<lo>-<hi>.json a chunk of an array: its tasks lo..hi (positions; see
+                                     executioner.protocol.units), a unit like a job file
+        logs/<chunk>.<try>.tasks     a chunk try's journal (see executioner.protocol.journal);
+                                     its .out/.err hold every task's output after a header line
+        attempts/NNNN.<job>.lines    the each_line file of an array, as that attempt used it
         quarantine/<file>[.reason]   broken files taken out of the state folders, and why
         attempts/NNNN.json           one per attempt (1 = the submit, then each resume,
                                      rollback or from-job): when, who, why, flags, the

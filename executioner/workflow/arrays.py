@@ -29,6 +29,7 @@ from its position.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -62,6 +63,10 @@ class Template:
 
     @classmethod
     def parse(cls, text: str) -> "Template":
+        return _parse(text)
+
+    @classmethod
+    def _split(cls, text: str) -> "Template":
         parts: list[str] = []
         at = 0
         literal = ""
@@ -90,6 +95,12 @@ class Template:
         for i, part in enumerate(self.parts):
             out.append((shlex.quote(values[part]) if shell else values[part]) if i % 2 else part)
         return "".join(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse(text: str) -> Template:
+    """Parsed once per text: every task of a chunk renders the same few templates."""
+    return Template._split(text)
 
 
 def placeholders(text: str) -> tuple[str, ...]:

@@ -225,7 +225,7 @@ def _brace_hint(e: yaml.YAMLError, raw: bytes) -> str:
     lines = raw.split(b"\n")
     for mark in marks:
         if mark.line < len(lines) and _PLACEHOLDER_BYTES.search(lines[mark.line]):
-            return " (a value holding a {placeholder} must be quoted there: 'out/{index}.json')"
+            return " (if a {placeholder} is meant there, quote the value: 'out/{index}.json')"
     return ""
 
 
