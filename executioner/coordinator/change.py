@@ -239,7 +239,10 @@ def _attempt_files(run: RunLayout, plan: Plan) -> dict[str, tuple[bytes, str]]:
     record = attempts.new_record(run, plan.attempt, plan.why, plan.options.flags(), wf.raw, wf.suffix,
                                  plan.changes, [s.row() for s in plan.steps], plan.checks)
     run_record = store.read_run_record(run)
-    run_record.update(attempt=plan.attempt, jobs=len(wf.jobs), env=wf.env, workdir=wf.workdir)
+    arrays = {j.id: len(j.tasks) for j in wf.jobs if j.tasks is not None}
+    # "jobs": files a listing finds at least (each array has one chunk file or more)
+    run_record.update(attempt=plan.attempt, jobs=len(wf.jobs), env=wf.env, workdir=wf.workdir, arrays=arrays,
+                      tasks=len(wf.jobs) - len(arrays) + sum(arrays.values()))
     if plan.options.backend:
         run_record["backend"] = plan.options.backend
     return {"run.json": (fsio.dumps(run_record), run.record),
@@ -254,9 +257,15 @@ def _stage(stage: _Stage, steps: list[Step], grabbed: dict[str, tuple[str, dict[
     for step in steps:
         if step.dst is None:
             continue
-        assert step.build is not None
         stage.alive()
         src, found = grabbed.get(step.job, (None, None))
+        if step.pieces is not None:  # a chunk split: its pieces are placed, the chunk dropped
+            for dst, unit, piece in step.pieces(found):
+                fsio.write_unsynced(run.staged_new(stage.name, unit, dst), fsio.dumps(piece))
+                placements.append({"job": unit, "src": None, "dst": dst})
+            placements.append({"job": step.job, "src": src, "dst": "split"})
+            continue
+        assert step.build is not None
         record = found if step.action == "remove" else step.build(found)
         fsio.write_unsynced(run.staged_new(stage.name, step.job, step.dst), fsio.dumps(record))
         placements.append({"job": step.job, "src": src, "dst": step.dst})
@@ -290,7 +299,7 @@ def _read_commit(run: RunLayout, stage: str) -> dict[str, Any] | None:
     return commit
 
 
-_PLACES = (*STATES, "removed")
+_PLACES = (*STATES, "removed", "split")  # split: a chunk whose pieces are placed instead
 
 
 def _commit(run: RunLayout, stage: str) -> None:
@@ -324,6 +333,10 @@ def _commit(run: RunLayout, stage: str) -> None:
 
 
 def _place(run: RunLayout, stage: str, job: str, src: str | None, dst: str) -> None:
+    if dst == "split":  # its pieces are placements of their own; the grabbed original goes
+        if src is not None:
+            fsio.unlink_quietly(run.staged(stage, job, src))
+        return
     if dst == "removed":
         os.makedirs(run.removed_dir, exist_ok=True)
     if os.path.exists(run.staged_new(stage, job, dst)):

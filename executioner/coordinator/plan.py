@@ -13,7 +13,7 @@ import difflib
 import graphlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from ..protocol import attempts, fence
@@ -26,7 +26,8 @@ from ..protocol.scrub import read_checked
 from ..protocol.snapshot import snapshot
 from .coord import interrupted_change
 from ..protocol.store import SPEC_DEFAULTS, new_chunk_record, new_job_record, read_run_record
-from ..protocol.units import unit_name
+from ..protocol.units import Chunk, parse_unit, unit_name
+from .arrays import ArrayPlan, missing_outputs, new_units, unit_pieces
 from ..workflow.arrays import chunk_size, chunks
 from ..workflow import JobSpec, Workflow
 
@@ -77,6 +78,8 @@ class Step:
     token: str | None = None
     private: str | None = None  # ... out of this private folder (see executioner.protocol.fence)
     held: bool = False  # the new content keeps it waiting (--failed-only)
+    # a chunk split into pieces (dst "pieces"): [(state, unit, record)] from the content grabbed
+    pieces: Callable[[dict[str, Any] | None], list[tuple[str, str, dict[str, Any]]]] | None = None
     stays: bool = False  # the job is left as it is, or its file would be rewritten to mean the same
 
     def row(self) -> dict[str, Any]:
@@ -129,9 +132,22 @@ class Plan:
         self.checks.append({"check": name, "ok": ok, "detail": detail})
 
     def text(self) -> str:
-        width = max([len(s.job) for s in self.steps] + [3])
+        arrays = {j.id: len(j.tasks) for j in self.workflow.jobs if j.tasks is not None}
+        rows: list[tuple[str, str, str]] = []
+        skipped: dict[str, list[int]] = {}  # array -> [files, tasks] left as they are
+        for s in self.steps:
+            chunk = parse_unit(s.job, arrays) if arrays else None
+            if chunk is not None and s.action == "skip" and s.dst is None:
+                counts = skipped.setdefault(chunk.job, [0, 0])
+                counts[0] += 1
+                counts[1] += len(chunk)
+                continue
+            rows.append((s.action, s.job, s.reason))
+        for job, (files, tasks) in skipped.items():  # an array's untouched chunks: one line
+            rows.append(("skip", job, f"{tasks} task(s) in {files} chunk file(s) left as they are"))
+        width = max([len(r[1]) for r in rows] + [3])
         lines = [f"attempt {self.attempt} of run {self.run_id} ({self.why}):"]
-        lines += [f"  {s.action:<7} {s.job:<{width}}  {s.reason}" for s in self.steps]
+        lines += [f"  {a:<7} {j:<{width}}  {r}" for a, j, r in rows]
         if self.changes:
             lines.append("changes since the last attempt:")
             lines += [f"  {_change_text(c)}" for c in self.changes]
@@ -258,7 +274,7 @@ def plan_resume(pool: PoolLayout, run: RunLayout, workflow: Workflow, options: O
     current = read_current(pool, run, options.stale_after, now, known)
     return make_plan(run.run_id, attempts.current(run) + 1, workflow, current, options,
                      run_level={"env": record.get("env"), "workdir": record.get("workdir"),
-                                "backend": record.get("backend") or "workers"},
+                                "backend": record.get("backend") or "workers", "arrays": record.get("arrays") or {}},
                      missing=known - set(current))
 
 
@@ -275,7 +291,11 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
                                             "backend does not take them yet): use --workers or --slurm-workers",
                                             workflow.path, arrays[0], "--backend")])
     _check_names(workflow, specs, options)
-    why = options.why if current else ("from-job" if options.from_jobs else "submit")
+    task_rollbacks = [n for n in options.rollback_to if n not in specs]  # sim:4 (checked above)
+    options_jobs = replace(options, rollback_to=tuple(n for n in options.rollback_to if n in specs))
+    old_sizes = dict((run_level or {}).get("arrays") or {})
+    units, current = _split_units(current, old_sizes)
+    why = options.why if (current or units) else ("from-job" if options.from_jobs else "submit")
     plan = Plan(run_id, attempt, why, options, workflow,
                 backend_before=str((run_level or {}).get("backend") or "workers"))
     dependents = workflow.dependents()
@@ -300,7 +320,9 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
                 todo.extend(specs[j].dependencies)
         return seen
 
+    options, all_options = options_jobs, options
     _diff(plan, specs, current, run_level, workflow)
+    _diff_arrays(plan, specs, units, old_sizes)
     changed: dict[str, list[str]] = {c["job"]: [] for c in plan.changes}
     for c in plan.changes:
         if c["field"] in DEFINITION_FIELDS:
@@ -311,6 +333,12 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
     rerun: dict[str, str] = {}
     for j in order:
         cur = current.get(j)
+        if specs[j].is_array:
+            why_all = _array_rerun(j, specs[j], units.get(j, []), options, changed, run_level_changed,
+                                   bool(current or units))
+            if why_all:
+                rerun[j] = why_all
+            continue
         if j in options.rollback_to:
             rerun[j] = f"rolled back (--rollback-to {j})"
         elif j in options.from_jobs and current:
@@ -323,6 +351,21 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
             rerun[j] = "outputs missing: " + ", ".join(gone)
         elif specs[j].always_rerun:
             rerun[j] = "always_rerun"
+    # One task rolled back (sim:4): task 4 of what depends on it task by task, all of what
+    # needs the whole array (and everything downstream of that).
+    task_rerun: dict[str, dict[int, str]] = {}
+    for name in task_rollbacks:
+        job, _, index = name.partition(":")
+        position = specs[job].tasks.position(int(index))  # type: ignore[union-attr]
+        task_rerun.setdefault(job, {})[position] = f"rolled back (--rollback-to {name})"
+    for j in order:
+        for d in specs[j].dependencies:
+            if d in task_rerun and j not in rerun:
+                if d in specs[j].elementwise:
+                    for p in task_rerun[d]:
+                        task_rerun.setdefault(j, {}).setdefault(p, f"downstream of {specs[d].id}:{specs[d].tasks.index(p)}")  # type: ignore[union-attr]
+                else:
+                    rerun.setdefault(j, f"downstream of {d} (a task rolled back)")
     for root in list(rerun):
         for d in descendants({root}) - {root}:
             rerun.setdefault(d, f"downstream of {root}")
@@ -344,10 +387,18 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
             plan.steps.append(Step(j, "skip", "job file unreadable", state))
             continue
         if spec.is_array:
-            if current:
-                raise Refused("a run with task arrays cannot be resumed, rolled back or restarted yet "
-                              "(arrays are new: see docs/arrays-format.md)", run_id)
-            plan.steps += _chunk_steps(spec, run_id, attempt, dependents[j])
+            if not (current or units):
+                plan.steps += _chunk_steps(spec, run_id, attempt, dependents[j])
+                continue
+            ap = ArrayPlan(spec, rerun_all=rerun.get(j), rerun=task_rerun.get(j, {}),
+                           skipped=(f"assumed done (--from-job {', '.join(options.from_jobs)})" if j in skipped else None))
+            if not ap.rerun_all and not ap.skipped and not options.failed_only:
+                done_here = [p for c, cur in units.get(j, []) if cur.state == "done" and c.hi < ap.size
+                             for p in range(c.lo, c.hi + 1)]
+                for p, gone in missing_outputs(workflow, spec, done_here).items():
+                    ap.rerun.setdefault(p, f"outputs missing: {gone}")
+            plan.steps += _array_steps(ap, units.get(j, []), all_options, attempt, run_id, dependents[j], plan.why,
+                                       live, old_sizes.get(j))
             continue
         step = _step(j, spec, cur, rerun, skipped, options, failed_upstream, final_done, attempt,
                      dependents, run_id)
@@ -355,6 +406,12 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
         plan.steps.append(step)
         if step.dst == "done" or (step.dst is None and state == "done"):
             final_done.add(j)
+    for j in sorted(set(units) - {s for s in specs if specs[s].is_array}):
+        for chunk, cur in units[j]:
+            step = Step(chunk.unit, "remove", "not in the workflow any more: kept under removed/", cur.state,
+                        dst="removed", build=lambda r: r or {})
+            _mind_claim(step, cur, plan.why, live, " (job removed)")
+            plan.steps.append(step)
     for j in sorted(set(current) - set(specs)):
         cur = current[j]
         step = Step(j, "remove", "not in the workflow any more: kept under removed/", cur.state,
@@ -374,6 +431,125 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
             if c["check"] == "claims":
                 c["ok"], c["detail"] = True, "left running: " + "; ".join(live)
     return plan
+
+
+def _split_units(current: dict[str, Current], sizes: dict[str, int]
+                 ) -> tuple[dict[str, list[tuple[Chunk, Current]]], dict[str, Current]]:
+    """The chunk files of the run's arrays (by array) apart from its plain jobs."""
+    units: dict[str, list[tuple[Chunk, Current]]] = {}
+    plain = {}
+    for name, cur in current.items():
+        chunk = parse_unit(name, sizes) if sizes else None
+        if chunk is None:
+            plain[name] = cur
+        else:
+            units.setdefault(chunk.job, []).append((chunk, cur))
+    for found in units.values():
+        found.sort(key=lambda u: u[0].lo)
+    return units, plain
+
+
+def _array_rerun(j: str, spec: JobSpec, found: list[tuple[Chunk, Current]], options: Options,
+                 changed: dict[str, list[str]], run_level_changed: list[str], resuming: bool) -> str | None:
+    """Why every task of array ``j`` runs again, if they all do."""
+    if j in options.rollback_to:
+        return f"rolled back (--rollback-to {j})"
+    if j in options.from_jobs and resuming:
+        return f"runs from here (--from-job {j})"
+    if options.failed_only or not any(cur.state == "done" for _, cur in found):
+        return None
+    if (changed.get(j) or run_level_changed) and options.force:
+        return "definition changed: " + ", ".join(changed.get(j) or run_level_changed)
+    if spec.always_rerun:
+        return "always_rerun"
+    return None
+
+
+def _array_steps(ap: ArrayPlan, found: list[tuple[Chunk, Current]], options: Options, attempt: int, run_id: str,
+                 dependents: list[str], why: str, live: list[str], old_size: int | None) -> list[Step]:
+    """One step per chunk file of the array now (left, rewritten, or split into pieces), and
+    new chunks for tasks no file holds."""
+    steps = []
+    for chunk, cur in found:
+        if cur.record is None:
+            steps.append(Step(chunk.unit, "skip", "job file unreadable", cur.state))
+            continue
+        if cur.state == "running":
+            if cur.live and not options.force:
+                live.append(f"chunk {chunk.unit} is {cur.live}")
+                steps.append(Step(chunk.unit, "run", f"{cur.live}; left running", cur.state))
+                continue
+            step = Step(chunk.unit, "run", cur.stale and "stale claim: requeued" or "taken back", cur.state,
+                        dst="queued", build=_requeued(ap, chunk, attempt, run_id, dependents))
+            _mind_claim(step, cur, why, live)
+            steps.append(step)
+            continue
+        if chunk.lo >= ap.size:  # the array shrank: past its end now
+            steps.append(Step(chunk.unit, "remove", "past the array's end now: kept under removed/", cur.state,
+                              dst="removed", build=lambda r: r or {}))
+            continue
+        groups, build = unit_pieces(ap, chunk, cur.state, options, attempt, run_id, dependents, None)
+        if len(groups) == 1 and groups[0][2] == cur.state == "done" and not groups[0][4]:
+            steps.append(Step(chunk.unit, "skip", _done_in(cur.record), cur.state))
+            continue
+        if len(groups) == 1 and groups[0][2] == cur.state == "failed":
+            steps.append(Step(chunk.unit, "skip", groups[0][5], cur.state))
+            continue
+        reason = "; ".join(f"{unit_name(ap.spec.id, lo, hi)} -> {dst}: {w}" for lo, hi, dst, _, _, w in groups)
+        action = "run" if any(g[2] in ("queued", "waiting") and not g[3] for g in groups) else "skip"
+        if len(groups) == 1:
+            lo, hi, dst, held, skip, w = groups[0]
+            step = Step(chunk.unit, action, w, cur.state, dst=dst, build=lambda r, b=build: b(r)[0][2],
+                        held=held)
+            step.stays = (dst == cur.state and bool(cur.record.get("held")) == held and not skip
+                          and not cur.record.get("skipped"))
+        else:
+            step = Step(chunk.unit, action, reason, cur.state, dst="pieces", build=None, pieces=build)
+        steps.append(step)
+    have = [c for c, _ in found]
+    for unit, chunk in new_units(ap.spec, have, run_id, attempt, dependents):
+        dst = "waiting" if ap.spec.dependencies else "queued"
+        grown = old_size is not None and chunk.lo >= old_size
+        build = (lambda c: lambda _f: new_chunk_record(run_id, ap.spec, c.lo, c.hi, dependents, attempt))(chunk)
+        steps.append(Step(unit, "run", "added (the array grew)" if grown else "recreated (its tasks were in no file)",
+                          None, dst, build if grown else _with_lost_try(build, attempt)))
+    return steps
+
+
+def _requeued(ap: ArrayPlan, chunk: Chunk, attempt: int, run_id: str, dependents: list[str]) -> Build:
+    def make(found: dict[str, Any] | None) -> dict[str, Any]:
+        record = new_chunk_record(run_id, ap.spec, chunk.lo, min(chunk.hi, ap.size - 1), dependents, attempt)
+        if found is not None:
+            record["tries"] = found.get("tries", [])
+        return record
+    return make
+
+
+def _diff_arrays(plan: Plan, specs: dict[str, JobSpec], units: dict[str, list[tuple[Chunk, Current]]],
+                 old_sizes: dict[str, int]) -> None:
+    """Changes of each array's definition (one chunk file holds it) and of its size."""
+    for j, found in sorted(units.items()):
+        spec = specs.get(j)
+        record = next((cur.record for _, cur in found if cur.record is not None), None)
+        if spec is None or record is None:
+            continue
+        any_done = any(cur.state == "done" for _, cur in found)
+        stored = record["spec"]
+        old = {**SPEC_DEFAULTS, **stored, "dependencies": sorted(record["dependencies"])}
+        new = {**spec.to_spec(), "dependencies": sorted(spec.dependencies)}
+        for key in new:
+            a, b = old.get(key), new[key]
+            if key == "tasks" and isinstance(a, dict) and isinstance(b, dict):
+                a = {k: v for k, v in a.items() if k not in ("count", "chunk")}
+                b = {k: v for k, v in b.items() if k not in ("count", "chunk")}
+                if a == b and old_sizes.get(j) != len(spec.tasks or ()):
+                    shrink = len(spec.tasks or ()) < old_sizes.get(j, 0)
+                    plan.changes.append({"job": j, "field": "tasks", "old": old_sizes.get(j),
+                                         "new": len(spec.tasks or ()), "needs_force": shrink and any_done})
+                    continue
+            if a != b:
+                plan.changes.append({"job": j, "field": key, "old": a, "new": b,
+                                     "needs_force": any_done and key in (*DEFINITION_FIELDS, "tasks", "elementwise")})
 
 
 def _chunk_steps(spec: JobSpec, run_id: str, attempt: int, dependents: list[str]) -> list[Step]:
@@ -407,6 +583,16 @@ def _check_names(workflow: Workflow, specs: dict[str, JobSpec], options: Options
     errors = []
     for flag, names in (("--from-job", options.from_jobs), ("--rollback-to", options.rollback_to)):
         for name in names:
+            job, sep, index = name.partition(":")
+            if sep and job in specs and flag == "--rollback-to":  # one task of an array: sim:4
+                tasks = specs[job].tasks
+                if tasks is None:
+                    errors.append(WorkflowError(f"{job!r} is not an array: roll back the job itself", workflow.path,
+                                                name, flag))
+                elif not index.lstrip("-").isdigit() or tasks.position(int(index)) is None:
+                    errors.append(WorkflowError(f"no task {name!r} (its tasks are {job}:{tasks.index(0)} to "
+                                                f"{job}:{tasks.index(len(tasks) - 1)})", workflow.path, name, flag))
+                continue
             if name not in specs:
                 close = difflib.get_close_matches(name, list(specs), n=3)
                 hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
@@ -424,6 +610,8 @@ def _diff(plan: Plan, specs: dict[str, JobSpec], current: dict[str, Current],
                                  "new": getattr(workflow, key), "needs_force": any_done})
     for j in sorted(set(current) | set(specs)):
         cur, spec = current.get(j), specs.get(j)
+        if spec is not None and spec.is_array:
+            continue  # see _diff_arrays
         if spec is None:
             plan.changes.append({"job": j, "field": "job", "old": "present", "new": "removed",
                                  "needs_force": True})

@@ -10,7 +10,6 @@ from typing import Any
 
 from ..protocol import attempts, fsio
 from ..errors import PoolError
-from ..workflow.arrays import chunk_size
 from ..protocol.layout import FORMAT_VERSION, PoolLayout, RunLayout, run_sort_key
 from .plan import Options, Plan, make_plan
 from ..workflow import Workflow
@@ -90,8 +89,7 @@ def run_record(run: RunLayout, workflow: Workflow, backend: str | None = None) -
         "source": workflow.path,
         "workdir": workflow.workdir,
         "env": workflow.env,
-        "jobs": len(workflow.jobs) - len(arrays) + sum(
-            len(range(0, n, chunk_size(n, chunk))) for n, chunk in ((len(j.tasks), j.tasks.chunk) for j in workflow.jobs if j.tasks)),
+        "jobs": len(workflow.jobs),  # files a listing finds at least (an array: one chunk file or more)
         "arrays": arrays,  # job -> its number of tasks (see executioner.protocol.units)
         "tasks": len(workflow.jobs) - len(arrays) + sum(arrays.values()),
         "attempt": 1,
