@@ -63,8 +63,10 @@ class ArrayView(JobView):
     def __init__(self, job: str, size: int, units: list[tuple[str, Chunk, str]], record: dict[str, Any] | None):
         self.size = size
         self.units = units  # (state, chunk, path)
-        self.counts = {s: 0 for s in (*JOB_STATES, "lost")}
-        for state, chunk, _ in units:
+        self.counts = {s: 0 for s in (*JOB_STATES, "held", "lost")}
+        for state, chunk, path in units:
+            if state == "waiting" and _held(path):  # kept waiting by --failed-only
+                state = "held"
             self.counts[state] += len(chunk)
         self.counts["lost"] = max(0, size - sum(self.counts.values()))
         super().__init__(job, self.derived(), record)
@@ -76,7 +78,9 @@ class ArrayView(JobView):
                 return state
         if c["waiting"] or c["lost"]:
             return "waiting"
-        return "failed" if c["failed"] or c["blocked"] else "done"
+        if c["failed"] or c["blocked"]:
+            return "failed"
+        return "held" if c["held"] else "done"
 
     def needs(self) -> list[Any]:
         """What it needs as a whole (task by task dependencies are judged per task)."""
@@ -125,9 +129,9 @@ def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
     if len(views) < expected:
         for job_id in known_jobs(run) - set(views):
             views[job_id] = JobView(job_id, "lost", None, reason=LOST_REASON)
+    _mark_blocked_tasks(views)  # first: a task blocked this way blocks what needs all its array
     _mark_blocked(views)
     _mark_held(views)
-    _mark_blocked_tasks(views)
     for v in views.values():
         if isinstance(v, ArrayView):
             continue
@@ -148,6 +152,15 @@ def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
         if v.state in ("waiting", "queued") and (r.get("slurm") or {}).get("job_id"):
             v.reason = f"Slurm job {r['slurm']['job_id']}" + (f"; {v.reason}" if v.reason else "")
     return sorted(views.values(), key=lambda v: v.id)
+
+
+def _held(path: str) -> bool:
+    """Is this waiting chunk held (by --failed-only)? Only waiting chunks are read for it."""
+    try:
+        record = fsio.read_json(path)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and bool(record.get("held"))
 
 
 def _one_record(units: list[tuple[str, Chunk, str]]) -> dict[str, Any] | None:
@@ -243,7 +256,7 @@ def _mark_blocked(views: dict[str, JobView]) -> None:
     with a failed task has failed for what needs all of it; an array's waiting tasks are
     blocked when what it needs as a whole has failed."""
     def failed(v: JobView) -> bool:
-        return v.state == "failed" or (isinstance(v, ArrayView) and v.counts["failed"] > 0)
+        return v.state == "failed" or (isinstance(v, ArrayView) and (v.counts["failed"] > 0 or v.counts["blocked"] > 0))
 
     def waits(v: JobView) -> bool:
         return v.state == "waiting"
