@@ -106,8 +106,8 @@ class _Keeper:
                 # RACE: were we stopped past COORD_STALE, a contender may break our lock and
                 # take it between our check and this touch: we touch its (live) lock once,
                 # which only keeps a live lock fresh; our next check stops us.
-                os.utime(self._path)
-            except FileNotFoundError:
+                fsio.touch(self._path)
+            except FileNotFoundError:  # or ForeignFile: a link in its place is not ours to touch
                 return
             except OSError as e:
                 log.warning("cannot touch %s: %s", self._path, e)
@@ -120,8 +120,8 @@ class _Keeper:
 def refresh(run: RunLayout) -> None:
     """The holder is still at work: touch the lock (its mtime is the sign of life)."""
     try:
-        os.utime(run.coordinator_lock)
-    except FileNotFoundError:
+        fsio.touch(run.coordinator_lock)
+    except FileNotFoundError:  # or ForeignFile: never touched through a link
         pass
 
 

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from ..protocol import store
+from ..protocol.scrub import folder_problem
 from .events import Events
 from ..protocol.layout import PoolLayout, run_sort_key
 from ..liveness.clock import StorageClock
@@ -236,8 +237,15 @@ class Claiming:
 
     def _record(self, run_id: str) -> dict[str, Any] | None:
         if run_id not in self._records:
+            run = self.pool.run(run_id)
+            problem = folder_problem(run)
+            if problem is not None:
+                if run_id not in self._skipped:
+                    self._skipped.add(run_id)
+                    log.warning("skipping run %s: %s", run_id, problem)
+                return None
             try:
-                self._records[run_id] = store.read_run_record(self.pool.run(run_id))
+                self._records[run_id] = store.read_run_record(run)
             except (OSError, ValueError) as e:
                 if run_id not in self._skipped:  # say it once, not on every poll
                     self._skipped.add(run_id)

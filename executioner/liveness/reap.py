@@ -39,7 +39,7 @@ class Verdict:
 def fresh_mtime(path: str) -> float:
     """A file's mtime, read through open(): on NFS, opening revalidates the attribute cache
     (close-to-open consistency), where a plain stat may answer from a cache up to 60 s old."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO planted there cannot hang us
     try:
         return os.fstat(fd).st_mtime
     finally:
@@ -206,7 +206,7 @@ class Reaper:
         if record is None:
             # Broken only if it stays so, unchanged, for stale_after (a format-1 worker may be
             # writing its result into it this very instant).
-            st = os.stat(job.path)
+            st = os.stat(job.path, follow_symlinks=False)
             if self._verdict(f"torn:{run.run_id}/{job.name}", st.st_mtime + st.st_size * 1e-9, mono, "").stale:
                 quarantine(run, job.path, f"unreadable job file: {problem}")
             return None

@@ -26,7 +26,12 @@ Format version 1. A *pool* is a directory of runs::
                                      worker, host, pid, pid start time, token, time claimed;
                                      it is live while running/<job>@<token>.json exists, and
                                      stays afterwards as the record of who ran that try
-        logs/<job>.<try>.out|.err    stdout and stderr of each try
+        logs/<job>.<try>.out|.err    stdout and stderr of each try, created by it (O_EXCL):
+                                     never opened through what was there before
+        logs/<job>.<try>.out.old-<random>
+                                     what was at that name when the try began (the logs of
+                                     a try whose result could not be recorded, or a planted
+                                     link), moved aside and kept
         quarantine/<file>[.reason]   broken files taken out of the state folders, and why
         attempts/NNNN.json           one per attempt (1 = the submit, then each resume,
                                      rollback or from-job): when, who, why, flags, the
@@ -72,6 +77,7 @@ fsync + rename, with temp files named ``.tmp-<host>-<pid>-<random>``.
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -234,6 +240,12 @@ class PoolLayout:
         runs = [n for n in names if not n.startswith(".") and n != "workers"
                 and os.path.exists(os.path.join(self.root, n, RUN_RECORD))]
         return sorted(runs, key=run_sort_key)
+
+
+def aside(path: str) -> str:
+    """Where an entry found at ``path`` goes when we meant to create ``path`` ourselves:
+    ``<path>.old-<random>``, beside it (see :func:`executioner.protocol.fsio.create_fresh`)."""
+    return f"{path}.old-{secrets.token_hex(3)}"
 
 
 def run_sort_key(run_id: str) -> tuple[int, str]:

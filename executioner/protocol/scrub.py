@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import stat
 import time
 from typing import Any
 
+import orjson
 import psutil
 
 from . import fsio
@@ -24,6 +26,7 @@ from ..workflow import JOB_ID_RE
 log = logging.getLogger("executioner.scrub")
 TEMP_MAX_AGE = 3600.0  # a temp file older than this (storage clock) is an abandoned write
 CONTENT_CHECKS_PER_PASS = 200
+LINKS_PREFIX = "has "  # "has 2 links (...)": see single_link_problem
 
 
 def check_record(record: Any, job_id: str) -> str | None:
@@ -42,21 +45,35 @@ def check_record(record: Any, job_id: str) -> str | None:
     return None
 
 
-def read_checked(path: str, job_id: str, pause: float = 0.2) -> tuple[dict[str, Any] | None, str | None]:
+def read_checked(path: str, job_id: str, pause: float = 0.2, *,
+                 own: RunLayout | None = None) -> tuple[dict[str, Any] | None, str | None]:
     """(record, None) for a good file; (None, reason) for one bad on two reads ``pause`` apart.
-    Raises FileNotFoundError if the file went away (moved on: not broken)."""
+    Raises FileNotFoundError if the file went away (moved on: not broken).
+
+    A symlink is never followed (it is refused at once). With ``own`` (the file's run), the
+    file is one its reader is about to run and rewrite (a claim): it must also have no
+    second link, see :func:`single_link_problem`."""
     reason = None
     for attempt in range(2):
         if attempt:
             time.sleep(pause)
         try:
-            record = fsio.read_json(path)
+            data, st = fsio.read_with_stat(path)
         except IsADirectoryError:
             return None, "a directory"
         except ValueError as e:
-            if str(e) == "not a regular file":
+            if str(e) in (fsio.SYMLINK, fsio.NOT_REGULAR):
                 return None, str(e)
-            reason = f"not valid JSON: {e}" if os.path.getsize(path) else "empty file"
+            reason = f"not valid JSON: {e}"
+            continue
+        if own is not None:
+            links = single_link_problem(own, st)
+            if links is not None:
+                return None, links
+        try:
+            record = orjson.loads(data)
+        except ValueError as e:
+            reason = f"not valid JSON: {e}" if data else "empty file"
             continue
         reason = check_record(record, job_id)
         if reason is None:
@@ -64,9 +81,65 @@ def read_checked(path: str, job_id: str, pause: float = 0.2) -> tuple[dict[str, 
     return None, reason
 
 
+def refused(problem: str) -> bool:
+    """Is this problem of :func:`read_checked` a file refused for what it is (a symlink, a
+    second link), rather than for its content?"""
+    return problem in (fsio.SYMLINK, fsio.NOT_REGULAR) or problem.startswith(LINKS_PREFIX)
+
+
+def single_link_problem(run: RunLayout, st: os.stat_result) -> str | None:
+    """Why a job file with stat ``st`` must not be run, or None. A file with a second link
+    (a ``cp -al`` copy of the run, a link planted in the pool) shares its content with a name
+    we do not know: we would run, and own, a file someone else can reach. The one second link
+    allowed is our own temp file of a placement in progress: :func:`executioner.protocol.
+    rebuild.place_record` links its fsynced temp file into place, then unlinks the temp."""
+    if st.st_nlink <= 1:
+        return None
+    # RACE: a placement between its link and its unlink (for an instant, or for as long as
+    # its process is stopped there): its temp file in running/ (kept there, where few files
+    # are, so that this look is cheap) is the second link. Found by inode, it is allowed; once
+    # its process is gone, the scrub removes the temp and the file has one link again.
+    try:
+        entries = list(os.scandir(run.state_dir("running")))
+    except FileNotFoundError:
+        entries = []
+    for entry in entries:
+        if fsio.is_temp(entry.name) and entry.inode() == st.st_ino:
+            try:
+                other = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # unlinked meanwhile: the placement finished
+            if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                return None
+    return f"{LINKS_PREFIX}{st.st_nlink} links (a hard link to it exists elsewhere, a copy made with cp -al?): " \
+           "not run, not rewritten"
+
+
+def folder_problem(run: RunLayout) -> str | None:
+    """Why a worker must not touch this run, or None: its directory or one of its folders is
+    a symlink (or not a directory), so that a file we create or move there would land
+    wherever it points, maybe outside the pool."""
+    folders = [run.root, *run.all_dirs(), run.quarantine_dir, run.launch_dir, run.removed_dir,
+               run.staging_root, run.slurm_dir]
+    for folder in folders:
+        try:
+            st = os.lstat(folder)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
+            name = "the run directory" if folder == run.root else f"its folder {os.path.basename(folder)}/"
+            return f"{name} is {what}; nothing is written through it"
+    return None
+
+
 def quarantine(run: RunLayout, path: str, reason: str) -> bool:
-    """Move ``path`` to quarantine/ (under a fresh name) with a note; False if it was gone."""
+    """Move ``path`` to quarantine/ (under a fresh name) with a note; False if it was gone
+    (or if quarantine/ is not a real folder of the run: nothing is moved through a symlink)."""
     os.makedirs(run.quarantine_dir, exist_ok=True)
+    if os.path.islink(run.quarantine_dir):
+        log.error("run %s: not quarantining %s (%s): quarantine/ is a symlink", run.run_id, path, reason)
+        return False
     state = os.path.basename(os.path.dirname(path))
     target = os.path.join(run.quarantine_dir, f"{state}--{os.path.basename(path)}--{secrets.token_hex(3)}")
     try:

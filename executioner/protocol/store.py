@@ -29,7 +29,7 @@ import psutil
 from . import fence, fsio
 from .attempts import definition_hash
 from .layout import FORMAT_VERSION, STATES, RunLayout, job_id_of, split_running_name
-from .scrub import quarantine, read_checked
+from .scrub import quarantine, read_checked, refused
 from ..workflow import JobSpec
 
 SPEC_KEYS = ("command",)  # the rest default: files written by an older version stay valid
@@ -190,11 +190,14 @@ def claim(run: RunLayout, job_id: str, owner: Owner) -> Claim | None:
             return None
     now = time.time()
     try:
-        record, problem = read_checked(path, job_id)
+        # Read without following a symlink, and refused if it has a second link: we would
+        # run and own a file someone else can reach (see scrub.single_link_problem).
+        record, problem = read_checked(path, job_id, own=run)
     except FileNotFoundError:
         return None
     if record is None:
-        quarantine(run, path, f"unreadable job file: {problem}")
+        what = "refused job file" if problem and refused(problem) else "unreadable job file"
+        quarantine(run, path, f"{what}: {problem}")
         return None
     record["spec"] = {**SPEC_DEFAULTS, **record["spec"]}
     return Claim(run, job_id, token, record, owner, now)

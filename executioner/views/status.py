@@ -12,7 +12,7 @@ from ..errors import PoolError
 from ..liveness.watch import Watch
 from ..protocol import fsio
 from ..protocol.layout import PoolLayout, RunLayout, split_private_name, split_running_name
-from ..protocol.rebuild import known_jobs
+from ..protocol.rebuild import known_jobs, quarantine_reason
 from ..protocol.snapshot import snapshot, staged_jobs
 from ..protocol.store import claim_lock as store_claim_lock
 from ..protocol.store import read_run_record
@@ -20,8 +20,8 @@ from ..protocol.store import read_run_record
 JOB_STATES = ("waiting", "queued", "running", "done", "failed", "blocked")
 # Shown as job states, counted as the folder they are in (the --json count keys are fixed).
 COUNTED_AS = {"held": "waiting", "skipped": "done", "lost": "waiting"}
-LOST_REASON = ("in no state folder (quarantined, or deleted): a worker's sweep or the next resume rebuilds it "
-               "from the workflow")
+REBUILT = "a worker's sweep or the next resume rebuilds it from the workflow"
+LOST_REASON = f"in no state folder (quarantined, or deleted): {REBUILT}"
 
 
 @dataclass
@@ -63,7 +63,9 @@ def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
         views[job_id] = JobView(job_id, state, record, claim)
     if len(views) < expected:
         for job_id in known_jobs(run) - set(views):
-            views[job_id] = JobView(job_id, "lost", None, reason=LOST_REASON)
+            note = quarantine_reason(run, job_id)
+            reason = LOST_REASON if note is None else f"in no state folder: quarantined ({note}); {REBUILT}"
+            views[job_id] = JobView(job_id, "lost", None, reason=reason)
     _mark_blocked(views)
     _mark_held(views)
     for v in views.values():
