@@ -279,3 +279,53 @@ def test_a_run_whose_logs_folder_is_a_symlink_is_left_alone(pool: Path, make_wor
     assert not ran.exists() and list(elsewhere.iterdir()) == []
     assert files(run, "queued") == ["a.json"]
     assert any("logs" in r.getMessage() and "symlink" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("window", ["renamed aside", "linked back"])
+def test_a_coordinator_lock_put_back_by_a_contender_is_still_kept_alive(pool: Path, make_workflow,
+                                                                         monkeypatch, window: str) -> None:
+    """A contender that found the lock alive after renaming it aside puts it back with
+    os.link, then unlinks its aside name: for a moment the lock is missing, then has two links.
+    The holder's keeper looking at it then skips that touch and goes on: were it to stop, the
+    live lock would stand still and be broken five minutes later."""
+    import threading
+
+    from executioner.coordinator import coord
+
+    monkeypatch.setattr(coord, "TOUCH_EVERY", 0.02)
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
+    lock = run.coordinator_lock
+    opened, seen = threading.Event(), threading.Event()
+    real_touch = fsio.touch
+
+    def touch(path):
+        if opened.is_set():
+            seen.set()  # a touch in the window
+        return real_touch(path)
+
+    monkeypatch.setattr(fsio, "touch", touch)
+    with coord.coordinating(run, "test") as held:
+        real_held = type(held).is_lock_held_by_us
+
+        def held_by_us(self) -> bool:
+            answer = real_held.fget(self)
+            if opened.is_set() and not answer:
+                seen.set()  # a look in the window
+            return answer
+
+        monkeypatch.setattr(type(held), "is_lock_held_by_us", property(held_by_us))
+        aside = f"{lock}.broken-elsewhere-1-abcd"
+        os.rename(lock, aside)
+        if window == "linked back":
+            os.link(aside, lock)
+        opened.set()
+        assert seen.wait(10), "the keeper never looked during the window"
+        opened.clear()
+        if window == "renamed aside":
+            os.link(aside, lock)
+        os.unlink(aside)
+        os.utime(lock, (1000.0, 1000.0))
+        deadline = time.monotonic() + 10
+        while os.stat(lock).st_mtime == 1000.0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert os.stat(lock).st_mtime != 1000.0, "the holder stopped keeping its lock alive"
