@@ -96,6 +96,26 @@ def test_a_job_file_that_is_a_symlink_is_quarantined_and_never_run(pool: Path, m
     assert lost["status"] == "lost" and "a symlink" in lost["reason"] and done["status"] == "done"
 
 
+def test_a_waiting_job_file_that_is_a_symlink_is_neither_promoted_nor_run(pool: Path, make_workflow,
+                                                                          tmp_path: Path) -> None:
+    ledger, ran = tmp_path / "ledger", tmp_path / "ran-outside"
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"},
+                                      {"id": "b", "command": f"echo b >> '{ledger}'", "dependencies": ["a"]}]))
+    outside = tmp_path / "outside" / "b.json"
+    outside.parent.mkdir()
+    record = read_json(run.job("b", "waiting"))
+    record["spec"]["command"] = f"touch '{ran}'"
+    outside.write_bytes(fsio.dumps(record))
+    before = outside.read_bytes()
+    os.unlink(run.job("b", "waiting"))
+    os.symlink(outside, run.job("b", "waiting"))
+    _work_rebuilding(pool, run)
+    assert not ran.exists() and outside.read_bytes() == before
+    [reason] = _reasons(run)
+    assert reason.startswith("waiting/b.json: refused job file: a symlink")
+    assert files(run, "done") == ["a.json", "b.json"] and ledger.read_text() == "b\n"
+
+
 def _work_rebuilding(pool: Path, run) -> Worker:
     """One worker, one slot, that rebuilds lost jobs at once (a real one waits some seconds)."""
     worker = Worker(str(pool), run_ids=[run.run_id], slots=1, exit_when_idle=1.0, poll_min=0.02, poll_max=0.2,

@@ -24,7 +24,7 @@ import psutil
 from ..protocol import fence, fsio, store
 from ..protocol.layout import PoolLayout, RunLayout
 from ..protocol.rebuild import rebuilt
-from ..protocol.scrub import quarantine, read_checked
+from ..protocol.scrub import bad_file_reason, quarantine, read_checked
 from .watch import Watch
 
 log = logging.getLogger("executioner.reap")
@@ -208,7 +208,7 @@ class Reaper:
             # writing its result into it this very instant).
             st = os.stat(job.path, follow_symlinks=False)
             if self._verdict(f"torn:{run.run_id}/{job.name}", st.st_mtime + st.st_size * 1e-9, mono, "").stale:
-                quarantine(run, job.path, f"unreadable job file: {problem}")
+                quarantine(run, job.path, bad_file_reason(problem))
             return None
         verdict = self.judge(run, job, record, mono, {})
         if not verdict.stale:

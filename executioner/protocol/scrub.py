@@ -81,10 +81,13 @@ def read_checked(path: str, job_id: str, pause: float = 0.2, *,
     return None, reason
 
 
-def refused(problem: str) -> bool:
-    """Is this problem of :func:`read_checked` a file refused for what it is (a symlink, a
-    second link), rather than for its content?"""
-    return problem in (fsio.SYMLINK, fsio.NOT_REGULAR) or problem.startswith(LINKS_PREFIX)
+def bad_file_reason(problem: str | None) -> str:
+    """The quarantine note for a job file :func:`read_checked` found bad: refused for what it
+    is (a symlink, a second link, not a regular file), or unreadable for its content."""
+    problem = problem or "unknown problem"
+    if problem in (fsio.SYMLINK, fsio.NOT_REGULAR) or problem.startswith(LINKS_PREFIX):
+        return f"refused job file: {problem}"
+    return f"unreadable job file: {problem}"
 
 
 def single_link_problem(run: RunLayout, st: os.stat_result) -> str | None:

@@ -29,7 +29,7 @@ import psutil
 from . import fence, fsio
 from .attempts import definition_hash
 from .layout import FORMAT_VERSION, STATES, RunLayout, job_id_of, split_running_name
-from .scrub import quarantine, read_checked, refused
+from .scrub import bad_file_reason, quarantine, read_checked
 from ..workflow import JobSpec
 
 SPEC_KEYS = ("command",)  # the rest default: files written by an older version stay valid
@@ -196,8 +196,7 @@ def claim(run: RunLayout, job_id: str, owner: Owner) -> Claim | None:
     except FileNotFoundError:
         return None
     if record is None:
-        what = "refused job file" if problem and refused(problem) else "unreadable job file"
-        quarantine(run, path, f"{what}: {problem}")
+        quarantine(run, path, bad_file_reason(problem))
         return None
     record["spec"] = {**SPEC_DEFAULTS, **record["spec"]}
     return Claim(run, job_id, token, record, owner, now)
@@ -352,7 +351,7 @@ def sweep(run: RunLayout) -> list[str]:
         except FileNotFoundError:
             continue
         if record is None:
-            quarantine(run, run.job(job_id, "waiting"), f"unreadable job file: {problem}")
+            quarantine(run, run.job(job_id, "waiting"), bad_file_reason(problem))
             continue
         if not record.get("held") and deps_done(run, record, done):
             ready.append(job_id)
