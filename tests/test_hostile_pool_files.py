@@ -349,3 +349,41 @@ def test_a_coordinator_lock_put_back_by_a_contender_is_still_kept_alive(pool: Pa
         while os.stat(lock).st_mtime == 1000.0 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert os.stat(lock).st_mtime != 1000.0, "the holder stopped keeping its lock alive"
+
+
+def test_a_logs_folder_swapped_for_a_symlink_after_the_worker_took_the_run_up_is_not_written_through(
+        pool: Path, make_workflow, tmp_path: Path, caplog) -> None:
+    """The worker checked the run's folders when it took the run up; job a then swaps logs/
+    for a symlink. The claim lock of b is written through logs/ opened without following
+    it: the worker puts b back and leaves the run, saying why; nothing is written where the
+    symlink points."""
+    elsewhere = tmp_path / "outside" / "logs"
+    elsewhere.mkdir(parents=True)
+    swap = f'mv "$EXEC_RUN_DIR/logs" "$EXEC_RUN_DIR/logs.real" && ln -s "{elsewhere}" "$EXEC_RUN_DIR/logs"'
+    run = submit(pool, make_workflow([{"id": "a", "command": swap},
+                                      {"id": "b", "command": "echo b", "dependencies": ["a"]}]))
+    work(pool, run, slots=1)
+    assert list(elsewhere.iterdir()) == []
+    assert files(run, "done") == ["a.json"] and files(run, "queued") == ["b.json"]
+    assert any("leaving run" in r.getMessage() and "symlink" in r.getMessage() for r in caplog.records)
+
+
+def test_logs_that_cannot_be_made_in_their_folder_fail_the_try_with_the_reason(pool: Path, make_workflow,
+                                                                               tmp_path: Path,
+                                                                               monkeypatch) -> None:
+    """logs/ swapped for a symlink between the claim's lock and the try's logs."""
+    elsewhere = tmp_path / "outside" / "logs"
+    elsewhere.mkdir(parents=True)
+    run = submit(pool, make_workflow([{"id": "a", "command": "echo a"}]))
+    real_write_lock = store.write_lock
+
+    def lock_then_swap(claim) -> None:
+        real_write_lock(claim)
+        os.rename(run.logs_dir, run.logs_dir + ".real")
+        os.symlink(elsewhere, run.logs_dir)
+
+    monkeypatch.setattr(store, "write_lock", lock_then_swap)
+    work(pool, run, slots=1)
+    assert list(elsewhere.iterdir()) == []
+    record = read_json(run.job("a", "failed"))
+    assert "cannot create its log file" in record["reason"] and "symlink" in record["reason"]

@@ -16,7 +16,7 @@ import psutil
 
 from ..protocol import fsio
 from ..protocol.layout import aside
-from ..errors import WorkflowError
+from ..errors import ForeignFile, WorkflowError
 from ..workflow.env import MAX_VALUE, env_items, human
 
 TryStatus = Literal["done", "failed", "timeout", "lost", "preempted"]
@@ -92,8 +92,10 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str, e
     try:
         out, err = open_logs(out_path, err_path)
     except FileExistsError as e:  # re-planted as fast as it was moved aside: this try cannot run
-        why = f"cannot create its log file {e.filename}: {e.strerror}"
-        return TryResult("failed", None, None, start, time.time(), why)
+        return TryResult("failed", None, None, start, time.time(), f"cannot create its log file {e.filename}: "
+                                                                   f"{e.strerror}")
+    except ForeignFile as e:  # logs/ swapped for a symlink
+        return TryResult("failed", None, None, start, time.time(), f"cannot create its log file {e}")
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=err, start_new_session=True)

@@ -64,10 +64,11 @@ def write_all(fd: int, data: bytes, offset: int | None = None) -> None:
             offset += n
 
 
-def _write_new(path: str, payload: bytes, sync: bool) -> None:
-    """Create ``path`` (which must not exist) holding ``payload``; on any failure, remove it
-    and raise. Closing is checked too: NFS reports a full quota at close."""
-    fd = os.open(path, NEW_FILE, 0o644)
+def _write_new(path: str, payload: bytes, sync: bool, dir_fd: int | None = None) -> None:
+    """Create ``path`` (which must not exist; relative to ``dir_fd`` if given) holding
+    ``payload``; on any failure, remove it and raise. Closing is checked too: NFS reports a
+    full quota at close."""
+    fd = os.open(path, NEW_FILE, 0o644, dir_fd=dir_fd)
     try:
         try:
             write_all(fd, payload)
@@ -76,7 +77,10 @@ def _write_new(path: str, payload: bytes, sync: bool) -> None:
         finally:
             os.close(fd)
     except BaseException:
-        unlink_quietly(path)
+        try:
+            os.unlink(path, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
         raise
 
 
@@ -87,13 +91,44 @@ def write_temp(directory: str, payload: bytes) -> str:
     return tmp
 
 
-def atomic_write(path: str, payload: bytes) -> None:
-    """Replace ``path`` with ``payload``: temp file, fsync, rename."""
-    tmp = write_temp(os.path.dirname(path) or ".", payload)
+def atomic_write(path: str, payload: bytes, anchored: bool = False) -> None:
+    """Replace ``path`` with ``payload``: temp file, fsync, rename. ``anchored``: the folder
+    is opened without following a symlink and both steps go through that handle, so a folder
+    swapped for a symlink meanwhile raises ForeignFile instead of redirecting the write (one
+    more open; used for the claim lock in logs/, which a job can reach)."""
+    if not anchored:
+        tmp = write_temp(os.path.dirname(path) or ".", payload)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        return
+    dir_fd = open_folder(path)
     try:
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
+        name = os.path.basename(temp_name("."))
+        _write_new(name, payload, sync=True, dir_fd=dir_fd)
+        try:
+            os.replace(name, os.path.basename(path), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+            raise
+    finally:
+        os.close(dir_fd)
+
+
+def open_folder(path: str) -> int:
+    """An fd of the folder holding ``path``, opened without following a symlink (ForeignFile
+    if it is one, or not a directory): files made through it land in that very folder."""
+    folder = os.path.dirname(path) or "."
+    try:
+        return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ForeignFile("its folder is a symlink or not a directory; not written through", path) from None
         raise
 
 
@@ -201,9 +236,10 @@ def create_fresh(path: str, aside: Callable[[str], str], tries: int = 3) -> int:
     symlink or hard link) is renamed to ``aside(path)`` first: kept, not followed, not
     truncated. The folder is opened without following a symlink and the file is created
     in it through that handle, so a folder swapped for a symlink cannot redirect it either.
-    FileExistsError if the name is taken again every time it is cleared."""
-    folder, name = os.path.split(path)
-    dir_fd = os.open(folder or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    FileExistsError if the name is taken again every time it is cleared; ForeignFile if the
+    folder is a symlink."""
+    name = os.path.basename(path)
+    dir_fd = open_folder(path)
     try:
         for _ in range(tries):
             try:

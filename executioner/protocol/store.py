@@ -219,11 +219,13 @@ def claim_lock(run: RunLayout, job_id: str, token: str, record: dict[str, Any]) 
 
 
 def write_lock(claim: Claim) -> None:
+    """Write the claim's lock into logs/, through the folder opened without following a
+    symlink (ForeignFile if logs/ was swapped for one: nothing is written through it)."""
     o = claim.owner
-    fsio.atomic_write_json(claim.lock, {
+    fsio.atomic_write(claim.lock, fsio.dumps({
         "job": claim.job_id, "try": claim.try_number, "token": claim.token, "worker": o.worker_id, "host": o.host,
         "pid": o.pid, "pid_start": o.pid_start, "claimed_at": claim.claimed_at, "dag": o.dag,
-    })
+    }), anchored=True)
 
 
 def release(claim: Claim) -> bool:
