@@ -71,12 +71,8 @@ def open_logs(out_path: str, err_path: str) -> tuple[int, int]:
     """Create the try's two log files, each a new file of ours: whatever was at either name
     (the logs of an earlier run of this try whose result could not be recorded, or a link
     someone planted there) is moved aside and kept, never truncated nor written through."""
-    out = fsio.create_fresh(out_path, aside)
-    try:
-        return out, fsio.create_fresh(err_path, aside)
-    except BaseException:
-        os.close(out)
-        raise
+    out, err = fsio.create_fresh([out_path, err_path], aside)
+    return out, err
 
 
 def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str, err_path: str,

@@ -229,32 +229,43 @@ def touch(path: str) -> os.stat_result:
         os.close(fd)
 
 
-def create_fresh(path: str, aside: Callable[[str], str], tries: int = 3) -> int:
-    """Create ``path`` for writing and return its fd; never open what is already there.
+def create_fresh(paths: list[str], aside: Callable[[str], str], tries: int = 3) -> list[int]:
+    """Create each of ``paths`` (all in one folder) for writing and return their fds; never
+    open what is already there.
 
-    Whatever is at that name (a leftover of an earlier run of the same try, a planted
+    Whatever is at such a name (a leftover of an earlier run of the same try, a planted
     symlink or hard link) is renamed to ``aside(path)`` first: kept, not followed, not
-    truncated. The folder is opened without following a symlink and the file is created
-    in it through that handle, so a folder swapped for a symlink cannot redirect it either.
-    FileExistsError if the name is taken again every time it is cleared; ForeignFile if the
-    folder is a symlink."""
-    name = os.path.basename(path)
-    dir_fd = open_folder(path)
+    truncated. The folder is opened once, without following a symlink, and the files are
+    created through that handle, so a folder swapped for a symlink cannot redirect them
+    either (ForeignFile). FileExistsError if a name is taken again every time it is cleared."""
+    dir_fd = open_folder(paths[0])
+    fds: list[int] = []
     try:
-        for _ in range(tries):
-            try:
-                return os.open(name, NEW_FILE, 0o644, dir_fd=dir_fd)
-            except FileExistsError:
-                pass
-            # RACE: whoever put it there may move it on meanwhile: then there is nothing to
-            # move aside, and the next O_EXCL create decides.
-            target = aside(path)
-            try:
-                os.rename(name, os.path.basename(target), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            except FileNotFoundError:
-                continue
-            log.warning("%s was already there (a leftover, or a planted link): kept as %s", path, target)
-        raise FileExistsError(errno.EEXIST, f"something exists at that name again each time it is moved "
-                                            f"aside ({tries} times); not written through", path)
+        for path in paths:
+            fds.append(_create_in(dir_fd, path, aside, tries))
+        return fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
     finally:
         os.close(dir_fd)
+
+
+def _create_in(dir_fd: int, path: str, aside: Callable[[str], str], tries: int) -> int:
+    name = os.path.basename(path)
+    for _ in range(tries):
+        try:
+            return os.open(name, NEW_FILE, 0o644, dir_fd=dir_fd)
+        except FileExistsError:
+            pass
+        # RACE: whoever put it there may move it on meanwhile: then there is nothing to move
+        # aside, and the next O_EXCL create decides.
+        target = aside(path)
+        try:
+            os.rename(name, os.path.basename(target), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except FileNotFoundError:
+            continue
+        log.warning("%s was already there (a leftover, or a planted link): kept as %s", path, target)
+    raise FileExistsError(errno.EEXIST, f"something exists at that name again each time it is moved "
+                                        f"aside ({tries} times); not written through", path)
