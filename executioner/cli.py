@@ -345,6 +345,9 @@ def worker_main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGUSR2, on_signal)  # Slurm's warning before the time limit (--signal)
     try:
         finished = worker.run()
+    except PoolError as e:  # workers/ is a symlink
+        print(f"exec-worker: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except OSError as e:  # no heartbeat can be written (a full disk, a read-only pool): say so, once
         print(f"exec-worker: error: {e.filename or pool_dir}: {e.strerror or e}", file=sys.stderr)
         return EXIT_FAILED

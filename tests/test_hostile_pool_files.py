@@ -387,3 +387,19 @@ def test_logs_that_cannot_be_made_in_their_folder_fail_the_try_with_the_reason(p
     assert list(elsewhere.iterdir()) == []
     record = read_json(run.job("a", "failed"))
     assert "cannot create its log file" in record["reason"] and "symlink" in record["reason"]
+
+
+def test_a_worker_refuses_a_pool_whose_workers_folder_is_a_symlink(pool: Path, make_workflow,
+                                                                   tmp_path: Path) -> None:
+    from .conftest import cli
+
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
+    elsewhere = tmp_path / "outside" / "workers"
+    elsewhere.mkdir(parents=True)
+    os.rmdir(PoolLayout(str(pool)).workers_dir)
+    os.symlink(elsewhere, PoolLayout(str(pool)).workers_dir)
+    result = cli("exec-worker", "--pool", str(pool), "--exit-when-idle", "0.2")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "workers: is a symlink" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(elsewhere.iterdir()) == [] and files(run, "queued") == ["a.json"]

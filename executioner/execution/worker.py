@@ -19,7 +19,7 @@ import filelock
 from ..protocol import fsio, store
 from .claims import Claiming
 from .events import Events
-from ..errors import WorkflowError
+from ..errors import PoolError, WorkflowError
 from .execute import TryResult, TryStatus, build_env, command_argv, missing_outputs, run_command
 from ..protocol.layout import PoolLayout
 from ..protocol.rebuild import LostFinder, coordinating, place_record
@@ -112,7 +112,12 @@ class Worker(Claiming):
         self._wake.set()
 
     def run(self) -> int:
-        """Work until stopped, idle for ``exit_when_idle`` s, or ``max_jobs`` claimed; return jobs finished."""
+        """Work until stopped, idle for ``exit_when_idle`` s, or ``max_jobs`` claimed; return jobs finished.
+        PoolError if the pool's workers/ is a symlink: our heartbeat, probe and watch files
+        would be made wherever it points."""
+        if os.path.islink(self.pool.workers_dir):
+            raise PoolError("is a symlink; no heartbeat, probe or watch file is written through it",
+                            self.pool.workers_dir)
         os.makedirs(self.pool.workers_dir, exist_ok=True)
         beat_path = self.pool.heartbeat(self.worker_id)
         self._beat_record = {
