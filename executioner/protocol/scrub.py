@@ -139,10 +139,10 @@ def folder_problem(run: RunLayout) -> str | None:
 def quarantine(run: RunLayout, path: str, reason: str) -> bool:
     """Move ``path`` to quarantine/ (under a fresh name) with a note; False if it was gone
     (or if quarantine/ is not a real folder of the run: nothing is moved through a symlink)."""
-    os.makedirs(run.quarantine_dir, exist_ok=True)
     if os.path.islink(run.quarantine_dir):
         log.error("run %s: not quarantining %s (%s): quarantine/ is a symlink", run.run_id, path, reason)
         return False
+    os.makedirs(run.quarantine_dir, exist_ok=True)
     state = os.path.basename(os.path.dirname(path))
     target = os.path.join(run.quarantine_dir, f"{state}--{os.path.basename(path)}--{secrets.token_hex(3)}")
     try:
