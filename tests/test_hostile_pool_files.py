@@ -403,3 +403,15 @@ def test_a_worker_refuses_a_pool_whose_workers_folder_is_a_symlink(pool: Path, m
     assert result.stderr.strip().count("\n") == 0 and "workers: is a symlink" in result.stderr
     assert "Traceback" not in result.stderr
     assert list(elsewhere.iterdir()) == [] and files(run, "queued") == ["a.json"]
+
+
+def test_nothing_is_quarantined_through_a_symlinked_quarantine_folder(pool: Path, make_workflow,
+                                                                      tmp_path: Path) -> None:
+    from executioner.protocol.scrub import quarantine
+
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
+    elsewhere = tmp_path / "outside" / "quarantine"
+    elsewhere.mkdir(parents=True)
+    os.symlink(elsewhere, run.quarantine_dir)
+    assert not quarantine(run, run.job("a", "queued"), "a test")
+    assert list(elsewhere.iterdir()) == [] and files(run, "queued") == ["a.json"]
