@@ -69,9 +69,9 @@ definition (``spec``), ``dependencies``, ``dependents``, every try so far (``tri
 exist also ``attempt`` (the attempt its next try belongs to), ``definition_hash``,
 ``held`` (kept waiting by ``--failed-only``) and ``skipped`` (marked done without running,
 with the reason), and with the Slurm-DAG backend ``slurm`` (its Slurm job id). Every try
-records its ``attempt``. A job file that is a symlink or has a second link (a ``cp -al`` copy
-of the run shares it) is never run nor rewritten: it is quarantined (see
-:func:`executioner.protocol.scrub.single_link_problem`). A run.json with ``"backend": "slurm"`` is left alone by pool workers. State changes
+records its ``attempt``. A job file that is a symlink is never run nor rewritten: it is
+quarantined. One with a second hard link (a ``cp -al`` snapshot of the run) runs as any
+other: its inode is never written into, so the other name keeps what it held. A run.json with ``"backend": "slurm"`` is left alone by pool workers. State changes
 are single ``rename`` calls (see :mod:`executioner.protocol.store`); every write is temp file +
 fsync + rename, with temp files named ``.tmp-<host>-<pid>-<random>``.
 """

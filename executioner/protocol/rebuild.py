@@ -144,8 +144,8 @@ def place_record(run: RunLayout, job_id: str, record: dict[str, Any], dst: str) 
     up meanwhile. ``os.link`` never replaces a file that appeared in ``dst`` itself.
 
     Between the link and the unlink of the temp file the job file has two links; a claim in
-    that instant must not refuse it (see scrub.single_link_problem): the temp is written in
-    running/, where the claimer looks for it."""
+    that instant takes it as usual (a second link is harmless: no job file's inode is ever
+    written into)."""
     from .store import state_of
 
     tmp = fsio.write_temp(run.state_dir("running"), fsio.dumps(record))
@@ -157,8 +157,8 @@ def place_record(run: RunLayout, job_id: str, record: dict[str, Any], dst: str) 
         state, still = still_look(run, lambda: state_of(run, job_id))
         if state is not None or not still:
             return False
-        # RACE: from here until the unlink below the job file has a second link, our temp
-        # in running/: a worker claiming it meanwhile finds the temp by inode and runs it.
+        # RACE: from here until the unlink below the job file has a second link, our temp:
+        # a worker claiming it meanwhile runs it; the temp's name is ours alone.
         os.link(tmp, run.job(job_id, dst))
         return True
     except FileExistsError:

@@ -26,7 +26,6 @@ from ..workflow import JOB_ID_RE
 log = logging.getLogger("executioner.scrub")
 TEMP_MAX_AGE = 3600.0  # a temp file older than this (storage clock) is an abandoned write
 CONTENT_CHECKS_PER_PASS = 200
-LINKS_PREFIX = "has "  # "has 2 links (...)": see single_link_problem
 
 
 def check_record(record: Any, job_id: str) -> str | None:
@@ -45,14 +44,11 @@ def check_record(record: Any, job_id: str) -> str | None:
     return None
 
 
-def read_checked(path: str, job_id: str, pause: float = 0.2, *,
-                 own: RunLayout | None = None) -> tuple[dict[str, Any] | None, str | None]:
+def read_checked(path: str, job_id: str, pause: float = 0.2) -> tuple[dict[str, Any] | None, str | None]:
     """(record, None) for a good file; (None, reason) for one bad on two reads ``pause`` apart.
     Raises FileNotFoundError if the file went away (moved on: not broken).
 
-    A symlink is never followed (it is refused at once). With ``own`` (the file's run), the
-    file is one its reader is about to run and rewrite (a claim): it must also have no
-    second link, see :func:`single_link_problem`."""
+    A symlink is never followed (it is refused at once)."""
     reason = None
     for attempt in range(2):
         if attempt:
@@ -66,10 +62,6 @@ def read_checked(path: str, job_id: str, pause: float = 0.2, *,
                 return None, str(e)
             reason = f"not valid JSON: {e}"
             continue
-        if own is not None:
-            links = single_link_problem(own, st)
-            if links is not None:
-                return None, links
         try:
             record = orjson.loads(data)
         except ValueError as e:
@@ -85,37 +77,9 @@ def bad_file_reason(problem: str | None) -> str:
     """The quarantine note for a job file :func:`read_checked` found bad: refused for what it
     is (a symlink, a second link, not a regular file), or unreadable for its content."""
     problem = problem or "unknown problem"
-    if problem in (fsio.SYMLINK, fsio.NOT_REGULAR) or problem.startswith(LINKS_PREFIX):
+    if problem in (fsio.SYMLINK, fsio.NOT_REGULAR):
         return f"refused job file: {problem}"
     return f"unreadable job file: {problem}"
-
-
-def single_link_problem(run: RunLayout, st: os.stat_result) -> str | None:
-    """Why a job file with stat ``st`` must not be run, or None. A file with a second link
-    (a ``cp -al`` copy of the run, a link planted in the pool) shares its content with a name
-    we do not know: we would run, and own, a file someone else can reach. The one second link
-    allowed is our own temp file of a placement in progress: :func:`executioner.protocol.
-    rebuild.place_record` links its fsynced temp file into place, then unlinks the temp."""
-    if st.st_nlink <= 1:
-        return None
-    # RACE: a placement between its link and its unlink (for an instant, or for as long as
-    # its process is stopped there): its temp file in running/ (kept there, where few files
-    # are, so that this look is cheap) is the second link. Found by inode, it is allowed; once
-    # its process is gone, the scrub removes the temp and the file has one link again.
-    try:
-        entries = list(os.scandir(run.state_dir("running")))
-    except FileNotFoundError:
-        entries = []
-    for entry in entries:
-        if fsio.is_temp(entry.name) and entry.inode() == st.st_ino:
-            try:
-                other = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # unlinked meanwhile: the placement finished
-            if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
-                return None
-    return f"{LINKS_PREFIX}{st.st_nlink} links (a hard link to it exists elsewhere, a copy made with cp -al?): " \
-           "not run, not rewritten"
 
 
 def folder_problem(run: RunLayout) -> str | None:

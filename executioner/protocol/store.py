@@ -190,9 +190,10 @@ def claim(run: RunLayout, job_id: str, owner: Owner) -> Claim | None:
             return None
     now = time.time()
     try:
-        # Read without following a symlink, and refused if it has a second link: we would
-        # run and own a file someone else can reach (see scrub.single_link_problem).
-        record, problem = read_checked(path, job_id, own=run)
+        # Read without following a symlink (a symlink is refused). A second hard link (a
+        # `cp -al` snapshot of the run, rsnapshot) is harmless: nobody ever writes into a job
+        # file's inode (see executioner.protocol.fence), so the other name keeps its content.
+        record, problem = read_checked(path, job_id)
     except FileNotFoundError:
         return None
     if record is None:
