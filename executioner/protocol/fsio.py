@@ -101,8 +101,11 @@ def read_bytes(path: str, limit: int = MAX_READ) -> bytes:
             raise ValueError("not a regular file")
         if st.st_size > limit:
             raise ValueError(f"too large ({st.st_size} bytes)")
-        chunks = []
+        chunks, size = [], 0
         while chunk := os.read(fd, 1 << 16):
+            size += len(chunk)
+            if size > limit:  # it grew since the fstat: refused all the same, unread
+                raise ValueError(f"too large (more than {limit} bytes)")
             chunks.append(chunk)
         return b"".join(chunks)
     finally:

@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from . import fsio
+from . import fsio, records
 from .layout import STATES, RunLayout, job_id_of, split_private_name, split_running_name
 from ..workflow import JOB_ID_RE
 
@@ -27,40 +27,24 @@ CONTENT_CHECKS_PER_PASS = 200
 
 
 def check_record(record: Any, job_id: str) -> str | None:
-    """Why ``record`` is not a valid job record for ``job_id``; None when it is."""
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    missing = [k for k in ("spec", "tries", "dependencies", "dependents") if k not in record]
-    if missing:
-        return f"missing {', '.join(missing)}"
-    if not isinstance(record["spec"], dict) or "command" not in record["spec"]:
-        return "spec has no command"
-    if not isinstance(record["tries"], list) or not isinstance(record["dependencies"], list):
-        return "tries or dependencies is not a list"
-    if record.get("id") != job_id:
-        return f"the file of job {job_id!r} holds job {record.get('id')!r}"
-    return None
+    """Why ``record`` is not a valid job record for ``job_id``; None when it is (see
+    :mod:`executioner.protocol.records`: the keys and types every reader relies on)."""
+    return records.job_problem(record, job_id)
 
 
 def read_checked(path: str, job_id: str, pause: float = 0.2) -> tuple[dict[str, Any] | None, str | None]:
-    """(record, None) for a good file; (None, reason) for one bad on two reads ``pause`` apart.
-    Raises FileNotFoundError if the file went away (moved on: not broken)."""
+    """(record, None) for a good file; (None, reason) for one bad on two reads ``pause`` apart
+    (of the wrong shape, unreadable, too large, not JSON). Raises FileNotFoundError if the
+    file went away (moved on: not broken)."""
     reason = None
     for attempt in range(2):
         if attempt:
             time.sleep(pause)
-        try:
-            record = fsio.read_json(path)
-        except IsADirectoryError:
-            return None, "a directory"
-        except ValueError as e:
-            if str(e) == "not a regular file":
-                return None, str(e)
-            reason = f"not valid JSON: {e}" if os.path.getsize(path) else "empty file"
-            continue
-        reason = check_record(record, job_id)
-        if reason is None:
+        record, reason = records.read_job(path, job_id)
+        if record is not None:
             return record, None
+        if reason in ("a directory", "not a regular file"):
+            return None, reason
     return None, reason
 
 
