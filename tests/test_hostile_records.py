@@ -345,6 +345,8 @@ def test_a_claim_lock_of_the_wrong_shape_is_judged_as_never_locked(pool: Path, m
     pytest.param([1], id="list"),
     pytest.param({"attempt": "one", "plan": "x", "flags": [1], "changes": 5, "time": "noon"}, id="wrong-types"),
     pytest.param({"plan": [None, 5, {"job": 1}], "workflow_copy": 7}, id="wrong-plan"),
+    pytest.param({"flags": {"from_job": 5, "rollback_to": [1]}}, id="wrong-flags"),
+    pytest.param({"time": 1e300}, id="time-out-of-range"),
 ])
 def test_an_attempt_record_of_the_wrong_shape(pool: Path, make_workflow, record) -> None:
     run = three_jobs(pool, make_workflow)

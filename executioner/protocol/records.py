@@ -36,7 +36,6 @@ from typing import Any, Final
 
 from . import fsio
 from ..errors import CorruptFileError
-from ..workflow.values import JOB_OPTIONS, Problem, check_value
 
 JOB_RECORD_MAX: Final = 16 << 20
 RUN_RECORD_MAX: Final = 16 << 20
@@ -107,6 +106,34 @@ def env_problem(env: Any, where: str) -> str | None:
     return f"{where}env has {_show(bad[0])}: {_show(bad[1])}, not a name and a string" if bad else None
 
 
+# spec key -> (kind, null allowed); checked as kinds only, not against validation's bounds:
+# a run written by an older version (before a bound existed) must stay readable.
+_SPEC_KEYS: Final = {
+    "workdir": (_STR, True), "timeout": ("any_num", True), "max_retry_time": ("any_num", True),
+    "kill_grace": ("any_num", False), "retry_delay": ("any_num", False), "retry_jitter": ("any_num", False),
+    "retry_backoff": ("pos_num", False), "max_retries": ("any_int", False), "max_lost": ("any_int", False),
+    "retry_on_exit_codes": ("int_list", True), "retry_on_status": ("str_list", False),
+    "outputs": ("str_list", False), "always_rerun": ("bool", False), "slurm": ("object", True),
+}
+
+
+def _spec_kind_ok(kind: str, value: Any) -> bool:
+    if kind in ("any_num", "pos_num"):  # JSON as orjson reads it has no NaN nor infinity
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok and (kind == "any_num" or value > 0)  # a backoff <= 0 has no logarithm
+    if kind == "any_int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "int_list":
+        return isinstance(value, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
+    if kind == "str_list":
+        return isinstance(value, list) and all(isinstance(x, str) for x in value)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "object":
+        return isinstance(value, dict)
+    return isinstance(value, str)
+
+
 def spec_problem(spec: Any) -> str | None:
     if not isinstance(spec, dict):
         return "spec is not an object"
@@ -117,12 +144,12 @@ def spec_problem(spec: Any) -> str | None:
             f"spec.command is {_show(command)}, not a string or a list of strings"
     if (problem := env_problem(spec.get("env"), "spec.")) is not None:
         return problem
-    for key, (kind, _) in JOB_OPTIONS.items():
-        if key == "env" or key not in spec or (spec[key] is None and key in ("workdir", "slurm")):
-            continue
-        checked = check_value(kind, spec[key])
-        if isinstance(checked, Problem):
-            return f"spec.{key} {checked.message}"
+    for key, (kind, nullable) in _SPEC_KEYS.items():
+        if key in spec and not (spec[key] is None and nullable) and not _spec_kind_ok(kind, spec[key]):
+            what = {"any_num": "a number", "pos_num": "a number > 0", "any_int": "a whole number",
+                    "int_list": "a list of whole numbers", "str_list": "a list of strings", "bool": "true or false",
+                    "object": "an object", _STR: "a string"}[kind]
+            return f"spec.{key} is {_show(spec[key])}, not {what}"
     return None
 
 
@@ -249,8 +276,11 @@ def attempt_problem(record: Any) -> str | None:
             return f"{key} is not a list of objects"
     if not all(isinstance(s.get("job"), str) for s in record.get("plan", [])):
         return "plan has a step without a job id"
-    if not isinstance(record.get("flags", {}), dict):
-        return "flags is not an object"
+    flags = record.get("flags", {})
+    if not isinstance(flags, dict) or not all(
+            v is None or isinstance(v, (bool, str)) or isinstance(v, list) and all(isinstance(x, str) for x in v)
+            for v in flags.values()):
+        return "flags is not an object of switches and job ids"
     return None
 
 
