@@ -408,3 +408,66 @@ def test_a_damaged_workflow_copy_makes_resume_say_so(pool: Path, make_workflow) 
     result = cli("exec-submit", "--pool", str(pool), "--resume", run.run_id, "--dry-run")
     no_traceback(result)
     assert result.returncode == 2 and "yaml" in result.stderr.lower()
+
+
+# ---- one bad entry never stops a pass ------------------------------------------------------------
+def _refuse_renames_of(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    real = os.rename
+
+    def rename(src: Any, dst: Any) -> None:
+        if os.path.basename(str(src)) == name and "quarantine" in str(dst):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), src)
+        real(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+
+
+def test_a_sweep_goes_on_past_a_file_it_cannot_quarantine(pool: Path, make_workflow, monkeypatch) -> None:
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"},
+                                      {"id": "b", "command": "true", "dependencies": ["a"]},
+                                      {"id": "c", "command": "true", "dependencies": ["a"]},
+                                      {"id": "d", "command": "true", "dependencies": ["a"]}]))
+    os.rename(run.job("a", "queued"), run.job("a", "done"))
+    _set(run.job("b", "waiting"), tries=[None])
+    _set(run.job("c", "waiting"), tries=[None])
+    _refuse_renames_of(monkeypatch, "b.json")
+    assert store.sweep(run) == ["d"]
+    assert files(run, "waiting") == ["b.json"] and "c.json" in reasons(run).replace("waiting/", "")
+
+
+def test_a_scrub_goes_on_past_a_file_it_cannot_quarantine(pool: Path, make_workflow, monkeypatch) -> None:
+    from executioner.protocol.scrub import Scrubber
+
+    run = three_jobs(pool, make_workflow)
+    work(pool, run, slots=1)
+    _set(run.job("a", "done"), tries=[None])
+    _set(run.job("b", "done"), tries=[None])
+    _refuse_renames_of(monkeypatch, "a.json")
+    assert [os.path.basename(p) for p in Scrubber().scrub(run, time.time())] == ["b.json"]
+    assert files(run, "done") == ["a.json", "c.json"]
+
+
+def test_the_pool_view_goes_on_past_a_run_it_cannot_read(pool: Path, make_workflow) -> None:
+    bad = three_jobs(pool, make_workflow, name="bad")
+    good = three_jobs(pool, make_workflow, name="good")
+    shutil.rmtree(bad.state_dir("running"))
+    result = cli("exec-status", str(pool), "--json")
+    no_traceback(result)
+    assert result.returncode == 0, result.stderr
+    runs = {r["run_id"]: r for r in json.loads(result.stdout)["runs"]}
+    assert runs[bad.run_id]["state"] == "corrupt" and "state folders" in runs[bad.run_id]["reason"]
+    assert runs[good.run_id]["state"] == "running"
+
+
+def test_a_mode_000_run_record_shows_the_run_as_corrupt(pool: Path, make_workflow) -> None:
+    bad = three_jobs(pool, make_workflow, name="bad")
+    good = three_jobs(pool, make_workflow, name="good")
+    os.chmod(bad.record, 0)
+    result = cli_held_to_modes("exec-status", str(pool), "--json")
+    no_traceback(result)
+    runs = {r["run_id"]: r for r in json.loads(result.stdout)["runs"]}
+    assert runs[bad.run_id]["state"] == "corrupt" and "Permission denied" in runs[bad.run_id]["reason"]
+    assert runs[good.run_id]["state"] == "running"
+    resume = cli_held_to_modes("exec-submit", "--pool", str(pool), "--resume", bad.run_id, "--dry-run")
+    no_traceback(resume)
+    assert resume.returncode == 2 and "Permission denied" in resume.stderr and len(resume.stderr.splitlines()) == 1

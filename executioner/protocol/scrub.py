@@ -124,8 +124,10 @@ class Scrubber:
                         record, reason = read_checked(path, job_id)
                         if record is not None:
                             self._good.add(path)
+                    if reason is not None and quarantine(run, path, reason):
+                        bad.append(path)
                 except FileNotFoundError:
                     continue  # moved on meanwhile: not broken
-                if reason is not None and quarantine(run, path, reason):
-                    bad.append(path)
+                except OSError as e:  # one entry we cannot read or move never stops the pass
+                    log.warning("run %s: cannot scrub %s/%s: %s", run.run_id, state, name, e)
         return bad

@@ -18,6 +18,7 @@ two more places: ``staged:<state>`` (a job it grabbed out of ``<state>``, unchan
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import time
@@ -36,6 +37,7 @@ SPEC_KEYS = ("command",)  # the rest default: files written by an older version 
 SPEC_DEFAULTS = {k: v for k, v in JobSpec(id="_", command="_").to_spec().items() if k not in SPEC_KEYS}
 
 FinalState = Literal["done", "failed"]
+log = logging.getLogger("executioner.store")
 
 
 def new_job_record(run_id: str, spec: JobSpec, dependents: list[str], attempt: int = 1) -> dict[str, Any]:
@@ -330,6 +332,9 @@ def promote(run: RunLayout, job_ids: list[str]) -> list[str]:
             record, _ = records.read_job(run.job(job_id, "waiting"), job_id)
         except FileNotFoundError:
             continue  # promoted by someone else already
+        except OSError as e:  # an I/O error on one job: the others are still promoted
+            log.warning("run %s: cannot read waiting/%s.json: %s", run.run_id, job_id, e)
+            continue
         if record is None:
             continue  # unusable: the sweep quarantines it (after a second read)
         # RACE: two workers finishing two dependencies of one job: each checks after its
@@ -349,10 +354,13 @@ def sweep(run: RunLayout) -> list[str]:
     for job_id in waiting:
         try:
             record, problem = read_checked(run.job(job_id, "waiting"), job_id)
+            if record is None:
+                quarantine(run, run.job(job_id, "waiting"), f"unreadable job file: {problem}")
+                continue
         except FileNotFoundError:
             continue
-        if record is None:
-            quarantine(run, run.job(job_id, "waiting"), f"unreadable job file: {problem}")
+        except OSError as e:  # one job we cannot read or move never stops the pass over the others
+            log.warning("run %s: cannot sweep waiting/%s.json: %s", run.run_id, job_id, e)
             continue
         if not record.get("held") and deps_done(run, record, done):
             ready.append(job_id)

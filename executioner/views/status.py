@@ -230,7 +230,12 @@ def pool_status(pool: PoolLayout) -> dict[str, Any]:
         raise PoolError("no such pool directory", pool.root)
     runs = []
     for run_id in pool.run_ids():
-        status = run_status(pool.run(run_id))
+        try:
+            status = run_status(pool.run(run_id))
+        except (PoolError, OSError) as e:  # one run we cannot read never hides the others
+            why = e.message if isinstance(e, PoolError) else f"{e.filename or run_id}: {e.strerror or e}"
+            status = {"run_id": run_id, "name": None, "state": "corrupt", "counts": {s: 0 for s in JOB_STATES},
+                      "reason": f"cannot be read: {why}"}
         row = {k: status[k] for k in ("run_id", "name", "state", "counts")}
         if "reason" in status:
             row["reason"] = status["reason"]
