@@ -471,3 +471,20 @@ def test_a_mode_000_run_record_shows_the_run_as_corrupt(pool: Path, make_workflo
     resume = cli_held_to_modes("exec-submit", "--pool", str(pool), "--resume", bad.run_id, "--dry-run")
     no_traceback(resume)
     assert resume.returncode == 2 and "Permission denied" in resume.stderr and len(resume.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [
+    pytest.param("true " + "x" * 1_100_000, id="string"),
+    pytest.param(["true", *["x" * 900_000] * 5], id="list"),
+])
+def test_a_command_no_job_record_could_hold_is_refused_at_submit(pool: Path, tmp_path: Path, command) -> None:
+    """A job record is capped at 16 MB when read; a command that would make one that large
+    (Linux runs no argument past 128 kB anyway) is refused at submit, not quarantined later,
+    rebuilt and quarantined again in a loop."""
+    wf = tmp_path / "big.json"
+    wf.write_text(json.dumps({"name": "big", "jobs": [{"id": "a", "command": command}]}))
+    result = cli("exec-submit", "--pool", str(pool), str(wf))
+    no_traceback(result)
+    assert result.returncode == 2 and not pool.exists()
+    [line] = result.stderr.splitlines()
+    assert "job 'a'" in line and "key 'command'" in line and "at most" in line
