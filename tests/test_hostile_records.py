@@ -488,3 +488,12 @@ def test_a_command_no_job_record_could_hold_is_refused_at_submit(pool: Path, tmp
     assert result.returncode == 2 and not pool.exists()
     [line] = result.stderr.splitlines()
     assert "job 'a'" in line and "key 'command'" in line and "at most" in line
+
+
+def test_a_resume_names_why_a_job_file_cannot_be_used(pool: Path, make_workflow) -> None:
+    run = three_jobs(pool, make_workflow)
+    _set(run.job("b", "queued"), tries=[None])
+    result = cli("exec-submit", "--pool", str(pool), "--resume", run.run_id, "--dry-run")
+    no_traceback(result)
+    assert result.returncode == 3  # refused, as for any unreadable job file
+    assert "unreadable: b (tries[0] is None, not an object)" in result.stdout
