@@ -34,7 +34,7 @@ from typing import Any, Final, Iterator
 import filelock
 import psutil
 
-from ..protocol import fsio
+from ..protocol import fsio, records
 from ..errors import RunBusy
 from ..protocol.layout import RunLayout
 from ..liveness.watch import Watch
@@ -141,7 +141,7 @@ def holder(run: RunLayout) -> dict[str, Any] | None:
         info = fsio.read_json(run.coordinator_info, limit=1 << 16)
     except (OSError, ValueError):
         return None
-    return info if isinstance(info, dict) else None
+    return records.holder_info(info)
 
 
 def abandoned(run: RunLayout, watch: Watch, mono: float) -> str | None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import psutil
 
-from ..protocol import fence, fsio, store
+from ..protocol import fence, fsio, records, store
 from ..protocol.layout import PoolLayout, RunLayout
 from ..protocol.rebuild import rebuilt
 from ..protocol.scrub import bad_file_reason, quarantine, read_checked
@@ -54,7 +54,7 @@ def owner_dead_here(claim: dict[str, Any]) -> bool:
         return abs(psutil.Process(int(claim["pid"])).create_time() - float(claim["pid_start"])) > 1.0
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return True
-    except (psutil.Error, KeyError, TypeError, ValueError):
+    except (psutil.Error, KeyError, TypeError, ValueError, OverflowError):  # a record of the wrong shape
         return False
 
 
@@ -141,18 +141,15 @@ class Reaper:
         if private.intent not in ("done", "failed", "queued", "waiting"):
             return self.stale_after
         try:
-            record = fsio.read_json(private.job_file)
-            claim = store.claim_lock(run, private.job_id, private.token, record)
-        except (OSError, ValueError, KeyError, TypeError):
+            record, _ = records.read_job(private.job_file, private.job_id)
+        except OSError:
             return self.stale_after
+        claim = store.claim_lock(run, private.job_id, private.token, record) if record else None
         return self._patience(str(claim.get("worker"))) if claim else self.stale_after
 
     def _claim_record(self, run: RunLayout, job: store.Running, record: dict[str, Any]) -> dict[str, Any] | None:
         if self._claims.get(job.path) is None:
-            try:
-                self._claims[job.path] = store.claim_lock(run, job.job_id, job.token, record)
-            except (KeyError, TypeError):
-                self._claims[job.path] = None
+            self._claims[job.path] = store.claim_lock(run, job.job_id, job.token, record)
         return self._claims[job.path]
 
     def reap(self, run: RunLayout, mono: float | None = None) -> list[str]:

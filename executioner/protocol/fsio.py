@@ -161,8 +161,11 @@ def read_with_stat(path: str, limit: int = MAX_READ) -> tuple[bytes, os.stat_res
             raise ValueError(NOT_REGULAR)
         if st.st_size > limit:
             raise ValueError(f"too large ({st.st_size} bytes)")
-        chunks = []
+        chunks, size = [], 0
         while chunk := os.read(fd, 1 << 16):
+            size += len(chunk)
+            if size > limit:  # it grew since the fstat: refused all the same, unread
+                raise ValueError(f"too large (more than {limit} bytes)")
             chunks.append(chunk)
         return b"".join(chunks), st
     finally:

@@ -88,6 +88,7 @@ def seen_jobs(run: RunLayout) -> set[str]:
 def quarantine_reason(run: RunLayout, job_id: str) -> str | None:
     """Why the job's file was quarantined, if it was (the latest such note)."""
     try:
+        # <state>--<job>.json--<rand>.reason, or running--<job>@<token>.json--<rand>.reason
         names = sorted(n for n in os.listdir(run.quarantine_dir)
                        if n.endswith(".reason") and (f"--{job_id}.json--" in n or f"--{job_id}@" in n))
     except FileNotFoundError:

@@ -16,10 +16,9 @@ import stat
 import time
 from typing import Any
 
-import orjson
 import psutil
 
-from . import fsio
+from . import fsio, records
 from .layout import STATES, RunLayout, job_id_of, split_private_name, split_running_name
 from ..workflow import JOB_ID_RE
 
@@ -29,47 +28,24 @@ CONTENT_CHECKS_PER_PASS = 200
 
 
 def check_record(record: Any, job_id: str) -> str | None:
-    """Why ``record`` is not a valid job record for ``job_id``; None when it is."""
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    missing = [k for k in ("spec", "tries", "dependencies", "dependents") if k not in record]
-    if missing:
-        return f"missing {', '.join(missing)}"
-    if not isinstance(record["spec"], dict) or "command" not in record["spec"]:
-        return "spec has no command"
-    if not isinstance(record["tries"], list) or not isinstance(record["dependencies"], list):
-        return "tries or dependencies is not a list"
-    if record.get("id") != job_id:
-        return f"the file of job {job_id!r} holds job {record.get('id')!r}"
-    return None
+    """Why ``record`` is not a valid job record for ``job_id``; None when it is (see
+    :mod:`executioner.protocol.records`: the keys and types every reader relies on)."""
+    return records.job_problem(record, job_id)
 
 
 def read_checked(path: str, job_id: str, pause: float = 0.2) -> tuple[dict[str, Any] | None, str | None]:
-    """(record, None) for a good file; (None, reason) for one bad on two reads ``pause`` apart.
-    Raises FileNotFoundError if the file went away (moved on: not broken).
-
-    A symlink is never followed (it is refused at once)."""
+    """(record, None) for a good file; (None, reason) for one bad on two reads ``pause`` apart
+    (of the wrong shape, unreadable, too large, not JSON). Raises FileNotFoundError if the
+    file went away (moved on: not broken). A symlink is never followed (refused at once)."""
     reason = None
     for attempt in range(2):
         if attempt:
             time.sleep(pause)
-        try:
-            data, st = fsio.read_with_stat(path)
-        except IsADirectoryError:
-            return None, "a directory"
-        except ValueError as e:
-            if str(e) in (fsio.SYMLINK, fsio.NOT_REGULAR):
-                return None, str(e)
-            reason = f"not valid JSON: {e}"
-            continue
-        try:
-            record = orjson.loads(data)
-        except ValueError as e:
-            reason = f"not valid JSON: {e}" if data else "empty file"
-            continue
-        reason = check_record(record, job_id)
-        if reason is None:
+        record, reason = records.read_job(path, job_id)
+        if record is not None:
             return record, None
+        if reason in ("a directory", fsio.NOT_REGULAR, fsio.SYMLINK):
+            return None, reason  # refused for what it is: no second read
     return None, reason
 
 
@@ -180,8 +156,10 @@ class Scrubber:
                         record, reason = read_checked(path, job_id)
                         if record is not None:
                             self._good.add(path)
+                    if reason is not None and quarantine(run, path, reason):
+                        bad.append(path)
                 except FileNotFoundError:
                     continue  # moved on meanwhile: not broken
-                if reason is not None and quarantine(run, path, reason):
-                    bad.append(path)
+                except OSError as e:  # one entry we cannot read or move never stops the pass
+                    log.warning("run %s: cannot scrub %s/%s: %s", run.run_id, state, name, e)
         return bad

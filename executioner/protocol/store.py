@@ -18,6 +18,7 @@ two more places: ``staged:<state>`` (a job it grabbed out of ``<state>``, unchan
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import time
@@ -26,7 +27,7 @@ from typing import Any, Callable, Literal
 
 import psutil
 
-from . import fence, fsio
+from . import fence, fsio, records
 from .attempts import definition_hash
 from .layout import FORMAT_VERSION, STATES, RunLayout, job_id_of, split_running_name
 from .scrub import bad_file_reason, quarantine, read_checked
@@ -36,6 +37,7 @@ SPEC_KEYS = ("command",)  # the rest default: files written by an older version 
 SPEC_DEFAULTS = {k: v for k, v in JobSpec(id="_", command="_").to_spec().items() if k not in SPEC_KEYS}
 
 FinalState = Literal["done", "failed"]
+log = logging.getLogger("executioner.store")
 
 
 def new_job_record(run_id: str, spec: JobSpec, dependents: list[str], attempt: int = 1) -> dict[str, Any]:
@@ -75,11 +77,10 @@ def try_record(number: int, attempt: int, status: str, *, start: float | None, e
 
 
 def read_run_record(run: RunLayout) -> dict[str, Any]:
-    """The run's run.json; ValueError if it is not a run record (FileNotFoundError if absent)."""
-    record = fsio.read_json(run.record)
-    if not isinstance(record, dict) or "workdir" not in record or "env" not in record:
-        raise ValueError("not a run record")
-    return record
+    """The run's run.json; CorruptFileError (a ValueError) if it cannot be used: not JSON,
+    the wrong shape, unreadable (see :mod:`executioner.protocol.records`); FileNotFoundError
+    if absent."""
+    return records.load_run(run.record)
 
 
 @dataclass(frozen=True)
@@ -211,10 +212,12 @@ def claim_lock(run: RunLayout, job_id: str, token: str, record: dict[str, Any]) 
         if number < 1:
             continue
         try:
-            lock = fsio.read_json(run.claim_record(job_id, number))
+            lock = fsio.read_json(run.claim_record(job_id, number), records.LOCK_MAX)
         except (OSError, ValueError):
             continue
-        if isinstance(lock, dict) and lock.get("token") == token:
+        # One of the wrong shape is no lock: the claim is judged by its rename time, and
+        # requeued once it has stood still for stale_after.
+        if records.lock_problem(lock) is None and lock.get("token") == token:
             return lock
     return None
 
@@ -331,9 +334,14 @@ def promote(run: RunLayout, job_ids: list[str]) -> list[str]:
     moved = []
     for job_id in job_ids:
         try:
-            record = fsio.read_json(run.job(job_id, "waiting"))
-        except (FileNotFoundError, ValueError):
-            continue  # promoted by someone else already, or being rewritten
+            record, _ = records.read_job(run.job(job_id, "waiting"), job_id)
+        except FileNotFoundError:
+            continue  # promoted by someone else already
+        except OSError as e:  # an I/O error on one job: the others are still promoted
+            log.warning("run %s: cannot read waiting/%s.json: %s", run.run_id, job_id, e)
+            continue
+        if record is None:
+            continue  # unusable: the sweep quarantines it (after a second read)
         # RACE: two workers finishing two dependencies of one job: each checks after its
         # own rename into done/, so the later one sees both done; both may try, one wins.
         if not record.get("held") and deps_done(run, record) and transition(run, job_id, "waiting", "queued"):
@@ -351,10 +359,13 @@ def sweep(run: RunLayout) -> list[str]:
     for job_id in waiting:
         try:
             record, problem = read_checked(run.job(job_id, "waiting"), job_id)
+            if record is None:
+                quarantine(run, run.job(job_id, "waiting"), bad_file_reason(problem))
+                continue
         except FileNotFoundError:
             continue
-        if record is None:
-            quarantine(run, run.job(job_id, "waiting"), bad_file_reason(problem))
+        except OSError as e:  # one job we cannot read or move never stops the pass over the others
+            log.warning("run %s: cannot sweep waiting/%s.json: %s", run.run_id, job_id, e)
             continue
         if not record.get("held") and deps_done(run, record, done):
             ready.append(job_id)

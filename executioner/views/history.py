@@ -6,9 +6,10 @@ import os
 from collections import Counter
 from typing import Any
 
-from ..protocol import attempts, fsio
-from ..errors import ExecutionerError, PoolError, WorkflowErrors
+from ..protocol import attempts
+from ..errors import CorruptFileError, ExecutionerError, PoolError, WorkflowErrors
 from ..protocol.layout import PoolLayout, RunLayout
+from ..protocol.records import load_job, read_job
 from ..protocol.snapshot import snapshot
 
 
@@ -16,10 +17,10 @@ def _all_records(run: RunLayout) -> dict[str, dict[str, Any]]:
     out = {}
     for job_id, (_, path) in snapshot(run).items():
         try:
-            record = fsio.read_json(path)
-        except (OSError, ValueError):
+            record, _ = read_job(path, job_id)
+        except OSError:
             continue
-        if isinstance(record, dict):
+        if record is not None:  # unusable: left out of the counts (exec-status shows why)
             out[job_id] = record
     return out
 
@@ -64,9 +65,11 @@ def job_history(run: RunLayout, job_id: str) -> dict[str, Any]:
         found = ("removed", removed)
     state, path = found
     try:
-        record = fsio.read_json(path)
-    except (OSError, ValueError) as e:
-        raise PoolError(f"cannot read the file of job {job_id!r}: {e}", path) from None
+        record = load_job(path, job_id)
+    except CorruptFileError as e:
+        raise PoolError(f"the file of job {job_id!r} cannot be used: {e.message}", path) from None
+    except OSError as e:
+        raise PoolError(f"cannot read the file of job {job_id!r}: {e.strerror or e}", path) from None
     if state == "waiting" and record.get("held"):
         state = "held"
     elif state == "done" and record.get("skipped"):
