@@ -16,7 +16,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from .errors import ChangeIncomplete, ExecutionerError, PoolError, Refused, RunBusy, WorkflowErrors
+from .errors import ChangeIncomplete, CorruptFileError, ExecutionerError, PoolError, Refused, RunBusy, WorkflowErrors
 from .protocol.layout import PoolLayout, RunLayout
 from .views.status import is_run_dir, last_update, pool_status, run_status
 
@@ -135,6 +135,8 @@ def submit_main(argv: list[str] | None = None) -> int:
             run, plan = _submit(pool, a.workflow, options, a.dry_run)
     except (WorkflowErrors, PoolError) as e:
         return _fail(p.prog, e)
+    except CorruptFileError as e:  # a damaged run: said as exec-status says it (state "corrupt")
+        return _fail(p.prog, f"{e.path}: corrupt: {e.message}".replace("\n", " "))
     except (Refused, RunBusy) as e:
         for line in str(e).splitlines():
             print(f"{p.prog}: {line}", file=sys.stderr)
@@ -345,6 +347,9 @@ def worker_main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGUSR2, on_signal)  # Slurm's warning before the time limit (--signal)
     try:
         finished = worker.run()
+    except PoolError as e:  # workers/ is a symlink
+        print(f"exec-worker: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except OSError as e:  # no heartbeat can be written (a full disk, a read-only pool): say so, once
         print(f"exec-worker: error: {e.filename or pool_dir}: {e.strerror or e}", file=sys.stderr)
         return EXIT_FAILED

@@ -88,3 +88,18 @@ class Refused(_RunMessage, RuntimeError):
 class ChangeIncomplete(_RunMessage, OSError):
     """A change to a run (a resume, or one a crashed coordinator left in ``.coord/``) could
     not be finished or undone (an I/O error); its staging folder stays for the next try."""
+
+
+class ForeignFile(ExecutionerError, FileNotFoundError):
+    """At a path where a process keeps a file of its own (a heartbeat, a clock probe, the
+    coordinator lock, a job file it is about to run), something else: a symlink, a file with
+    more than one link, not a regular file. Never written through; to its caller it is as if
+    its file were gone (it makes its own again, or refuses the job)."""
+
+    def __init__(self, message: str, path: str = ""):
+        self.message = message
+        self.path = path
+        super().__init__(message, path)
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message

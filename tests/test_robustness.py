@@ -20,11 +20,15 @@ def test_a_broken_queued_file_is_quarantined_and_the_rest_runs(pool: Path, make_
     run = submit(pool, make_workflow([{"id": j, "command": "true"} for j in ("a", "b", "c")]))
     Path(run.job("b", "queued")).write_bytes(content)
     worker = work(pool, run, slots=1)
-    assert files(run, "done") == ["a.json", "c.json"] and files(run, "running") == []
-    assert worker.finished == 2
     quarantined = sorted(os.listdir(run.quarantine_dir))
     assert len(quarantined) == 2 and quarantined[0].startswith("running--b@") and quarantined[1].endswith(".reason")
     assert "unreadable job file" in (Path(run.quarantine_dir) / quarantined[1]).read_text()
+    # an idle worker does not leave while a job it saw missing waits to be rebuilt: b is
+    # rebuilt from the workflow (with a lost try saying why) and runs
+    assert files(run, "done") == ["a.json", "b.json", "c.json"] and files(run, "running") == []
+    assert worker.finished == 3
+    lost, done = read_json(run.job("b", "done"))["tries"]
+    assert lost["status"] == "lost" and "unreadable job file" in lost["reason"] and done["status"] == "done"
 
 
 def test_an_internal_error_while_running_is_a_lost_try_and_max_lost_ends_it(

@@ -26,7 +26,7 @@ from typing import Any
 
 import submitit
 
-from ..protocol import fsio, store
+from ..protocol import fsio, records, store
 from ..errors import ExecutionerError
 from ..protocol.layout import PoolLayout, RunLayout
 from ..execution.worker import Worker, slurm_job_id
@@ -253,11 +253,13 @@ def recorded_slurm_id(run: RunLayout, job_id: str) -> tuple[str | None, str | No
     places += [("running", r.path) for r in store.running_jobs(run) if r.job_id == job_id]
     for state, path in places:
         try:
-            record = fsio.read_json(path)
-        except (OSError, ValueError):
+            record, _ = records.read_job(path, job_id)
+        except OSError:
             continue
-        slurm = record.get("slurm") if isinstance(record, dict) else None
-        return (slurm or {}).get("job_id"), state
+        if record is None:
+            continue  # unusable (a worker quarantines it)
+        slurm_id = (record.get("slurm") or {}).get("job_id")
+        return (None if slurm_id is None else str(slurm_id)), state
     return None, None
 
 
@@ -302,7 +304,7 @@ def start_workers(pool: PoolLayout, run: RunLayout, count: int, options: SlurmOp
 def record_ids(run: RunLayout, kind: str, ids: list[str]) -> None:
     """Add Slurm job ids to ``RUN/slurm.json`` (kind: "workers" or "dag")."""
     try:
-        data = fsio.read_json(run.slurm_record)
+        data = records.slurm_ids(fsio.read_json(run.slurm_record))
     except (OSError, ValueError):
         data = {}
     data.setdefault(kind, [])
@@ -312,10 +314,9 @@ def record_ids(run: RunLayout, kind: str, ids: list[str]) -> None:
 
 def recorded_ids(run: RunLayout) -> dict[str, list[str]]:
     try:
-        data = fsio.read_json(run.slurm_record)
+        return records.slurm_ids(fsio.read_json(run.slurm_record))
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def all_ids(run: RunLayout) -> list[str]:
@@ -413,10 +414,10 @@ def pool_worker_claims(run: RunLayout) -> list[str]:
     for job in store.running_jobs(run):
         job_id = job.job_id
         try:
-            record = fsio.read_json(job.path)
-            claim = store.claim_lock(run, job_id, job.token, record)
-        except (OSError, ValueError, KeyError, TypeError):
+            record, _ = records.read_job(job.path, job_id)
+        except OSError:
             continue
+        claim = store.claim_lock(run, job_id, job.token, record) if record else None
         if claim is None:
             continue
         if not claim.get("dag"):  # array workers run inside Slurm too: only a DAG job says so

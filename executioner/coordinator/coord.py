@@ -34,7 +34,7 @@ from typing import Any, Final, Iterator
 import filelock
 import psutil
 
-from ..protocol import fsio
+from ..protocol import fsio, records
 from ..errors import RunBusy
 from ..protocol.layout import RunLayout
 from ..liveness.watch import Watch
@@ -99,16 +99,26 @@ class _Keeper:
         self._thread.start()
 
     def _run(self) -> None:
+        missed = 0
         while not self._stop.wait(TOUCH_EVERY):
-            if not self._lock.is_lock_held_by_us:
+            # RACE: a contender putting our live lock back (see below) hides it for a moment:
+            # the lock is taken as no longer ours only when two looks, TOUCH_EVERY apart, say so.
+            missed = 0 if self._lock.is_lock_held_by_us else missed + 1
+            if missed >= 2:
                 return
+            if missed:
+                continue
             try:
                 # RACE: were we stopped past COORD_STALE, a contender may break our lock and
                 # take it between our check and this touch: we touch its (live) lock once,
                 # which only keeps a live lock fresh; our next check stops us.
-                os.utime(self._path)
-            except FileNotFoundError:
-                return
+                fsio.touch(self._path)
+            except FileNotFoundError:  # or ForeignFile: missing, or not a file we may touch
+                # RACE: a contender that judged our lock abandoned renamed it aside, found it
+                # alive after all and puts it back with os.link, then unlinks its aside name:
+                # for a moment the lock is missing, then has two links. Skip this touch only:
+                # stopping for good would let our live lock stand still and be broken.
+                continue
             except OSError as e:
                 log.warning("cannot touch %s: %s", self._path, e)
 
@@ -120,8 +130,8 @@ class _Keeper:
 def refresh(run: RunLayout) -> None:
     """The holder is still at work: touch the lock (its mtime is the sign of life)."""
     try:
-        os.utime(run.coordinator_lock)
-    except FileNotFoundError:
+        fsio.touch(run.coordinator_lock)
+    except FileNotFoundError:  # or ForeignFile: never touched through a link
         pass
 
 
@@ -131,7 +141,7 @@ def holder(run: RunLayout) -> dict[str, Any] | None:
         info = fsio.read_json(run.coordinator_info, limit=1 << 16)
     except (OSError, ValueError):
         return None
-    return info if isinstance(info, dict) else None
+    return records.holder_info(info)
 
 
 def abandoned(run: RunLayout, watch: Watch, mono: float) -> str | None:
@@ -174,6 +184,8 @@ def _break_if_abandoned(run: RunLayout, watch: Watch, mono: float) -> str | None
         # our rename: it is alive. Put it back, unless yet another contender has taken the
         # lock in that instant; then that one holds it, and the holder we displaced finds
         # its lock is not its own any more and stops with nothing applied (change._still_ours).
+        # RACE: until our unlink below the lock has a second link (our aside name), and before
+        # the link it is missing: its holder's keeper skips a touch then, and goes on (_Keeper).
         try:
             os.link(aside, run.coordinator_lock)
         except FileExistsError:

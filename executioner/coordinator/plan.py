@@ -64,6 +64,7 @@ class Current:
     live: str | None = None  # running/: why its claim is live (None: stale)
     stale: str | None = None  # running/: why its claim is stale
     private: str | None = None  # running/: the private folder it is in (being taken out of running/)
+    problem: str | None = None  # why the file cannot be used, when record is None
 
 
 @dataclass
@@ -202,10 +203,10 @@ def _read_once(pool: PoolLayout, run: RunLayout, stale_after: float, now: float,
     out = {}
     for job_id, (state, path) in snapshot(run, expected).items():
         try:
-            record, _ = read_checked(path, job_id)
+            record, problem = read_checked(path, job_id)
         except FileNotFoundError:
             return None
-        cur = Current(state, record)
+        cur = Current(state, record, problem=problem)
         if state == "running":
             parts = split_running_name(os.path.basename(path))
             private = None if parts else fence.Private.parse(run, os.path.basename(os.path.dirname(path)))
@@ -241,10 +242,10 @@ def _settled(run: RunLayout, seen: dict[str, Current]) -> dict[str, Current]:
             job_id = rest[: -len(".json")] if rest.endswith(".json") else ""
             if sep and job_id and state in STATES and job_id not in seen:
                 try:
-                    record, _ = read_checked(os.path.join(folder, name), job_id)
+                    record, problem = read_checked(os.path.join(folder, name), job_id)
                 except FileNotFoundError:
                     continue
-                out[job_id] = Current(state, record)
+                out[job_id] = Current(state, record, problem=problem)
     return out
 
 
@@ -735,8 +736,8 @@ def _choose(j: str, spec: JobSpec, cur: Current | None, rerun: dict[str, str], s
 
 def _checks(plan: Plan, current: dict[str, Current], live: list[str], options: Options,
             missing: set[str]) -> None:
-    unreadable = [j for j, c in current.items() if c.record is None]
-    problems = [f"unreadable: {', '.join(sorted(unreadable))}"] if unreadable else []
+    unreadable = [f"{j} ({c.problem})" if c.problem else j for j, c in sorted(current.items()) if c.record is None]
+    problems = [f"unreadable: {', '.join(unreadable)}"] if unreadable else []
     plan.check("job files readable", not problems,
                "; ".join(problems) or ("all readable" if not missing else
                                        f"recreating from the workflow, with a lost try: {', '.join(sorted(missing))} "

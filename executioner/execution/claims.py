@@ -12,7 +12,9 @@ import threading
 import time
 from typing import Any
 
+from ..errors import ForeignFile
 from ..protocol import store
+from ..protocol.scrub import folder_problem
 from .events import Events
 from ..protocol.layout import PoolLayout, run_sort_key
 from ..liveness.clock import StorageClock
@@ -196,8 +198,22 @@ class Claiming:
         with self._lock:
             self._lost_in_row = 0
             self._not_before.pop((run_id, job_id), None)
-        store.write_lock(claim)
+        try:
+            store.write_lock(claim)
+        except ForeignFile as e:  # logs/ swapped for a symlink since we took the run up
+            store.release(claim)  # RACE: not locked: ours alone to put back
+            self._leave_run(run_id, str(e))
+            return False
         return True
+
+    def _leave_run(self, run_id: str, problem: str) -> None:
+        """Stop working on a run whose folders are no longer safe to write into (say so once)."""
+        log.warning("leaving run %s: %s", run_id, problem)
+        with self._lock:
+            self._skipped.add(run_id)
+            self._records.pop(run_id, None)
+            self._runs = [r for r in self._runs if r != run_id]
+            self._candidates.pop(run_id, None)
 
     def _fits(self, spec: dict[str, Any]) -> bool:
         """Can this job's timeout (plus its kill grace and a margin) end before our allocation?"""
@@ -236,8 +252,15 @@ class Claiming:
 
     def _record(self, run_id: str) -> dict[str, Any] | None:
         if run_id not in self._records:
+            run = self.pool.run(run_id)
+            problem = folder_problem(run)
+            if problem is not None:
+                if run_id not in self._skipped:
+                    self._skipped.add(run_id)
+                    log.warning("skipping run %s: %s", run_id, problem)
+                return None
             try:
-                self._records[run_id] = store.read_run_record(self.pool.run(run_id))
+                self._records[run_id] = store.read_run_record(run)
             except (OSError, ValueError) as e:
                 if run_id not in self._skipped:  # say it once, not on every poll
                     self._skipped.add(run_id)

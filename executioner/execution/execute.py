@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
 import psutil
 
 from ..protocol import fsio
-from ..errors import WorkflowError
+from ..protocol.layout import aside
+from ..errors import ForeignFile, WorkflowError
 from ..workflow.env import MAX_VALUE, env_items, human
 
 TryStatus = Literal["done", "failed", "timeout", "lost", "preempted"]
@@ -66,6 +67,14 @@ def command_argv(command: str | list[str], env: dict[str, str]) -> list[str]:
     return [expand(a, env) for a in command]
 
 
+def open_logs(out_path: str, err_path: str) -> tuple[int, int]:
+    """Create the try's two log files, each a new file of ours: whatever was at either name
+    (the logs of an earlier run of this try whose result could not be recorded, or a link
+    someone planted there) is moved aside and kept, never truncated nor written through."""
+    out, err = fsio.create_fresh([out_path, err_path], aside)
+    return out, err
+
+
 def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str, err_path: str,
                 timeout: float | None, kill_grace: float, marker: str,
                 keep_going: Callable[[], bool] | None = None, tick: float = 1.0) -> TryResult:
@@ -76,8 +85,13 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str, e
     seconds; when it returns False the tree is killed and the try is ``lost``.
     """
     start = time.time()
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-    out, err = os.open(out_path, flags, 0o644), os.open(err_path, flags, 0o644)
+    try:
+        out, err = open_logs(out_path, err_path)
+    except FileExistsError as e:  # re-planted as fast as it was moved aside: this try cannot run
+        return TryResult("failed", None, None, start, time.time(), f"cannot create its log file {e.filename}: "
+                                                                   f"{e.strerror}")
+    except ForeignFile as e:  # logs/ swapped for a symlink
+        return TryResult("failed", None, None, start, time.time(), f"cannot create its log file {e}")
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=err, start_new_session=True)

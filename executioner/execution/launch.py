@@ -55,11 +55,15 @@ def worker_command(pool: PoolLayout, run: RunLayout, slots: int, exit_when_idle:
 def start_detached(argv: list[str], run: RunLayout) -> Launched:
     """Start ``argv`` in a new session with no terminal, its output in ``run``'s launch/."""
     os.makedirs(run.launch_dir, exist_ok=True)
-    name = f"worker-{secrets.token_hex(4)}"
+    name, out_fd, err_fd = _new_logs(run)
     out, err = run.launched(name, "out"), run.launched(name, "err")
-    with open(os.devnull, "rb") as stdin, open(out, "ab") as stdout, open(err, "ab") as stderr:
-        proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, close_fds=True,
-                                start_new_session=True)
+    try:
+        with open(os.devnull, "rb") as stdin:
+            proc = subprocess.Popen(argv, stdin=stdin, stdout=out_fd, stderr=err_fd, close_fds=True,
+                                    start_new_session=True)
+    finally:
+        os.close(out_fd)
+        os.close(err_fd)
     try:
         pid_start: float | None = psutil.Process(proc.pid).create_time()
     except psutil.Error:  # it has already exited: its log says why
@@ -68,6 +72,24 @@ def start_detached(argv: list[str], run: RunLayout) -> Launched:
         "pid": proc.pid, "pid_start": pid_start, "host": fsio.HOST, "command": argv,
         "stdout": out, "stderr": err, "started": time.time()})
     return Launched(proc.pid, out, err)
+
+
+def _new_logs(run: RunLayout) -> tuple[str, int, int]:
+    """A fresh worker name and its two log files, created by us (O_EXCL, no symlink
+    followed): a name already taken, by anything, is never opened; another name is drawn."""
+    for _ in range(100):
+        name = f"worker-{secrets.token_hex(4)}"
+        try:
+            out = os.open(run.launched(name, "out"), fsio.NEW_FILE, 0o644)
+        except FileExistsError:
+            continue
+        try:
+            return name, out, os.open(run.launched(name, "err"), fsio.NEW_FILE, 0o644)
+        except FileExistsError:
+            os.close(out)  # RACE: its .err was taken meanwhile: give this name up, draw again
+            fsio.unlink_quietly(run.launched(name, "out"))
+            continue
+    raise FileExistsError(f"{run.launch_dir}: no free worker name in 100 draws")
 
 
 def start_local_workers(pool: PoolLayout, run: RunLayout, count: int, slots: int = 1,

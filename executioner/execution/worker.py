@@ -19,7 +19,7 @@ import filelock
 from ..protocol import fsio, store
 from .claims import Claiming
 from .events import Events
-from ..errors import WorkflowError
+from ..errors import PoolError, WorkflowError
 from .execute import TryResult, TryStatus, build_env, command_argv, missing_outputs, run_command
 from ..protocol.layout import PoolLayout
 from ..protocol.rebuild import LostFinder, coordinating, place_record
@@ -120,7 +120,12 @@ class Worker(Claiming):
         self._wake.set()
 
     def run(self) -> int:
-        """Work until stopped, idle for ``exit_when_idle`` s, or ``max_jobs`` claimed; return jobs finished."""
+        """Work until stopped, idle for ``exit_when_idle`` s, or ``max_jobs`` claimed; return jobs finished.
+        PoolError if the pool's workers/ is a symlink: our heartbeat, probe and watch files
+        would be made wherever it points."""
+        if os.path.islink(self.pool.workers_dir):
+            raise PoolError("is a symlink; no heartbeat, probe or watch file is written through it",
+                            self.pool.workers_dir)
         os.makedirs(self.pool.workers_dir, exist_ok=True)
         beat_path = self.pool.heartbeat(self.worker_id)
         self._beat_record = {
@@ -265,12 +270,15 @@ class Worker(Claiming):
         return max(0.01, min([delay, *due]))
 
     def _work_pending(self) -> bool:
-        """Jobs running in our runs (they may release dependents) or retries not yet due."""
+        """Jobs running in our runs (they may release dependents), retries not yet due, or
+        jobs seen missing (a refused or broken job file quarantined): about to be rebuilt."""
         now = time.monotonic()
         with self._lock:
             if any(nb > now for nb in self._not_before.values()):
                 return True
             runs = list(self._runs)
+        if any(self.lost.pending(r) for r in runs):
+            return True
         return any(store.list_jobs(self.pool.run(r), "running") for r in runs)
 
     def _sweep(self) -> bool:
@@ -528,10 +536,11 @@ class Worker(Claiming):
         """
         while not self._slots_done.wait(self.heartbeat):
             try:
-                # No explicit time: whatever clock stamps it, only its changing counts.
-                os.utime(path)
-            except FileNotFoundError:
-                try:  # someone cleaned workers/: put our heartbeat back
+                # No explicit time: whatever clock stamps it, only its changing counts. Only
+                # through our own file: a link planted in its place is never touched through.
+                fsio.touch(path)
+            except FileNotFoundError:  # or ForeignFile: a link planted in its place
+                try:  # someone cleaned workers/ (or planted a link): put our heartbeat back
                     os.makedirs(self.pool.workers_dir, exist_ok=True)
                     fsio.atomic_write_json(path, self._beat_record)
                 except OSError as e:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import stat
 import threading
 import time
 from typing import Callable, Final
@@ -45,10 +46,23 @@ def _remove_probes() -> None:
 
 
 def _make_probe(pool: PoolLayout, probe: str) -> None:
+    """Create our probe, a new file of ours. Its name carries our pid, so whatever else is
+    there (a leftover of a dead process that had our pid, a planted link) is removed first:
+    unlinking a link removes the name only, never what it points to."""
     global _atexit_registered
     os.makedirs(pool.workers_dir, exist_ok=True)
-    with open(probe, "ab"):
-        pass
+    for _ in range(3):
+        try:
+            os.close(os.open(probe, fsio.NEW_FILE, 0o644))
+            break
+        except FileExistsError:
+            try:
+                st = os.lstat(probe)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                break  # RACE: another thread of ours made it first
+            fsio.unlink_quietly(probe)
     with _probes_lock:
         _probes[probe] = os.getpid()
         if not _atexit_registered:
@@ -61,12 +75,11 @@ def storage_now(pool: PoolLayout) -> float:
     probe = pool.probe(fsio.HOST, os.getpid())
     for attempt in range(3):
         try:
-            os.utime(probe)
-            return os.stat(probe).st_mtime
+            return fsio.touch(probe).st_mtime
         except FileNotFoundError:
-            # First use; or, RACE: a tidy removed the probe between our utime and stat
-            # (it removes probes an hour old, so only one we had not touched for that
-            # long). Either way, make it (again) and read once more.
+            # First use; or a tidy removed the probe (it removes probes an hour old, so only
+            # one we had not touched for that long); or a link was planted in its place
+            # (ForeignFile). Either way, make it (again) and read once more.
             if attempt == 2:
                 raise
             _make_probe(pool, probe)

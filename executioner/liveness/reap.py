@@ -21,10 +21,10 @@ from typing import Any
 
 import psutil
 
-from ..protocol import fence, fsio, store
+from ..protocol import fence, fsio, records, store
 from ..protocol.layout import PoolLayout, RunLayout
 from ..protocol.rebuild import rebuilt
-from ..protocol.scrub import quarantine, read_checked
+from ..protocol.scrub import bad_file_reason, quarantine, read_checked
 from ..protocol.pieces import is_chunk, lost_pieces
 from ..protocol.retry import losses
 from .watch import Watch
@@ -41,7 +41,7 @@ class Verdict:
 def fresh_mtime(path: str) -> float:
     """A file's mtime, read through open(): on NFS, opening revalidates the attribute cache
     (close-to-open consistency), where a plain stat may answer from a cache up to 60 s old."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO planted there cannot hang us
     try:
         return os.fstat(fd).st_mtime
     finally:
@@ -56,7 +56,7 @@ def owner_dead_here(claim: dict[str, Any]) -> bool:
         return abs(psutil.Process(int(claim["pid"])).create_time() - float(claim["pid_start"])) > 1.0
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return True
-    except (psutil.Error, KeyError, TypeError, ValueError):
+    except (psutil.Error, KeyError, TypeError, ValueError, OverflowError):  # a record of the wrong shape
         return False
 
 
@@ -143,18 +143,15 @@ class Reaper:
         if private.intent not in ("done", "failed", "queued", "waiting", "pieces"):
             return self.stale_after
         try:
-            record = fsio.read_json(private.job_file)
-            claim = store.claim_lock(run, private.job_id, private.token, record)
-        except (OSError, ValueError, KeyError, TypeError):
+            record, _ = records.read_job(private.job_file, private.job_id)
+        except OSError:
             return self.stale_after
+        claim = store.claim_lock(run, private.job_id, private.token, record) if record else None
         return self._patience(str(claim.get("worker"))) if claim else self.stale_after
 
     def _claim_record(self, run: RunLayout, job: store.Running, record: dict[str, Any]) -> dict[str, Any] | None:
         if self._claims.get(job.path) is None:
-            try:
-                self._claims[job.path] = store.claim_lock(run, job.job_id, job.token, record)
-            except (KeyError, TypeError):
-                self._claims[job.path] = None
+            self._claims[job.path] = store.claim_lock(run, job.job_id, job.token, record)
         return self._claims[job.path]
 
     def reap(self, run: RunLayout, mono: float | None = None) -> list[str]:
@@ -208,9 +205,9 @@ class Reaper:
         if record is None:
             # Broken only if it stays so, unchanged, for stale_after (a format-1 worker may be
             # writing its result into it this very instant).
-            st = os.stat(job.path)
+            st = os.stat(job.path, follow_symlinks=False)
             if self._verdict(f"torn:{run.run_id}/{job.name}", st.st_mtime + st.st_size * 1e-9, mono, "").stale:
-                quarantine(run, job.path, f"unreadable job file: {problem}")
+                quarantine(run, job.path, bad_file_reason(problem))
             return None
         verdict = self.judge(run, job, record, mono, {})
         if not verdict.stale:

@@ -129,8 +129,8 @@ def _heartbeat_litter(path: str, name: str, mtime: float, watch: Watch, mono: fl
     if name not in records:
         try:
             records[name] = fsio.read_json(path, limit=HEARTBEAT_RECORD_LIMIT)
-        except ValueError:
-            records[name] = None  # torn or foreign: judged by watching alone
+        except (ValueError, PermissionError):
+            records[name] = None  # torn, foreign or unreadable: judged by watching alone
     record = records[name]
     if isinstance(record, dict) and owner_dead_here(record):
         return True

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from . import fsio
+from . import fsio, records
 from .layout import RunLayout
 
 # The fields of a job whose change means its results are no longer what the workflow says.
@@ -56,7 +56,7 @@ def read(run: RunLayout, number: int) -> dict[str, Any] | None:
         record = fsio.read_json(run.attempt_record(number))
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) else None
+    return record if records.attempt_problem(record) is None else None  # of the wrong shape: absent
 
 
 def all_records(run: RunLayout) -> list[dict[str, Any]]:

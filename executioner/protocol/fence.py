@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 import psutil
 
-from . import fsio
+from . import fsio, records
 from .layout import STATES, RunLayout, split_private_name
 from .scrub import check_record
 
@@ -257,10 +257,11 @@ def _undo(private: Private, put_back: str | None) -> None:
 
 
 def _read(path: str) -> dict[str, Any] | None:
-    """The job file's content; None if it is not a job record (torn, foreign)."""
+    """The job file's content; None if it is no usable object (torn, foreign, too large,
+    unreadable): ``build`` then judges it with :func:`valid`. FileNotFoundError if gone."""
     try:
-        record = fsio.read_json(path)
-    except ValueError:
+        record = fsio.read_json(path, records.JOB_RECORD_MAX)
+    except (ValueError, PermissionError, IsADirectoryError):
         return None
     return record if isinstance(record, dict) else None
 

@@ -5,22 +5,36 @@ atomic ``rename`` into place, so no reader on any machine sees half a file. Ever
 goes through :func:`write_all`, which finishes short writes (a nearly full filesystem may
 write less than asked) and raises rather than leave a file short; a write that fails
 removes its temp file, so the target is either the old file or the whole new one.
+
+Nothing is ever written through a path we did not create: every file is opened for writing
+with ``O_CREAT|O_EXCL|O_NOFOLLOW`` (a temp file, a log, a launch log, a probe) and put in
+place by ``rename``, which replaces a planted symlink or hard link by name and never writes
+into what it points to. A file we keep touching (a heartbeat, a probe, a lock) is touched
+through :func:`touch`, which refuses a symlink or a file with a second link. Reads do not
+follow a symlink either (:func:`read_bytes`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 import secrets
 import socket
 import stat
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
+from ..errors import ForeignFile
+
+log = logging.getLogger("executioner.fsio")
 HOST = os.environ.get("EXEC_HOSTNAME") or socket.gethostname()  # override: tests, odd clusters
 TEMP_PREFIX = ".tmp-"
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC  # ours alone, or an error
+SYMLINK = "a symlink (not followed)"
+NOT_REGULAR = "not a regular file"
 
 
 def temp_name(directory: str) -> str:
@@ -50,10 +64,11 @@ def write_all(fd: int, data: bytes, offset: int | None = None) -> None:
             offset += n
 
 
-def _write_new(path: str, payload: bytes, sync: bool) -> None:
-    """Create ``path`` (which must not exist) holding ``payload``; on any failure, remove it
-    and raise. Closing is checked too: NFS reports a full quota at close."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+def _write_new(path: str, payload: bytes, sync: bool, dir_fd: int | None = None) -> None:
+    """Create ``path`` (which must not exist; relative to ``dir_fd`` if given) holding
+    ``payload``; on any failure, remove it and raise. Closing is checked too: NFS reports a
+    full quota at close."""
+    fd = os.open(path, NEW_FILE, 0o644, dir_fd=dir_fd)
     try:
         try:
             write_all(fd, payload)
@@ -62,7 +77,10 @@ def _write_new(path: str, payload: bytes, sync: bool) -> None:
         finally:
             os.close(fd)
     except BaseException:
-        unlink_quietly(path)
+        try:
+            os.unlink(path, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
         raise
 
 
@@ -73,13 +91,44 @@ def write_temp(directory: str, payload: bytes) -> str:
     return tmp
 
 
-def atomic_write(path: str, payload: bytes) -> None:
-    """Replace ``path`` with ``payload``: temp file, fsync, rename."""
-    tmp = write_temp(os.path.dirname(path) or ".", payload)
+def atomic_write(path: str, payload: bytes, anchored: bool = False) -> None:
+    """Replace ``path`` with ``payload``: temp file, fsync, rename. ``anchored``: the folder
+    is opened without following a symlink and both steps go through that handle, so a folder
+    swapped for a symlink meanwhile raises ForeignFile instead of redirecting the write (one
+    more open; used for the claim lock in logs/, which a job can reach)."""
+    if not anchored:
+        tmp = write_temp(os.path.dirname(path) or ".", payload)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        return
+    dir_fd = open_folder(path)
     try:
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
+        name = os.path.basename(temp_name("."))
+        _write_new(name, payload, sync=True, dir_fd=dir_fd)
+        try:
+            os.replace(name, os.path.basename(path), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+            raise
+    finally:
+        os.close(dir_fd)
+
+
+def open_folder(path: str) -> int:
+    """An fd of the folder holding ``path``, opened without following a symlink (ForeignFile
+    if it is one, or not a directory): files made through it land in that very folder."""
+    folder = os.path.dirname(path) or "."
+    try:
+        return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ForeignFile("its folder is a symlink or not a directory; not written through", path) from None
         raise
 
 
@@ -92,19 +141,33 @@ MAX_READ = 64 << 20  # no file of ours is this big: a larger one is refused, not
 
 def read_bytes(path: str, limit: int = MAX_READ) -> bytes:
     """The whole file. Opened non-blocking, so a FIFO planted in a state folder cannot hang
-    us; anything but a regular file, or a file larger than ``limit``, is refused with
-    ValueError."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    us, and without following a symlink; anything but a regular file, or a file larger than
+    ``limit``, is refused with ValueError (SYMLINK, NOT_REGULAR or "too large")."""
+    return read_with_stat(path, limit)[0]
+
+
+def read_with_stat(path: str, limit: int = MAX_READ) -> tuple[bytes, os.stat_result]:
+    """:func:`read_bytes`, and the file's stat taken on the same open file (so the two are
+    about one and the same file, whatever is renamed meanwhile)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ValueError(SYMLINK) from None
+        raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise ValueError("not a regular file")
+            raise ValueError(NOT_REGULAR)
         if st.st_size > limit:
             raise ValueError(f"too large ({st.st_size} bytes)")
-        chunks = []
+        chunks, size = [], 0
         while chunk := os.read(fd, 1 << 16):
+            size += len(chunk)
+            if size > limit:  # it grew since the fstat: refused all the same, unread
+                raise ValueError(f"too large (more than {limit} bytes)")
             chunks.append(chunk)
-        return b"".join(chunks)
+        return b"".join(chunks), st
     finally:
         os.close(fd)
 
@@ -143,3 +206,69 @@ def sync_filesystem(path: str) -> None:
             os.sync()
     finally:
         os.close(fd)
+
+
+def touch(path: str) -> os.stat_result:
+    """Set ``path``'s mtime to now (in whatever clock the storage stamps it) and return its
+    stat, for a file we made and keep touching (a heartbeat, a probe, a lock). Only through
+    the file itself: a symlink, a file with a second link (planted over ours: touching it
+    would touch someone else's file) or anything but a regular file raises ForeignFile, a
+    FileNotFoundError, so that the caller makes its own file again as if ours were gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ForeignFile(SYMLINK, path) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ForeignFile(NOT_REGULAR, path)
+        if st.st_nlink != 1:
+            raise ForeignFile(f"has {st.st_nlink} links", path)
+        os.utime(fd)
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def create_fresh(paths: list[str], aside: Callable[[str], str], tries: int = 3) -> list[int]:
+    """Create each of ``paths`` (all in one folder) for writing and return their fds; never
+    open what is already there.
+
+    Whatever is at such a name (a leftover of an earlier run of the same try, a planted
+    symlink or hard link) is renamed to ``aside(path)`` first: kept, not followed, not
+    truncated. The folder is opened once, without following a symlink, and the files are
+    created through that handle, so a folder swapped for a symlink cannot redirect them
+    either (ForeignFile). FileExistsError if a name is taken again every time it is cleared."""
+    dir_fd = open_folder(paths[0])
+    fds: list[int] = []
+    try:
+        for path in paths:
+            fds.append(_create_in(dir_fd, path, aside, tries))
+        return fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    finally:
+        os.close(dir_fd)
+
+
+def _create_in(dir_fd: int, path: str, aside: Callable[[str], str], tries: int) -> int:
+    name = os.path.basename(path)
+    for _ in range(tries):
+        try:
+            return os.open(name, NEW_FILE, 0o644, dir_fd=dir_fd)
+        except FileExistsError:
+            pass
+        # RACE: whoever put it there may move it on meanwhile: then there is nothing to move
+        # aside, and the next O_EXCL create decides.
+        target = aside(path)
+        try:
+            os.rename(name, os.path.basename(target), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except FileNotFoundError:
+            continue
+        log.warning("%s was already there (a leftover, or a planted link): kept as %s", path, target)
+    raise FileExistsError(errno.EEXIST, f"something exists at that name again each time it is moved "
+                                        f"aside ({tries} times); not written through", path)

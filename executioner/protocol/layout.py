@@ -26,7 +26,12 @@ Format version 1. A *pool* is a directory of runs::
                                      worker, host, pid, pid start time, token, time claimed;
                                      it is live while running/<job>@<token>.json exists, and
                                      stays afterwards as the record of who ran that try
-        logs/<job>.<try>.out|.err    stdout and stderr of each try
+        logs/<job>.<try>.out|.err    stdout and stderr of each try, created by it (O_EXCL):
+                                     never opened through what was there before
+        logs/<job>.<try>.out.old-<random>
+                                     what was at that name when the try began (the logs of
+                                     a try whose result could not be recorded, or a planted
+                                     link), moved aside and kept
         <state>/<job>.<lo>-<hi>.json a chunk of an array: its tasks lo..hi (positions; see
                                      executioner.protocol.units), a unit like a job file
         logs/<chunk>.<try>.tasks     a chunk try's journal (see executioner.protocol.journal);
@@ -69,7 +74,9 @@ definition (``spec``), ``dependencies``, ``dependents``, every try so far (``tri
 exist also ``attempt`` (the attempt its next try belongs to), ``definition_hash``,
 ``held`` (kept waiting by ``--failed-only``) and ``skipped`` (marked done without running,
 with the reason), and with the Slurm-DAG backend ``slurm`` (its Slurm job id). Every try
-records its ``attempt``. A run.json with ``"backend": "slurm"`` is left alone by pool workers. State changes
+records its ``attempt``. A job file that is a symlink is never run nor rewritten: it is
+quarantined. One with a second hard link (a ``cp -al`` snapshot of the run) runs as any
+other: its inode is never written into, so the other name keeps what it held. A run.json with ``"backend": "slurm"`` is left alone by pool workers. State changes
 are single ``rename`` calls (see :mod:`executioner.protocol.store`); every write is temp file +
 fsync + rename, with temp files named ``.tmp-<host>-<pid>-<random>``.
 """
@@ -77,6 +84,7 @@ fsync + rename, with temp files named ``.tmp-<host>-<pid>-<random>``.
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -259,6 +267,12 @@ class PoolLayout:
         runs = [n for n in names if not n.startswith(".") and n != "workers"
                 and os.path.exists(os.path.join(self.root, n, RUN_RECORD))]
         return sorted(runs, key=run_sort_key)
+
+
+def aside(path: str) -> str:
+    """Where an entry found at ``path`` goes when we meant to create ``path`` ourselves:
+    ``<path>.old-<random>``, beside it (see :func:`executioner.protocol.fsio.create_fresh`)."""
+    return f"{path}.old-{secrets.token_hex(3)}"
 
 
 def run_sort_key(run_id: str) -> tuple[int, str]:

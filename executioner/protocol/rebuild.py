@@ -116,8 +116,9 @@ def array_gaps(run: RunLayout, seen: set[str]) -> set[str]:
 def quarantine_reason(run: RunLayout, job_id: str) -> str | None:
     """Why the job's file was quarantined, if it was (the latest such note)."""
     try:
+        # <state>--<job>.json--<rand>.reason, or running--<job>@<token>.json--<rand>.reason
         names = sorted(n for n in os.listdir(run.quarantine_dir)
-                       if n.endswith(".reason") and f"--{job_id}." in n)
+                       if n.endswith(".reason") and (f"--{job_id}.json--" in n or f"--{job_id}@" in n))
     except FileNotFoundError:
         return None
     for name in reversed(names):
@@ -170,10 +171,14 @@ class LostFinder:
 
 def place_record(run: RunLayout, job_id: str, record: dict[str, Any], dst: str) -> bool:
     """Put a job that is in no folder back into ``dst`` with ``record``; False if it turned
-    up meanwhile. ``os.link`` never replaces a file that appeared in ``dst`` itself."""
+    up meanwhile. ``os.link`` never replaces a file that appeared in ``dst`` itself.
+
+    Between the link and the unlink of the temp file the job file has two links; a claim in
+    that instant takes it as usual (a second link is harmless: no job file's inode is ever
+    written into)."""
     from .store import state_of
 
-    tmp = fsio.write_temp(run.state_dir(dst), fsio.dumps(record))
+    tmp = fsio.write_temp(run.state_dir("running"), fsio.dumps(record))
     try:
         # RACE: a job that was only moving (seen nowhere by a listing that raced its rename)
         # is found by this look; the caller looked twice, some time apart, already.
@@ -182,6 +187,8 @@ def place_record(run: RunLayout, job_id: str, record: dict[str, Any], dst: str) 
         state, still = still_look(run, lambda: state_of(run, job_id))
         if state is not None or not still:
             return False
+        # RACE: from here until the unlink below the job file has a second link, our temp:
+        # a worker claiming it meanwhile runs it; the temp's name is ours alone.
         os.link(tmp, run.job(job_id, dst))
         return True
     except FileExistsError:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import stat
 import time
 from typing import Any
 
 import psutil
 
-from . import fsio
+from . import fsio, records
 from .layout import STATES, RunLayout, job_id_of, split_private_name, split_running_name
 from ..workflow import JOB_ID_RE
 
@@ -27,45 +28,60 @@ CONTENT_CHECKS_PER_PASS = 200
 
 
 def check_record(record: Any, job_id: str) -> str | None:
-    """Why ``record`` is not a valid job record for ``job_id``; None when it is."""
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    missing = [k for k in ("spec", "tries", "dependencies", "dependents") if k not in record]
-    if missing:
-        return f"missing {', '.join(missing)}"
-    if not isinstance(record["spec"], dict) or "command" not in record["spec"]:
-        return "spec has no command"
-    if not isinstance(record["tries"], list) or not isinstance(record["dependencies"], list):
-        return "tries or dependencies is not a list"
-    if record.get("id") != job_id:
-        return f"the file of job {job_id!r} holds job {record.get('id')!r}"
-    return None
+    """Why ``record`` is not a valid job record for ``job_id``; None when it is (see
+    :mod:`executioner.protocol.records`: the keys and types every reader relies on)."""
+    return records.job_problem(record, job_id)
 
 
 def read_checked(path: str, job_id: str, pause: float = 0.2) -> tuple[dict[str, Any] | None, str | None]:
-    """(record, None) for a good file; (None, reason) for one bad on two reads ``pause`` apart.
-    Raises FileNotFoundError if the file went away (moved on: not broken)."""
+    """(record, None) for a good file; (None, reason) for one bad on two reads ``pause`` apart
+    (of the wrong shape, unreadable, too large, not JSON). Raises FileNotFoundError if the
+    file went away (moved on: not broken). A symlink is never followed (refused at once)."""
     reason = None
     for attempt in range(2):
         if attempt:
             time.sleep(pause)
-        try:
-            record = fsio.read_json(path)
-        except IsADirectoryError:
-            return None, "a directory"
-        except ValueError as e:
-            if str(e) == "not a regular file":
-                return None, str(e)
-            reason = f"not valid JSON: {e}" if os.path.getsize(path) else "empty file"
-            continue
-        reason = check_record(record, job_id)
-        if reason is None:
+        record, reason = records.read_job(path, job_id)
+        if record is not None:
             return record, None
+        if reason in ("a directory", fsio.NOT_REGULAR, fsio.SYMLINK):
+            return None, reason  # refused for what it is: no second read
     return None, reason
 
 
+def bad_file_reason(problem: str | None) -> str:
+    """The quarantine note for a job file :func:`read_checked` found bad: refused for what it
+    is (a symlink, a second link, not a regular file), or unreadable for its content."""
+    problem = problem or "unknown problem"
+    if problem in (fsio.SYMLINK, fsio.NOT_REGULAR):
+        return f"refused job file: {problem}"
+    return f"unreadable job file: {problem}"
+
+
+def folder_problem(run: RunLayout) -> str | None:
+    """Why a worker must not touch this run, or None: its directory or one of its folders is
+    a symlink (or not a directory), so that a file we create or move there would land
+    wherever it points, maybe outside the pool."""
+    folders = [run.root, *run.all_dirs(), run.quarantine_dir, run.launch_dir, run.removed_dir,
+               run.staging_root, run.slurm_dir]
+    for folder in folders:
+        try:
+            st = os.lstat(folder)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
+            name = "the run directory" if folder == run.root else f"its folder {os.path.basename(folder)}/"
+            return f"{name} is {what}; nothing is written through it"
+    return None
+
+
 def quarantine(run: RunLayout, path: str, reason: str) -> bool:
-    """Move ``path`` to quarantine/ (under a fresh name) with a note; False if it was gone."""
+    """Move ``path`` to quarantine/ (under a fresh name) with a note; False if it was gone
+    (or if quarantine/ is not a real folder of the run: nothing is moved through a symlink)."""
+    if os.path.islink(run.quarantine_dir):
+        log.error("run %s: not quarantining %s (%s): quarantine/ is a symlink", run.run_id, path, reason)
+        return False
     os.makedirs(run.quarantine_dir, exist_ok=True)
     state = os.path.basename(os.path.dirname(path))
     target = os.path.join(run.quarantine_dir, f"{state}--{os.path.basename(path)}--{secrets.token_hex(3)}")
@@ -140,8 +156,10 @@ class Scrubber:
                         record, reason = read_checked(path, job_id)
                         if record is not None:
                             self._good.add(path)
+                    if reason is not None and quarantine(run, path, reason):
+                        bad.append(path)
                 except FileNotFoundError:
                     continue  # moved on meanwhile: not broken
-                if reason is not None and quarantine(run, path, reason):
-                    bad.append(path)
+                except OSError as e:  # one entry we cannot read or move never stops the pass
+                    log.warning("run %s: cannot scrub %s/%s: %s", run.run_id, state, name, e)
         return bad

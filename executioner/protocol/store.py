@@ -18,6 +18,7 @@ two more places: ``staged:<state>`` (a job it grabbed out of ``<state>``, unchan
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import time
@@ -26,11 +27,11 @@ from typing import Any, Callable, Literal
 
 import psutil
 
-from . import fence, fsio
+from . import fence, fsio, records
 from .attempts import definition_hash
 from .layout import FORMAT_VERSION, STATES, RunLayout, job_id_of, split_running_name
 from .ready import Upstream
-from .scrub import quarantine, read_checked
+from .scrub import bad_file_reason, quarantine, read_checked
 from .units import parse_unit, unit_name
 from ..workflow import JobSpec
 
@@ -38,6 +39,7 @@ SPEC_KEYS = ("command",)  # the rest default: files written by an older version 
 SPEC_DEFAULTS = {k: v for k, v in JobSpec(id="_", command="_").to_spec().items() if k not in SPEC_KEYS}
 
 FinalState = Literal["done", "failed"]
+log = logging.getLogger("executioner.store")
 
 
 def new_job_record(run_id: str, spec: JobSpec, dependents: list[str], attempt: int = 1) -> dict[str, Any]:
@@ -88,11 +90,10 @@ def try_record(number: int, attempt: int, status: str, *, start: float | None, e
 
 
 def read_run_record(run: RunLayout) -> dict[str, Any]:
-    """The run's run.json; ValueError if it is not a run record (FileNotFoundError if absent)."""
-    record = fsio.read_json(run.record)
-    if not isinstance(record, dict) or "workdir" not in record or "env" not in record:
-        raise ValueError("not a run record")
-    return record
+    """The run's run.json; CorruptFileError (a ValueError) if it cannot be used: not JSON,
+    the wrong shape, unreadable (see :mod:`executioner.protocol.records`); FileNotFoundError
+    if absent."""
+    return records.load_run(run.record)
 
 
 @dataclass(frozen=True)
@@ -203,11 +204,14 @@ def claim(run: RunLayout, job_id: str, owner: Owner) -> Claim | None:
             return None
     now = time.time()
     try:
+        # Read without following a symlink (a symlink is refused). A second hard link (a
+        # `cp -al` snapshot of the run, rsnapshot) is harmless: nobody ever writes into a job
+        # file's inode (see executioner.protocol.fence), so the other name keeps its content.
         record, problem = read_checked(path, job_id)
     except FileNotFoundError:
         return None
     if record is None:
-        quarantine(run, path, f"unreadable job file: {problem}")
+        quarantine(run, path, bad_file_reason(problem))
         return None
     record["spec"] = {**SPEC_DEFAULTS, **record["spec"]}
     return Claim(run, job_id, token, record, owner, now)
@@ -221,20 +225,24 @@ def claim_lock(run: RunLayout, job_id: str, token: str, record: dict[str, Any]) 
         if number < 1:
             continue
         try:
-            lock = fsio.read_json(run.claim_record(job_id, number))
+            lock = fsio.read_json(run.claim_record(job_id, number), records.LOCK_MAX)
         except (OSError, ValueError):
             continue
-        if isinstance(lock, dict) and lock.get("token") == token:
+        # One of the wrong shape is no lock: the claim is judged by its rename time, and
+        # requeued once it has stood still for stale_after.
+        if records.lock_problem(lock) is None and lock.get("token") == token:
             return lock
     return None
 
 
 def write_lock(claim: Claim) -> None:
+    """Write the claim's lock into logs/, through the folder opened without following a
+    symlink (ForeignFile if logs/ was swapped for one: nothing is written through it)."""
     o = claim.owner
-    fsio.atomic_write_json(claim.lock, {
+    fsio.atomic_write(claim.lock, fsio.dumps({
         "job": claim.job_id, "try": claim.try_number, "token": claim.token, "worker": o.worker_id, "host": o.host,
         "pid": o.pid, "pid_start": o.pid_start, "claimed_at": claim.claimed_at, "dag": o.dag,
-    })
+    }), anchored=True)
 
 
 def release(claim: Claim) -> bool:
@@ -364,9 +372,14 @@ def promote(run: RunLayout, job_ids: list[str]) -> list[str]:
     moved = []
     for unit in units:
         try:
-            record = fsio.read_json(run.job(unit, "waiting"))
-        except (FileNotFoundError, ValueError):
-            continue  # promoted by someone else already, or being rewritten
+            record, _ = records.read_job(run.job(unit, "waiting"), unit)
+        except FileNotFoundError:
+            continue  # promoted by someone else already
+        except OSError as e:  # an I/O error on one job: the others are still promoted
+            log.warning("run %s: cannot read waiting/%s.json: %s", run.run_id, unit, e)
+            continue
+        if record is None:
+            continue  # unusable: the sweep quarantines it (after a second read)
         # RACE: two workers finishing two dependencies of one job: each checks after its
         # own rename into done/, so the later one sees both done; both may try, one wins.
         if isinstance(record, dict) and not record.get("held") and upstream.ready(record) \
@@ -385,10 +398,13 @@ def sweep(run: RunLayout) -> list[str]:
     for job_id in waiting:
         try:
             record, problem = read_checked(run.job(job_id, "waiting"), job_id)
+            if record is None:
+                quarantine(run, run.job(job_id, "waiting"), bad_file_reason(problem))
+                continue
         except FileNotFoundError:
             continue
-        if record is None:
-            quarantine(run, run.job(job_id, "waiting"), f"unreadable job file: {problem}")
+        except OSError as e:  # one job we cannot read or move never stops the pass over the others
+            log.warning("run %s: cannot sweep waiting/%s.json: %s", run.run_id, job_id, e)
             continue
         if not record.get("held") and upstream.ready(record):
             ready.append(job_id)

@@ -6,11 +6,12 @@ import os
 from collections import Counter
 from typing import Any
 
-from ..protocol import attempts, fsio
-from ..errors import ExecutionerError, PoolError, WorkflowErrors
+from ..protocol import attempts
+from ..errors import CorruptFileError, ExecutionerError, PoolError, WorkflowErrors
 from ..protocol.layout import PoolLayout, RunLayout
 from ..execution.tasks import task_name, task_rows, task_set
 from ..protocol.ready import arrays_of
+from ..protocol.records import load_job, read_job
 from ..protocol.snapshot import snapshot
 from ..protocol.units import Chunk, parse_unit
 from ..workflow.arrays import TASK_SEP
@@ -20,10 +21,10 @@ def _all_records(run: RunLayout) -> dict[str, dict[str, Any]]:
     out = {}
     for job_id, (_, path) in snapshot(run).items():
         try:
-            record = fsio.read_json(path)
-        except (OSError, ValueError):
+            record, _ = read_job(path, job_id)
+        except OSError:
             continue
-        if isinstance(record, dict):
+        if record is not None:  # unusable: left out of the counts (exec-status shows why)
             out[job_id] = record
     return out
 
@@ -76,9 +77,11 @@ def job_history(run: RunLayout, job_id: str) -> dict[str, Any]:
         found = ("removed", removed)
     state, path = found
     try:
-        record = fsio.read_json(path)
-    except (OSError, ValueError) as e:
-        raise PoolError(f"cannot read the file of job {job_id!r}: {e}", path) from None
+        record = load_job(path, job_id)
+    except CorruptFileError as e:
+        raise PoolError(f"the file of job {job_id!r} cannot be used: {e.message}", path) from None
+    except OSError as e:
+        raise PoolError(f"cannot read the file of job {job_id!r}: {e.strerror or e}", path) from None
     if state == "waiting" and record.get("held"):
         state = "held"
     elif state == "done" and record.get("skipped"):
@@ -102,10 +105,10 @@ def _units_of(run: RunLayout, job: str, arrays: dict[str, int]) -> list[tuple[st
         if chunk is None or chunk.job != job:
             continue
         try:
-            record = fsio.read_json(path)
-        except (OSError, ValueError):
-            continue  # moved meanwhile, or broken (the scrub quarantines it)
-        if isinstance(record, dict):
+            record, _ = read_job(path, unit)
+        except OSError:
+            continue  # moved meanwhile
+        if record is not None:  # (a broken one: the scrub quarantines it)
             out.append((state, chunk, record))
     return sorted(out, key=lambda u: u[1].lo)
 

@@ -54,7 +54,7 @@ class LiveWorkers:
             path = os.path.join(self.pool.workers_dir, name)
             try:
                 stamp = os.stat(path).st_mtime
-                record = fsio.read_json(path)
+                record = fsio.read_json(path, 1 << 16)  # a heartbeat record is small
             except (OSError, ValueError):
                 continue
             seen = self._seen.get(name)

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..coordinator.coord import describe, holder, interrupted_change, is_stopped, since_text
-from ..errors import PoolError
+from ..errors import CorruptFileError, PoolError
 from ..liveness.watch import Watch
 from ..protocol import fsio
 from ..protocol.layout import PoolLayout, RunLayout, split_private_name, split_running_name
 from ..protocol.ready import arrays_of
-from ..protocol.rebuild import known_jobs
+from ..protocol.rebuild import known_jobs, quarantine_reason
+from ..protocol.records import RUN_RECORD_MAX, read_job, slurm_ids
 from ..protocol.units import Chunk, Coverage, parse_unit, unit_name
 from ..protocol.snapshot import snapshot, staged_jobs
 from ..protocol.store import claim_lock as store_claim_lock
@@ -23,8 +24,8 @@ from ..protocol.store import read_run_record
 JOB_STATES = ("waiting", "queued", "running", "done", "failed", "blocked")
 # Shown as job states, counted as the folder they are in (the --json count keys are fixed).
 COUNTED_AS = {"held": "waiting", "skipped": "done", "lost": "waiting"}
-LOST_REASON = ("in no state folder (quarantined, or deleted): a worker's sweep or the next resume rebuilds it "
-               "from the workflow")
+REBUILT = "a worker's sweep or the next resume rebuilds it from the workflow"
+LOST_REASON = f"in no state folder (quarantined, or deleted): {REBUILT}"
 
 
 @dataclass
@@ -114,21 +115,26 @@ def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
         if chunk is not None:
             chunks.setdefault(chunk.job, []).append((state, chunk, path))
             continue
+        problem = None
         try:
-            record = fsio.read_json(path)
-        except (OSError, ValueError):
-            record = None  # moved since the listing, or not readable: shown without details
+            record, problem = read_job(path, job_id)
+        except OSError:
+            record = None  # moved since the listing, or an I/O error: shown without details
         claim = None
-        if state == "running" and isinstance(record, dict) and isinstance(record.get("tries"), list):
+        if state == "running" and record is not None:
             token = _token_of(path)
             # None when not written yet (the claim is a moment old), or torn: shown without it
             claim = store_claim_lock(run, job_id, token, record) if token else None
-        views[job_id] = JobView(job_id, state, record, claim)
+        views[job_id] = JobView(job_id, state, record, claim,
+                                reason=None if problem is None else f"its file cannot be used ({problem}); "
+                                "a worker quarantines it")
     for job, size in arrays.items():
         views[job] = ArrayView(job, size, chunks.get(job, []), _one_record(chunks.get(job, [])))
     if len(views) < expected:
         for job_id in known_jobs(run) - set(views):
-            views[job_id] = JobView(job_id, "lost", None, reason=LOST_REASON)
+            note = quarantine_reason(run, job_id)
+            reason = LOST_REASON if note is None else f"in no state folder: quarantined ({note}); {REBUILT}"
+            views[job_id] = JobView(job_id, "lost", None, reason=reason)
     _mark_blocked_tasks(views)  # first: a task blocked this way blocks what needs all its array
     _mark_blocked(views)
     _mark_held(views)
@@ -138,7 +144,7 @@ def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
         r = v.record or {}
         if v.state == "done" and r.get("skipped"):
             v.state, v.reason = "skipped", str(r["skipped"].get("reason", "skipped"))
-        if v.state == "failed":
+        if v.state == "failed" and not v.reason:
             v.reason = r.get("reason")
         elif v.state == "running" and v.claim:
             v.reason = f"on {v.claim.get('host')} (worker {v.claim.get('worker')})"
@@ -302,10 +308,10 @@ def run_status(run: RunLayout) -> dict[str, Any]:
         record = read_run_record(run)
     except FileNotFoundError:
         raise PoolError("not a run directory (no run.json)", run.root) from None
-    except ValueError as e:
+    except CorruptFileError as e:
         return {"run_id": run.run_id, "name": None, "state": "corrupt",
                 "counts": {s: 0 for s in JOB_STATES}, "jobs": [],
-                "reason": f"run.json is corrupt ({e}); workers skip this run"}
+                "reason": f"run.json is corrupt ({e.message}); workers skip this run"}
     views = job_views(run, record.get("jobs", 0))
     counts = {s: 0 for s in JOB_STATES}
     shown: dict[str, int] = {}
@@ -321,8 +327,8 @@ def run_status(run: RunLayout) -> dict[str, Any]:
     out = {"run_id": record.get("run_id", run.run_id), "name": record.get("name"),
            "state": run_state(shown), "counts": counts, "jobs": [v.row() for v in views]}
     try:
-        slurm = fsio.read_json(run.slurm_record)
-        if isinstance(slurm, dict) and slurm:
+        slurm = slurm_ids(fsio.read_json(run.slurm_record, RUN_RECORD_MAX))
+        if slurm:
             out["slurm"] = slurm  # Slurm job ids of the run's workers ("workers") or jobs ("dag")
     except (OSError, ValueError):
         pass
@@ -366,7 +372,12 @@ def pool_status(pool: PoolLayout) -> dict[str, Any]:
         raise PoolError("no such pool directory", pool.root)
     runs = []
     for run_id in pool.run_ids():
-        status = run_status(pool.run(run_id))
+        try:
+            status = run_status(pool.run(run_id))
+        except (PoolError, OSError) as e:  # one run we cannot read never hides the others
+            why = e.message if isinstance(e, PoolError) else f"{e.filename or run_id}: {e.strerror or e}"
+            status = {"run_id": run_id, "name": None, "state": "corrupt", "counts": {s: 0 for s in JOB_STATES},
+                      "reason": f"cannot be read: {why}"}
         row = {k: status[k] for k in ("run_id", "name", "state", "counts")}
         if "reason" in status:
             row["reason"] = status["reason"]

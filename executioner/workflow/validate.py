@@ -445,6 +445,13 @@ class _Validator:
                 command = tuple(str(a) for a in command)
         else:
             problem = f"must be a string or a list of strings, not {type_name(command)}{_flow_hint(command)}"
+        # A job record is read with a cap (executioner.protocol.records.JOB_RECORD_MAX): a command
+        # that would make one past it would be quarantined at its first read, rebuilt, and again.
+        # Linux runs no argument longer than 128 kB anyway.
+        if not problem and isinstance(command, str) and len(command) > MAX_VALUE:
+            problem = f"is {human(len(command))} long; a command may be at most {human(MAX_VALUE)}"
+        elif not problem and isinstance(command, tuple) and (size := sum(map(len, command))) > MAX_JOB_ENV:
+            problem = f"its arguments are {human(size)} together; at most {human(MAX_JOB_ENV)}"
         if problem:
             self.err(problem, job=job_id, key="command")
             return None
