@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import math
 import os
 import shlex
 import signal
+import stat
 import sys
 import time
 from typing import Any, NoReturn
@@ -71,6 +73,9 @@ def submit_main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait", action="store_true", help="wait for the run to end; exit 1 if any job failed")
     p.add_argument("--stale-after", type=float, default=60.0, metavar="SECONDS",
                    help="a claim whose worker has not beaten for this long is requeued (default 60)")
+    p.add_argument("--shared-group", action="store_true",
+                   help="a new run (and a new pool) the pool's group may read and run too, env included "
+                        "(default: yours alone, mode 0700)")
     g = p.add_argument_group("resume, midstream start, rollback")
     g.add_argument("--resume", metavar="RUN_ID", help="continue this run as its next attempt")
     g.add_argument("--failed-only", action="store_true",
@@ -115,6 +120,8 @@ def submit_main(argv: list[str] | None = None) -> int:
         return _cancel(p.prog, PoolLayout(os.path.abspath(pool_dir)), a.cancel, a.dry_run)
     if a.backend == "slurm" and a.slurm_workers:
         return _fail(p.prog, "--backend slurm runs each job as its own Slurm job: no --slurm-workers")
+    if a.resume and a.shared_group:
+        return _fail(p.prog, "--shared-group is for a new run; a resume keeps the run's mode (chmod it yourself)")
     if not a.resume:
         bad = [f for f, v in (("--failed-only", a.failed_only), ("--no-retry-failed", a.no_retry_failed),
                               ("--rollback-to", a.rollback_to), ("--force", a.force)) if v]
@@ -132,7 +139,7 @@ def submit_main(argv: list[str] | None = None) -> int:
         if a.resume:
             run, plan = _resume(pool, a.resume, a.workflow, options, a.dry_run)
         else:
-            run, plan = _submit(pool, a.workflow, options, a.dry_run)
+            run, plan = _submit(pool, a.workflow, options, a.dry_run, a.shared_group)
     except (WorkflowErrors, PoolError) as e:
         return _fail(p.prog, e)
     except (Refused, RunBusy) as e:
@@ -257,14 +264,15 @@ def _cancel(prog: str, pool: PoolLayout, run_id: str, dry_run: bool) -> int:
     return EXIT_OK
 
 
-def _submit(pool: PoolLayout, path: str, options: Any, dry_run: bool) -> tuple[RunLayout | None, Any]:
+def _submit(pool: PoolLayout, path: str, options: Any, dry_run: bool,
+            shared_group: bool = False) -> tuple[RunLayout | None, Any]:
     from .coordinator.submit import create_run_planned, plan_submit
     from .workflow import load_workflow
 
     workflow = load_workflow(path)
     if dry_run:
         return None, plan_submit(workflow, options)
-    return create_run_planned(pool, workflow, options)
+    return create_run_planned(pool, workflow, options, shared_group)
 
 
 def _resume(pool: PoolLayout, run_id: str, path: str | None, options: Any,
@@ -325,6 +333,9 @@ def worker_main(argv: list[str] | None = None) -> int:
             return _fail(p.prog, f"{pool_dir}: no run {run_id!r}")
     logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
+    if os.stat(pool_dir).st_mode & stat.S_IWOTH:
+        print(f"exec-worker: warning: {pool_dir} is writable by others: anyone who can write to a pool "
+              f"can run commands as its workers' user ({getpass.getuser()})", file=sys.stderr, flush=True)
     ends_at = None
     if os.environ.get("SLURM_JOB_ID"):  # inside a Slurm allocation: claim only what fits in it
         from .backends.slurm import allocation_end

@@ -77,7 +77,7 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str, e
     """
     start = time.time()
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-    out, err = os.open(out_path, flags, 0o644), os.open(err_path, flags, 0o644)
+    out, err = os.open(out_path, flags, fsio.file_mode()), os.open(err_path, flags, fsio.file_mode())
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=err, start_new_session=True)

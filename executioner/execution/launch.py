@@ -52,21 +52,33 @@ def worker_command(pool: PoolLayout, run: RunLayout, slots: int, exit_when_idle:
     return argv
 
 
+def _shown(text: str) -> str:
+    """``text`` as JSON can hold it: a path that is not UTF-8 (a pool in a directory named
+    in another encoding) with its stray bytes as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def start_detached(argv: list[str], run: RunLayout) -> Launched:
     """Start ``argv`` in a new session with no terminal, its output in ``run``'s launch/."""
-    os.makedirs(run.launch_dir, exist_ok=True)
+    fsio.make_dirs(run.launch_dir)
     name = f"worker-{secrets.token_hex(4)}"
     out, err = run.launched(name, "out"), run.launched(name, "err")
-    with open(os.devnull, "rb") as stdin, open(out, "ab") as stdout, open(err, "ab") as stderr:
-        proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, close_fds=True,
-                                start_new_session=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    stdout, stderr = os.open(out, flags, fsio.file_mode()), os.open(err, flags, fsio.file_mode())
+    try:
+        with open(os.devnull, "rb") as stdin:
+            proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, close_fds=True,
+                                    start_new_session=True)
+    finally:
+        os.close(stdout)
+        os.close(stderr)
     try:
         pid_start: float | None = psutil.Process(proc.pid).create_time()
     except psutil.Error:  # it has already exited: its log says why
         pid_start = None
     fsio.atomic_write_json(run.launched(name, "json"), {
-        "pid": proc.pid, "pid_start": pid_start, "host": fsio.HOST, "command": argv,
-        "stdout": out, "stderr": err, "started": time.time()})
+        "pid": proc.pid, "pid_start": pid_start, "host": fsio.HOST, "command": [_shown(a) for a in argv],
+        "stdout": _shown(out), "stderr": _shown(err), "started": time.time()})
     return Launched(proc.pid, out, err)
 
 

@@ -46,6 +46,10 @@ class Worker(Claiming):
                  poll_max: float = 5.0, sweep_every: float = 10.0, dormant_every: float = 60.0,
                  only_jobs: set[str] | None = None, ends_at: float | None = None, slurm_dag: bool = False):
         self.pool = PoolLayout(os.path.abspath(pool))
+        try:  # a pool other users' workers serve lets its group write: so must what we write
+            fsio.share_with_group(fsio.is_group_shared(self.pool.root))
+        except FileNotFoundError:
+            fsio.share_with_group(False)
         self.run_ids = run_ids
         self.slots = max(1, slots)
         self.exit_when_idle = exit_when_idle
@@ -113,7 +117,7 @@ class Worker(Claiming):
 
     def run(self) -> int:
         """Work until stopped, idle for ``exit_when_idle`` s, or ``max_jobs`` claimed; return jobs finished."""
-        os.makedirs(self.pool.workers_dir, exist_ok=True)
+        fsio.make_dirs(self.pool.workers_dir)
         beat_path = self.pool.heartbeat(self.worker_id)
         self._beat_record = {
             "worker": self.worker_id, "host": self.owner.host, "pid": self.owner.pid,
@@ -267,7 +271,7 @@ class Worker(Claiming):
                 # One sweeper per run at a time; a lease, so a dead sweeper's marker expires.
                 # Overlap after expiry is harmless: promotion is idempotent.
                 lease = filelock.SoftFileLease(os.path.join(run.state_dir("waiting"), ".sweep.lock"),
-                                               lease_duration=30.0, timeout=0)
+                                               lease_duration=30.0, timeout=0, mode=fsio.file_mode())
                 try:
                     with lease:
                         moved = store.sweep(run)
@@ -479,7 +483,7 @@ class Worker(Claiming):
                 os.utime(path)
             except FileNotFoundError:
                 try:  # someone cleaned workers/: put our heartbeat back
-                    os.makedirs(self.pool.workers_dir, exist_ok=True)
+                    fsio.make_dirs(self.pool.workers_dir)
                     fsio.atomic_write_json(path, self._beat_record)
                 except OSError as e:
                     log.warning("heartbeat %s: %s", path, e)

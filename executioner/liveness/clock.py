@@ -46,9 +46,8 @@ def _remove_probes() -> None:
 
 def _make_probe(pool: PoolLayout, probe: str) -> None:
     global _atexit_registered
-    os.makedirs(pool.workers_dir, exist_ok=True)
-    with open(probe, "ab"):
-        pass
+    fsio.make_dirs(pool.workers_dir)
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_APPEND, fsio.file_mode()))
     with _probes_lock:
         _probes[probe] = os.getpid()
         if not _atexit_registered:

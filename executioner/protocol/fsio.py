@@ -5,6 +5,15 @@ atomic ``rename`` into place, so no reader on any machine sees half a file. Ever
 goes through :func:`write_all`, which finishes short writes (a nearly full filesystem may
 write less than asked) and raises rather than leave a file short; a write that fails
 removes its temp file, so the target is either the old file or the whole new one.
+
+**Who may read what we write.** Job files, run.json and the workflow copies hold the
+workflow's ``env`` (tokens, often), and logs hold what commands print; the umask (022
+mostly) would make all of it world-readable. So every file and directory is created with
+an explicit mode: the owner alone (``0600``/``0700``, the default), or, for a pool or run
+made with ``--shared-group``, the group too (``0640`` files, ``2770`` directories: setgid,
+so everything keeps the directory's group); never the world. One process serves one pool,
+so the choice is per process: :func:`share_with_group` (a worker decides from its pool's
+mode, a resume from its run's, a submit from ``--shared-group``).
 """
 
 from __future__ import annotations
@@ -18,6 +27,55 @@ import stat
 from typing import Any
 
 import orjson
+
+PRIVATE_FILE, PRIVATE_DIR = 0o600, 0o700
+SHARED_FILE, SHARED_DIR = 0o640, 0o2770  # the group reads files; setgid keeps the group
+_shared = False
+
+
+def share_with_group(on: bool) -> None:
+    """From now on, create files and directories for the group too (``on``) or for the
+    owner alone; see the module docstring."""
+    global _shared
+    _shared = on
+
+
+def shares_with_group() -> bool:
+    return _shared
+
+
+def file_mode() -> int:
+    return SHARED_FILE if _shared else PRIVATE_FILE
+
+
+def is_group_shared(path: str) -> bool:
+    """Whether ``path`` (a pool or run directory) lets its group write: what --shared-group
+    makes, and what a pool other users' workers serve must be."""
+    return bool(os.stat(path).st_mode & stat.S_IWGRP)
+
+
+def make_dir(path: str, exist_ok: bool = False) -> bool:
+    """``mkdir`` with our mode whatever the umask; True if we made it. An existing directory
+    (with ``exist_ok``) keeps its mode: it may be someone else's."""
+    mode = SHARED_DIR if _shared else PRIVATE_DIR
+    try:
+        os.mkdir(path, mode & 0o777)
+    except FileExistsError:
+        if exist_ok and os.path.isdir(path):
+            return False
+        raise
+    if _shared:  # the umask took the group's write bit, and mkdir never sets setgid itself
+        os.chmod(path, mode)
+    return True
+
+
+def make_dirs(path: str, exist_ok: bool = True) -> None:
+    """``makedirs`` through :func:`make_dir`: missing parents get our mode too."""
+    parent = os.path.dirname(os.path.normpath(path))
+    if parent and parent != path and not os.path.isdir(parent):
+        make_dirs(parent)
+    make_dir(path, exist_ok=exist_ok)
+
 
 HOST = os.environ.get("EXEC_HOSTNAME") or socket.gethostname()  # override: tests, odd clusters
 TEMP_PREFIX = ".tmp-"
@@ -53,9 +111,11 @@ def write_all(fd: int, data: bytes, offset: int | None = None) -> None:
 def _write_new(path: str, payload: bytes, sync: bool) -> None:
     """Create ``path`` (which must not exist) holding ``payload``; on any failure, remove it
     and raise. Closing is checked too: NFS reports a full quota at close."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode())
     try:
         try:
+            if _shared:  # a umask like 077 would take the group's read bit
+                os.fchmod(fd, SHARED_FILE)
             write_all(fd, payload)
             if sync:
                 os.fsync(fd)

@@ -66,7 +66,7 @@ def read_checked(path: str, job_id: str, pause: float = 0.2) -> tuple[dict[str, 
 
 def quarantine(run: RunLayout, path: str, reason: str) -> bool:
     """Move ``path`` to quarantine/ (under a fresh name) with a note; False if it was gone."""
-    os.makedirs(run.quarantine_dir, exist_ok=True)
+    fsio.make_dirs(run.quarantine_dir)
     state = os.path.basename(os.path.dirname(path))
     target = os.path.join(run.quarantine_dir, f"{state}--{os.path.basename(path)}--{secrets.token_hex(3)}")
     try:
