@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import getpass
+import io
 import logging
 import math
 import os
@@ -12,7 +14,7 @@ import signal
 import stat
 import sys
 import time
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 import orjson
 from rich.console import Console
@@ -23,6 +25,52 @@ from .protocol.layout import PoolLayout, RunLayout
 from .views.status import is_run_dir, last_update, pool_status, run_status
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: what a shell reports for `yes | head -1`
+
+
+def _command(prog: str, body: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """The entry point ``main(argv) -> exit code`` around ``body``, with the faults no
+    command should show as a traceback: its reader gone (``| head -1``: silent, exit 141,
+    like any tool killed by SIGPIPE), an OSError nobody caught (a read-only pool, a lost
+    mount: one line naming the file, exit 1). Paths that are not UTF-8 go to stdout as the
+    bytes they are, so a printed run directory can be pasted into the next command."""
+
+    def main(argv: list[str] | None = None) -> int:
+        if isinstance(sys.stdout, io.TextIOWrapper):
+            sys.stdout.reconfigure(errors="surrogateescape")
+        try:
+            return body(argv)
+        except BrokenPipeError:
+            return _reader_gone()
+        except OSError as e:
+            try:
+                print(f"{prog}: error: {_os_error(e)}", file=sys.stderr, flush=True)
+            except BrokenPipeError:
+                return _reader_gone()
+            return EXIT_FAILED
+
+    main.__doc__ = body.__doc__
+    return main
+
+
+def _reader_gone() -> int:
+    """Stdout's reader has gone: point stdout at /dev/null, so the interpreter's last flush
+    does not complain either (the pattern the Python docs give for SIGPIPE)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # no stdout at all: nothing to flush either
+        pass
+    return EXIT_BROKEN_PIPE
+
+
+def _os_error(e: OSError) -> str:
+    return f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e.strerror or e)
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:  # rich would exit 1; we say 141, like everyone else
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,7 +109,7 @@ def check_times(heartbeat: float | None = None, stale_after: float | None = None
 
 
 # ---- exec-submit ------------------------------------------------------------------------
-def submit_main(argv: list[str] | None = None) -> int:
+def _submit_main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="exec-submit", description="Validate a workflow and create a run in a pool, "
                 "or resume, roll back or start midstream an existing run.")
     p.add_argument("workflow", nargs="?", help="workflow file (.yaml, .yml or .json); "
@@ -150,7 +198,7 @@ def submit_main(argv: list[str] | None = None) -> int:
         _fail(p.prog, e)
         return EXIT_FAILED
     except OSError as e:  # a full disk, a lost mount: one line, no traceback
-        _fail(p.prog, f"{e.filename}: {e.strerror}" if e.filename and e.strerror else e)
+        _fail(p.prog, _os_error(e))
         return EXIT_FAILED
     if run is None:  # --dry-run
         print(plan.text(), flush=True)
@@ -302,7 +350,7 @@ def _resume(pool: PoolLayout, run_id: str, path: str | None, options: Any,
 
 
 # ---- exec-worker ------------------------------------------------------------------------
-def worker_main(argv: list[str] | None = None) -> int:
+def _worker_main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="exec-worker", description="Claim and run jobs from the runs of a pool.")
     p.add_argument("--pool", help="pool directory (default: $EXEC_POOL)")
     p.add_argument("--run", action="append", dest="runs", metavar="RUN_ID", help="only this run (repeatable)")
@@ -364,7 +412,7 @@ def worker_main(argv: list[str] | None = None) -> int:
 
 
 # ---- exec-status ------------------------------------------------------------------------
-def status_main(argv: list[str] | None = None) -> int:
+def _status_main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="exec-status", description="Show the runs of a pool, or the jobs of a run.")
     p.add_argument("dir", help="a pool directory or a run directory")
     p.add_argument("run_id", nargs="?", help="a run of the pool")
@@ -406,7 +454,7 @@ def _print(data: dict[str, Any], as_json: bool, table: Any) -> None:
         sys.stdout.buffer.write(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
         sys.stdout.flush()
     else:
-        Console(highlight=False).print(table(data))
+        _Console(highlight=False).print(table(data))
 
 
 _COLORS = {"corrupt": "red", "done": "green", "failed": "red", "blocked": "magenta", "running": "cyan",
@@ -495,3 +543,8 @@ def _run_table(data: dict[str, Any]) -> Table:
                   "" if j["exit_code"] is None else str(j["exit_code"]), dur, _plain(j["host"]),
                   _plain(j["reason"]))
     return t
+
+
+submit_main = _command("exec-submit", _submit_main)
+worker_main = _command("exec-worker", _worker_main)
+status_main = _command("exec-status", _status_main)
