@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import getpass
 import io
 import logging
@@ -17,8 +18,6 @@ import time
 from typing import Any, Callable, NoReturn
 
 import orjson
-from rich.console import Console
-from rich.table import Table
 
 from .errors import ChangeIncomplete, ExecutionerError, PoolError, Refused, RunBusy, WorkflowErrors
 from .protocol.layout import PoolLayout, RunLayout
@@ -67,10 +66,17 @@ def _os_error(e: OSError) -> str:
     return f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e.strerror or e)
 
 
-class _Console(Console):
-    def on_broken_pipe(self) -> None:  # rich would exit 1; we say 141, like everyone else
-        self.quiet = True
-        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+def _console() -> Any:
+    """rich's Console (imported only for the tables that use it: it takes a tenth of a
+    second), telling a reader gone as BrokenPipeError: rich would exit 1, we say 141."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+    return _Console(highlight=False)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -421,6 +427,10 @@ def _status_main(argv: list[str] | None = None) -> int:
                    help="the run's attempts, and what a plain resume would do next")
     p.add_argument("--job", metavar="ID", help="one job's whole try history, across attempts")
     a = p.parse_args(argv)
+    # A short-lived reader: the cyclic collector would walk every job record read so far
+    # again and again while 100,000 are read (a third of the time), and nothing here makes
+    # cycles worth collecting before the process exits.
+    gc.disable()
     try:
         if a.run_id or is_run_dir(a.dir):
             path = os.path.join(a.dir, a.run_id) if a.run_id else a.dir
@@ -437,7 +447,11 @@ def _status_main(argv: list[str] | None = None) -> int:
                     _print(job_history(run, a.job), a.json, _job_table)
                 return EXIT_OK
             data = run_status(run)
-            _print(data, a.json, _run_table)
+            if a.json:
+                _print(data, True, None)
+            else:  # plain text: rich takes minutes for 100,000 rows
+                sys.stdout.write(_run_text(data, sys.stdout.isatty() and not os.environ.get("NO_COLOR")))
+                sys.stdout.flush()
         elif a.attempts or a.job:
             raise PoolError("--attempts and --job need a run: exec-status POOL RUN_ID --attempts", a.dir)
         else:
@@ -454,7 +468,7 @@ def _print(data: dict[str, Any], as_json: bool, table: Any) -> None:
         sys.stdout.buffer.write(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
         sys.stdout.flush()
     else:
-        _Console(highlight=False).print(table(data))
+        _console().print(table(data))
 
 
 _COLORS = {"corrupt": "red", "done": "green", "failed": "red", "blocked": "magenta", "running": "cyan",
@@ -482,6 +496,7 @@ def _when(stamp: float | None) -> str:
 
 def _attempts_table(data: dict[str, Any]) -> Any:
     from rich.console import Group
+    from rich.table import Table
     from rich.text import Text
 
     t = Table("attempt", "when", "who", "why", "flags", "plan", "tries ended", title=f"{data['run_id']}: attempts")
@@ -500,7 +515,9 @@ def _attempts_table(data: dict[str, Any]) -> Any:
     return Group(t, Text("\n".join(lines)))
 
 
-def _job_table(data: dict[str, Any]) -> Table:
+def _job_table(data: dict[str, Any]) -> Any:
+    from rich.table import Table
+
     extra = f", {data['skipped']['reason']}" if data.get("skipped") else ", held" if data.get("held") else ""
     t = Table("attempt", "try", "status", "host", "start", "duration", "exit", "reason", "logs",
               title=f"{data['run_id']} job {data['job']}: {data['state']}{extra}")
@@ -519,7 +536,9 @@ def _counts_text(counts: dict[str, int]) -> str:
     return "  ".join(f"{k} {v}" for k, v in counts.items() if v)
 
 
-def _pool_table(data: dict[str, Any], pool: PoolLayout) -> Table:
+def _pool_table(data: dict[str, Any], pool: PoolLayout) -> Any:
+    from rich.table import Table
+
     t = Table("run", "name", "state", "jobs", "last update")
     for r in data["runs"]:
         updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last_update(pool.run(r["run_id"]))))
@@ -530,20 +549,18 @@ def _pool_table(data: dict[str, Any], pool: PoolLayout) -> Table:
     return t
 
 
-def _run_table(data: dict[str, Any]) -> Table:
+def _run_text(data: dict[str, Any], color: bool) -> str:
+    from .views.text import render
+
     summary = data.get("reason") or _counts_text(data["counts"])
     slurm = data.get("slurm") or {}
     if slurm.get("workers"):
         summary += f"  -  Slurm workers {' '.join(slurm['workers'])}"
-    t = Table("job", "state", "tries", "exit", "duration", "host", "reason",
-              title=f"{data['run_id']} ({data['name']}): {data['state']}  -  {summary}")
-    for j in data["jobs"]:
-        dur = "" if j["duration"] is None else f"{j['duration']:.1f}s"
-        t.add_row(j["id"], _paint(j["state"]), str(j["tries"]),
-                  "" if j["exit_code"] is None else str(j["exit_code"]), dur, _plain(j["host"]),
-                  _plain(j["reason"]))
-    return t
-
+    rows = [(j["id"], j["state"], str(j["tries"]), "" if j["exit_code"] is None else str(j["exit_code"]),
+             "" if j["duration"] is None else f"{j['duration']:.1f}s", j["host"] or "", j["reason"] or "")
+            for j in data["jobs"]]
+    return render(f"{data['run_id']} ({data['name']}): {data['state']}  -  {summary}",
+                  ("job", "state", "tries", "exit", "duration", "host", "reason"), rows, color_column=1, color=color)
 
 submit_main = _command("exec-submit", _submit_main)
 worker_main = _command("exec-worker", _worker_main)

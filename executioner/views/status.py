@@ -48,9 +48,15 @@ def _token_of(path: str) -> str | None:
     return parts[1] if parts else None
 
 
-def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
+def job_views(run: RunLayout, expected: int = 0, details: bool = True) -> list[JobView]:
+    """Every job of the run in its shown state. Without ``details`` (enough to count them:
+    the pool view) only the files in waiting/ are read, for the dependencies and the held
+    mark that make a job blocked or held; the rest are known from the listing alone."""
     views: dict[str, JobView] = {}
     for job_id, (state, path) in snapshot(run, expected, staged=True).items():
+        if not details and state != "waiting":
+            views[job_id] = JobView(job_id, state, None)
+            continue
         try:
             record = fsio.read_json(path)
         except (OSError, ValueError):
@@ -83,42 +89,49 @@ def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
                 v.reason = f"waits for {', '.join(lost)}, which is lost (a worker rebuilds it)"
         if v.state in ("waiting", "queued") and (r.get("slurm") or {}).get("job_id"):
             v.reason = f"Slurm job {r['slurm']['job_id']}" + (f"; {v.reason}" if v.reason else "")
-    return sorted(views.values(), key=lambda v: v.id)
+    return sorted(views.values(), key=lambda v: v.id) if details else list(views.values())
 
 
 def _first_upstream(views: dict[str, JobView], source: Any, passes: Any) -> dict[str, str | None]:
-    """For every job: itself if ``source(view)``, else (when ``passes(view)``) the first such
-    job found upstream through its dependencies, in order; else None.
+    """For every job that is a source or passes: itself if ``source(view)``, else (when
+    ``passes(view)``) the first source found upstream through its dependencies, in order,
+    or None.
 
     Iterative and memoised: linear in jobs + edges on any DAG shape (a 100,000-job chain,
-    a ladder whose paths number 2^30), and safe on a cycle in hand-edited files."""
-    found: dict[str, str | None] = {}
-    for root in views:
+    a ladder whose paths number 2^30), and safe on a cycle in hand-edited files. The
+    predicates are asked once per job and the walk itself touches only sets and lists; with
+    no source at all there is nothing to walk."""
+    found: dict[str, str | None] = {j: j for j, v in views.items() if source(v)}
+    if not found:
+        return found
+    deps_of: dict[str, list[str]] = {}
+    for j, v in views.items():
+        if j not in found and passes(v):
+            deps = (v.record or {}).get("dependencies")
+            deps_of[j] = [d for d in deps if isinstance(d, str)] if isinstance(deps, list) else []
+    unknown = object()
+    for root in deps_of:
         if root in found:
             continue
         stack: list[tuple[str, int]] = [(root, 0)]
         on_path = {root}
         while stack:
             job_id, i = stack[-1]
-            v = views.get(job_id)
-            if v is None or source(v) or not passes(v):
-                found[job_id] = job_id if v is not None and source(v) else None
-                stack.pop()
-                on_path.discard(job_id)
-                continue
-            deps = (v.record or {}).get("dependencies")
-            deps = deps if isinstance(deps, list) else []
+            deps = deps_of[job_id]
             result, descend = None, None
             while i < len(deps):
                 d = deps[i]
                 i += 1
-                if not isinstance(d, str) or d in on_path:
+                if d in on_path:
                     continue
-                if d not in found:
-                    descend = d
-                    break
-                if found[d] is not None:
-                    result = found[d]
+                r = found.get(d, unknown)
+                if r is unknown:
+                    if d in deps_of:
+                        descend = d
+                        break
+                    found[d] = None  # neither a source nor passing (or not a job at all)
+                elif r is not None:
+                    result = r
                     break
             if descend is not None:
                 stack[-1] = (job_id, i - 1)  # look at this dependency again once it is known
@@ -162,8 +175,9 @@ def run_state(states: dict[str, int]) -> str:
     return "done"
 
 
-def run_status(run: RunLayout) -> dict[str, Any]:
-    """The run's state and jobs; state ``corrupt`` (with ``reason``) if run.json is broken."""
+def run_status(run: RunLayout, jobs: bool = True) -> dict[str, Any]:
+    """The run's state and jobs (without ``jobs``: its state and counts only, which reads
+    far fewer files); state ``corrupt`` (with ``reason``) if run.json is broken."""
     try:
         record = read_run_record(run)
     except FileNotFoundError:
@@ -172,14 +186,14 @@ def run_status(run: RunLayout) -> dict[str, Any]:
         return {"run_id": run.run_id, "name": None, "state": "corrupt",
                 "counts": {s: 0 for s in JOB_STATES}, "jobs": [],
                 "reason": f"run.json is corrupt ({e}); workers skip this run"}
-    views = job_views(run, record.get("jobs", 0))
+    views = job_views(run, record.get("jobs", 0), details=jobs)
     counts = {s: 0 for s in JOB_STATES}
     shown: dict[str, int] = {}
     for v in views:
         counts[COUNTED_AS.get(v.state, v.state)] += 1
         shown[v.state] = shown.get(v.state, 0) + 1
     out = {"run_id": record.get("run_id", run.run_id), "name": record.get("name"),
-           "state": run_state(shown), "counts": counts, "jobs": [v.row() for v in views]}
+           "state": run_state(shown), "counts": counts, "jobs": [v.row() for v in views] if jobs else []}
     try:
         slurm = fsio.read_json(run.slurm_record)
         if isinstance(slurm, dict) and slurm:
@@ -226,7 +240,7 @@ def pool_status(pool: PoolLayout) -> dict[str, Any]:
         raise PoolError("no such pool directory", pool.root)
     runs = []
     for run_id in pool.run_ids():
-        status = run_status(pool.run(run_id))
+        status = run_status(pool.run(run_id), jobs=False)
         row = {k: status[k] for k in ("run_id", "name", "state", "counts")}
         if "reason" in status:
             row["reason"] = status["reason"]
