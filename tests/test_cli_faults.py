@@ -154,3 +154,23 @@ def test_a_pool_under_a_non_utf8_name_works_end_to_end(tmp_path: Path) -> None:
         status = subprocess.run(command("exec-status", *args), capture_output=True, timeout=60, env=env)
         assert status.returncode == 0 and status.stderr == b"", (args, status.stderr)
         assert b"done" in status.stdout
+
+
+# ---- text from files on a terminal -------------------------------------------------------
+def test_control_characters_in_a_reason_cannot_reach_the_terminal(tmp_path: Path) -> None:
+    from executioner.protocol import store
+
+    pool = tmp_path / "pool"
+    wf = tmp_path / "wf.yaml"
+    wf.write_text("jobs:\n  - {id: a, command: 'true'}\n  - {id: b, command: 'true', dependencies: [a]}\n")
+    run = create_run(PoolLayout(str(pool)), load_workflow(str(wf)))
+    claim = store.claim(run, "a", store.Owner.current("w"))
+    assert claim is not None
+    assert store.finish(claim, dict(claim.record, reason="oops\x1b]0;pwned\x07\x1b[2J\nnext line"), "failed")
+    result = subprocess.run(command("exec-status", str(pool), run.run_id), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    [line] = [x for x in result.stdout.splitlines() if x.startswith("a ")]
+    assert line.endswith("oops\\x1b]0;pwned\\x07\\x1b[2J\\x0anext line"), line
+    assert len(result.stdout.splitlines()) == 4  # title, header, a, b: one line per job

@@ -99,30 +99,35 @@ def _first_upstream(views: dict[str, JobView], source: Any, passes: Any) -> dict
 
     Iterative and memoised: linear in jobs + edges on any DAG shape (a 100,000-job chain,
     a ladder whose paths number 2^30), and safe on a cycle in hand-edited files. The
-    predicates are asked once per job and the walk itself touches only sets and lists; with
-    no source at all there is nothing to walk."""
+    predicates are asked once per job, the walk touches only dicts and lists (one stack
+    for all of it), and with no source at all there is nothing to walk."""
     found: dict[str, str | None] = {j: j for j, v in views.items() if source(v)}
     if not found:
         return found
-    deps_of: dict[str, list[str]] = {}
+    deps_of: dict[str, list[Any]] = {}
     for j, v in views.items():
         if j not in found and passes(v):
             deps = (v.record or {}).get("dependencies")
-            deps_of[j] = [d for d in deps if isinstance(d, str)] if isinstance(deps, list) else []
+            deps_of[j] = deps if isinstance(deps, list) else []
     unknown = object()
+    stack: list[str] = []
+    at: list[int] = []  # where each job on the stack is in its dependencies
+    on_path: set[str] = set()
     for root in deps_of:
         if root in found:
             continue
-        stack: list[tuple[str, int]] = [(root, 0)]
-        on_path = {root}
+        stack.append(root)
+        at.append(0)
+        on_path.add(root)
         while stack:
-            job_id, i = stack[-1]
+            job_id = stack[-1]
             deps = deps_of[job_id]
+            i = at[-1]
             result, descend = None, None
             while i < len(deps):
                 d = deps[i]
                 i += 1
-                if d in on_path:
+                if type(d) is not str or d in on_path:  # junk in a hand-edited file, or a cycle
                     continue
                 r = found.get(d, unknown)
                 if r is unknown:
@@ -134,12 +139,14 @@ def _first_upstream(views: dict[str, JobView], source: Any, passes: Any) -> dict
                     result = r
                     break
             if descend is not None:
-                stack[-1] = (job_id, i - 1)  # look at this dependency again once it is known
-                stack.append((descend, 0))
+                at[-1] = i - 1  # look at this dependency again once it is known
+                stack.append(descend)
+                at.append(0)
                 on_path.add(descend)
                 continue
             found[job_id] = result
             stack.pop()
+            at.pop()
             on_path.discard(job_id)
     return found
 
