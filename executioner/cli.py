@@ -215,6 +215,12 @@ def _submit_main(argv: list[str] | None = None) -> int:
         print(plan.idle_text(), flush=True)
     else:
         print(f"{run.run_id} {run.root}", flush=True)
+        if a.shared_group:
+            from .execution.worker import pool_is_shared
+
+            if not pool_is_shared(pool):
+                print(f"{p.prog}: warning: {pool.workers_dir} does not let its group write: the group's "
+                      "workers cannot serve this pool until it does (chmod 2770 it)", file=sys.stderr, flush=True)
         if a.resume or options.from_jobs:
             print(plan.text(), file=sys.stderr, flush=True)
     from .backends.slurm import SlurmError

@@ -106,3 +106,24 @@ def test_exec_status_counts_every_shape_of_1000_jobs(tmp_path: Path, shape: str)
     lines = human.stdout.splitlines()
     assert human.returncode == 0 and len(lines) == 2 + 1000, human.stderr  # title, header, a line per job
     assert sum(" blocked " in line for line in lines[2:]) == expected["blocked"]
+
+
+def test_the_pool_view_of_a_run_without_failures_reads_no_job_file(tmp_path: Path, monkeypatch,
+                                                                    make_workflow) -> None:
+    from executioner import PoolLayout
+    from executioner.protocol import fsio
+    from executioner.views.status import pool_status
+
+    jobs = [{"id": "a", "command": "true"}] + [{"id": f"b{i}", "command": "true", "dependencies": ["a"]}
+                                               for i in range(50)]
+    pool = tmp_path / "pool"
+    run = submit(pool, make_workflow(jobs))
+    read = []
+    real = fsio.read_json
+    monkeypatch.setattr(fsio, "read_json", lambda path, *a: read.append(path) or real(path, *a))
+    [row] = pool_status(PoolLayout(str(pool)))["runs"]
+    assert row["counts"]["waiting"] == 50 and row["counts"]["queued"] == 1 and row["state"] == "running"
+    assert [p for p in read if "/waiting/" in p] == []
+    fail_first(run, "a")  # now waiting jobs may be blocked: their dependencies are read
+    [row] = pool_status(PoolLayout(str(pool)))["runs"]
+    assert (row["state"], row["counts"]["blocked"], row["counts"]["failed"]) == ("failed", 50, 1)

@@ -161,3 +161,13 @@ def test_a_worker_warns_that_others_can_write_to_its_pool(tmp_path: Path) -> Non
     pool.chmod(0o700)
     quiet = run_cli("exec-worker", "--pool", str(pool), "--exit-when-idle", "0.2", "-q")
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_shared_group_in_a_pool_the_group_cannot_serve_says_so(tmp_path: Path) -> None:
+    pool = tmp_path / "pool"
+    (pool / "workers").mkdir(parents=True)
+    (pool / "workers").chmod(0o700)
+    result = run_cli("exec-submit", str(private_workflow(tmp_path)), "--pool", str(pool), "--shared-group")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("\n") == 1 and "warning" in result.stderr and "chmod 2770" in result.stderr
+    assert mode(pool / result.stdout.split()[0]) == 0o2770

@@ -39,6 +39,18 @@ def slurm_job_id() -> str | None:
     return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
 
 
+def pool_is_shared(pool: PoolLayout) -> bool:
+    """Whether other users' workers may serve this pool: its ``workers/`` folder (where every
+    worker must beat), or the pool itself while that is missing, lets the group write. Then
+    what we write must be the group's too (see fsio)."""
+    for path in (pool.workers_dir, pool.root):
+        try:
+            return fsio.is_group_shared(path)
+        except FileNotFoundError:
+            continue
+    return False
+
+
 class Worker(Claiming):
     def __init__(self, pool: str, run_ids: list[str] | None = None, slots: int = 1,
                  exit_when_idle: float | None = None, max_jobs: int | None = None,
@@ -46,10 +58,7 @@ class Worker(Claiming):
                  poll_max: float = 5.0, sweep_every: float = 10.0, dormant_every: float = 60.0,
                  only_jobs: set[str] | None = None, ends_at: float | None = None, slurm_dag: bool = False):
         self.pool = PoolLayout(os.path.abspath(pool))
-        try:  # a pool other users' workers serve lets its group write: so must what we write
-            fsio.share_with_group(fsio.is_group_shared(self.pool.root))
-        except FileNotFoundError:
-            fsio.share_with_group(False)
+        fsio.share_with_group(pool_is_shared(self.pool))
         self.run_ids = run_ids
         self.slots = max(1, slots)
         self.exit_when_idle = exit_when_idle

@@ -48,13 +48,17 @@ def _token_of(path: str) -> str | None:
     return parts[1] if parts else None
 
 
-def job_views(run: RunLayout, expected: int = 0, details: bool = True) -> list[JobView]:
+def job_views(run: RunLayout, expected: int = 0, details: bool = True, may_hold: bool = True) -> list[JobView]:
     """Every job of the run in its shown state. Without ``details`` (enough to count them:
     the pool view) only the files in waiting/ are read, for the dependencies and the held
-    mark that make a job blocked or held; the rest are known from the listing alone."""
+    mark that make a job blocked or held; the rest are known from the listing alone. And
+    not even those when nothing can be blocked (no job in failed/) nor held (``may_hold``
+    False: no resume has run, and only a resume holds jobs)."""
     views: dict[str, JobView] = {}
-    for job_id, (state, path) in snapshot(run, expected, staged=True).items():
-        if not details and state != "waiting":
+    jobs = snapshot(run, expected, staged=True)
+    read_waiting = details or may_hold or any(state == "failed" for state, _ in jobs.values())
+    for job_id, (state, path) in jobs.items():
+        if not details and (state != "waiting" or not read_waiting):
             views[job_id] = JobView(job_id, state, None)
             continue
         try:
@@ -193,7 +197,7 @@ def run_status(run: RunLayout, jobs: bool = True) -> dict[str, Any]:
         return {"run_id": run.run_id, "name": None, "state": "corrupt",
                 "counts": {s: 0 for s in JOB_STATES}, "jobs": [],
                 "reason": f"run.json is corrupt ({e}); workers skip this run"}
-    views = job_views(run, record.get("jobs", 0), details=jobs)
+    views = job_views(run, record.get("jobs", 0), details=jobs, may_hold=record.get("attempt") != 1)
     counts = {s: 0 for s in JOB_STATES}
     shown: dict[str, int] = {}
     for v in views:
