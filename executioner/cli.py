@@ -63,7 +63,7 @@ def _reader_gone() -> int:
 
 
 def _os_error(e: OSError) -> str:
-    return f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e.strerror or e)
+    return f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
 
 
 def _console() -> Any:

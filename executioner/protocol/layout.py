@@ -67,6 +67,11 @@ with the reason), and with the Slurm-DAG backend ``slurm`` (its Slurm job id). E
 records its ``attempt``. A run.json with ``"backend": "slurm"`` is left alone by pool workers. State changes
 are single ``rename`` calls (see :mod:`executioner.protocol.store`); every write is temp file +
 fsync + rename, with temp files named ``.tmp-<host>-<pid>-<random>``.
+
+**Modes.** Everything executioner creates is its owner's alone (directories ``0700``, files
+``0600``), whatever the umask, or with ``--shared-group`` its group's too (``2770``, ``0640``);
+never the world's: job files, run.json and the workflow copies hold the workflow's ``env``.
+A pool that already exists keeps its mode (see :mod:`executioner.protocol.fsio`).
 """
 
 from __future__ import annotations
