@@ -65,6 +65,10 @@ def make_dir(path: str, exist_ok: bool = False) -> bool:
             return False
         raise
     if _shared:  # the umask took the group's write bit, and mkdir never sets setgid itself
+        # RACE: until this chmod the folder is ours alone. Another user's process that
+        # reaches it meanwhile (a quarantine/ or .coord/ made lazily) gets EACCES, which its
+        # loop logs and retries; nothing of its own is in the folder yet, so nothing is lost.
+        # A new private folder in running/ is not yet standing still: no checker looks inside.
         os.chmod(path, mode)
     return True
 
