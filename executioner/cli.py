@@ -41,12 +41,13 @@ def _command(prog: str, body: Callable[[list[str] | None], int]) -> Callable[[li
             return body(argv)
         except BrokenPipeError:
             return _reader_gone()
-        except OSError as e:
+        except OSError as e:  # ours (a pool path: exit 2) or the filesystem's (exit 1)
             try:
-                print(f"{prog}: error: {_os_error(e)}", file=sys.stderr, flush=True)
+                print(f"{prog}: error: {e if isinstance(e, ExecutionerError) else _os_error(e)}",
+                      file=sys.stderr, flush=True)
             except BrokenPipeError:
                 return _reader_gone()
-            return EXIT_FAILED
+            return EXIT_USAGE if isinstance(e, PoolError) else EXIT_FAILED
 
     main.__doc__ = body.__doc__
     return main
