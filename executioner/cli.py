@@ -3,24 +3,81 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import gc
+import getpass
+import io
 import logging
 import math
 import os
 import shlex
 import signal
+import stat
 import sys
 import time
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 import orjson
-from rich.console import Console
-from rich.table import Table
 
 from .errors import ChangeIncomplete, CorruptFileError, ExecutionerError, PoolError, Refused, RunBusy, WorkflowErrors
 from .protocol.layout import PoolLayout, RunLayout
 from .views.status import is_run_dir, last_update, pool_status, run_status
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: what a shell reports for `yes | head -1`
+
+
+def _command(prog: str, body: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """The entry point ``main(argv) -> exit code`` around ``body``, with the faults no
+    command should show as a traceback: its reader gone (``| head -1``: silent, exit 141,
+    like any tool killed by SIGPIPE), an OSError nobody caught (a read-only pool, a lost
+    mount: one line naming the file, exit 1). Paths that are not UTF-8 go to stdout as the
+    bytes they are, so a printed run directory can be pasted into the next command."""
+
+    def main(argv: list[str] | None = None) -> int:
+        if isinstance(sys.stdout, io.TextIOWrapper):
+            sys.stdout.reconfigure(errors="surrogateescape")
+        try:
+            return body(argv)
+        except BrokenPipeError:
+            return _reader_gone()
+        except OSError as e:  # ours (a pool path: exit 2) or the filesystem's (exit 1)
+            try:
+                print(f"{prog}: error: {e if isinstance(e, ExecutionerError) else _os_error(e)}",
+                      file=sys.stderr, flush=True)
+            except BrokenPipeError:
+                return _reader_gone()
+            return EXIT_USAGE if isinstance(e, PoolError) else EXIT_FAILED
+
+    main.__doc__ = body.__doc__
+    return main
+
+
+def _reader_gone() -> int:
+    """Stdout's reader has gone: point stdout at /dev/null, so the interpreter's last flush
+    does not complain either (the pattern the Python docs give for SIGPIPE)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # no stdout at all: nothing to flush either
+        pass
+    return EXIT_BROKEN_PIPE
+
+
+def _os_error(e: OSError) -> str:
+    return f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+
+
+def _console() -> Any:
+    """rich's Console (imported only for the tables that use it: it takes a tenth of a
+    second), telling a reader gone as BrokenPipeError: rich would exit 1, we say 141."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+    return _Console(highlight=False)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,7 +116,7 @@ def check_times(heartbeat: float | None = None, stale_after: float | None = None
 
 
 # ---- exec-submit ------------------------------------------------------------------------
-def submit_main(argv: list[str] | None = None) -> int:
+def _submit_main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="exec-submit", description="Validate a workflow and create a run in a pool, "
                 "or resume, roll back or start midstream an existing run.")
     p.add_argument("workflow", nargs="?", help="workflow file (.yaml, .yml or .json); "
@@ -71,6 +128,9 @@ def submit_main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait", action="store_true", help="wait for the run to end; exit 1 if any job failed")
     p.add_argument("--stale-after", type=float, default=60.0, metavar="SECONDS",
                    help="a claim whose worker has not beaten for this long is requeued (default 60)")
+    p.add_argument("--shared-group", action="store_true",
+                   help="a new run (and a new pool) the pool's group may read and run too, env included "
+                        "(default: yours alone, mode 0700)")
     g = p.add_argument_group("resume, midstream start, rollback")
     g.add_argument("--resume", metavar="RUN_ID", help="continue this run as its next attempt")
     g.add_argument("--failed-only", action="store_true",
@@ -115,6 +175,8 @@ def submit_main(argv: list[str] | None = None) -> int:
         return _cancel(p.prog, PoolLayout(os.path.abspath(pool_dir)), a.cancel, a.dry_run)
     if a.backend == "slurm" and a.slurm_workers:
         return _fail(p.prog, "--backend slurm runs each job as its own Slurm job: no --slurm-workers")
+    if a.resume and a.shared_group:
+        return _fail(p.prog, "--shared-group is for a new run; a resume keeps the run's mode (chmod it yourself)")
     if not a.resume:
         bad = [f for f, v in (("--failed-only", a.failed_only), ("--no-retry-failed", a.no_retry_failed),
                               ("--rollback-to", a.rollback_to), ("--force", a.force)) if v]
@@ -132,7 +194,7 @@ def submit_main(argv: list[str] | None = None) -> int:
         if a.resume:
             run, plan = _resume(pool, a.resume, a.workflow, options, a.dry_run)
         else:
-            run, plan = _submit(pool, a.workflow, options, a.dry_run)
+            run, plan = _submit(pool, a.workflow, options, a.dry_run, a.shared_group)
     except (WorkflowErrors, PoolError) as e:
         return _fail(p.prog, e)
     except CorruptFileError as e:  # a damaged run: said as exec-status says it (state "corrupt")
@@ -145,7 +207,7 @@ def submit_main(argv: list[str] | None = None) -> int:
         _fail(p.prog, e)
         return EXIT_FAILED
     except OSError as e:  # a full disk, a lost mount: one line, no traceback
-        _fail(p.prog, f"{e.filename}: {e.strerror}" if e.filename and e.strerror else e)
+        _fail(p.prog, _os_error(e))
         return EXIT_FAILED
     if run is None:  # --dry-run
         print(plan.text(), flush=True)
@@ -156,6 +218,12 @@ def submit_main(argv: list[str] | None = None) -> int:
         print(plan.idle_text(), flush=True)
     else:
         print(f"{run.run_id} {run.root}", flush=True)
+        if a.shared_group:
+            from .execution.worker import pool_is_shared
+
+            if not pool_is_shared(pool):
+                print(f"{p.prog}: warning: {pool.workers_dir} does not let its group write: the group's "
+                      "workers cannot serve this pool until it does (chmod 2770 it)", file=sys.stderr, flush=True)
         if a.resume or options.from_jobs:
             print(plan.text(), file=sys.stderr, flush=True)
     from .backends.slurm import SlurmError
@@ -259,14 +327,15 @@ def _cancel(prog: str, pool: PoolLayout, run_id: str, dry_run: bool) -> int:
     return EXIT_OK
 
 
-def _submit(pool: PoolLayout, path: str, options: Any, dry_run: bool) -> tuple[RunLayout | None, Any]:
+def _submit(pool: PoolLayout, path: str, options: Any, dry_run: bool,
+            shared_group: bool = False) -> tuple[RunLayout | None, Any]:
     from .coordinator.submit import create_run_planned, plan_submit
     from .workflow import load_workflow
 
     workflow = load_workflow(path)
     if dry_run:
         return None, plan_submit(workflow, options)
-    return create_run_planned(pool, workflow, options)
+    return create_run_planned(pool, workflow, options, shared_group)
 
 
 def _resume(pool: PoolLayout, run_id: str, path: str | None, options: Any,
@@ -296,7 +365,7 @@ def _resume(pool: PoolLayout, run_id: str, path: str | None, options: Any,
 
 
 # ---- exec-worker ------------------------------------------------------------------------
-def worker_main(argv: list[str] | None = None) -> int:
+def _worker_main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="exec-worker", description="Claim and run jobs from the runs of a pool.")
     p.add_argument("--pool", help="pool directory (default: $EXEC_POOL)")
     p.add_argument("--run", action="append", dest="runs", metavar="RUN_ID", help="only this run (repeatable)")
@@ -327,6 +396,9 @@ def worker_main(argv: list[str] | None = None) -> int:
             return _fail(p.prog, f"{pool_dir}: no run {run_id!r}")
     logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
+    if os.stat(pool_dir).st_mode & stat.S_IWOTH:
+        print(f"exec-worker: warning: {pool_dir} is writable by others: anyone who can write to a pool "
+              f"can run commands as its workers' user ({getpass.getuser()})", file=sys.stderr, flush=True)
     ends_at = None
     if os.environ.get("SLURM_JOB_ID"):  # inside a Slurm allocation: claim only what fits in it
         from .backends.slurm import allocation_end
@@ -358,7 +430,7 @@ def worker_main(argv: list[str] | None = None) -> int:
 
 
 # ---- exec-status ------------------------------------------------------------------------
-def status_main(argv: list[str] | None = None) -> int:
+def _status_main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="exec-status", description="Show the runs of a pool, or the jobs of a run.")
     p.add_argument("dir", help="a pool directory or a run directory")
     p.add_argument("run_id", nargs="?", help="a run of the pool")
@@ -367,6 +439,10 @@ def status_main(argv: list[str] | None = None) -> int:
                    help="the run's attempts, and what a plain resume would do next")
     p.add_argument("--job", metavar="ID", help="one job's whole try history, across attempts")
     a = p.parse_args(argv)
+    # A short-lived reader: the cyclic collector would walk every job record read so far
+    # again and again while 100,000 are read (a third of the time), and nothing here makes
+    # cycles worth collecting before the process exits.
+    gc.disable()
     try:
         if a.run_id or is_run_dir(a.dir):
             path = os.path.join(a.dir, a.run_id) if a.run_id else a.dir
@@ -383,7 +459,11 @@ def status_main(argv: list[str] | None = None) -> int:
                     _print(job_history(run, a.job), a.json, _job_table)
                 return EXIT_OK
             data = run_status(run)
-            _print(data, a.json, _run_table)
+            if a.json:
+                _print(data, True, None)
+            else:  # plain text: rich takes minutes for 100,000 rows
+                sys.stdout.write(_run_text(data, sys.stdout.isatty() and not os.environ.get("NO_COLOR")))
+                sys.stdout.flush()
         elif a.attempts or a.job:
             raise PoolError("--attempts and --job need a run: exec-status POOL RUN_ID --attempts", a.dir)
         else:
@@ -400,7 +480,7 @@ def _print(data: dict[str, Any], as_json: bool, table: Any) -> None:
         sys.stdout.buffer.write(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
         sys.stdout.flush()
     else:
-        Console(highlight=False).print(table(data))
+        _console().print(table(data))
 
 
 _COLORS = {"corrupt": "red", "done": "green", "failed": "red", "blocked": "magenta", "running": "cyan",
@@ -428,6 +508,7 @@ def _when(stamp: float | None) -> str:
 
 def _attempts_table(data: dict[str, Any]) -> Any:
     from rich.console import Group
+    from rich.table import Table
     from rich.text import Text
 
     t = Table("attempt", "when", "who", "why", "flags", "plan", "tries ended", title=f"{data['run_id']}: attempts")
@@ -446,13 +527,17 @@ def _attempts_table(data: dict[str, Any]) -> Any:
     return Group(t, Text("\n".join(lines)))
 
 
-def _job_table(data: dict[str, Any]) -> Table:
-    if data.get("array"):
-        t = Table("task", "state", "tries", "exit", "duration", "host", "reason", title=f"{data['run_id']} array {data['job']}")
+def _job_table(data: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    if data.get("array"):  # an array: one row per task
+        t = Table("task", "state", "tries", "exit", "duration", "host", "reason",
+                  title=f"{data['run_id']} array {data['job']}")
         for r in data["tasks"]:
             dur = "" if r["duration"] is None else f"{r['duration']:.1f}s"
             t.add_row(_plain(r["task"]), _paint(r["state"]), str(r["tries"]),
-                      "" if r["exit_code"] is None else str(r["exit_code"]), dur, _plain(r["host"]), _plain(r["reason"]))
+                      "" if r["exit_code"] is None else str(r["exit_code"]), dur, _plain(r["host"]),
+                      _plain(r["reason"]))
         return t
     extra = f", {data['skipped']['reason']}" if data.get("skipped") else ", held" if data.get("held") else ""
     t = Table("attempt", "try", "status", "host", "start", "duration", "exit", "reason", "logs",
@@ -472,7 +557,9 @@ def _counts_text(counts: dict[str, int]) -> str:
     return "  ".join(f"{k} {v}" for k, v in counts.items() if v)
 
 
-def _pool_table(data: dict[str, Any], pool: PoolLayout) -> Table:
+def _pool_table(data: dict[str, Any], pool: PoolLayout) -> Any:
+    from rich.table import Table
+
     t = Table("run", "name", "state", "jobs", "last update")
     for r in data["runs"]:
         updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last_update(pool.run(r["run_id"]))))
@@ -483,17 +570,20 @@ def _pool_table(data: dict[str, Any], pool: PoolLayout) -> Table:
     return t
 
 
-def _run_table(data: dict[str, Any]) -> Table:
+def _run_text(data: dict[str, Any], color: bool) -> str:
+    from .views.text import render
+
     summary = data.get("reason") or _counts_text(data["counts"])
     slurm = data.get("slurm") or {}
     if slurm.get("workers"):
         summary += f"  -  Slurm workers {' '.join(slurm['workers'])}"
-    t = Table("job", "state", "tries", "exit", "duration", "host", "reason",
-              title=f"{data['run_id']} ({data['name']}): {data['state']}  -  {summary}")
-    for j in data["jobs"]:
-        dur = "" if j["duration"] is None else f"{j['duration']:.1f}s"
-        name = j["id"] if j.get("tasks") is None else f"{j['id']} [{j['tasks']} tasks]"
-        t.add_row(_plain(name), _paint(j["state"]), "" if j["tries"] is None else str(j["tries"]),
-                  "" if j["exit_code"] is None else str(j["exit_code"]), dur, _plain(j["host"]),
-                  _plain(j["reason"]))
-    return t
+    rows = [(j["id"] if j.get("tasks") is None else f"{j['id']} [{j['tasks']} tasks]", j["state"],
+             "" if j["tries"] is None else str(j["tries"]), "" if j["exit_code"] is None else str(j["exit_code"]),
+             "" if j["duration"] is None else f"{j['duration']:.1f}s", j["host"] or "", j["reason"] or "")
+            for j in data["jobs"]]
+    return render(f"{data['run_id']} ({data['name']}): {data['state']}  -  {summary}",
+                  ("job", "state", "tries", "exit", "duration", "host", "reason"), rows, color_column=1, color=color)
+
+submit_main = _command("exec-submit", _submit_main)
+worker_main = _command("exec-worker", _worker_main)
+status_main = _command("exec-status", _status_main)

@@ -74,3 +74,56 @@ def test_a_dependency_cycle_in_hand_edited_files_does_not_hang() -> None:
     views = views_of({"a": ["b"], "b": ["a"], "c": ["a", "x"], "x": []}, failed="x")
     _mark_blocked(views)
     assert views["c"].state == "blocked" and views["a"].state == "waiting"
+
+
+def _shapes_script():
+    """scripts/status_shapes.py, whose builders the timing table uses too."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "status_shapes.py"
+    spec = importlib.util.spec_from_file_location("status_shapes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("shape", ["ladder", "chain", "fan-in", "fan-out", "grid"])
+def test_exec_status_counts_every_shape_of_1000_jobs(tmp_path: Path, shape: str) -> None:
+    import json
+
+    shapes = _shapes_script()
+    pool = str(tmp_path / "pool")
+    run = shapes.build(pool, shape, 1000)
+    expected = shapes.expected_counts(shape, 1000)
+    [row] = json.loads(cli("exec-status", pool, "--json").stdout)["runs"]
+    assert (row["state"], row["counts"]) == ("running" if expected["queued"] else "failed", expected)
+    data = json.loads(cli("exec-status", pool, run.run_id, "--json").stdout)
+    assert data["counts"] == expected and len(data["jobs"]) == 1000
+    blocked = [j for j in data["jobs"] if j["state"] == "blocked"]
+    assert all(j["reason"] == f"upstream failed: {shapes.shape_jobs(shape, 1000)[1]}" for j in blocked)
+    human = cli("exec-status", pool, run.run_id)
+    lines = human.stdout.splitlines()
+    assert human.returncode == 0 and len(lines) == 2 + 1000, human.stderr  # title, header, a line per job
+    assert sum(" blocked " in line for line in lines[2:]) == expected["blocked"]
+
+
+def test_the_pool_view_of_a_run_without_failures_reads_no_job_file(tmp_path: Path, monkeypatch,
+                                                                    make_workflow) -> None:
+    from executioner import PoolLayout
+    from executioner.protocol import fsio
+    from executioner.views.status import pool_status
+
+    jobs = [{"id": "a", "command": "true"}] + [{"id": f"b{i}", "command": "true", "dependencies": ["a"]}
+                                               for i in range(50)]
+    pool = tmp_path / "pool"
+    run = submit(pool, make_workflow(jobs))
+    read = []
+    real = fsio.read_json
+    monkeypatch.setattr(fsio, "read_json", lambda path, *a: read.append(path) or real(path, *a))
+    [row] = pool_status(PoolLayout(str(pool)))["runs"]
+    assert row["counts"]["waiting"] == 50 and row["counts"]["queued"] == 1 and row["state"] == "running"
+    assert [p for p in read if "/waiting/" in p] == []
+    fail_first(run, "a")  # now waiting jobs may be blocked: their dependencies are read
+    [row] = pool_status(PoolLayout(str(pool)))["runs"]
+    assert (row["state"], row["counts"]["blocked"], row["counts"]["failed"]) == ("failed", 50, 1)

@@ -280,7 +280,7 @@ def wait_for_slurm_id(run: RunLayout, job_id: str, limit: float) -> str:
 
 # ---- submitting --------------------------------------------------------------------------
 def _executor(run: RunLayout) -> Any:
-    os.makedirs(run.slurm_dir, exist_ok=True)
+    fsio.make_dirs(run.slurm_dir)
     return submitit.AutoExecutor(folder=os.path.join(run.slurm_dir, "%j"), cluster="slurm")
 
 

@@ -85,6 +85,8 @@ def apply(run: RunLayout, make: Callable[[], Plan]) -> Plan:
         # nothing, so it is as if we had run just before it. A plan made while one is at
         # work sees its grabbed jobs missing, and read_current says the run is busy.
         return first  # writes nothing, not even an attempt record; needs no lock
+    # What we write keeps the run's mode: the group's too if it was made with --shared-group.
+    fsio.share_with_group(fsio.is_group_shared(run.root))
     with coordinating(run, first.why) as lock:
         recover(run)
         for _ in range(REPLANS):
@@ -143,7 +145,7 @@ def _grab_all(stage: _Stage, steps: list[Step]) -> dict[str, tuple[str, dict[str
     be given back, so nothing is taken back before the rest of the change is certain. A claim
     whose worker finished meanwhile is grabbed from wherever the job went."""
     run = stage.run
-    os.makedirs(os.path.join(stage.dir, "new"))
+    fsio.make_dirs(os.path.join(stage.dir, "new"), exist_ok=False)
     grabbed: dict[str, tuple[str, dict[str, Any] | None]] = {}
     moving = [s for s in steps if s.dst is not None]
     takes = sorted((s for s in moving if s.src == "running"), key=lambda s: s.take is not None and "--force" in s.take)
@@ -314,7 +316,7 @@ def _commit(run: RunLayout, stage: str) -> None:
     for name, target in commit["files"]:
         try:
             if os.path.exists(run.staged_file(stage, name)):
-                os.makedirs(os.path.dirname(os.path.join(run.root, target)), exist_ok=True)
+                fsio.make_dirs(os.path.dirname(os.path.join(run.root, target)))
                 os.rename(run.staged_file(stage, name), os.path.join(run.root, target))
         except OSError as e:
             problems.append(f"{target}: {e.strerror or e}")
@@ -338,7 +340,7 @@ def _place(run: RunLayout, stage: str, job: str, src: str | None, dst: str) -> N
             fsio.unlink_quietly(run.staged(stage, job, src))
         return
     if dst == "removed":
-        os.makedirs(run.removed_dir, exist_ok=True)
+        fsio.make_dirs(run.removed_dir)
     if os.path.exists(run.staged_new(stage, job, dst)):
         # RACE: dst/<job>.json cannot exist: we hold the only copy of the job (grabbed),
         # or it is new to the run (the plan saw it nowhere, twice); workers have no way

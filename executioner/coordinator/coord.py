@@ -65,7 +65,7 @@ def coordinating(run: RunLayout, action: str, watch: Watch | None = None,
     _break_if_abandoned(run, watch, mono)
     if own_watch:
         watch.save(mono, force=True)
-    lock = filelock.SoftFileLock(run.coordinator_lock, timeout=0)
+    lock = filelock.SoftFileLock(run.coordinator_lock, timeout=0, mode=fsio.file_mode())
     try:
         lock.acquire()
     except filelock.Timeout:

@@ -20,16 +20,19 @@ def create_run(pool: PoolLayout, workflow: Workflow, options: Options | None = N
     return create_run_planned(pool, workflow, options)[0]
 
 
-def create_run_planned(pool: PoolLayout, workflow: Workflow,
-                       options: Options | None = None) -> tuple[RunLayout, Plan]:
+def create_run_planned(pool: PoolLayout, workflow: Workflow, options: Options | None = None,
+                       shared_group: bool = False) -> tuple[RunLayout, Plan]:
+    """The run is its owner's alone (``0700``; a new pool too), or with ``shared_group`` its
+    group's as well (``2770``, in the pool's group); an existing pool keeps its mode."""
     options = options or Options()
     make_plan("?", 1, workflow, {}, options)  # unknown --from-job names fail before any write
+    fsio.share_with_group(shared_group)
     try:
-        os.makedirs(pool.root, exist_ok=True)
-        os.makedirs(pool.workers_dir, exist_ok=True)
+        fsio.make_dirs(pool.root)
+        fsio.make_dirs(pool.workers_dir)
     except OSError as e:
         raise PoolError(f"cannot create the pool directory: {e.strerror}", pool.root) from None
-    run = _reserve_run_dir(pool, workflow.name)
+    run = _reserve_run_dir(pool, workflow.name, shared_group)
     try:
         plan = make_plan(run.run_id, 1, workflow, {}, options)
         _build(run, workflow, plan)
@@ -44,7 +47,7 @@ def plan_submit(workflow: Workflow, options: Options) -> Plan:
     return make_plan("(new run)", 1, workflow, {}, options)
 
 
-def _reserve_run_dir(pool: PoolLayout, name: str) -> RunLayout:
+def _reserve_run_dir(pool: PoolLayout, name: str, shared_group: bool = False) -> RunLayout:
     existing = [run_sort_key(n)[0] for n in os.listdir(pool.root)]
     seq = max([s for s in existing if s < 1 << 62], default=0) + 1
     while True:
@@ -52,15 +55,24 @@ def _reserve_run_dir(pool: PoolLayout, name: str) -> RunLayout:
         try:
             # RACE: two submits pick the same number; mkdir is atomic, so one gets
             # EEXIST and takes the next number.
-            os.mkdir(run.root)
-            return run
+            fsio.make_dir(run.root)
         except FileExistsError:
             seq += 1
+            continue
+        if shared_group:  # the pool's group, as a setgid pool would have given it
+            try:
+                pool_gid = os.stat(pool.root).st_gid
+                if os.stat(run.root).st_gid != pool_gid:
+                    os.chown(run.root, -1, pool_gid)
+                    os.chmod(run.root, fsio.SHARED_DIR)  # a chown may clear setgid
+            except PermissionError:  # not a member of the pool's group: ours, then
+                pass
+        return run
 
 
 def _build(run: RunLayout, workflow: Workflow, plan: Plan) -> None:
     for d in run.all_dirs():
-        os.mkdir(d)
+        fsio.make_dir(d)
     fsio.write_unsynced(run.workflow_copy(workflow.suffix), workflow.raw)
     for step in plan.steps:
         assert step.build is not None and step.dst is not None

@@ -52,9 +52,15 @@ def worker_command(pool: PoolLayout, run: RunLayout, slots: int, exit_when_idle:
     return argv
 
 
+def _shown(text: str) -> str:
+    """``text`` as JSON can hold it: a path that is not UTF-8 (a pool in a directory named
+    in another encoding) with its stray bytes as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def start_detached(argv: list[str], run: RunLayout) -> Launched:
     """Start ``argv`` in a new session with no terminal, its output in ``run``'s launch/."""
-    os.makedirs(run.launch_dir, exist_ok=True)
+    fsio.make_dirs(run.launch_dir)
     name, out_fd, err_fd = _new_logs(run)
     out, err = run.launched(name, "out"), run.launched(name, "err")
     try:
@@ -69,8 +75,8 @@ def start_detached(argv: list[str], run: RunLayout) -> Launched:
     except psutil.Error:  # it has already exited: its log says why
         pid_start = None
     fsio.atomic_write_json(run.launched(name, "json"), {
-        "pid": proc.pid, "pid_start": pid_start, "host": fsio.HOST, "command": argv,
-        "stdout": out, "stderr": err, "started": time.time()})
+        "pid": proc.pid, "pid_start": pid_start, "host": fsio.HOST, "command": [_shown(a) for a in argv],
+        "stdout": _shown(out), "stderr": _shown(err), "started": time.time()})
     return Launched(proc.pid, out, err)
 
 
@@ -80,11 +86,11 @@ def _new_logs(run: RunLayout) -> tuple[str, int, int]:
     for _ in range(100):
         name = f"worker-{secrets.token_hex(4)}"
         try:
-            out = os.open(run.launched(name, "out"), fsio.NEW_FILE, 0o644)
+            out = os.open(run.launched(name, "out"), fsio.NEW_FILE, fsio.file_mode())
         except FileExistsError:
             continue
         try:
-            return name, out, os.open(run.launched(name, "err"), fsio.NEW_FILE, 0o644)
+            return name, out, os.open(run.launched(name, "err"), fsio.NEW_FILE, fsio.file_mode())
         except FileExistsError:
             os.close(out)  # RACE: its .err was taken meanwhile: give this name up, draw again
             fsio.unlink_quietly(run.launched(name, "out"))

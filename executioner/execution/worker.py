@@ -42,6 +42,18 @@ def slurm_job_id() -> str | None:
     return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
 
 
+def pool_is_shared(pool: PoolLayout) -> bool:
+    """Whether other users' workers may serve this pool: its ``workers/`` folder (where every
+    worker must beat), or the pool itself while that is missing, lets the group write. Then
+    what we write must be the group's too (see fsio)."""
+    for path in (pool.workers_dir, pool.root):
+        try:
+            return fsio.is_group_shared(path)
+        except FileNotFoundError:
+            continue
+    return False
+
+
 class Worker(Claiming):
     def __init__(self, pool: str, run_ids: list[str] | None = None, slots: int = 1,
                  exit_when_idle: float | None = None, max_jobs: int | None = None,
@@ -49,6 +61,7 @@ class Worker(Claiming):
                  poll_max: float = 5.0, sweep_every: float = 10.0, dormant_every: float = 60.0,
                  only_jobs: set[str] | None = None, ends_at: float | None = None, slurm_dag: bool = False):
         self.pool = PoolLayout(os.path.abspath(pool))
+        fsio.share_with_group(pool_is_shared(self.pool))
         self.run_ids = run_ids
         self.slots = max(1, slots)
         self.exit_when_idle = exit_when_idle
@@ -126,7 +139,7 @@ class Worker(Claiming):
         if os.path.islink(self.pool.workers_dir):
             raise PoolError("is a symlink; no heartbeat, probe or watch file is written through it",
                             self.pool.workers_dir)
-        os.makedirs(self.pool.workers_dir, exist_ok=True)
+        fsio.make_dirs(self.pool.workers_dir)
         beat_path = self.pool.heartbeat(self.worker_id)
         self._beat_record = {
             "worker": self.worker_id, "host": self.owner.host, "pid": self.owner.pid,
@@ -300,7 +313,7 @@ class Worker(Claiming):
                 # One sweeper per run at a time; a lease, so a dead sweeper's marker expires.
                 # Overlap after expiry is harmless: promotion is idempotent.
                 lease = filelock.SoftFileLease(os.path.join(run.state_dir("waiting"), ".sweep.lock"),
-                                               lease_duration=30.0, timeout=0)
+                                               lease_duration=30.0, timeout=0, mode=fsio.file_mode())
                 try:
                     with lease:
                         moved = store.sweep(run)
@@ -541,7 +554,7 @@ class Worker(Claiming):
                 fsio.touch(path)
             except FileNotFoundError:  # or ForeignFile: a link planted in its place
                 try:  # someone cleaned workers/ (or planted a link): put our heartbeat back
-                    os.makedirs(self.pool.workers_dir, exist_ok=True)
+                    fsio.make_dirs(self.pool.workers_dir)
                     fsio.atomic_write_json(path, self._beat_record)
                 except OSError as e:
                     log.warning("heartbeat %s: %s", path, e)

@@ -50,10 +50,10 @@ def _make_probe(pool: PoolLayout, probe: str) -> None:
     there (a leftover of a dead process that had our pid, a planted link) is removed first:
     unlinking a link removes the name only, never what it points to."""
     global _atexit_registered
-    os.makedirs(pool.workers_dir, exist_ok=True)
+    fsio.make_dirs(pool.workers_dir)
     for _ in range(3):
         try:
-            os.close(os.open(probe, fsio.NEW_FILE, 0o644))
+            os.close(os.open(probe, fsio.NEW_FILE, fsio.file_mode()))
             break
         except FileExistsError:
             try:

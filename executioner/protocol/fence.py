@@ -137,7 +137,7 @@ def leave(run: RunLayout, job_id: str, token: str, intent: str, build: Build, gi
         private = Private.parse(run, os.path.basename(run.private(job_id, token, who(intent))))
         assert private is not None
         try:
-            os.mkdir(private.path)
+            fsio.make_dir(private.path)
         except FileNotFoundError:
             return None  # no running/ folder: not a run any more
         try:
@@ -187,7 +187,7 @@ def _publish(private: Private, build: Build, put_back: str | None) -> str | None
     if pause:
         time.sleep(pause)
     if dst == "removed":
-        os.makedirs(run.removed_dir, exist_ok=True)
+        fsio.make_dirs(run.removed_dir)
     try:
         os.rename(private.job_file, run.job(private.job_id, dst))  # RACE: as above
     except FileNotFoundError:

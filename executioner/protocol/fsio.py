@@ -12,6 +12,15 @@ place by ``rename``, which replaces a planted symlink or hard link by name and n
 into what it points to. A file we keep touching (a heartbeat, a probe, a lock) is touched
 through :func:`touch`, which refuses a symlink or a file with a second link. Reads do not
 follow a symlink either (:func:`read_bytes`).
+
+**Who may read what we write.** Job files, run.json and the workflow copies hold the
+workflow's ``env`` (tokens, often), and logs hold what commands print; the umask (022
+mostly) would make all of it world-readable. So every file and directory is created with
+an explicit mode: the owner alone (``0600``/``0700``, the default), or, for a pool or run
+made with ``--shared-group``, the group too (``0640`` files, ``2770`` directories: setgid,
+so everything keeps the directory's group); never the world. One process serves one pool,
+so the choice is per process: :func:`share_with_group` (a worker decides from its pool's
+mode, a resume from its run's, a submit from ``--shared-group``).
 """
 
 from __future__ import annotations
@@ -30,6 +39,60 @@ import orjson
 from ..errors import ForeignFile
 
 log = logging.getLogger("executioner.fsio")
+
+PRIVATE_FILE, PRIVATE_DIR = 0o600, 0o700
+SHARED_FILE, SHARED_DIR = 0o640, 0o2770  # the group reads files; setgid keeps the group
+_shared = False
+
+
+def share_with_group(on: bool) -> None:
+    """From now on, create files and directories for the group too (``on``) or for the
+    owner alone; see the module docstring."""
+    global _shared
+    _shared = on
+
+
+def shares_with_group() -> bool:
+    return _shared
+
+
+def file_mode() -> int:
+    return SHARED_FILE if _shared else PRIVATE_FILE
+
+
+def is_group_shared(path: str) -> bool:
+    """Whether ``path`` (a pool or run directory) lets its group write: what --shared-group
+    makes, and what a pool other users' workers serve must be."""
+    return bool(os.stat(path).st_mode & stat.S_IWGRP)
+
+
+def make_dir(path: str, exist_ok: bool = False) -> bool:
+    """``mkdir`` with our mode whatever the umask; True if we made it. An existing directory
+    (with ``exist_ok``) keeps its mode: it may be someone else's."""
+    mode = SHARED_DIR if _shared else PRIVATE_DIR
+    try:
+        os.mkdir(path, mode & 0o777)
+    except FileExistsError:
+        if exist_ok and os.path.isdir(path):
+            return False
+        raise
+    if _shared:  # the umask took the group's write bit, and mkdir never sets setgid itself
+        # RACE: until this chmod the folder is ours alone. Another user's process that
+        # reaches it meanwhile (a quarantine/ or .coord/ made lazily) gets EACCES, which its
+        # loop logs and retries; nothing of its own is in the folder yet, so nothing is lost.
+        # A new private folder in running/ is not yet standing still: no checker looks inside.
+        os.chmod(path, mode)
+    return True
+
+
+def make_dirs(path: str, exist_ok: bool = True) -> None:
+    """``makedirs`` through :func:`make_dir`: missing parents get our mode too."""
+    parent = os.path.dirname(os.path.normpath(path))
+    if parent and parent != path and not os.path.isdir(parent):
+        make_dirs(parent)
+    make_dir(path, exist_ok=exist_ok)
+
+
 HOST = os.environ.get("EXEC_HOSTNAME") or socket.gethostname()  # override: tests, odd clusters
 TEMP_PREFIX = ".tmp-"
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC  # ours alone, or an error
@@ -68,9 +131,11 @@ def _write_new(path: str, payload: bytes, sync: bool, dir_fd: int | None = None)
     """Create ``path`` (which must not exist; relative to ``dir_fd`` if given) holding
     ``payload``; on any failure, remove it and raise. Closing is checked too: NFS reports a
     full quota at close."""
-    fd = os.open(path, NEW_FILE, 0o644, dir_fd=dir_fd)
+    fd = os.open(path, NEW_FILE, file_mode(), dir_fd=dir_fd)
     try:
         try:
+            if _shared:  # a umask like 077 would take the group's read bit
+                os.fchmod(fd, SHARED_FILE)
             write_all(fd, payload)
             if sync:
                 os.fsync(fd)
@@ -259,7 +324,7 @@ def _create_in(dir_fd: int, path: str, aside: Callable[[str], str], tries: int) 
     name = os.path.basename(path)
     for _ in range(tries):
         try:
-            return os.open(name, NEW_FILE, 0o644, dir_fd=dir_fd)
+            return os.open(name, NEW_FILE, file_mode(), dir_fd=dir_fd)
         except FileExistsError:
             pass
         # RACE: whoever put it there may move it on meanwhile: then there is nothing to move

@@ -79,6 +79,11 @@ quarantined. One with a second hard link (a ``cp -al`` snapshot of the run) runs
 other: its inode is never written into, so the other name keeps what it held. A run.json with ``"backend": "slurm"`` is left alone by pool workers. State changes
 are single ``rename`` calls (see :mod:`executioner.protocol.store`); every write is temp file +
 fsync + rename, with temp files named ``.tmp-<host>-<pid>-<random>``.
+
+**Modes.** Everything executioner creates is its owner's alone (directories ``0700``, files
+``0600``), whatever the umask, or with ``--shared-group`` its group's too (``2770``, ``0640``);
+never the world's: job files, run.json and the workflow copies hold the workflow's ``env``.
+A pool that already exists keeps its mode (see :mod:`executioner.protocol.fsio`).
 """
 
 from __future__ import annotations

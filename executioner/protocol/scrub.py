@@ -82,7 +82,7 @@ def quarantine(run: RunLayout, path: str, reason: str) -> bool:
     if os.path.islink(run.quarantine_dir):
         log.error("run %s: not quarantining %s (%s): quarantine/ is a symlink", run.run_id, path, reason)
         return False
-    os.makedirs(run.quarantine_dir, exist_ok=True)
+    fsio.make_dirs(run.quarantine_dir)
     state = os.path.basename(os.path.dirname(path))
     target = os.path.join(run.quarantine_dir, f"{state}--{os.path.basename(path)}--{secrets.token_hex(3)}")
     try:

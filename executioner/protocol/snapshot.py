@@ -29,8 +29,9 @@ def snapshot(run: RunLayout, expected: int = 0, staged: bool = False) -> dict[st
                 raise PoolError("not a run directory (no state folders)", run.root) from None
             if state == "running":
                 found = [(r.job_id, r.path) for r in running_jobs(run, names)]
-            else:
-                found = [(j, os.path.join(run.state_dir(state), n)) for n in names if (j := job_id_of(n))]
+            else:  # one join per folder, not per file: 100,000 joins cost a tenth of a second
+                folder = os.path.join(run.state_dir(state), "")
+                found = [(j, folder + n) for n in names if (j := job_id_of(n))]
             for job_id, path in found:
                 if job_id in seen:
                     moving = True

@@ -106,14 +106,25 @@ class ArrayView(JobView):
                 "reason": f"{shown}" + (f"; {self.reason}" if self.reason else "")}
 
 
-def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
+def job_views(run: RunLayout, expected: int = 0, details: bool = True, may_hold: bool = True) -> list[JobView]:
+    """Every job of the run in its shown state (an array: one view counting its tasks from
+    its chunk files' names). Without ``details`` (enough to count them: the pool view) only
+    the files in waiting/ are read, for the dependencies and the held mark that make a job
+    blocked or held; the rest are known from the listing alone. And not even those when
+    nothing can be blocked (no job in failed/) nor held (``may_hold`` False: no resume has
+    run, and only a resume holds jobs)."""
     views: dict[str, JobView] = {}
     arrays = arrays_of(run)
     chunks: dict[str, list[tuple[str, Chunk, str]]] = {}
-    for job_id, (state, path) in snapshot(run, expected, staged=True).items():
+    jobs = snapshot(run, expected, staged=True)
+    read_waiting = details or may_hold or any(state == "failed" for state, _ in jobs.values())
+    for job_id, (state, path) in jobs.items():
         chunk = parse_unit(job_id, arrays) if arrays else None
         if chunk is not None:
             chunks.setdefault(chunk.job, []).append((state, chunk, path))
+            continue
+        if not details and (state != "waiting" or not read_waiting):
+            views[job_id] = JobView(job_id, state, None)
             continue
         problem = None
         try:
@@ -157,7 +168,7 @@ def job_views(run: RunLayout, expected: int = 0) -> list[JobView]:
                 v.reason = f"waits for {', '.join(lost)}, which is lost (a worker rebuilds it)"
         if v.state in ("waiting", "queued") and (r.get("slurm") or {}).get("job_id"):
             v.reason = f"Slurm job {r['slurm']['job_id']}" + (f"; {v.reason}" if v.reason else "")
-    return sorted(views.values(), key=lambda v: v.id)
+    return sorted(views.values(), key=lambda v: v.id) if details else list(views.values())
 
 
 def _held(path: str) -> bool:
@@ -214,45 +225,59 @@ def _mark_blocked_tasks(views: dict[str, JobView]) -> None:
 
 
 def _first_upstream(views: dict[str, JobView], source: Any, passes: Any) -> dict[str, str | None]:
-    """For every job: itself if ``source(view)``, else (when ``passes(view)``) the first such
-    job found upstream through its dependencies, in order; else None.
+    """For every job that is a source or passes: itself if ``source(view)``, else (when
+    ``passes(view)``) the first source found upstream through its dependencies, in order,
+    or None.
 
     Iterative and memoised: linear in jobs + edges on any DAG shape (a 100,000-job chain,
-    a ladder whose paths number 2^30), and safe on a cycle in hand-edited files."""
-    found: dict[str, str | None] = {}
-    for root in views:
+    a ladder whose paths number 2^30), and safe on a cycle in hand-edited files. The
+    predicates are asked once per job, the walk touches only dicts and lists (one stack
+    for all of it), and with no source at all there is nothing to walk."""
+    found: dict[str, str | None] = {j: j for j, v in views.items() if source(v)}
+    if not found:
+        return found
+    deps_of: dict[str, list[Any]] = {}
+    for j, v in views.items():
+        if j not in found and passes(v):
+            deps_of[j] = v.needs()
+    unknown = object()
+    stack: list[str] = []
+    at: list[int] = []  # where each job on the stack is in its dependencies
+    on_path: set[str] = set()
+    for root in deps_of:
         if root in found:
             continue
-        stack: list[tuple[str, int]] = [(root, 0)]
-        on_path = {root}
+        stack.append(root)
+        at.append(0)
+        on_path.add(root)
         while stack:
-            job_id, i = stack[-1]
-            v = views.get(job_id)
-            if v is None or source(v) or not passes(v):
-                found[job_id] = job_id if v is not None and source(v) else None
-                stack.pop()
-                on_path.discard(job_id)
-                continue
-            deps = v.needs()
+            job_id = stack[-1]
+            deps = deps_of[job_id]
+            i = at[-1]
             result, descend = None, None
             while i < len(deps):
                 d = deps[i]
                 i += 1
-                if not isinstance(d, str) or d in on_path:
+                if type(d) is not str or d in on_path:  # junk in a hand-edited file, or a cycle
                     continue
-                if d not in found:
-                    descend = d
-                    break
-                if found[d] is not None:
-                    result = found[d]
+                r = found.get(d, unknown)
+                if r is unknown:
+                    if d in deps_of:
+                        descend = d
+                        break
+                    found[d] = None  # neither a source nor passing (or not a job at all)
+                elif r is not None:
+                    result = r
                     break
             if descend is not None:
-                stack[-1] = (job_id, i - 1)  # look at this dependency again once it is known
-                stack.append((descend, 0))
+                at[-1] = i - 1  # look at this dependency again once it is known
+                stack.append(descend)
+                at.append(0)
                 on_path.add(descend)
                 continue
             found[job_id] = result
             stack.pop()
+            at.pop()
             on_path.discard(job_id)
     return found
 
@@ -302,8 +327,9 @@ def run_state(states: dict[str, int]) -> str:
     return "done"
 
 
-def run_status(run: RunLayout) -> dict[str, Any]:
-    """The run's state and jobs; state ``corrupt`` (with ``reason``) if run.json is broken."""
+def run_status(run: RunLayout, jobs: bool = True) -> dict[str, Any]:
+    """The run's state and jobs (without ``jobs``: its state and counts only, which reads
+    far fewer files); state ``corrupt`` (with ``reason``) if run.json is broken."""
     try:
         record = read_run_record(run)
     except FileNotFoundError:
@@ -312,7 +338,7 @@ def run_status(run: RunLayout) -> dict[str, Any]:
         return {"run_id": run.run_id, "name": None, "state": "corrupt",
                 "counts": {s: 0 for s in JOB_STATES}, "jobs": [],
                 "reason": f"run.json is corrupt ({e.message}); workers skip this run"}
-    views = job_views(run, record.get("jobs", 0))
+    views = job_views(run, record.get("jobs", 0), details=jobs, may_hold=record.get("attempt") != 1)
     counts = {s: 0 for s in JOB_STATES}
     shown: dict[str, int] = {}
     for v in views:
@@ -325,7 +351,7 @@ def run_status(run: RunLayout) -> dict[str, Any]:
         counts[COUNTED_AS.get(v.state, v.state)] += 1
         shown[v.state] = shown.get(v.state, 0) + 1
     out = {"run_id": record.get("run_id", run.run_id), "name": record.get("name"),
-           "state": run_state(shown), "counts": counts, "jobs": [v.row() for v in views]}
+           "state": run_state(shown), "counts": counts, "jobs": [v.row() for v in views] if jobs else []}
     try:
         slurm = slurm_ids(fsio.read_json(run.slurm_record, RUN_RECORD_MAX))
         if slurm:
@@ -373,7 +399,7 @@ def pool_status(pool: PoolLayout) -> dict[str, Any]:
     runs = []
     for run_id in pool.run_ids():
         try:
-            status = run_status(pool.run(run_id))
+            status = run_status(pool.run(run_id), jobs=False)
         except (PoolError, OSError) as e:  # one run we cannot read never hides the others
             why = e.message if isinstance(e, PoolError) else f"{e.filename or run_id}: {e.strerror or e}"
             status = {"run_id": run_id, "name": None, "state": "corrupt", "counts": {s: 0 for s in JOB_STATES},
