@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import os
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,27 @@ def test_the_pool_view_of_a_run_without_failures_reads_no_job_file(tmp_path: Pat
     [row] = pool_status(PoolLayout(str(pool)))["runs"]
     assert row["counts"]["waiting"] == 50 and row["counts"]["queued"] == 1 and row["state"] == "running"
     assert [p for p in read if "/waiting/" in p] == []
-    fail_first(run, "a")  # now waiting jobs may be blocked: their dependencies are read
+    fail_first(run, "a")  # now waiting jobs may be blocked: the run's graph.json says what they need
     [row] = pool_status(PoolLayout(str(pool)))["runs"]
     assert (row["state"], row["counts"]["blocked"], row["counts"]["failed"]) == ("failed", 50, 1)
+    assert [p for p in read if "/waiting/" in p] == []
+    os.unlink(run.graph)  # without it (a run made before graph.json existed): the job files say it
+    [row] = pool_status(PoolLayout(str(pool)))["runs"]
+    assert (row["state"], row["counts"]["blocked"], row["counts"]["failed"]) == ("failed", 50, 1)
+    assert len([p for p in read if "/waiting/" in p]) == 50
+
+
+def test_graph_json_of_another_attempt_is_not_trusted(tmp_path: Path, make_workflow) -> None:
+    """A resume publishes run.json before graph.json: between the two, a view reads the job
+    files. Here graph.json says nothing is needed, but it belongs to another attempt."""
+    from executioner import PoolLayout
+    from executioner.protocol import fsio
+    from executioner.views.status import pool_status
+
+    jobs = [{"id": "a", "command": "true"}, {"id": "b", "command": "true", "dependencies": ["a"]}]
+    pool = tmp_path / "pool"
+    run = submit(pool, make_workflow(jobs))
+    fail_first(run, "a")
+    fsio.atomic_write_json(run.graph, {"attempt": 7, "needs": {"a": [], "b": []}, "held": []})
+    [row] = pool_status(PoolLayout(str(pool)))["runs"]
+    assert row["counts"]["blocked"] == 1 and row["state"] == "failed"

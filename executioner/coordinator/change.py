@@ -38,6 +38,7 @@ import time
 from typing import Any, Callable
 
 from ..protocol import attempts, fence, fsio, store
+from ..protocol.graph import graph_record
 from .coord import abandoned, coordinating, refresh
 from ..errors import ChangeIncomplete, Refused, RunBusy
 from ..protocol.layout import STAGE_SEP, STATES, RunLayout
@@ -247,9 +248,11 @@ def _attempt_files(run: RunLayout, plan: Plan) -> dict[str, tuple[bytes, str]]:
                       tasks=len(wf.jobs) - len(arrays) + sum(arrays.values()))
     if plan.options.backend:
         run_record["backend"] = plan.options.backend
+    graph = graph_record(wf.needs(), plan.attempt, [s.job for s in plan.steps if s.held])
     return {"run.json": (fsio.dumps(run_record), run.record),
             "workflow" + wf.suffix: (wf.raw, run.attempt_workflow(plan.attempt, wf.suffix)),
-            "attempt.json": (fsio.dumps(record), run.attempt_record(plan.attempt))}
+            "attempt.json": (fsio.dumps(record), run.attempt_record(plan.attempt)),
+            "graph.json": (fsio.dumps(graph), run.graph)}
 
 
 def _stage(stage: _Stage, steps: list[Step], grabbed: dict[str, tuple[str, dict[str, Any] | None]],

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from ..protocol import attempts, fsio
+from ..protocol.graph import graph_record
 from ..errors import PoolError
 from ..protocol.layout import FORMAT_VERSION, PoolLayout, RunLayout, run_sort_key
 from .plan import Options, Plan, make_plan
@@ -84,6 +85,7 @@ def _build(run: RunLayout, workflow: Workflow, plan: Plan) -> None:
     record = attempts.new_record(run, 1, plan.why, plan.options.flags(), workflow.raw, workflow.suffix,
                                  [], [s.row() for s in plan.steps], plan.checks)
     fsio.write_unsynced(run.attempt_record(1), fsio.dumps(record))
+    fsio.write_unsynced(run.graph, fsio.dumps(graph_record(workflow.needs(), 1, [])))
     # One syncfs makes every file above durable (instead of one fsync each) before
     # run.json publishes the run; nothing reads a run before that.
     fsio.sync_filesystem(run.root)

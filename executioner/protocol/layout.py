@@ -14,6 +14,9 @@ Format version 1. A *pool* is a directory of runs::
                                      submitter; written last, so a run without it is
                                      still being built and is ignored
         workflow.yaml                verbatim copy of the submitted file (.json if JSON)
+        graph.json                   every job's dependencies and the held jobs, as the
+                                     current attempt made them (a summary for views; see
+                                     executioner.protocol.graph)
         waiting/<job>.json           dependencies not done yet (or blocked by a failure)
         queued/<job>.json            ready to run (a retry may carry "not_before")
         running/<job>@<token>.json   claimed; <token> names the claim
@@ -117,6 +120,11 @@ class RunLayout:
     @property
     def record(self) -> str:
         return os.path.join(self.root, RUN_RECORD)
+
+    @property
+    def graph(self) -> str:
+        """The dependency graph of the current attempt (see executioner.protocol.graph)."""
+        return os.path.join(self.root, "graph.json")
 
     def workflow_copy(self, suffix: str) -> str:
         return os.path.join(self.root, "workflow" + suffix)

@@ -14,6 +14,7 @@ from ..liveness.watch import Watch
 from ..protocol import fsio
 from ..protocol.layout import PoolLayout, RunLayout, split_private_name, split_running_name
 from ..protocol.ready import arrays_of
+from ..protocol.graph import read_graph
 from ..protocol.rebuild import known_jobs, quarantine_reason
 from ..protocol.records import RUN_RECORD_MAX, read_job, slurm_ids
 from ..protocol.units import Chunk, Coverage, parse_unit, unit_name
@@ -106,25 +107,31 @@ class ArrayView(JobView):
                 "reason": f"{shown}" + (f"; {self.reason}" if self.reason else "")}
 
 
-def job_views(run: RunLayout, expected: int = 0, details: bool = True, may_hold: bool = True) -> list[JobView]:
+def job_views(run: RunLayout, expected: int = 0, details: bool = True, may_hold: bool = True,
+              attempt: Any = None) -> list[JobView]:
     """Every job of the run in its shown state (an array: one view counting its tasks from
     its chunk files' names). Without ``details`` (enough to count them: the pool view) only
     the files in waiting/ are read, for the dependencies and the held mark that make a job
     blocked or held; the rest are known from the listing alone. And not even those when
     nothing can be blocked (no job in failed/) nor held (``may_hold`` False: no resume has
-    run, and only a resume holds jobs)."""
+    run, and only a resume holds jobs), or when the run's graph.json (its dependencies and
+    held jobs, executioner.protocol.graph) is there."""
     views: dict[str, JobView] = {}
     arrays = arrays_of(run)
     chunks: dict[str, list[tuple[str, Chunk, str]]] = {}
     jobs = snapshot(run, expected, staged=True)
-    read_waiting = details or may_hold or any(state == "failed" for state, _ in jobs.values())
+    graph = None if details else read_graph(run, attempt)
+    read_waiting = details or (graph is None and (may_hold or any(state == "failed" for state, _ in jobs.values())))
     for job_id, (state, path) in jobs.items():
         chunk = parse_unit(job_id, arrays) if arrays else None
         if chunk is not None:
             chunks.setdefault(chunk.job, []).append((state, chunk, path))
             continue
         if not details and (state != "waiting" or not read_waiting):
-            views[job_id] = JobView(job_id, state, None)
+            known = None
+            if graph is not None and state == "waiting":
+                known = {"dependencies": graph[0].get(job_id) or [], "held": job_id in graph[1]}
+            views[job_id] = JobView(job_id, state, known)
             continue
         problem = None
         try:
@@ -338,7 +345,8 @@ def run_status(run: RunLayout, jobs: bool = True) -> dict[str, Any]:
         return {"run_id": run.run_id, "name": None, "state": "corrupt",
                 "counts": {s: 0 for s in JOB_STATES}, "jobs": [],
                 "reason": f"run.json is corrupt ({e.message}); workers skip this run"}
-    views = job_views(run, record.get("jobs", 0), details=jobs, may_hold=record.get("attempt") != 1)
+    views = job_views(run, record.get("jobs", 0), details=jobs, may_hold=record.get("attempt") != 1,
+                      attempt=record.get("attempt", 1))
     counts = {s: 0 for s in JOB_STATES}
     shown: dict[str, int] = {}
     for v in views:

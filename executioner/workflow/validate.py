@@ -93,6 +93,10 @@ class Workflow:
     def suffix(self) -> str:
         return ".json" if self.path.endswith(".json") else ".yaml"
 
+    def needs(self) -> dict[str, list[str]]:
+        """job -> the jobs it depends on."""
+        return {j.id: list(j.dependencies) for j in self.jobs}
+
     def dependents(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {j.id: [] for j in self.jobs}
         for j in self.jobs:
