@@ -86,8 +86,8 @@ def test_status_and_worker_bad_input_exit_2_one_line(tmp_path: Path) -> None:
 def test_run_directory_is_readable_by_hand(pool: Path, tmp_path: Path) -> None:
     wf = write(tmp_path, "jobs:\n  - {id: a, command: 'echo hello'}\n")
     run_dir = Path(cli("exec-submit", str(wf), "--pool", str(pool)).stdout.split(" ", 1)[1].strip())
-    assert sorted(os.listdir(run_dir)) == ["attempts", "done", "failed", "logs", "queued", "run.json",
-                                           "running", "waiting", "workflow.yaml"]
+    assert sorted(os.listdir(run_dir)) == ["attempts", "done", "failed", "graph.json", "logs", "queued",
+                                           "run.json", "running", "waiting", "workflow.yaml"]
     assert (run_dir / "workflow.yaml").read_bytes() == wf.read_bytes()
     assert sorted(os.listdir(run_dir / "attempts")) == ["0001.json", "0001.workflow.yaml"]
     assert json.loads((run_dir / "attempts" / "0001.json").read_text())["why"] == "submit"

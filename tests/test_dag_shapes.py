@@ -149,3 +149,28 @@ def test_graph_json_of_another_attempt_is_not_trusted(tmp_path: Path, make_workf
     fsio.atomic_write_json(run.graph, {"attempt": 7, "needs": {"a": [], "b": []}, "held": []})
     [row] = pool_status(PoolLayout(str(pool)))["runs"]
     assert row["counts"]["blocked"] == 1 and row["state"] == "failed"
+
+
+def test_the_pool_view_shows_held_jobs_from_graph_json(tmp_path: Path, monkeypatch, make_workflow) -> None:
+    """--failed-only holds the rest; the resume's graph.json says which, so the pool view
+    needs no job file to show the run held."""
+    from executioner import PoolLayout
+    from executioner.protocol import fsio
+    from executioner.views.status import pool_status
+
+    from .conftest import cli
+
+    pool = tmp_path / "pool"
+    run = submit(pool, make_workflow([{"id": "a", "command": "false"}, {"id": "b", "command": "true"},
+                                      {"id": "c", "command": "true", "dependencies": ["b"]}]))
+    fail_first(run, "a")
+    out = cli("exec-submit", "--pool", str(pool), "--resume", run.run_id, "--failed-only")
+    assert out.returncode == 0, out.stderr
+    claim = store.claim(run, "a", store.Owner.current("w"))  # the failed job runs again, and passes
+    assert store.finish(claim, claim.record, "done")
+    read = []
+    real = fsio.read_json
+    monkeypatch.setattr(fsio, "read_json", lambda path, *a: read.append(path) or real(path, *a))
+    [row] = pool_status(PoolLayout(str(pool)))["runs"]
+    assert row["state"] == "held" and row["counts"]["done"] == 1 and row["counts"]["waiting"] == 2
+    assert [p for p in read if "/waiting/" in p] == []
