@@ -19,6 +19,9 @@ that kills and freezes land in the middle of commits. --commit-pause 0 turns it 
 
 --mounts: the pool directory as seen through several mounts of the same filesystem
 (for example two sshfs mounts); workers are spread over them round-robin.
+
+--array: one task array of --jobs tasks (chunks of --chunk) instead of separate jobs; the
+checks are per task: every task in exactly one done chunk file, completed by one try.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deadline", type=float, default=600, help="give up after this many seconds")
     p.add_argument("--mounts", help="comma-separated views of the pool directory (default: a temp dir)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--array", action="store_true", help="one task array instead of separate jobs")
+    p.add_argument("--chunk", type=int, default=8, help="tasks per chunk with --array")
     p.add_argument("--commit-pause", default="0.3:0.15", metavar="S[:F]",
                    help="pause S s inside a fraction F of commits, and aim blows there (default 0.3:0.15)")
     a = p.parse_args(argv)
@@ -59,11 +64,20 @@ def main(argv: list[str] | None = None) -> int:
     wf = os.path.join(tmp, "chaos.json")
     with open(wf, "wb") as f:
         # every tenth job fails its first try and is retried after 0.2 s (the retry path)
-        f.write(orjson.dumps({"name": "chaos", "workdir": tmp, "jobs": [
-            {"id": f"j{i:05d}", "max_lost": 1000, "max_retries": 3, "retry_delay": 0.2,
-             "command": f"echo $EXEC_JOB_ID $EXEC_TRY >> {ledger}; sleep {rng.uniform(0, 2 * a.job_seconds):.2f}"
-                        + ("; [ $EXEC_TRY -ge 2 ] || exit 3" if i % 10 == 0 else "")}
-            for i in range(a.jobs)]}))
+        if a.array:  # every tenth task fails its first try; tasks vary in length by their index
+            jobs = [{"id": "t", "array": a.jobs, "chunk": a.chunk, "max_lost": 1000, "max_retries": 3,
+                     "retry_delay": 0.2,
+                     "command": f"echo $EXEC_TASK_ID $EXEC_TRY >> {ledger}; "
+                                f"sleep $(( {{index}} % 7 * {int(a.job_seconds * 1000 / 3)} ))e-3; "
+                                f"[ $(( {{index}} % 10 )) != 0 ] || [ $EXEC_TRY -ge 2 ] || "
+                                f"grep -q \"^$EXEC_TASK_ID \" {ledger}.failed || "
+                                f"{{ echo $EXEC_TASK_ID >> {ledger}.failed; exit 3; }}"}]
+        else:
+            jobs = [{"id": f"j{i:05d}", "max_lost": 1000, "max_retries": 3, "retry_delay": 0.2,
+                     "command": f"echo $EXEC_JOB_ID $EXEC_TRY >> {ledger}; sleep {rng.uniform(0, 2 * a.job_seconds):.2f}"
+                                + ("; [ $EXEC_TRY -ge 2 ] || exit 3" if i % 10 == 0 else "")}
+                    for i in range(a.jobs)]
+        f.write(orjson.dumps({"name": "chaos", "workdir": tmp, "jobs": jobs}))
     out = subprocess.run([os.path.join(bin_dir, "exec-submit"), wf, "--pool", views[0]], check=True,
                          capture_output=True, text=True).stdout
     run_id, run_dir = out.split(" ", 1)
@@ -99,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     blows = collections.Counter()
     began = time.monotonic()
     try:
-        while len(os.listdir(os.path.join(run_dir, "done"))) < a.jobs:
+        while finished(run_dir, a.array) < a.jobs:
             if time.monotonic() - began > a.deadline:
                 print(f"deadline of {a.deadline:.0f} s passed", file=sys.stderr)
                 break
@@ -144,7 +158,75 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 w.kill()
     elapsed = time.monotonic() - began
+    if a.array:
+        return report_array(run_dir, a.jobs, ledger, blows, elapsed, a.workers, len(views))
     return report(run_dir, a.jobs, ledger, logs, blows, elapsed, a.workers, len(views))
+
+
+def finished(run_dir: str, array: bool) -> int:
+    """Jobs (or, with --array, tasks) in done/."""
+    names = [n for n in os.listdir(os.path.join(run_dir, "done")) if n.endswith(".json")]
+    if not array:
+        return len(names)
+    total = 0
+    for n in names:
+        lo, _, hi = n[len("t."):-len(".json")].partition("-")
+        total += int(hi or lo) - int(lo) + 1
+    return total
+
+
+def report_array(run_dir: str, tasks: int, ledger: str, blows: collections.Counter[str], elapsed: float,
+                 workers: int, views: int) -> int:
+    """The checks per task (see the module docstring)."""
+    def names(state: str) -> list[str]:
+        try:
+            return [n for n in os.listdir(os.path.join(run_dir, state)) if not n.startswith(".")]
+        except FileNotFoundError:
+            return []
+
+    covered: collections.Counter[int] = collections.Counter()
+    completed: collections.Counter[int] = collections.Counter()
+    torn = 0
+    done = names("done")
+    for name in done:
+        try:
+            with open(os.path.join(run_dir, "done", name), "rb") as f:
+                record = orjson.loads(f.read())
+            lo, hi = record["tasks"]
+        except (ValueError, KeyError, TypeError):
+            torn += 1
+            continue
+        for p in range(lo, hi + 1):
+            covered[p] += 1
+        for t in record["tries"]:
+            r = t.get("results") or {}
+            for i, status in enumerate(r.get("status") or []):
+                if status == "done":
+                    completed[r["first"] + i] += 1
+    others = {s: names(s) for s in ("waiting", "queued", "running", "failed", "quarantine")}
+    executions: collections.Counter[str] = collections.Counter()
+    with open(ledger) as f:
+        for line in f:
+            executions[line.split()[0]] += 1
+    checks = {
+        f"every task in exactly one done chunk file ({sum(covered.values())} of {tasks}, {len(done)} files)":
+            sorted(covered) == list(range(tasks)) and set(covered.values()) == {1},
+        "nothing left in waiting/ queued/ running/ (claims or private folders) failed/":
+            not any(others[s] for s in others if s != "quarantine"),
+        "nothing in quarantine/ (0 records quarantined)": not others["quarantine"],
+        f"no torn record ({torn} torn)": torn == 0,
+        "every task executed at least once": all(executions[f"t:{i}"] >= 1 for i in range(tasks)),
+        "no task recorded as completed by two tries": max(completed.values(), default=0) <= 1,
+    }
+    hist = collections.Counter(executions.values())
+    print(f"chaos: {workers} workers over {views} view(s) of the pool, an array of {tasks} tasks, {elapsed:.0f} s")
+    print("  blows: " + ", ".join(f"{k} {v}" for k, v in sorted(blows.items())))
+    print("  executions per task: " + ", ".join(f"{k}x {v} tasks" for k, v in sorted(hist.items())))
+    for name, ok in checks.items():
+        print(f"  {'ok  ' if ok else 'FAIL'} {name}")
+    if any(others.values()):
+        print("  left: " + ", ".join(f"{s}: {len(v)} ({' '.join(sorted(v)[:5])})" for s, v in others.items() if v))
+    return 0 if all(checks.values()) else 1
 
 
 def report(run_dir: str, jobs: int, ledger: str, logs: str, blows: collections.Counter[str], elapsed: float,
