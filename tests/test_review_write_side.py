@@ -166,6 +166,17 @@ def test_a_full_disk_when_a_try_creates_its_logs_is_one_line(pool: Path, make_wo
     assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
 
 
+def test_a_deleted_logs_folder_is_made_again(pool: Path, make_workflow) -> None:
+    """`rm -r RUN/logs` (a user cleaning up old logs): no claim's lock could be written any
+    more, so every claim was put back at once and the run never moved again. The folder is
+    made again (never through a symlink: one there is still refused)."""
+    run = submit(pool, make_workflow([{"id": "a", "command": "echo hi"}]))
+    shutil.rmtree(run.logs_dir)
+    work(pool, run, slots=1)
+    assert files(run, "done") == ["a.json"]
+    assert Path(run.log("a", 1, "out")).read_text() == "hi\n"
+
+
 # ---- 4. a dead worker's heartbeat that is a symlink --------------------------------------------
 @pytest.mark.parametrize("plant", ["loop", "to a changing file"])
 def test_a_symlink_at_a_dead_workers_heartbeat_does_not_keep_its_claim_forever(pool: Path, make_workflow,
