@@ -124,6 +124,23 @@ def test_a_resume_writes_nothing_through_a_symlinked_folder_of_the_run(pool: Pat
     assert files(run, "failed") == ["a.json"]
 
 
+def test_a_resume_writes_no_watch_file_through_a_symlinked_workers_folder(pool: Path, make_workflow,
+                                                                         tmp_path: Path) -> None:
+    """exec-worker refuses a pool whose workers/ is a symlink. A resume that found a
+    coordinator lock saved this host's observations (.watch-<host>-<boot>.json) through it,
+    replacing whatever had that name wherever workers/ pointed."""
+    run = submit(pool, make_workflow([{"id": "a", "command": "exit 3"}]))
+    work(pool, run)
+    outside = tmp_path / "outside" / "workers"
+    outside.mkdir(parents=True)
+    shutil.rmtree(os.path.join(str(pool), "workers"))
+    os.symlink(outside, os.path.join(str(pool), "workers"))
+    Path(run.coordinator_lock).write_text("{}")  # a coordinator at work (or one that died)
+    got = cli("exec-submit", "--pool", str(pool), "--resume", run.run_id)
+    assert got.returncode == 3 and "Traceback" not in got.stderr, got
+    assert list(outside.iterdir()) == []
+
+
 # ---- 3. a full disk when a claim's lock is written ------------------------------------------------
 def test_a_full_disk_at_the_claim_lock_puts_the_job_back_without_a_traceback(pool: Path, make_workflow,
                                                                             monkeypatch, caplog) -> None:
