@@ -141,6 +141,28 @@ def test_a_resume_writes_no_watch_file_through_a_symlinked_workers_folder(pool: 
     assert list(outside.iterdir()) == []
 
 
+def test_a_crafted_commit_in_coord_moves_nothing_out_of_the_run(pool: Path, make_workflow, tmp_path: Path) -> None:
+    """.coord/ of a run is writable by whatever can write the run (a job, a co-user of a shared
+    pool). A COMMIT whose placement names a job id with '/' and '..' made the settling
+    process (the next resume, or any worker's housekeeping) rename files along that path:
+    here a file of the run out of the pool. Job ids in COMMIT are checked like any job id:
+    such a COMMIT is no COMMIT, and the change is undone."""
+    run = submit(pool, make_workflow([{"id": "a", "command": "exit 3"}]))
+    work(pool, run)
+    job = "x/../../../../escaped"
+    stage = os.path.join(run.root, ".coord", "crafted")
+    os.makedirs(os.path.join(stage, "new", "queued~x"))
+    os.makedirs(os.path.join(run.state_dir("queued"), "x"))
+    Path(run.root, "escaped.json").write_text("moved out\n")
+    Path(stage, "COMMIT").write_text(
+        '{"placements": [{"job": "%s", "src": null, "dst": "queued"}], "files": []}' % job)
+    escaped = os.path.normpath(os.path.join(run.state_dir("queued"), job + ".json"))
+    assert not escaped.startswith(str(pool))
+    got = cli("exec-submit", "--pool", str(pool), "--resume", run.run_id)
+    assert "Traceback" not in got.stderr, got.stderr
+    assert not os.path.exists(escaped), "a crafted COMMIT moved a file out of the pool"
+
+
 # ---- 3. a full disk when a claim's lock is written ------------------------------------------------
 def test_a_full_disk_at_the_claim_lock_puts_the_job_back_without_a_traceback(pool: Path, make_workflow,
                                                                             monkeypatch, caplog) -> None:
