@@ -342,10 +342,15 @@ def _resume(pool: PoolLayout, run_id: str, path: str | None, options: Any,
             dry_run: bool) -> tuple[RunLayout | None, Any]:
     from .coordinator.change import apply
     from .coordinator.plan import plan_resume, workflow_for_resume
+    from .protocol.scrub import folder_problem
 
     run = pool.run(run_id)
     if not is_run_dir(run.root):
         raise PoolError(f"no run {run_id!r} in this pool", pool.root)
+    problem = folder_problem(run)
+    if problem is not None:  # workers skip such a run: a resume writes nothing through it either
+        raise Refused(f"refused: run {run_id}: {problem}; workers skip it too: put the folder back first",
+                      run.run_id)
     workflow = workflow_for_resume(run, path)
     slurm = (options.backend or _backend(run)) == "slurm"
     held: list[str] = []

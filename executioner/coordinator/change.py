@@ -46,6 +46,7 @@ from .plan import Plan, Step
 from ..liveness.reap import recover_private, requeue_lost
 from ..protocol.scrub import quarantine, read_checked
 from ..liveness.watch import Watch
+from ..workflow import JOB_ID_RE
 
 log = logging.getLogger("executioner.change")
 REPLANS = 5
@@ -294,9 +295,13 @@ def _read_commit(run: RunLayout, stage: str) -> dict[str, Any] | None:
         return None
     ok = (isinstance(commit, dict) and isinstance(commit.get("placements"), list)
           and isinstance(commit.get("files"), list)
-          and all(isinstance(p, dict) and isinstance(p.get("job"), str) and p.get("dst") in _PLACES
-                  and (p.get("src") is None or p.get("src") in _PLACES) for p in commit["placements"])
+          and all(isinstance(p, dict) and isinstance(p.get("job"), str) and JOB_ID_RE.fullmatch(p["job"])
+                  and p.get("dst") in _PLACES and (p.get("src") is None or p.get("src") in _PLACES)
+                  for p in commit["placements"])
+          # A job id or a staged name with '/' or '..' would make the settler rename files along
+          # that path, out of the run: .coord/ is writable by whatever can write the run.
           and all(isinstance(f, list) and len(f) == 2 and all(isinstance(x, str) for x in f)
+                  and "/" not in f[0] and f[0] not in ("", ".", "..")
                   and not os.path.isabs(f[1]) and not os.path.normpath(f[1]).startswith("..")
                   for f in commit["files"]))
     if not ok:

@@ -49,8 +49,13 @@ def watch_key(run: RunLayout) -> str:
 
 
 def shared_watch(run: RunLayout) -> Watch:
-    """The observations this host's processes share, kept in the run's pool."""
-    return Watch.shared(os.path.join(os.path.dirname(os.path.normpath(run.root)), "workers"))
+    """The observations this host's processes share, kept in the run's pool; our own alone
+    if the pool's workers/ is a symlink (workers refuse such a pool: nothing is saved
+    through it, which only makes a watch start afresh)."""
+    workers = os.path.join(os.path.dirname(os.path.normpath(run.root)), "workers")
+    if os.path.islink(workers):
+        return Watch()
+    return Watch.shared(workers)
 
 
 @contextlib.contextmanager

@@ -204,6 +204,11 @@ class Claiming:
             store.release(claim)  # RACE: not locked: ours alone to put back
             self._leave_run(run_id, str(e))
             return False
+        except OSError as e:  # a full disk, a quota, EIO: no lock, so no run; the job goes back as it was
+            store.release(claim)  # RACE: not locked: ours alone to put back
+            log.warning("job %s of run %s: cannot write its claim's lock (%s: %s); put back in queued/",
+                        job_id, run_id, e.filename or claim.lock, e.strerror or e)
+            return False
         return True
 
     def _leave_run(self, run_id: str, problem: str) -> None:

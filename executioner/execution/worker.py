@@ -29,7 +29,7 @@ from ..protocol.pieces import is_chunk
 from ..protocol.retry import losses
 from .chunk import ChunkTry
 from ..liveness.tidy import Tidy
-from ..protocol.scrub import Scrubber
+from ..protocol.scrub import Scrubber, clear_foreign_lease
 from ..protocol.retry import decide
 
 log = logging.getLogger("executioner.worker")
@@ -242,6 +242,9 @@ class Worker(Claiming):
                 self._execute_chunk(claim)
             else:
                 self._execute(claim)
+        except OSError as e:  # the storage's fault (a full disk, EIO), not ours: one line, no traceback
+            log.error("job %s of run %s: %s", claim.job_id, claim.run.run_id, e)
+            self._fail_internal(claim, e)
         except Exception as e:
             log.exception("job %s of run %s: unexpected error", claim.job_id, claim.run.run_id)
             self._fail_internal(claim, e)
@@ -312,23 +315,32 @@ class Worker(Claiming):
                 run = self.pool.run(run_id)
                 # One sweeper per run at a time; a lease, so a dead sweeper's marker expires.
                 # Overlap after expiry is harmless: promotion is idempotent.
-                lease = filelock.SoftFileLease(os.path.join(run.state_dir("waiting"), ".sweep.lock"),
-                                               lease_duration=30.0, timeout=0, mode=fsio.file_mode())
+                lease_path = os.path.join(run.state_dir("waiting"), ".sweep.lock")
+                lease = filelock.SoftFileLease(lease_path, lease_duration=30.0, timeout=0, mode=fsio.file_mode())
                 try:
-                    with lease:
-                        moved = store.sweep(run)
-                        if self.lost.pending(run_id) or now - self._last_lost.get(run_id, -1e9) >= self.lost_every:
-                            self._last_lost[run_id] = now
-                            expected = int((self._records.get(run_id) or {}).get("jobs") or 0)
-                            if self.lost.check(run, expected, now):
-                                moved += store.sweep(run)  # a rebuilt job whose dependencies are done
-                        if now - self._last_scrub.get(run_id, -1e9) >= self.scrub_every * (
-                                5 if self._dormant(run_id) else 1):
-                            self._last_scrub[run_id] = now
-                            self.scrubber.scrub(run, self.clock.now())
-                except (filelock.Timeout, PermissionError):
-                    # another sweeper holds it (over sshfs an O_EXCL loser may see EPERM)
+                    lease.acquire()
+                except (filelock.Timeout, OSError) as e:
+                    # Another sweeper holds it (over sshfs an O_EXCL loser may see EPERM); or
+                    # something that is no lease sits at its name, which filelock never takes
+                    # over: moved to quarantine/ (a symlink at once), then we sweep next pass.
+                    if not isinstance(e, (filelock.Timeout, PermissionError)):
+                        log.info("run %s: no sweep now: %s", run_id, e)
+                    if clear_foreign_lease(run, lease_path, self.reaper.watch, time.monotonic()):
+                        self._last_sweep.pop(run_id, None)
                     continue
+                try:
+                    moved = store.sweep(run)
+                    if self.lost.pending(run_id) or now - self._last_lost.get(run_id, -1e9) >= self.lost_every:
+                        self._last_lost[run_id] = now
+                        expected = int((self._records.get(run_id) or {}).get("jobs") or 0)
+                        if self.lost.check(run, expected, now):
+                            moved += store.sweep(run)  # a rebuilt job whose dependencies are done
+                    if now - self._last_scrub.get(run_id, -1e9) >= self.scrub_every * (
+                            5 if self._dormant(run_id) else 1):
+                        self._last_scrub[run_id] = now
+                        self.scrubber.scrub(run, self.clock.now())
+                finally:
+                    lease.release()
                 if moved:
                     with self._lock:
                         self._candidates.pop(run_id, None)

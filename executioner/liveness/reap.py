@@ -13,14 +13,17 @@ can call anything stale. Same-host claims whose process is gone are requeued at 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
+from ..errors import ForeignFile
 from ..protocol import fence, fsio, records, store
 from ..protocol.layout import PoolLayout, RunLayout
 from ..protocol.rebuild import rebuilt
@@ -40,12 +43,25 @@ class Verdict:
 
 def fresh_mtime(path: str) -> float:
     """A file's mtime, read through open(): on NFS, opening revalidates the attribute cache
-    (close-to-open consistency), where a plain stat may answer from a cache up to 60 s old."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO planted there cannot hang us
+    (close-to-open consistency), where a plain stat may answer from a cache up to 60 s old.
+
+    A symlink is not followed and, like anything but a regular file, is no worker's heartbeat
+    (a worker replaces such a thing at its next beat): ForeignFile, a FileNotFoundError, as if
+    there were none. Followed, a link to a file that keeps changing would keep a dead worker's
+    claims forever, and a symlink loop would leave them unjudged forever."""
     try:
-        return os.fstat(fd).st_mtime
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)  # a FIFO cannot hang us
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ForeignFile(fsio.SYMLINK, path) from None
+        raise
+    try:
+        st = os.fstat(fd)
     finally:
         os.close(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise ForeignFile(fsio.NOT_REGULAR, path)
+    return st.st_mtime
 
 
 def owner_dead_here(claim: dict[str, Any]) -> bool:

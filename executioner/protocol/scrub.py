@@ -20,11 +20,13 @@ import psutil
 
 from . import fsio, records
 from .layout import STATES, RunLayout, job_id_of, split_private_name, split_running_name
+from ..liveness.watch import Watch
 from ..workflow import JOB_ID_RE
 
 log = logging.getLogger("executioner.scrub")
 TEMP_MAX_AGE = 3600.0  # a temp file older than this (storage clock) is an abandoned write
 CONTENT_CHECKS_PER_PASS = 200
+LEASE_STILL = 90.0  # three sweep-lease durations: a live sweeper refreshes its lease every 10 s
 
 
 def check_record(record: Any, job_id: str) -> str | None:
@@ -92,6 +94,47 @@ def quarantine(run: RunLayout, path: str, reason: str) -> bool:
     fsio.atomic_write(target + ".reason", f"{state}/{os.path.basename(path)}: {reason}\n".encode())
     log.warning("run %s: quarantined %s/%s: %s", run.run_id, state, os.path.basename(path), reason)
     return True
+
+
+def lease_watch_key(run: RunLayout, path: str) -> str:
+    """The key under which this host watches a lease marker stand still."""
+    return f"lease:{run.run_id}/{os.path.basename(path)}"
+
+
+def lease_stamp(st: os.stat_result) -> float:
+    """What a live lease changes: its holder refreshes its mtime (and writes a new record)."""
+    return st.st_mtime + st.st_size * 1e-9
+
+
+def clear_foreign_lease(run: RunLayout, path: str, watch: Watch, mono: float,
+                        patience: float = LEASE_STILL) -> bool:
+    """Quarantine what sits at a lease's name (``waiting/.sweep.lock``) when it cannot be a
+    live sweeper's lease; True if something was moved. Called when the lease could not be
+    taken: filelock never takes over a symlink, a directory, a FIFO, nor a regular file it
+    cannot read as a lease (empty: a sweeper killed between creating and writing it), so
+    such a thing would stop the run's sweeps (promotions, rebuilds, scrubs) for good. A
+    symlink or anything but a regular file goes at once (moved by name, never followed); a
+    regular file once this host has watched it stand still for ``patience`` seconds of its
+    monotonic clock ``mono`` (a live lease changes every 10 s)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(st.st_mode):
+        reason = fsio.SYMLINK
+    elif stat.S_ISDIR(st.st_mode):
+        reason = "a directory"
+    elif not stat.S_ISREG(st.st_mode):
+        reason = fsio.NOT_REGULAR
+    else:
+        still = watch.still_for(lease_watch_key(run, path), lease_stamp(st), mono)
+        if still < patience:
+            return False  # RACE: a live sweeper's lease, or not yet watched long enough
+        reason = f"stood still for {still:.0f} s (no live sweeper refreshes it)"
+    # RACE: a sweeper may take over or release the marker meanwhile: then the rename below
+    # finds nothing (False), or moves a lease just taken, whose holder sweeps on regardless
+    # (two sweeps at once are harmless: a promotion is one rename, done once).
+    return quarantine(run, path, f"not a sweep lease: {reason}")
 
 
 def temp_owner_gone(name: str, now: float, mtime: float) -> bool:

@@ -28,6 +28,7 @@ from typing import Any, Callable, Literal
 import psutil
 
 from . import fence, fsio, records
+from ..errors import ForeignFile
 from .attempts import definition_hash
 from .layout import FORMAT_VERSION, STATES, RunLayout, job_id_of, split_running_name
 from .ready import Upstream
@@ -237,12 +238,28 @@ def claim_lock(run: RunLayout, job_id: str, token: str, record: dict[str, Any]) 
 
 def write_lock(claim: Claim) -> None:
     """Write the claim's lock into logs/, through the folder opened without following a
-    symlink (ForeignFile if logs/ was swapped for one: nothing is written through it)."""
+    symlink (ForeignFile if logs/ was swapped for one: nothing is written through it). A
+    logs/ that is gone (``rm -r RUN/logs``) is made again: else no job of the run could run."""
     o = claim.owner
-    fsio.atomic_write(claim.lock, fsio.dumps({
+    payload = fsio.dumps({
         "job": claim.job_id, "try": claim.try_number, "token": claim.token, "worker": o.worker_id, "host": o.host,
         "pid": o.pid, "pid_start": o.pid_start, "claimed_at": claim.claimed_at, "dag": o.dag,
-    }), anchored=True)
+    })
+    try:
+        fsio.atomic_write(claim.lock, payload, anchored=True)
+        return
+    except ForeignFile:
+        raise
+    except FileNotFoundError:
+        if os.path.lexists(claim.run.logs_dir):
+            raise
+    try:
+        # RACE: another worker may make it first; mkdir never follows a symlink planted at
+        # that name meanwhile (FileExistsError), and the anchored write below refuses one.
+        os.mkdir(claim.run.logs_dir)
+    except FileExistsError:
+        pass
+    fsio.atomic_write(claim.lock, payload, anchored=True)
 
 
 def release(claim: Claim) -> bool:
