@@ -144,3 +144,32 @@ def test_a_changed_command_needs_force_then_reruns_every_task(pool: Path, tmp_pa
     resume(pool, run, str(wf), "--force")
     work(pool, run)
     assert sorted(ledger_counts(ledger)) == [f"{x}{i}" for x in "st" for i in range(4)]
+
+
+def test_from_job_assumes_an_upstream_array_done_at_submit_and_at_resume(pool: Path, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    wf = write(tmp_path, sweep_jobs(ledger))
+    out = cli("exec-submit", str(wf), "--pool", str(pool), "--from-job", "post")
+    assert out.returncode == 0, out.stderr
+    run = PoolLayout(str(pool)).run(out.stdout.split()[0])
+    work(pool, run)
+    counts = ledger_counts(ledger)
+    assert not any(k.startswith("sim") for k in counts) and counts["agg"] == 1
+    assert all(counts[f"post{i}"] == 1 for i in range(8))
+    sim = json.loads(Path(run.job("sim.0-3", "done")).read_text())
+    assert sim["skipped"]["reason"] == "assumed done (--from-job post)" and sim["tries"] == []
+    resume(pool, run, "--from-job", "agg")
+    work(pool, run)
+    counts = ledger_counts(ledger)
+    assert counts["agg"] == 2 and all(counts[f"post{i}"] == 1 for i in range(8))
+
+
+def test_no_retry_failed_leaves_a_failed_task_failed(pool: Path, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    run = create_run(PoolLayout(str(pool)), load_workflow(str(write(tmp_path, sweep_jobs(ledger, fail="test {index} != 2")))))
+    work(pool, run)
+    assert files(run, "failed") == ["sim.2.json"]
+    resume(pool, run, "--no-retry-failed")
+    work(pool, run)
+    assert files(run, "failed") == ["sim.2.json"] and ledger_counts(ledger)["sim2"] == 1
+    assert run_status(run)["state"] == "failed"

@@ -389,7 +389,8 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
             continue
         if spec.is_array:
             if not (current or units):
-                plan.steps += _chunk_steps(spec, run_id, attempt, dependents[j])
+                skip = f"assumed done (--from-job {', '.join(options.from_jobs)})" if j in skipped else None
+                plan.steps += _chunk_steps(spec, run_id, attempt, dependents[j], skip)
                 continue
             ap = ArrayPlan(spec, rerun_all=rerun.get(j), rerun=task_rerun.get(j, {}),
                            skipped=(f"assumed done (--from-job {', '.join(options.from_jobs)})" if j in skipped else None))
@@ -553,16 +554,22 @@ def _diff_arrays(plan: Plan, specs: dict[str, JobSpec], units: dict[str, list[tu
                                      "needs_force": any_done and key in (*DEFINITION_FIELDS, "tasks", "elementwise")})
 
 
-def _chunk_steps(spec: JobSpec, run_id: str, attempt: int, dependents: list[str]) -> list[Step]:
+def _chunk_steps(spec: JobSpec, run_id: str, attempt: int, dependents: list[str],
+                 skip: str | None = None) -> list[Step]:
     """A new array: one step per chunk (see executioner.protocol.units), queued if it needs
-    nothing, else waiting (a worker's promotion queues it when its upstream is done)."""
+    nothing, else waiting (a worker's promotion queues it when its upstream is done); or
+    done without running, when ``skip`` says why (upstream of --from-job)."""
     assert spec.tasks is not None
     size = chunk_size(len(spec.tasks), spec.tasks.chunk)
-    dst = "waiting" if spec.dependencies else "queued"
+    dst = "done" if skip else "waiting" if spec.dependencies else "queued"
     steps = []
     for lo, hi in chunks(len(spec.tasks), size):
-        build = (lambda lo, hi: lambda _found: new_chunk_record(run_id, spec, lo, hi, dependents, attempt))(lo, hi)
-        steps.append(Step(unit_name(spec.id, lo, hi), "run", "new", None, dst, build))
+        def build(_found: dict[str, Any] | None, lo: int = lo, hi: int = hi) -> dict[str, Any]:
+            record = new_chunk_record(run_id, spec, lo, hi, dependents, attempt)
+            if skip:
+                record["skipped"] = {"reason": skip, "attempt": attempt}
+            return record
+        steps.append(Step(unit_name(spec.id, lo, hi), "skip" if skip else "run", skip or "new", None, dst, build))
     return steps
 
 
