@@ -184,3 +184,25 @@ def test_arrays_are_refused_by_the_slurm_dag_backend_for_now(pool: Path, tmp_pat
     wf.write_text("jobs:\n  - {id: a, command: x, array: 3}\n")
     out = cli("exec-submit", str(wf), "--pool", str(pool), "--backend", "slurm", "--dry-run")
     assert out.returncode == 2 and "task arrays run on pool workers only for now" in out.stderr
+
+
+def test_a_chunk_split_by_a_reaper_while_its_worker_commits_is_not_recreated(pool: Path, tmp_path: Path) -> None:
+    """RACE: the reaper takes a stale chunk (placing it as pieces under other names) while its
+    worker finishes; the worker's fence fails and it looks for its chunk, finds its name
+    nowhere, and must not put it back (its tasks would run, and complete, twice). Found by
+    scripts/chaos.py --array."""
+    from executioner.execution.worker import Worker
+    from executioner.liveness.reap import requeue_lost
+    from executioner.protocol import store
+
+    run = submit(pool, tmp_path, [{"id": "c", "array": 4, "chunk": 4, "command": "true"}])
+    worker = Worker(str(pool), run_ids=[run.run_id])
+    claim = store.claim(run, "c.0-3", worker.owner)
+    store.write_lock(claim)
+    lock = json.loads(Path(claim.lock).read_text())
+    Path(run.task_journal("c.0-3", 1)).write_text('{"task": 0, "status": "done", "exit": 0}\n')
+    assert requeue_lost(run, "c.0-3", claim.token, claim.record, "stale", lock) is not None
+    assert sorted(files(run, "done")) == ["c.0.json"] and files(run, "queued") == ["c.1-3.json"]
+    assert not store.finish_pieces(claim, [("done", "c.0-3", dict(claim.record))])
+    worker._vanished(claim, "its job file disappeared from running/ before its result was recorded")
+    assert files(run, "queued") == ["c.1-3.json"] and files(run, "done") == ["c.0.json"]

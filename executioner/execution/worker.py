@@ -511,7 +511,15 @@ class Worker(Claiming):
         """Our claim is gone. Usually a reaper or a resume took it (the job is then in another
         folder, or in a private or staging folder on its way); if the job is nowhere, twice,
         it was deleted (say, by the job itself): put it back with our record and a lost try,
-        so that max_lost ends a job that keeps deleting itself."""
+        so that max_lost ends a job that keeps deleting itself.
+
+        Not for a chunk of an array: whoever took it placed it as pieces under other names
+        (its unit name is then nowhere, rightly), and tasks truly missing are found by
+        coverage and rebuilt (executioner.protocol.rebuild.array_gaps)."""
+        if is_chunk(claim.record):
+            # RACE: a reaper split our chunk while we committed; recreating it by its old
+            # name would run (and complete) its tasks twice.
+            return
         for pause in (0.0, 0.5):
             time.sleep(pause)
             state, still = store.still_look(claim.run, lambda: store.state_of(claim.run, claim.job_id))
