@@ -163,6 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     return report(run_dir, a.jobs, ledger, logs, blows, elapsed, a.workers, len(views))
 
 
+def listed(run_dir: str, state: str) -> list[str]:
+    """The files of one folder of the run (no temp or hidden files); none if it is missing."""
+    try:
+        return [n for n in os.listdir(os.path.join(run_dir, state)) if not n.startswith(".")]
+    except FileNotFoundError:
+        return []
+
+
 def finished(run_dir: str, array: bool) -> int:
     """Jobs (or, with --array, tasks) in done/."""
     names = [n for n in os.listdir(os.path.join(run_dir, "done")) if n.endswith(".json")]
@@ -179,10 +187,7 @@ def report_array(run_dir: str, tasks: int, ledger: str, blows: collections.Count
                  workers: int, views: int) -> int:
     """The checks per task (see the module docstring)."""
     def names(state: str) -> list[str]:
-        try:
-            return [n for n in os.listdir(os.path.join(run_dir, state)) if not n.startswith(".")]
-        except FileNotFoundError:
-            return []
+        return listed(run_dir, state)
 
     covered: collections.Counter[int] = collections.Counter()
     completed: collections.Counter[int] = collections.Counter()
@@ -232,10 +237,7 @@ def report_array(run_dir: str, tasks: int, ledger: str, blows: collections.Count
 def report(run_dir: str, jobs: int, ledger: str, logs: str, blows: collections.Counter[str], elapsed: float,
            workers: int, views: int) -> int:
     def names(state: str) -> list[str]:
-        try:
-            return [n for n in os.listdir(os.path.join(run_dir, state)) if not n.startswith(".")]
-        except FileNotFoundError:
-            return []
+        return listed(run_dir, state)
 
     done = [n[:-5] for n in names("done")]
     others = {s: names(s) for s in ("waiting", "queued", "running", "failed", "quarantine")}

@@ -76,3 +76,16 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> s
 
 def files(run: RunLayout, state: str) -> list[str]:
     return sorted(os.listdir(run.state_dir(state)))
+
+
+def precious(tmp_path: Path, name: str = "precious.txt") -> Path:
+    """A file outside the pool that nothing of ours may write, nor even touch (mtime 1000)."""
+    path = tmp_path / "outside" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("precious\n")
+    os.utime(path, (1000.0, 1000.0))
+    return path
+
+
+def untouched(path: Path) -> bool:
+    return path.read_text() == "precious\n" and path.stat().st_mtime == 1000.0

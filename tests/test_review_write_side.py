@@ -16,20 +16,8 @@ import pytest
 from executioner.protocol import fsio
 from executioner.protocol.fsio import read_json
 
-from .conftest import cli, files, submit, work
+from .conftest import precious as _precious, untouched as _untouched, cli, files, submit, work
 
-
-def _precious(tmp_path: Path, name: str = "precious.txt") -> Path:
-    """A file outside the pool that nothing of ours may write, nor even touch (mtime 1000)."""
-    path = tmp_path / "outside" / name
-    path.parent.mkdir(exist_ok=True)
-    path.write_text("precious\n")
-    os.utime(path, (1000.0, 1000.0))
-    return path
-
-
-def _untouched(path: Path) -> bool:
-    return path.read_text() == "precious\n" and path.stat().st_mtime == 1000.0
 
 
 def _missed_promotion(pool: Path, make_workflow, ledger: Path):

@@ -177,12 +177,7 @@ def _publish(private: Private, build: Build, put_back: str | None) -> str | None
     pause = _pause_hook()
     if pause:
         time.sleep(pause)
-    try:
-        # RACE: a checker that took our folder meanwhile makes this rename fail (the folder
-        # path no longer exists): we then hold nothing, and write nothing more.
-        os.rename(tmp, private.job_file)
-    except FileNotFoundError:
-        fsio.unlink_quietly(tmp)
+    if not _into_folder(tmp, private.job_file):
         return None
     if pause:
         time.sleep(pause)
@@ -205,12 +200,7 @@ def _publish_pieces(private: Private, pieces: list[tuple[str, str, dict[str, Any
         for dst, unit, record in pieces:
             tmp = fsio.write_temp(run.state_dir("running"), fsio.dumps(record))
             piece = run.piece(private.path, unit, dst)
-            try:
-                # RACE: a checker that took our folder meanwhile makes this fail: we hold
-                # nothing any more, and write nothing more.
-                os.rename(tmp, piece)
-            except FileNotFoundError:
-                fsio.unlink_quietly(tmp)
+            if not _into_folder(tmp, piece):
                 return None
             placed.append((piece, run.job(unit, dst)))
     except OSError:
@@ -235,7 +225,7 @@ def _publish_pieces(private: Private, pieces: list[tuple[str, str, dict[str, Any
 def _place_pieces(private: Private, placed: list[tuple[str, str]]) -> str | None:
     """Rename committed pieces out of the folder, then remove it; None if it was taken."""
     if any(os.path.dirname(dst) == private.run.removed_dir for _, dst in placed):
-        os.makedirs(private.run.removed_dir, exist_ok=True)
+        fsio.make_dirs(private.run.removed_dir)  # with the run's mode, as _publish makes it
     for piece, dst in placed:
         try:
             os.rename(piece, dst)  # RACE: as in _publish
@@ -243,6 +233,19 @@ def _place_pieces(private: Private, placed: list[tuple[str, str]]) -> str | None
             return None
     _rmdir(private.path)
     return "placed"
+
+
+def _into_folder(tmp: str, target: str) -> bool:
+    """Rename our fresh temp file to ``target`` inside our private folder; False (the temp
+    removed) if the folder is gone."""
+    try:
+        # RACE: a checker that took our folder meanwhile makes this rename fail (the folder
+        # path no longer exists): we then hold nothing, and write nothing more.
+        os.rename(tmp, target)
+        return True
+    except FileNotFoundError:
+        fsio.unlink_quietly(tmp)
+        return False
 
 
 def _undo(private: Private, put_back: str | None) -> None:
