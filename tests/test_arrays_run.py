@@ -206,3 +206,53 @@ def test_a_chunk_split_by_a_reaper_while_its_worker_commits_is_not_recreated(poo
     assert not store.finish_pieces(claim, [("done", "c.0-3", dict(claim.record))])
     worker._vanished(claim, "its job file disappeared from running/ before its result was recorded")
     assert files(run, "queued") == ["c.1-3.json"] and files(run, "done") == ["c.0.json"]
+
+
+def _killed_in_commit(pool: Path, tmp_path: Path, swapped: bool) -> tuple[RunLayout, collections.Counter]:
+    """A worker ends a chunk whose tasks all succeeded (one piece: it leaves as a job does)
+    and is SIGKILLed inside the commit, before or after the new record is swapped in."""
+    import os
+    ledger = tmp_path / "ledger"
+    run = submit(pool, tmp_path, [{"id": "s", "array": 3, "chunk": 3, "command": f"echo {{index}} >> {ledger}"}])
+    env = dict(os.environ, EXEC_TEST_COMMIT_PAUSE="3")
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, str(pool), run.run_id, "60"], env=env)
+    running = Path(run.state_dir("running"))
+    deadline = time.time() + 30
+    seen = False
+    while time.time() < deadline and not seen:
+        for folder in running.glob("s.0-2@*+*"):
+            record = folder / "s.0-2.json"
+            try:
+                tries = json.loads(record.read_text())["tries"]
+            except (OSError, ValueError):
+                continue
+            seen = bool(tries) == swapped
+        time.sleep(0.02)
+    assert seen
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    subprocess.run([sys.executable, "-c", WORKER, str(pool), run.run_id, "60"], timeout=60, check=True)
+    return run, collections.Counter(ledger.read_text().split())
+
+
+def test_a_whole_chunk_killed_after_its_result_was_swapped_in_is_completed_not_rerun(pool: Path,
+                                                                                     tmp_path: Path) -> None:
+    """RACE: a chunk leaving as one piece swaps its result in over the fenced claim inside its
+    private folder; its worker dies before the final rename. The recoverer completes it as
+    its intent says: done, with its one try, and no task runs again."""
+    run, counts = _killed_in_commit(pool, tmp_path, swapped=True)
+    assert counts == {"0": 1, "1": 1, "2": 1}
+    assert files(run, "done") == ["s.0-2.json"]
+    tries = json.loads(Path(run.job("s.0-2", "done")).read_text())["tries"]
+    assert [t["status"] for t in tries] == ["done"]
+    assert run_status(run)["counts"]["done"] == 3
+
+
+def test_a_whole_chunk_killed_before_its_result_was_swapped_in_keeps_its_journal(pool: Path,
+                                                                                 tmp_path: Path) -> None:
+    """The same crash one step earlier: the fenced claim is still the old record, so the try
+    counts as lost, but its journal says every task finished: none runs again."""
+    run, counts = _killed_in_commit(pool, tmp_path, swapped=False)
+    assert counts == {"0": 1, "1": 1, "2": 1}
+    assert run_status(run)["counts"]["done"] == 3
+    assert run_status(run)["state"] == "done"

@@ -358,14 +358,16 @@ def test_a_logs_folder_swapped_for_a_symlink_after_the_worker_took_the_run_up_is
 def test_logs_that_cannot_be_made_in_their_folder_fail_the_try_with_the_reason(pool: Path, make_workflow,
                                                                                tmp_path: Path,
                                                                                monkeypatch) -> None:
-    """logs/ swapped for a symlink between the claim's lock and the try's logs."""
+    """logs/ swapped for a symlink between the claim's lock and the try's logs, when the
+    runner makes them itself (write_lock makes them with the lock, through the same folder
+    handle, unless it could not)."""
     elsewhere = tmp_path / "outside" / "logs"
     elsewhere.mkdir(parents=True)
     run = submit(pool, make_workflow([{"id": "a", "command": "echo a"}]))
     real_write_lock = store.write_lock
 
-    def lock_then_swap(claim) -> None:
-        real_write_lock(claim)
+    def lock_then_swap(claim, logs=()) -> None:
+        real_write_lock(claim)  # the lock only: the runner makes the logs
         os.rename(run.logs_dir, run.logs_dir + ".real")
         os.symlink(elsewhere, run.logs_dir)
 
@@ -374,6 +376,26 @@ def test_logs_that_cannot_be_made_in_their_folder_fail_the_try_with_the_reason(p
     assert list(elsewhere.iterdir()) == []
     record = read_json(run.job("a", "failed"))
     assert "cannot create its log file" in record["reason"] and "symlink" in record["reason"]
+
+
+def test_logs_made_with_the_lock_land_in_the_real_folder_even_if_it_is_swapped_later(
+        pool: Path, make_workflow, tmp_path: Path, monkeypatch) -> None:
+    """The same swap, when write_lock made the logs with the lock: they are in the real
+    folder (created through its handle), nothing reaches the symlink's target."""
+    elsewhere = tmp_path / "outside" / "logs"
+    elsewhere.mkdir(parents=True)
+    run = submit(pool, make_workflow([{"id": "a", "command": "echo hello"}]))
+    real_write_lock = store.write_lock
+
+    def lock_then_swap(claim, logs=()) -> None:
+        real_write_lock(claim, logs)
+        os.rename(run.logs_dir, run.logs_dir + ".real")
+        os.symlink(elsewhere, run.logs_dir)
+
+    monkeypatch.setattr(store, "write_lock", lock_then_swap)
+    work(pool, run, slots=1)
+    assert list(elsewhere.iterdir()) == []
+    assert Path(run.logs_dir + ".real", "a.1.out").read_text() == "hello\n"
 
 
 def test_a_worker_refuses_a_pool_whose_workers_folder_is_a_symlink(pool: Path, make_workflow,

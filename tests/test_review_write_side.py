@@ -162,7 +162,7 @@ def test_a_full_disk_at_the_claim_lock_puts_the_job_back_without_a_traceback(poo
     run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
     before = Path(run.job("a", "queued")).read_bytes()
 
-    def full(claim):
+    def full(claim, logs=()):
         raise OSError(28, "No space left on device", claim.lock)
 
     monkeypatch.setattr(store, "write_lock", full)
@@ -180,12 +180,20 @@ def test_a_full_disk_when_a_try_creates_its_logs_is_one_line(pool: Path, make_wo
     """No inode left for the try's log files: the job was handled (a `lost` try naming the
     error), but the worker logged it as an 'unexpected error' with a traceback."""
     from executioner.execution import execute
+    from executioner.protocol import fsio
 
     run = submit(pool, make_workflow([{"id": "a", "command": "true", "max_lost": 1}]))
+    real_create_in = fsio.create_in
 
     def full(out_path, err_path):
         raise OSError(28, "No space left on device", os.path.basename(out_path))
 
+    def full_but_the_lock(dir_fd, path, aside, tries=3):  # the lock fits, then the disk is full
+        if path.endswith((".out", ".err")):
+            raise OSError(28, "No space left on device", path)
+        return real_create_in(dir_fd, path, aside, tries)
+
+    monkeypatch.setattr(fsio, "create_in", full_but_the_lock)
     monkeypatch.setattr(execute, "open_logs", full)
     work(pool, run, slots=1)
     [t] = read_json(run.job("a", "failed"))["tries"]

@@ -1,10 +1,11 @@
 """One try of a chunk: its tasks run up to the worker's free slots at once, then the chunk
 leaves running/ as pieces (see executioner.protocol.pieces).
 
-The slot that claimed the chunk runs its first task; each further task at the same time
-borrows another free slot of the worker (a permit), so a worker never runs more than
-``-j`` commands, and a chunk of 64 quick tasks on an otherwise idle ``-j 8`` worker runs
-8 at a time. Tasks whose element-wise upstream task failed are not run: they go back to
+Tasks run on *runners*, threads that start one task after another until none is left:
+the slot that claimed the chunk gives the first; each further runner borrows another free
+slot of the worker (a permit) and keeps it while tasks are left, so a worker never runs
+more than ``-j`` commands, a chunk of 64 quick tasks on an otherwise idle ``-j 8`` worker
+runs 8 at a time, and a task costs no thread of its own. Tasks whose element-wise upstream task failed are not run: they go back to
 waiting/ as a piece of their own.
 """
 
@@ -47,56 +48,73 @@ class ChunkTry:
         self.results: dict[int, dict[str, Any]] = {}
         self.cond = threading.Condition()
         self.running = 0
-        self.checked = 0.0
+        self.checked = time.monotonic()  # claimed just now: first checked HELD_CHECK from now
         self.held = True
 
     # ---- running ----------------------------------------------------------------
     def run(self) -> list[tuple[str, str, dict[str, Any]]] | None:
         """Run the tasks; the pieces to commit, or None if the claim was lost meanwhile."""
         claim, run = self.claim, self.claim.run
-        blocked = Upstream(run).blocked(self.record) or set()
+        deps = self.record.get("dependencies")
+        blocked = (Upstream(run).blocked(self.record) or set()) if deps else set()
         for p in blocked:
             self.results[p] = {"status": "blocked", "reason": "its upstream task failed"}
         unit = claim.job_id
         self.out, self.err = run.log(unit, self.number, "out"), run.log(unit, self.number, "err")
-        logs = TryLog(self.out, self.err, run.task_journal(unit, self.number))
-        spool = tempfile.mkdtemp(prefix="exec-spool-")
+        self.logs = TryLog(self.out, self.err, run.task_journal(unit, self.number), claim.log_fds)
+        self.spool = tempfile.mkdtemp(prefix="exec-spool-")
+        self.todo = iter([p for p in range(self.lo, self.hi + 1) if p not in blocked])
+        self.left = self.hi - self.lo + 1 - len(blocked)
+        self.base_env = dict(os.environ)
         start = time.time()
+        runners: list[threading.Thread] = []
         try:
-            threads = []
-            for p in range(self.lo, self.hi + 1):
-                if p in blocked:
-                    continue
-                borrowed = self._wait_for_room()
-                if borrowed is None:
-                    break  # stopping, or the claim is gone: the rest is not started
-                t = threading.Thread(target=self._task, args=(p, borrowed, logs, spool), daemon=True)
+            borrowed = False  # the first runner uses the slot that claimed the chunk
+            while True:
                 with self.cond:
+                    if self.left <= self.running or self._stopping():
+                        break  # every task left is taken by a runner, or no more may start
                     self.running += 1
+                t = threading.Thread(target=self._runner, args=(len(runners), borrowed), daemon=True)
                 t.start()
-                threads.append(t)
-            for t in threads:
+                runners.append(t)
+                borrowed = self._wait_for_permit()
+                if borrowed is None:
+                    break
+            for t in runners:
                 t.join()
         finally:
-            logs.close()
-            shutil.rmtree(spool, ignore_errors=True)
-        if not claim.still_held():
-            return None
+            self.logs.close()
+            shutil.rmtree(self.spool, ignore_errors=True)
+        if not self.held:
+            return None  # seen gone while running; else the commit's fence decides
         return self._pieces(start, time.time())
 
-    def _wait_for_room(self) -> bool | None:
-        """Room for one more task now: False (our own slot), True (a borrowed permit), or
-        None when no more task should start."""
+    def _wait_for_permit(self) -> bool | None:
+        """A free slot of the worker for one more runner (True), or None once no more
+        runner is wanted: every task left is taken, or the chunk must stop."""
         w = self.worker
         with self.cond:
             while True:
-                if w._abort.is_set() or not self._still_held():
+                if self.left <= self.running or self._stopping():
                     return None
-                if self.running == 0:
-                    return False
                 if w._permits.acquire(blocking=False):
                     return True
                 self.cond.wait(0.2)
+
+    def _next(self) -> int | None:
+        """The next task to start, or None when none is left or none may start."""
+        with self.cond:
+            if self._stopping():
+                return None
+            p = next(self.todo, None)
+            if p is not None:
+                self.left -= 1
+            return p
+
+    def _stopping(self) -> bool:
+        """No more task of this chunk may start: the worker stops, or the claim is gone."""
+        return self.worker._abort.is_set() or not self._still_held()
 
     def _still_held(self) -> bool:
         now = time.monotonic()
@@ -105,38 +123,50 @@ class ChunkTry:
             self.held = self.claim.still_held()
         return self.held
 
-    def _task(self, p: int, borrowed: bool, logs: TryLog, spool: str) -> None:
+    def _runner(self, k: int, borrowed: bool) -> None:
+        """Run tasks one after another until none is left: a thread per slot in use, not per
+        task, and one pair of spool files it empties for each task."""
+        paths = (os.path.join(self.spool, f"{k}.out"), os.path.join(self.spool, f"{k}.err"))
+        fds: list[int] = []
         try:
-            result = self._run_task(p, spool)
-            self.results[p] = result
-            task = TaskResult(p, result["status"], exit=result.get("exit"), signal=result.get("signal"),
-                              start=result.get("start"), end=result.get("end"), reason=result.get("reason"))
-            header = (f"==> {self.job}:{self.tasks.index(p)} try {self.number} {result['status']}"
-                      f"{'' if result.get('exit') is None else ' exit ' + str(result['exit'])} <==\n")
-            logs.add(task, header, (os.path.join(spool, f"{p}.out"), os.path.join(spool, f"{p}.err")))
-            result["out"], result["err"] = list(task.out or ()), list(task.err or ())
-        except Exception as e:  # ours, not the task's: the task is lost, the chunk goes on
-            log.exception("task %s:%d of run %s: internal error", self.job, p, self.claim.run.run_id)
-            self.results[p] = {"status": "lost", "reason": f"internal error in the worker: {e!r}"[:500]}
+            for path in paths:
+                fds.append(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600))
+            while (p := self._next()) is not None:
+                self._task(p, (fds[0], fds[1]))
+        except Exception:  # ours (no spool file): the tasks not started stay for the pieces
+            log.exception("chunk %s of run %s: internal error", self.claim.job_id, self.claim.run.run_id)
         finally:
-            for stream in ("out", "err"):
-                try:
-                    os.unlink(os.path.join(spool, f"{p}.{stream}"))
-                except OSError:
-                    pass
+            for fd in fds:
+                os.close(fd)
             if borrowed:
                 self.worker._permits.release()
             with self.cond:
                 self.running -= 1
                 self.cond.notify_all()
 
-    def _run_task(self, p: int, spool: str) -> dict[str, Any]:
+    def _task(self, p: int, spools: tuple[int, int]) -> None:
+        try:
+            for fd in spools:
+                os.ftruncate(fd, 0)
+            result = self._run_task(p, spools)
+            self.results[p] = result
+            task = TaskResult(p, result["status"], exit=result.get("exit"), signal=result.get("signal"),
+                              start=result.get("start"), end=result.get("end"), reason=result.get("reason"))
+            header = (f"==> {self.job}:{self.tasks.index(p)} try {self.number} {result['status']}"
+                      f"{'' if result.get('exit') is None else ' exit ' + str(result['exit'])} <==\n")
+            self.logs.add(task, header, spools)
+            result["out"], result["err"] = list(task.out or ()), list(task.err or ())
+        except Exception as e:  # ours, not the task's: the task is lost, the chunk goes on
+            log.exception("task %s:%d of run %s: internal error", self.job, p, self.claim.run.run_id)
+            self.results[p] = {"status": "lost", "reason": f"internal error in the worker: {e!r}"[:500]}
+
+    def _run_task(self, p: int, spools: tuple[int, int]) -> dict[str, Any]:
         w, claim, run = self.worker, self.claim, self.claim.run
         run_record = w._records[run.run_id]
         r = render(self.job, self.spec, self.tasks, p)
         cwd = os.path.normpath(os.path.join(run_record["workdir"], r.workdir or ""))
         try:
-            env = build_env(dict(os.environ), [run_record["env"], r.env], {
+            env = build_env(self.base_env, [run_record["env"], r.env], {
                 "EXEC_RUN_ID": run.run_id, "EXEC_JOB_ID": self.job, "EXEC_TRY": str(self.number),
                 "EXEC_ATTEMPT": str(self.record.get("attempt", 1)), "EXEC_RUN_DIR": run.root,
                 "EXEC_CLAIM": claim.token, "EXEC_UNIT": claim.job_id, **r.extra})
@@ -145,7 +175,7 @@ class ChunkTry:
             now = time.time()
             result = TryResult("failed", None, None, now, now, str(e))
         else:
-            result = run_command(argv, cwd, env, os.path.join(spool, f"{p}.out"), os.path.join(spool, f"{p}.err"),
+            result = run_command(argv, cwd, env, spools[0], spools[1],
                                  self.spec["timeout"], self.spec["kill_grace"], claim.token,
                                  keep_going=lambda: not w._abort.is_set() and claim.still_held(),
                                  tick=min(w.heartbeat, 1.0))

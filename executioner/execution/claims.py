@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import ForeignFile
 from ..protocol import store
+from ..protocol.pieces import is_chunk
 from ..protocol.scrub import folder_problem
 from .events import Events
 from ..protocol.layout import PoolLayout, run_sort_key
@@ -198,8 +199,12 @@ class Claiming:
         with self._lock:
             self._lost_in_row = 0
             self._not_before.pop((run_id, job_id), None)
+        run = claim.run
+        logs = [run.log(job_id, claim.try_number, "out"), run.log(job_id, claim.try_number, "err")]
+        if is_chunk(claim.record):
+            logs.append(run.task_journal(job_id, claim.try_number))
         try:
-            store.write_lock(claim)
+            store.write_lock(claim, logs)
         except ForeignFile as e:  # logs/ swapped for a symlink since we took the run up
             store.release(claim)  # RACE: not locked: ours alone to put back
             self._leave_run(run_id, str(e))

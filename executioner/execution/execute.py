@@ -75,18 +75,21 @@ def open_logs(out_path: str, err_path: str) -> tuple[int, int]:
     return out, err
 
 
-def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str, err_path: str,
+def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str | int, err_path: str | int,
                 timeout: float | None, kill_grace: float, marker: str,
                 keep_going: Callable[[], bool] | None = None, tick: float = 1.0) -> TryResult:
     """Run ``argv`` in its own session; kill its whole tree on timeout or when told to stop.
 
     ``marker`` is the value of ``EXEC_CLAIM`` in the child's environment: it finds
     descendants that left the process group. ``keep_going`` is asked every ``tick``
-    seconds; when it returns False the tree is killed and the try is ``lost``.
+    seconds; when it returns False the tree is killed and the try is ``lost``. ``out_path``
+    and ``err_path`` name the try's log files to create, or are files already open (a
+    chunk's spool files, left open for the caller).
     """
     start = time.time()
+    mine = not isinstance(out_path, int)
     try:
-        out, err = open_logs(out_path, err_path)
+        out, err = open_logs(out_path, err_path) if mine else (out_path, err_path)  # type: ignore[arg-type]
     except FileExistsError as e:  # re-planted as fast as it was moved aside: this try cannot run
         return TryResult("failed", None, None, start, time.time(), f"cannot create its log file {e.filename}: "
                                                                    f"{e.strerror}")
@@ -108,8 +111,9 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str, e
             pass  # a full disk: the reason is in the try's record all the same
         return TryResult("failed", why[0], None, start, time.time(), why[1])
     finally:
-        os.close(out)
-        os.close(err)
+        if mine:
+            os.close(out)
+            os.close(err)
     deadline = None if timeout is None else time.monotonic() + timeout
     status: TryStatus = "done"
     reason: str | None = None

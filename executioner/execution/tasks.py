@@ -4,7 +4,8 @@ A chunk try keeps three files of its own in ``logs/``, created by the claimer (O
 never through a link) and only appended to by it:
 
 - ``<unit>.<try>.out`` and ``.err``: each task's output, appended whole when the task ends
-  (it runs into a spool file in $TMPDIR meanwhile), after a header line
+  (it runs into a spool file in $TMPDIR meanwhile, one pair per
+  task running at once, emptied for each task), after a header line
   ``==> sim:5 try 2 exit 0 <==``; the journal records where it starts and how long it is;
 - ``<unit>.<try>.tasks``: the progress journal, one JSON line per finished task
   (``{"task": 5, "status": "done", "exit": 0, ...}``), written and made durable at most a
@@ -86,38 +87,42 @@ class TryLog:
     journal line never points past what was written; a fast task costs no file operation
     of its own."""
 
-    def __init__(self, out: str, err: str, journal: str):
+    def __init__(self, out: str, err: str, journal: str, fds: list[int] | None = None):
+        """``fds``: the three files already created (with the claim's lock, see
+        executioner.protocol.store.write_lock), taken over from that list; else created here."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
         self.paths = (out, err, journal)
         self.fds: list[int] = []
-        try:
-            for path in self.paths:
-                self.fds.append(os.open(path, flags, 0o644))
-        except OSError:
-            self._close_fds()
-            raise
+        if fds is not None and len(fds) == 3:
+            self.fds, fds[:] = list(fds), []
+        else:
+            try:
+                for path in self.paths:
+                    self.fds.append(os.open(path, flags, 0o644))
+            except OSError:
+                self._close_fds()
+                raise
         self.sizes = [0, 0]
         self.buffers = [bytearray(), bytearray(), bytearray()]
         self.lock = threading.Lock()
         self.flushed = time.monotonic()
 
-    def add(self, result: TaskResult, header: str, spools: tuple[str, str]) -> None:
-        """Record a finished task: its output (from its spool files), then its journal line."""
+    def add(self, result: TaskResult, header: str, spools: tuple[int, int]) -> None:
+        """Record a finished task: its output (read from its spool files, open for reading
+        from the start), then its journal line."""
         with self.lock:
             for i, spool in enumerate(spools):
                 head = header.encode()
                 self.buffers[i] += head
                 self.sizes[i] += len(head)
                 start = self.sizes[i]
-                try:
-                    with open(spool, "rb") as f:
-                        while piece := f.read(1 << 20):
-                            self.buffers[i] += piece
-                            self.sizes[i] += len(piece)
-                            if len(self.buffers[i]) >= BUFFER:
-                                self._write(i)
-                except FileNotFoundError:
-                    pass
+                offset = 0
+                while piece := os.pread(spool, 1 << 20, offset):
+                    offset += len(piece)
+                    self.buffers[i] += piece
+                    self.sizes[i] += len(piece)
+                    if len(self.buffers[i]) >= BUFFER:
+                        self._write(i)
                 span = (start, self.sizes[i] - start)
                 if i == 0:
                     result.out = span

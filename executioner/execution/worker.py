@@ -249,6 +249,7 @@ class Worker(Claiming):
             log.exception("job %s of run %s: unexpected error", claim.job_id, claim.run.run_id)
             self._fail_internal(claim, e)
         finally:
+            store.close_logs(claim)
             with self._lock:
                 self._busy -= 1
         return True
@@ -338,7 +339,9 @@ class Worker(Claiming):
                     if now - self._last_scrub.get(run_id, -1e9) >= self.scrub_every * (
                             5 if self._dormant(run_id) else 1):
                         self._last_scrub[run_id] = now
-                        self.scrubber.scrub(run, self.clock.now())
+                        # done/failed files are read (shape checked) only once the run is
+                        # quiet: while it runs they are names in a listing, nothing more
+                        self.scrubber.scrub(run, self.clock.now(), contents=self._dormant(run_id))
                 finally:
                     lease.release()
                 if moved:
@@ -370,7 +373,8 @@ class Worker(Claiming):
             now = time.time()
             result = TryResult("failed", None, None, now, now, str(e))
         else:
-            result = run_command(argv, cwd, env, out, err, spec["timeout"], spec["kill_grace"], claim.token,
+            out_fd, err_fd = claim.log_fds[:2] if len(claim.log_fds) == 2 else (out, err)
+            result = run_command(argv, cwd, env, out_fd, err_fd, spec["timeout"], spec["kill_grace"], claim.token,
                                  keep_going=lambda: not self._abort.is_set() and claim.still_held(),
                                  tick=min(self.heartbeat, 1.0))
         status: TryStatus = result.status

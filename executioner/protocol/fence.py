@@ -120,7 +120,8 @@ class Private:
         return st.st_mtime + st.st_ctime * 1e-3
 
 
-def leave(run: RunLayout, job_id: str, token: str, intent: str, build: Build, give_back: bool = True) -> str | None:
+def leave(run: RunLayout, job_id: str, token: str, intent: str, build: Build, give_back: bool = True,
+          read: bool = True) -> str | None:
     """Take claim ``running/<job>@<token>.json`` out of running/ through a private folder.
 
     ``build(content, private)`` gets the claim's content as fenced (None if unreadable) and
@@ -130,7 +131,8 @@ def leave(run: RunLayout, job_id: str, token: str, intent: str, build: Build, gi
     (``give_back``) then puts it back under its own name, untouched, to try again later.
     Anyone else leaves it in its private folder: the claim's worker may have seen it go and
     given up on it, so its name must not come back; the folder is recovered (by anyone,
-    once it stands still) when the disk has room again.
+    once it stands still) when the disk has room again. ``read=False``: ``build`` ignores the
+    content (the claim's own worker, which read it when it claimed), so it is not read again.
     """
     claim_path = run.running(job_id, token)
     for _ in range(3):
@@ -150,18 +152,21 @@ def leave(run: RunLayout, job_id: str, token: str, intent: str, build: Build, gi
             if os.path.exists(claim_path):
                 continue
             return None
-        return _publish(private, build, claim_path if give_back else None)
+        return _publish(private, build, claim_path if give_back else None, read)
     return None
 
 
-def _publish(private: Private, build: Build, put_back: str | None) -> str | None:
+def _publish(private: Private, build: Build, put_back: str | None, read: bool = True) -> str | None:
     """The fenced job file is ours: build its new record and place it; see :func:`leave`."""
     run = private.run
-    try:
-        content = _read(private.job_file)
-    except FileNotFoundError:
-        _rmdir(private.path)  # RACE: taken from our folder by a checker that judged us stale
-        return None
+    content = None
+    if read:
+        try:
+            content = _read(private.job_file)
+        except FileNotFoundError:
+            _rmdir(private.path)  # RACE: taken from our folder by a checker that judged us stale
+            return None
+    # Unread, a folder taken meanwhile is noticed by the first rename into it (_into_folder).
     decided = build(content, private)
     if decided is None:
         _undo(private, put_back)

@@ -310,7 +310,7 @@ def create_fresh(paths: list[str], aside: Callable[[str], str], tries: int = 3) 
     fds: list[int] = []
     try:
         for path in paths:
-            fds.append(_create_in(dir_fd, path, aside, tries))
+            fds.append(create_in(dir_fd, path, aside, tries))
         return fds
     except BaseException:
         for fd in fds:
@@ -320,7 +320,9 @@ def create_fresh(paths: list[str], aside: Callable[[str], str], tries: int = 3) 
         os.close(dir_fd)
 
 
-def _create_in(dir_fd: int, path: str, aside: Callable[[str], str], tries: int) -> int:
+def create_in(dir_fd: int, path: str, aside: Callable[[str], str], tries: int = 3) -> int:
+    """Create ``path`` new through ``dir_fd`` (the folder holding it, see :func:`open_folder`),
+    moving whatever is at its name aside first; see :func:`create_fresh`."""
     name = os.path.basename(path)
     for _ in range(tries):
         try:

@@ -164,10 +164,12 @@ class Scrubber:
     def __init__(self) -> None:
         self._good: set[str] = set()
 
-    def scrub(self, run: RunLayout, now: float) -> list[str]:
-        """One pass over ``run``; ``now`` is the storage's time. Returns quarantined paths."""
+    def scrub(self, run: RunLayout, now: float, contents: bool = True) -> list[str]:
+        """One pass over ``run``; ``now`` is the storage's time. Returns quarantined paths.
+        ``contents=False``: names and kinds only, no done/failed file is read (a busy run:
+        each worker would read every file the others wrote while they work)."""
         bad: list[str] = []
-        budget = CONTENT_CHECKS_PER_PASS
+        budget = CONTENT_CHECKS_PER_PASS if contents else 0
         for state in STATES:
             folder = run.state_dir(state)
             try:

@@ -22,7 +22,7 @@ import logging
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 import psutil
@@ -30,7 +30,7 @@ import psutil
 from . import fence, fsio, records
 from ..errors import ForeignFile
 from .attempts import definition_hash
-from .layout import FORMAT_VERSION, STATES, RunLayout, job_id_of, split_running_name
+from .layout import FORMAT_VERSION, STATES, RunLayout, aside, job_id_of, split_running_name
 from .ready import Upstream
 from .scrub import bad_file_reason, quarantine, read_checked
 from .units import parse_unit, unit_name
@@ -120,6 +120,9 @@ class Claim:
     record: dict[str, Any]  # the job file as read right after the claim rename
     owner: Owner
     claimed_at: float
+    # fds of the try's log files, created with the lock (write_lock); whoever runs the try
+    # takes them (pop) and closes them
+    log_fds: list[int] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def path(self) -> str:
@@ -162,7 +165,7 @@ def transition(run: RunLayout, job_id: str, src: str, dst: str, *, token: str | 
     assert src == "running" and token is not None
     # Leaving running/ with new content: through a private folder, fence first, so nobody
     # writes into a file another process can reach (see executioner.protocol.fence).
-    return fence.leave(run, job_id, token, dst, lambda _content, _private: (dst, record)) is not None
+    return fence.leave(run, job_id, token, dst, lambda _content, _private: (dst, record), read=False) is not None
 
 
 def take(run: RunLayout, job_id: str, token: str, build: fence.Build) -> str | None:
@@ -236,30 +239,64 @@ def claim_lock(run: RunLayout, job_id: str, token: str, record: dict[str, Any]) 
     return None
 
 
-def write_lock(claim: Claim) -> None:
-    """Write the claim's lock into logs/, through the folder opened without following a
-    symlink (ForeignFile if logs/ was swapped for one: nothing is written through it). A
-    logs/ that is gone (``rm -r RUN/logs``) is made again: else no job of the run could run."""
+def write_lock(claim: Claim, logs: list[str] | tuple[str, ...] = ()) -> None:
+    """Write the claim's lock into logs/ and create the try's log files ``logs`` beside it
+    (their fds go to ``claim.log_fds``), all through one handle of the folder opened without
+    following a symlink (ForeignFile if logs/ was swapped for one: nothing is written through
+    it). Each file is created new: whatever was at its name (an earlier claim of the same try
+    number that never recorded a result, a planted link) is moved aside and kept. A logs/
+    that is gone (``rm -r RUN/logs``) is made again: else no job of the run could run.
+
+    The lock is written in place and synced, not renamed in: a reader that finds it empty or
+    torn meanwhile takes it for no lock yet (store.claim_lock returns None; the claim is then
+    judged by its rename time, and the lock read again on the next pass), as it does in the
+    instant between the claim's rename and the lock's creation."""
     o = claim.owner
     payload = fsio.dumps({
         "job": claim.job_id, "try": claim.try_number, "token": claim.token, "worker": o.worker_id, "host": o.host,
         "pid": o.pid, "pid_start": o.pid_start, "claimed_at": claim.claimed_at, "dag": o.dag,
     })
     try:
-        fsio.atomic_write(claim.lock, payload, anchored=True)
-        return
+        dir_fd = fsio.open_folder(claim.lock)
     except ForeignFile:
         raise
     except FileNotFoundError:
         if os.path.lexists(claim.run.logs_dir):
             raise
+        try:
+            # RACE: another worker may make it first; mkdir never follows a symlink planted at
+            # that name meanwhile (FileExistsError), and open_folder below refuses one.
+            os.mkdir(claim.run.logs_dir)
+        except FileExistsError:
+            pass
+        dir_fd = fsio.open_folder(claim.lock)
     try:
-        # RACE: another worker may make it first; mkdir never follows a symlink planted at
-        # that name meanwhile (FileExistsError), and the anchored write below refuses one.
-        os.mkdir(claim.run.logs_dir)
-    except FileExistsError:
-        pass
-    fsio.atomic_write(claim.lock, payload, anchored=True)
+        fd = fsio.create_in(dir_fd, claim.lock, aside)
+        try:
+            fsio.write_all(fd, payload)
+            os.fsync(fd)
+        except BaseException:
+            fsio.unlink_quietly(claim.lock)  # ours, just created: nothing half-written stays
+            raise
+        finally:
+            os.close(fd)
+        for path in logs:
+            try:
+                claim.log_fds.append(fsio.create_in(dir_fd, path, aside))
+            except OSError:  # the runner creates them itself, and records why it cannot
+                close_logs(claim)
+                break
+    finally:
+        os.close(dir_fd)
+
+
+def close_logs(claim: Claim) -> None:
+    """Close the try's log files the runner did not take (it stopped before running it)."""
+    while claim.log_fds:
+        try:
+            os.close(claim.log_fds.pop())
+        except OSError:
+            pass
 
 
 def release(claim: Claim) -> bool:
@@ -275,8 +312,14 @@ def finish(claim: Claim, record: dict[str, Any], state: str) -> bool:
 def finish_pieces(claim: Claim, pieces: list[tuple[str, str, dict[str, Any]]]) -> bool:
     """Leave running/ as several pieces of a chunk (see executioner.protocol.pieces); False
     if the claim was lost. Every piece is placed, or none."""
+    if len(pieces) == 1 and pieces[0][1] == claim.job_id:
+        # The whole chunk goes to one state (the common case: every task done): it leaves as a
+        # job does, its new record swapped in whole over the fenced one, one unlink fewer. A
+        # recoverer that finds it there completes it as the folder's intent says (fence.completed).
+        state, _, record = pieces[0]
+        return transition(claim.run, claim.job_id, "running", state, token=claim.token, record=record)
     intent = pieces[0][0] if len({p[0] for p in pieces}) == 1 else "pieces"
-    return fence.leave(claim.run, claim.job_id, claim.token, intent, lambda _c, _p: pieces) is not None
+    return fence.leave(claim.run, claim.job_id, claim.token, intent, lambda _c, _p: pieces, read=False) is not None
 
 
 def list_jobs(run: RunLayout, state: str) -> list[str]:
@@ -376,6 +419,8 @@ def deps_done(run: RunLayout, record: dict[str, Any], done: set[str] | None = No
 def promote(run: RunLayout, job_ids: list[str]) -> list[str]:
     """Move those of ``job_ids`` (jobs, or arrays: each of their chunks) still waiting whose
     dependencies are met to queued/."""
+    if not job_ids:
+        return []
     upstream = Upstream(run)
     units: list[str] = []
     waiting: list[str] | None = None
