@@ -4,7 +4,7 @@ GNU parallel -j2 on the same commands in the same run, plus filesystem metadata 
 per job in the pool directory (counted with strace on a smaller run). With --array, one
 task array of N tasks instead of N jobs.
 
-    python scripts/bench.py [--jobs 10000] [--workers 2] [--strace-jobs N] [--array] [--ops-only]
+    python scripts/bench.py [--jobs 10000] [--workers 2] [--strace-jobs N] [--array] [--ops-only] [--sshfs]
 
 Needs `parallel` and `strace` (Debian packages of those names). Prints a table; the
 README quotes its latest output.
@@ -44,20 +44,29 @@ def timed(cmd: list[str], **kw) -> float:
     return time.perf_counter() - t
 
 
-def run_ours(tmp: str, n: int, workers: int, strace_log: str | None = None) -> float:
-    pool = os.path.join(tmp, f"pool-{n}-{time.time_ns()}")
+def run_ours(tmp: str, n: int, workers: int, strace_log: str | None = None,
+             mounts: list[str] | None = None) -> float:
+    """Submit and run; ``mounts``: the pool lives on these mounts of one shared directory
+    (worker i works through mount i mod len), instead of in ``tmp``."""
+    name = f"pool-{n}-{time.time_ns()}"
+    roots = mounts or [tmp]
+    pool = os.path.join(roots[0], name)
     wf = os.path.join(tmp, f"bench-{n}.json")
     workflow(wf, n, tmp)
     bin_dir = os.path.dirname(sys.executable)
     submit = [os.path.join(bin_dir, "exec-submit"), wf, "--pool", pool]
-    worker = [os.path.join(bin_dir, "exec-worker"), "--pool", pool, "--exit-when-idle", "0.2", "-q"]
+
+    def worker(i: int) -> list[str]:
+        return [os.path.join(bin_dir, "exec-worker"), "--pool", os.path.join(roots[i % len(roots)], name),
+                "--exit-when-idle", "0.2", "-q"]
     prefix = ["strace", "-f", "-qq", "-y", "-e", "trace=%file,getdents64", "-o", strace_log] if strace_log else []
     t = time.perf_counter()
+    t_wall = time.time()
     if strace_log:
         subprocess.run(prefix[:-1] + [strace_log + ".submit"] + submit, check=True, stdout=subprocess.DEVNULL)
     else:
         subprocess.run(submit, check=True, stdout=subprocess.DEVNULL)
-    procs = [subprocess.Popen(prefix[:-1] + [f"{strace_log}.w{i}"] + worker if strace_log else worker)
+    procs = [subprocess.Popen(prefix[:-1] + [f"{strace_log}.w{i}"] + worker(i) if strace_log else worker(i))
              for i in range(workers)]
     for p in procs:
         if p.wait() != 0:
@@ -68,7 +77,39 @@ def run_ours(tmp: str, n: int, workers: int, strace_log: str | None = None) -> f
     done = orjson.loads(status.stdout)["counts"]["done"]
     if done != n:
         raise SystemExit(f"only {done} of {n} jobs done")
+    if mounts:
+        LAST_END[0] = last_end(os.path.join(pool, "bench-0001", "done")) - t_wall
     return elapsed if not strace_log else pool
+
+
+LAST_END = [float("nan")]
+
+
+def last_end(done: str) -> float:
+    """When the last try of the run ended (wall clock), from its done/ files."""
+    ends = [0.0]
+    for name in os.listdir(done):
+        with open(os.path.join(done, name), "rb") as f:
+            tries = orjson.loads(f.read()).get("tries") or [{}]
+        ends.append(tries[-1].get("end") or 0.0)
+    return max(ends)
+
+
+def sshfs_run(tmp: str, n: int, workers: int) -> float:
+    """run_ours with the pool on the two mounts of scripts/sshfs-local.sh (started here, and
+    stopped, unless $EXEC_SSHFS_DIR names running ones)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    base = os.environ.get("EXEC_SSHFS_DIR")
+    started = base is None
+    if started:
+        out = subprocess.run(["bash", os.path.join(here, "sshfs-local.sh"), "start"], check=True,
+                             capture_output=True, text=True).stdout
+        base = out.strip().rpartition("=")[2]
+    try:
+        return run_ours(tmp, n, workers, mounts=[os.path.join(base, "mnt1"), os.path.join(base, "mnt2")])
+    finally:
+        if started:
+            subprocess.run(["bash", os.path.join(here, "sshfs-local.sh"), "stop", base], check=False)
 
 
 def count_ops(logs: list[str], pool: str) -> collections.Counter[str]:
@@ -102,6 +143,10 @@ def main() -> int:
     p.add_argument("--strace-jobs", type=int, default=None,
                    help="size of the run counted under strace (default: 2000 jobs, or --jobs tasks with --array)")
     p.add_argument("--ops-only", action="store_true", help="count filesystem operations only (no timing)")
+    p.add_argument("--sshfs", action="store_true",
+                   help="also run with the pool on two sshfs mounts of one directory over loopback (a network "
+                        "filesystem with per-operation latency; scripts/sshfs-local.sh, or $EXEC_SSHFS_DIR), "
+                        "one worker on each")
     p.add_argument("--array", action="store_true", help="one task array of N tasks instead of N jobs")
     a = p.parse_args()
     global ARRAY
@@ -122,6 +167,7 @@ def main() -> int:
             with open(cmds) as f:
                 t_parallel = timed(["parallel", "--will-cite", "-j", str(a.workers)], stdin=f)
             t_ours = run_ours(tmp, a.jobs, a.workers)
+        t_sshfs = sshfs_run(tmp, a.jobs, a.workers) if a.sshfs else None
         pool = run_ours(tmp, a.strace_jobs, a.workers, strace_log=os.path.join(tmp, "strace"))
         logs = [os.path.join(tmp, n) for n in os.listdir(tmp) if n.startswith("strace.")]
         ops = count_ops([x for x in logs if not x.endswith(".submit")], pool)
@@ -132,6 +178,10 @@ def main() -> int:
     print(f"  xargs -P{a.workers}      {t_xargs:7.2f} s")
     print(f"  parallel -j{a.workers}   {t_parallel:7.2f} s")
     print(f"  executioner     {t_ours:7.2f} s   (submit + workers until they exit)")
+    if t_sshfs is not None:
+        print(f"  executioner     {t_sshfs:7.2f} s   (the same, the pool on sshfs over loopback, a worker per mount;")
+        print(f"                  {LAST_END[0]:7.2f} s   until the last task ended: a worker waits to see no claim left, "
+              "through its mount's directory cache)")
     print(f"  ratio vs GNU parallel {t_ours / t_parallel:5.2f}   (target <= {0.3 if a.array else 0.5})")
     print(f"  ratio vs xargs        {t_ours / t_xargs:5.2f}   (target <= 1.5)")
     print(f"metadata operations per job in the pool ({n} jobs under strace):")
