@@ -25,7 +25,9 @@ Format version 1. A *pool* is a directory of runs::
                                      running/ (format 2): its private folder, see below
         done/<job>.json              finished with success
         failed/<job>.json            finished without success, retries used up
-        logs/<job>.<try>.claim       the lock of try N, written right after the claim rename:
+        logs/<job>.<try>.claim       the lock of try N, created (with the try's logs) right
+                                     after the claim rename, written in place (empty or torn
+                                     for an instant: read as no lock yet):
                                      worker, host, pid, pid start time, token, time claimed;
                                      it is live while running/<job>@<token>.json exists, and
                                      stays afterwards as the record of who ran that try
