@@ -156,10 +156,11 @@ def element_minutes(spec: Any, size: int, slots: int, slack_s: int, default: int
     return max(1, -(-int(rounds * (spec.timeout + spec.kill_grace) + slack_s) // 60))
 
 
-def write_script(run: RunLayout, pool: PoolLayout, job: str, attempt: int, part: int, cut: Cut,
+def write_script(run: RunLayout, pool: PoolLayout, job: str, attempt: int, part: int, offset: int, cut: Cut,
                  indices: list[int], lines: list[str], limit: int | None, dependency: str | None,
                  settled_ok: bool, heartbeat: float, stale_after: float) -> str:
-    """The sbatch script of one part of an array's Slurm array; returns its path."""
+    """The sbatch script of one part of an array's Slurm array (its index i is element
+    ``offset + i``); returns its path."""
     array = index_spec(indices) + (f"%{limit}" if limit else "")
     head = ["#!/bin/bash", f"#SBATCH --job-name={shlex.quote(f'{run.run_id}.{job}')}",
             f"#SBATCH --array={array}", "#SBATCH --hold",
@@ -169,7 +170,7 @@ def write_script(run: RunLayout, pool: PoolLayout, job: str, attempt: int, part:
     if dependency:
         head.append(f"#SBATCH --dependency={shlex.quote(dependency)}")
     argv = [sys.executable, "-m", "executioner.backends.slurm_element", pool.root, run.run_id, job,
-            str(part), str(cut.count), str(cut.size), str(heartbeat), str(stale_after)]
+            str(offset), str(cut.count), str(cut.size), str(heartbeat), str(stale_after)]
     if settled_ok:
         argv.append("--settled-ok")
     text = "\n".join([*head, "", "exec " + " ".join(shlex.quote(a) for a in argv), ""])
@@ -247,7 +248,7 @@ def submit_array(pool: PoolLayout, run: RunLayout, workflow: Workflow, j: str, c
                                           "aftercorr:" + ":".join(corr) if corr else "") if x)
         user = options.additional_parameters.get("dependency")
         dependency = merge_dependency({"dependency": user} if user else {}, dependency or None).get("dependency")
-        script = write_script(run, pool, j, attempt, part, cut, indices,
+        script = write_script(run, pool, j, attempt, part, part * max_size, cut, indices,
                                  [x for x in lines if not x.startswith("#SBATCH --dependency=")],
                                  limit, dependency, settled_ok, heartbeat, stale_after)
         try:

@@ -1,7 +1,7 @@
 """Inside one element of an array's Slurm array (see :mod:`executioner.backends.slurm_arrays`).
 
-``python -m executioner.backends.slurm_element POOL RUN JOB PART COUNT SIZE HEARTBEAT
-STALE_AFTER [--settled-ok]``: element ``k = PART * MaxArraySize + SLURM_ARRAY_TASK_ID`` of
+``python -m executioner.backends.slurm_element POOL RUN JOB OFFSET COUNT SIZE HEARTBEAT
+STALE_AFTER [--settled-ok]``: element ``k = OFFSET + SLURM_ARRAY_TASK_ID`` of
 array ``JOB`` runs the tasks at positions ``k*SIZE .. (k+1)*SIZE-1`` (and whole chunk files
 that start there, should a grown array have cut them differently) to their end:
 
@@ -36,7 +36,7 @@ from ..protocol.layout import PoolLayout, RunLayout
 from ..protocol.ready import Upstream, arrays_of
 from ..protocol.units import Chunk, parse_unit
 from .slurm import ID_WAIT_S, JobNotDone, SlurmError, _Stopper
-from .slurm_arrays import Cut, max_array_size, units_of
+from .slurm_arrays import Cut, units_of
 
 log = logging.getLogger("executioner.slurm")
 
@@ -166,7 +166,7 @@ class Element:
         return None if upstream_gone(self.run, record, self.arrays) else unit
 
 
-def run_element(pool: str, run_id: str, job: str, part: int, count: int, size: int, heartbeat: float,
+def run_element(pool: str, run_id: str, job: str, offset: int, count: int, size: int, heartbeat: float,
                 stale_after: float, settled_ok: bool) -> int:
     """The element's whole life; its exit code (see the module docstring)."""
     stopper = _Stopper()
@@ -174,7 +174,7 @@ def run_element(pool: str, run_id: str, job: str, part: int, count: int, size: i
     if not task or not task.isdigit():
         raise SlurmError("not inside an element of a Slurm array (no SLURM_ARRAY_TASK_ID)")
     cut = Cut(count, size)
-    k = part * max_array_size() + int(task)
+    k = offset + int(task)
     cpus = os.environ.get("SLURM_CPUS_PER_TASK") or "1"
     element = Element(pool, run_id, job, cut, k, heartbeat, stale_after, int(cpus) if cpus.isdigit() else 1)
     element.check_owner(slurm_job_id() or "", ID_WAIT_S)
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("pool")
     p.add_argument("run_id")
     p.add_argument("job")
-    p.add_argument("part", type=int)
+    p.add_argument("offset", type=int)
     p.add_argument("count", type=int)
     p.add_argument("size", type=int)
     p.add_argument("heartbeat", type=float)
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        return run_element(a.pool, a.run_id, a.job, a.part, a.count, a.size, a.heartbeat, a.stale_after,
+        return run_element(a.pool, a.run_id, a.job, a.offset, a.count, a.size, a.heartbeat, a.stale_after,
                            a.settled_ok)
     except (ExecutionerError, OSError) as e:  # one line in the element's .err, never a traceback
         print(f"exec-slurm-element: {e}".replace("\n", " "), file=sys.stderr, flush=True)
