@@ -290,6 +290,7 @@ def _submit_main(argv: list[str] | None = None) -> int:
 
 def _slurm_options(a: argparse.Namespace) -> Any:
     from .backends.slurm import SlurmOptions
+    from .workflow.values import array_limit_problem
 
     extra: dict[str, Any] = {}
     for item in a.slurm_param:
@@ -297,6 +298,8 @@ def _slurm_options(a: argparse.Namespace) -> Any:
         if not sep or not key:
             raise ValueError(f"--slurm-param {item!r}: expected KEY=VALUE (an sbatch option without its --)")
         extra[key.lstrip("-")] = value
+        if key.lstrip("-") == "array_limit" and (problem := array_limit_problem(value)):
+            raise ValueError(f"--slurm-param {problem}")
     for name in ("slurm_time", "slurm_cpus", "slurm_gpus"):
         if getattr(a, name) is not None and getattr(a, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")

@@ -35,6 +35,16 @@ def test_elements_are_the_first_cut_of_the_array_and_parts_keep_their_numbers() 
     assert parts([0, 1000, 1001, 1500], 1001) == [(0, [0, 1000]), (1, [0, 499])]
 
 
+def test_array_limit_must_be_a_whole_number(tmp_path: Path, slurm_pool: Path) -> None:
+    wf = write(tmp_path, [{"id": "a", "command": "true", "array": 3,
+                           "slurm": {"additional_parameters": {"array_limit": "many"}}}], "limit")
+    out = cli("exec-submit", str(wf), "--pool", str(slurm_pool), "--backend", "slurm")
+    assert out.returncode == 2 and not slurm_pool.exists()
+    assert "job 'a': key 'slurm': additional_parameters: array_limit" in out.stderr, out.stderr
+    out = cli("exec-submit", str(wf), "--pool", str(slurm_pool), "--slurm-param", "array_limit=0")
+    assert out.returncode == 2 and "--slurm-param array_limit" in out.stderr, out.stderr
+
+
 def _jobs(ledger: Path, fail: int | None = None, retry: int | None = None) -> list[dict[str, Any]]:
     sim = f"echo sim {{index}} >> '{ledger}'"
     if fail is not None:
@@ -42,7 +52,8 @@ def _jobs(ledger: Path, fail: int | None = None, retry: int | None = None) -> li
     if retry is not None:
         sim = f"if [ {{index}} = {retry} ] && [ \"$EXEC_TRY\" = 1 ]; then exit 3; fi; " + sim
     return [{"id": "prepare", "command": f"echo prepare >> '{ledger}'"},
-            {"id": "sim", "command": sim, "dependencies": ["prepare"], "array": 12, "chunk": 3, "max_retries": 1},
+            {"id": "sim", "command": sim, "dependencies": ["prepare"], "array": 12, "chunk": 3, "max_retries": 1,
+             "slurm": {"additional_parameters": {"array_limit": 3}}},  # %3: at most 3 elements at once
             {"id": "post", "command": f"echo post {{index}} >> '{ledger}'", "dependencies": ["sim:{index}"],
              "array": 12, "chunk": 3},
             {"id": "agg", "command": f"echo agg >> '{ledger}'", "dependencies": ["post"]},
@@ -77,6 +88,7 @@ def test_an_array_runs_as_one_slurm_array_before_its_dependents(slurm: None, slu
         assert record["tries"][-1]["worker"].startswith(f"slurm{record['slurm']['job_id']}-")
     [retried] = [r for r in done.values() if r["tasks"] == [5, 5]]
     assert [t["status"] for t in retried["tries"]] == ["failed", "done"]  # the same element retried it
+    assert "--array=0-3%3\n" in Path(run.slurm_dir, "sim.1.0.sbatch").read_text()
     script = Path(run.slurm_dir, "post.1.0.sbatch").read_text()
     assert f"--dependency=aftercorr:{sim_array}" in script and "--array=0-3" in script
 

@@ -10,6 +10,11 @@ the same claim, run and complete path as a pool worker, and exits non-zero unles
 ended done, so ``afterok`` dependents never start after a failure. All are submitted held;
 their ids are written into the job files (through the coordinator's grab and place, like
 any change to a live run), and only then released. Pool workers leave such runs alone.
+A task array is one Slurm job array, one element per chunk, with ``aftercorr`` for
+element-wise dependencies: see :mod:`executioner.backends.slurm_arrays` (submitting) and
+:mod:`executioner.backends.slurm_element` (inside an element). A plain job that needs an
+array which ended with failed tasks (one with ``aftercorr`` dependents ends its elements 0
+once their tasks have settled) starts, finds itself blocked, and ends at once.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ..errors import ExecutionerError
 from ..protocol.layout import PoolLayout, RunLayout
 from ..execution.worker import Worker, slurm_job_id
 from ..workflow import Workflow
+from ..workflow.values import ARRAY_LIMIT
 
 log = logging.getLogger("executioner.slurm")
 SIGNAL_DELAY_S = 30  # Slurm sends SIGUSR2 this long before the time limit: hand jobs back then
@@ -76,7 +82,9 @@ class SlurmOptions:
             params["mem_gb"] = self.mem_gb
         if self.gpus:
             params["gpus_per_node"] = self.gpus
-        additional = merge_dependency(self.additional_parameters, dependency)
+        # ARRAY_LIMIT is ours (an array's %K, see slurm_arrays), not an sbatch option
+        additional = merge_dependency({k: v for k, v in self.additional_parameters.items() if k != ARRAY_LIMIT},
+                                      dependency)
         if additional:
             params["slurm_additional_parameters"] = additional
         return params

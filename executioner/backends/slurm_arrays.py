@@ -64,11 +64,12 @@ from ..protocol.layout import PoolLayout, RunLayout
 from ..protocol.units import Chunk, parse_unit
 from ..workflow import Workflow
 from ..workflow.arrays import chunk_size
+from ..workflow.values import ARRAY_LIMIT
 from .slurm import (DEFAULT_MINUTES, FIT_SLACK_S, SIGNAL_DELAY_S, SlurmError, SlurmOptions, _slurm,
                     from_mapping, merge_dependency)
 
 DEFAULT_MAX_ARRAY_SIZE: Final = 1001  # Slurm's default MaxArraySize
-LIMIT_KEY: Final = "array_limit"  # slurm additional parameter: at most K elements at once (%K)
+LIMIT_KEY: Final = ARRAY_LIMIT  # slurm additional parameter: at most K elements at once (%K)
 MAX_ENV: Final = "EXEC_SLURM_MAX_ARRAY_SIZE"  # overrides what scontrol says (tests split small arrays)
 
 
