@@ -35,6 +35,26 @@ def test_elements_are_the_first_cut_of_the_array_and_parts_keep_their_numbers() 
     assert parts([0, 1000, 1001, 1500], 1001) == [(0, [0, 1000]), (1, [0, 499])]
 
 
+def test_a_worker_limited_to_some_chunks_does_not_wait_for_the_others(pool: Path, make_workflow: Any) -> None:
+    """An element of a Slurm array runs its chunks and leaves, while other elements' chunks
+    still run (before, a limited worker waited for every claim of its run to end)."""
+    import threading
+
+    from executioner.protocol import store
+    from .conftest import submit as create, work
+
+    run = create(pool, make_workflow([{"id": "sim", "command": "true", "array": 4, "chunk": 2}]))
+    other = store.claim(run, "sim.0-1", store.Owner.current("slurm77_0-elsewhere"))
+    assert other is not None
+    store.write_lock(other)  # a live claim of another element, running all along
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (work(pool, run, only_jobs=lambda u: u == "sim.2-3"), done.set()),
+                              daemon=True)
+    thread.start()
+    assert done.wait(20), "the limited worker waited for a chunk that is not its own"
+    assert os.path.exists(run.job("sim.2-3", "done")) and os.listdir(run.state_dir("running"))
+
+
 def test_array_limit_must_be_a_whole_number(tmp_path: Path, slurm_pool: Path) -> None:
     wf = write(tmp_path, [{"id": "a", "command": "true", "array": 3,
                            "slurm": {"additional_parameters": {"array_limit": "many"}}}], "limit")

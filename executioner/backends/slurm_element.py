@@ -39,6 +39,7 @@ from .slurm import ID_WAIT_S, JobNotDone, SlurmError, _Stopper
 from .slurm_arrays import Cut, units_of
 
 log = logging.getLogger("executioner.slurm")
+IDLE_S = 0.2  # the element's worker leaves this soon once idle: the element's own loop looks again
 
 
 def upstream_gone(run: RunLayout, record: dict[str, object], arrays: dict[str, int]) -> str | None:
@@ -133,7 +134,7 @@ class Element:
             listing = self.listing()
             ours = [(s, c) for s, c in listing if self.mine(c)]
             if any(s in ("queued", "running") for s, _ in ours):
-                stopper.run(Worker(self.pool, run_ids=[self.run.run_id], slots=self.slots, exit_when_idle=1.0,
+                stopper.run(Worker(self.pool, run_ids=[self.run.run_id], slots=self.slots, exit_when_idle=IDLE_S,
                                    heartbeat=self.heartbeat, stale_after=self.stale_after,
                                    only_jobs=self.wanted, slurm_dag=True))
                 continue
