@@ -221,18 +221,21 @@ def element_ids(run: RunLayout, job: str, cut: Cut, submitted: list[tuple[int, s
     return out
 
 
-def submit_array(pool: PoolLayout, run: RunLayout, workflow: Workflow, j: str, cuts: dict[str, Any],
-                  chunks: list[Any], arrays: dict[str, list[tuple[int, str, list[int]]]], ids: dict[str, str],
-                  base: SlurmOptions, attempt: int, max_size: int, heartbeat: float, stale_after: float,
-                  wanted: set[str], notes: list[str] | None) -> list[tuple[int, str, list[int]]]:
-    """sbatch array ``j``: one call per part (see slurm_arrays); [(part, Slurm id, indices)]."""
+def submit_array(pool: PoolLayout, run: RunLayout, workflow: Workflow, j: str, cuts: dict[str, Cut],
+                 chunks: list[Chunk], arrays: dict[str, list[tuple[int, str, list[int]]]], ids: dict[str, str],
+                 base: SlurmOptions, attempt: int, max_size: int, heartbeat: float, stale_after: float,
+                 wanted: set[str], notes: list[str] | None) -> list[tuple[int, str, list[int]]]:
+    """sbatch array ``j`` (its elements holding ``chunks``), held: one call per part (see the
+    module docstring). ``arrays`` and ``ids``: what was submitted before it, in dependency
+    order. Returns [(part, Slurm array id, indices)], also left in ``arrays[j]`` as it grows,
+    so that a failure halfway cancels what was submitted."""
     specs = {s.id: s for s in workflow.jobs}
     spec, cut = specs[j], cuts[j]
     options = from_mapping(spec.slurm).over(base)
     limit = options.additional_parameters.get(LIMIT_KEY)
     slots = options.cpus or 1
-    lines = sbatch_lines(options, options.time or element_minutes(spec, cut.size, slots, FIT_SLACK_S,
-                                                                         DEFAULT_MINUTES), SIGNAL_DELAY_S)
+    minutes = options.time or element_minutes(spec, cut.size, slots, FIT_SLACK_S, DEFAULT_MINUTES)
+    lines = [x for x in sbatch_lines(options, minutes, SIGNAL_DELAY_S) if not x.startswith("#SBATCH --dependency=")]
     # aftercorr pairs element k with element k: only when both sides are cut alike
     matching = {d for d in spec.elementwise if d in arrays and cuts.get(d) == cut}
     for d in spec.elementwise:
@@ -249,15 +252,14 @@ def submit_array(pool: PoolLayout, run: RunLayout, workflow: Workflow, j: str, c
                                           "aftercorr:" + ":".join(corr) if corr else "") if x)
         user = options.additional_parameters.get("dependency")
         dependency = merge_dependency({"dependency": user} if user else {}, dependency or None).get("dependency")
-        script = write_script(run, pool, j, attempt, part, part * max_size, cut, indices,
-                                 [x for x in lines if not x.startswith("#SBATCH --dependency=")],
-                                 limit, dependency, settled_ok, heartbeat, stale_after)
+        script = write_script(run, pool, j, attempt, part, part * max_size, cut, indices, lines, limit,
+                              dependency, settled_ok, heartbeat, stale_after)
         try:
             slurm_id = _slurm("sbatch", "--parsable", script).strip().split(";")[0]
         except SlurmError as e:
             raise SlurmError(f"sbatch for array {j} failed: {e}") from None
         out.append((part, slurm_id, indices))
-        arrays[j] = out  # so far: a failure below cancels what was submitted
+        arrays[j] = out  # so far: a failure in a later part cancels what was submitted
     return out
 
 

@@ -47,6 +47,10 @@ def upstream_gone(run: RunLayout, record: dict[str, object], arrays: dict[str, i
     or None if it still may. Only for the Slurm-DAG backend: our Slurm dependencies have
     ended, so an unmet dependency with no file in queued/ or running/ (failed, or blocked
     in waiting/) is settled for good."""
+    # RACE: queued/ and running/ are listed before done/ (Upstream lists it lazily, later):
+    # a unit moving running -> done in between is seen live (we wait and look again, never
+    # wrongly blocked). Nothing enters queued/ after our listing: the Slurm jobs of our
+    # dependencies have ended, and a resume cancels us before it requeues anything.
     live: set[str] = set()
     for state in ("queued", "running"):
         live.update(n.partition("@")[0] for n in store.list_jobs(run, state))
@@ -131,6 +135,9 @@ class Element:
         """Run our chunks until none can progress; the tasks of our range by state."""
         stuck_since = None
         while not stopper.signal:
+            # RACE: the listing may be stale by the time the worker looks: it claims by
+            # rename (one winner) and promotes through store.promote, so a stale view only
+            # costs another turn of this loop.
             listing = self.listing()
             ours = [(s, c) for s, c in listing if self.mine(c)]
             if any(s in ("queued", "running") for s, _ in ours):
