@@ -55,6 +55,36 @@ def test_a_worker_limited_to_some_chunks_does_not_wait_for_the_others(pool: Path
     assert os.path.exists(run.job("sim.2-3", "done")) and os.listdir(run.state_dir("running"))
 
 
+def test_an_upstream_job_finishing_while_we_look_is_never_taken_for_blocked(
+        pool: Path, make_workflow: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """upstream_gone lists queued/ and running/ before done/: a job that moves running ->
+    done while it looks is seen in one or the other, never taken for gone (forced here: it
+    would be, were done/ listed first)."""
+    from executioner.backends import slurm_element
+    from executioner.protocol import store
+    from executioner.protocol.ready import arrays_of
+    from .conftest import submit as create
+
+    run = create(pool, make_workflow([{"id": "a", "command": "true"},
+                                      {"id": "c", "command": "true", "dependencies": ["a"]}]))
+    waiting_c = json.loads(Path(run.job("c", "waiting")).read_text())
+    claim = store.claim(run, "a", store.Owner.current("slurm5-here"))
+    assert claim is not None
+    real = store.list_jobs
+
+    def listing(r: RunLayout, state: str) -> list[str]:
+        if state == "queued" and os.listdir(run.state_dir("running")):
+            assert store.finish(claim, dict(claim.record), "done")  # a finishes as we begin to look
+        return real(r, state)
+
+    monkeypatch.setattr(slurm_element.store, "list_jobs", listing)
+    assert slurm_element.upstream_gone(run, waiting_c, arrays_of(run)) is None
+    monkeypatch.setattr(slurm_element.store, "list_jobs", real)
+    assert os.path.exists(run.job("a", "done"))
+    store.transition(run, "a", "done", "failed")  # and an upstream that failed for good is gone
+    assert slurm_element.upstream_gone(run, waiting_c, arrays_of(run)) == "upstream failed or blocked: a"
+
+
 def test_array_limit_must_be_a_whole_number(tmp_path: Path, slurm_pool: Path) -> None:
     wf = write(tmp_path, [{"id": "a", "command": "true", "array": 3,
                            "slurm": {"additional_parameters": {"array_limit": "many"}}}], "limit")
