@@ -68,6 +68,7 @@ def main() -> int:
     p.add_argument("--tasks", type=int, default=10000)
     p.add_argument("--jobs", type=int, default=303, help="plain jobs to submit (0: none)")
     p.add_argument("--run", type=int, default=0, metavar="N", help="also run N tasks / N jobs of `true` to the end")
+    p.add_argument("--array-only", action="store_true", help="with --run: run the array only, not the plain jobs")
     a = p.parse_args()
     if not shutil.which("sbatch") or not os.environ.get("SLURM_CONF"):
         sys.exit("needs a Slurm cluster: scripts/slurm-local.sh start, and export what it prints")
@@ -100,6 +101,7 @@ def main() -> int:
                                                                     "array": a.run}]), shim, counter)
         ran = wait_done(run_dir, 3600)
         print(f"{f'array of {a.run} tasks, run to the end':34} {calls:7d} {took:8.2f}s   done after {took + ran:.1f} s")
+    if a.run and not a.array_only:
         took, calls, run_dir = submit(pool, workflow("run-jobs", [{"id": f"j{i:05d}", "command": "true"}
                                                                   for i in range(a.run)]), shim, counter)
         ran = wait_done(run_dir, 3600)
