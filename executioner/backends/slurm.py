@@ -391,8 +391,8 @@ def submit_dag(pool: PoolLayout, run: RunLayout, workflow: Workflow, to_run: lis
     cancel([str(recorded[j]) for j in recorded if j not in wanted and recorded[j]
             and alive.get(str(recorded[j])) == "PENDING"])
     # Live elements of the run's arrays: none runs a chunk (checked above), and their
-    # dependencies name Slurm jobs this submission replaces.
-    old_arrays = sorted({i for j in sizes for i in sa.recorded_arrays(run, j, sizes)})
+    # dependencies name Slurm jobs this submission replaces. (A new run has none: not read.)
+    old_arrays = sorted({i for j in sizes for i in sa.recorded_arrays(run, j, sizes)}) if attempt > 1 else []
     cancel(sorted({k.split("_")[0] for k in job_states(old_arrays)}))
     ids: dict[str, str] = {}
     new: dict[str, str] = {}
