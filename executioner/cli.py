@@ -235,8 +235,11 @@ def _submit_main(argv: list[str] | None = None) -> int:
 
             to_run = [s.job for s in plan.steps if s.action == "run"]
             left = {s.job for s in plan.steps if s.src == "running" and s.dst is None}
+            notes: list[str] = []
             ids = submit_dag(pool, run, plan.workflow, to_run, slurm_base, plan.attempt,
-                             heartbeat=a.stale_after / 6, stale_after=a.stale_after, left_running=left)
+                             heartbeat=a.stale_after / 6, stale_after=a.stale_after, left_running=left, notes=notes)
+            for note in notes:
+                print(f"{p.prog}: note: {note}", file=sys.stderr, flush=True)
             print(f"slurm: {len(ids)} job(s): " + " ".join(f"{j}={i}" for j, i in ids.items()),
                   file=sys.stderr, flush=True)
         if a.slurm_workers:
@@ -287,6 +290,7 @@ def _submit_main(argv: list[str] | None = None) -> int:
 
 def _slurm_options(a: argparse.Namespace) -> Any:
     from .backends.slurm import SlurmOptions
+    from .workflow.values import array_limit_problem
 
     extra: dict[str, Any] = {}
     for item in a.slurm_param:
@@ -294,6 +298,8 @@ def _slurm_options(a: argparse.Namespace) -> Any:
         if not sep or not key:
             raise ValueError(f"--slurm-param {item!r}: expected KEY=VALUE (an sbatch option without its --)")
         extra[key.lstrip("-")] = value
+        if key.lstrip("-") == "array_limit" and (problem := array_limit_problem(value)):
+            raise ValueError(f"--slurm-param {problem}")
     for name in ("slurm_time", "slurm_cpus", "slurm_gpus"):
         if getattr(a, name) is not None and getattr(a, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
@@ -355,17 +361,19 @@ def _resume(pool: PoolLayout, run_id: str, path: str | None, options: Any,
     slurm = (options.backend or _backend(run)) == "slurm"
     held: list[str] = []
     if slurm:
-        from .backends.slurm import pool_worker_claims
+        from .backends.slurm import array_claims, pool_worker_claims
 
-        held = pool_worker_claims(run)
+        held = [f"{h}; the Slurm backend cannot share the run with pool workers: wait for it, or stop that worker"
+                for h in pool_worker_claims(run)]
+        if not held and not options.force:
+            held = array_claims(run)
     if dry_run:
         plan = plan_resume(pool, run, workflow, options)
         if slurm:
             plan.check("Slurm backend", not held, "; ".join(held) or "no job held by a pool worker")
         return None, plan
     if held:
-        raise Refused("\n".join(f"refused: {h}; the Slurm backend cannot share the run with pool "
-                                "workers: wait for it, or stop that worker" for h in held), run.run_id)
+        raise Refused("\n".join(f"refused: {h}" for h in held), run.run_id)
     return run, apply(run, lambda: plan_resume(pool, run, workflow, options))
 
 

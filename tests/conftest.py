@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +91,37 @@ def precious(tmp_path: Path, name: str = "precious.txt") -> Path:
 
 def untouched(path: Path) -> bool:
     return path.read_text() == "precious\n" and path.stat().st_mtime == 1000.0
+
+
+# ---- a real Slurm cluster (tests/test_slurm*.py; scripts/slurm-local.sh starts one) ----------
+def _cluster_problem() -> str | None:
+    if not shutil.which("sbatch"):
+        return "no Slurm commands (apt-get install slurm-wlm), and no cluster: see scripts/slurm-local.sh"
+    if not os.environ.get("SLURM_CONF"):
+        return "SLURM_CONF is not set: run scripts/slurm-local.sh start and export what it prints"
+    out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
+    if out.returncode != 0 or not out.stdout.strip():
+        return f"no Slurm cluster answers: {out.stderr.strip()[:200]}"
+    return None
+
+
+@pytest.fixture
+def slurm() -> None:
+    problem = _cluster_problem()
+    if problem:
+        if os.environ.get("EXEC_REQUIRE_SLURM"):
+            pytest.fail(problem)  # CI started a cluster: a missing one is a failure, not a skip
+        pytest.skip(problem)
+
+
+@pytest.fixture
+def slurm_pool(tmp_path: Path):
+    """A pool whose name has a space and a quote (sbatch scripts must quote it). Whatever
+    Slurm jobs a test submitted into it are cancelled when it ends, passed or failed."""
+    pool = tmp_path / "slurm pool 'q'"
+    yield pool
+    ids = []
+    for path in pool.glob("*/slurm.json"):
+        ids += [i for kind in json.loads(path.read_text()).values() for i in kind]
+    if ids and shutil.which("scancel"):
+        subprocess.run(["scancel", *ids], capture_output=True, timeout=30)

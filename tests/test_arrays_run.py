@@ -179,11 +179,12 @@ def test_job_view_of_an_array_and_of_one_task(pool: Path, tmp_path: Path) -> Non
     assert "Traceback" not in bad.stderr
 
 
-def test_arrays_are_refused_by_the_slurm_dag_backend_for_now(pool: Path, tmp_path: Path) -> None:
+def test_the_slurm_dag_backend_plans_arrays(pool: Path, tmp_path: Path) -> None:
+    """(Refused with exit 2 before the backend took arrays: see tests/test_slurm_arrays.py.)"""
     wf = tmp_path / "wf.yaml"
     wf.write_text("jobs:\n  - {id: a, command: x, array: 3}\n")
     out = cli("exec-submit", str(wf), "--pool", str(pool), "--backend", "slurm", "--dry-run")
-    assert out.returncode == 2 and "task arrays run on pool workers only for now" in out.stderr
+    assert out.returncode == 0 and "a.0" in out.stdout, out.stdout + out.stderr
 
 
 def test_a_chunk_split_by_a_reaper_while_its_worker_commits_is_not_recreated(pool: Path, tmp_path: Path) -> None:

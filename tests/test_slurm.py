@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -22,39 +21,6 @@ from executioner.backends.slurm import SlurmOptions, merge_dependency
 from .conftest import cli
 
 pytestmark = pytest.mark.timeout(300)  # these wait on a real scheduler (one test up to ~4 min at worst)
-
-
-def _cluster_problem() -> str | None:
-    if not shutil.which("sbatch"):
-        return "no Slurm commands (apt-get install slurm-wlm), and no cluster: see scripts/slurm-local.sh"
-    if not os.environ.get("SLURM_CONF"):
-        return "SLURM_CONF is not set: run scripts/slurm-local.sh start and export what it prints"
-    out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
-    if out.returncode != 0 or not out.stdout.strip():
-        return f"no Slurm cluster answers: {out.stderr.strip()[:200]}"
-    return None
-
-
-@pytest.fixture
-def slurm() -> None:
-    problem = _cluster_problem()
-    if problem:
-        if os.environ.get("EXEC_REQUIRE_SLURM"):
-            pytest.fail(problem)  # CI started a cluster: a missing one is a failure, not a skip
-        pytest.skip(problem)
-
-
-@pytest.fixture
-def slurm_pool(tmp_path: Path):
-    """A pool whose name has a space and a quote (sbatch scripts must quote it). Whatever
-    Slurm jobs a test submitted into it are cancelled when it ends, passed or failed."""
-    pool = tmp_path / "slurm pool 'q'"
-    yield pool
-    ids = []
-    for path in pool.glob("*/slurm.json"):
-        ids += [i for kind in json.loads(path.read_text()).values() for i in kind]
-    if ids and shutil.which("scancel"):
-        subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
 
 
 def until(what: str, check: Callable[[], Any], limit: float = 90.0) -> Any:

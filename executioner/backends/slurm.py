@@ -10,6 +10,11 @@ the same claim, run and complete path as a pool worker, and exits non-zero unles
 ended done, so ``afterok`` dependents never start after a failure. All are submitted held;
 their ids are written into the job files (through the coordinator's grab and place, like
 any change to a live run), and only then released. Pool workers leave such runs alone.
+A task array is one Slurm job array, one element per chunk, with ``aftercorr`` for
+element-wise dependencies: see :mod:`executioner.backends.slurm_arrays` (submitting) and
+:mod:`executioner.backends.slurm_element` (inside an element). A plain job that needs an
+array which ended with failed tasks (one with ``aftercorr`` dependents ends its elements 0
+once their tasks have settled) starts, finds itself blocked, and ends at once.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ..errors import ExecutionerError
 from ..protocol.layout import PoolLayout, RunLayout
 from ..execution.worker import Worker, slurm_job_id
 from ..workflow import Workflow
+from ..workflow.values import ARRAY_LIMIT
 
 log = logging.getLogger("executioner.slurm")
 SIGNAL_DELAY_S = 30  # Slurm sends SIGUSR2 this long before the time limit: hand jobs back then
@@ -76,7 +82,9 @@ class SlurmOptions:
             params["mem_gb"] = self.mem_gb
         if self.gpus:
             params["gpus_per_node"] = self.gpus
-        additional = merge_dependency(self.additional_parameters, dependency)
+        # ARRAY_LIMIT is ours (an array's %K, see slurm_arrays), not an sbatch option
+        additional = merge_dependency({k: v for k, v in self.additional_parameters.items() if k != ARRAY_LIMIT},
+                                      dependency)
         if additional:
             params["slurm_additional_parameters"] = additional
         return params
@@ -225,6 +233,9 @@ def dag_entry(pool: str, run_id: str, job_id: str, heartbeat: float, stale_after
         if state in ("done", "failed", None) or stopper.signal:
             break
         if state == "waiting" and not store.promote(run, [job_id]):
+            blocked = _blocked(run, job_id)
+            if blocked:  # an upstream array that ended with failed tasks (see slurm_arrays)
+                raise JobNotDone(f"job {job_id} of run {run_id} is blocked: {blocked}")
             # afterok let us start, so its dependencies were done; a missed promotion is made
             # good above. Still waiting after a minute: something moved them (a rollback).
             stuck_since = stuck_since or time.monotonic()
@@ -238,6 +249,18 @@ def dag_entry(pool: str, run_id: str, job_id: str, heartbeat: float, stale_after
         raise JobNotDone(f"job {job_id} of run {run_id} ended {state or 'out of the run'}"
                          + (f"; {stopper.reason}" if stopper.signal else ""))
     return state
+
+
+def _blocked(run: RunLayout, job_id: str) -> str | None:
+    """Why waiting job ``job_id`` will never be promoted in this submission (None: it may)."""
+    from ..protocol.ready import arrays_of
+    from .slurm_element import upstream_gone
+
+    try:
+        record, _ = records.read_job(run.job(job_id, "waiting"), job_id)
+    except OSError:
+        return None
+    return upstream_gone(run, record, arrays_of(run)) if record else None
 
 
 def _listdir(path: str) -> list[str]:
@@ -329,34 +352,63 @@ ALIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEU
 
 def submit_dag(pool: PoolLayout, run: RunLayout, workflow: Workflow, to_run: list[str], base: SlurmOptions,
                attempt: int, heartbeat: float = 10.0, stale_after: float = 60.0,
-               left_running: set[str] | None = None) -> dict[str, str]:
-    """One Slurm job per job of ``to_run`` (in dependency order), ``afterok`` on the Slurm jobs
-    of its dependencies among them. Returns job -> Slurm job id (reused or new).
+               left_running: set[str] | None = None, notes: list[str] | None = None) -> dict[str, str]:
+    """One Slurm job per plain job of ``to_run`` and one Slurm job array per array with
+    chunks in ``to_run`` (see :mod:`executioner.backends.slurm_arrays`), in dependency
+    order, ``afterok`` (``aftercorr`` element-wise) on the Slurm jobs of their dependencies
+    among them. Returns job -> Slurm job id (reused or new; ``123_[0-249]`` for an array).
+    ``notes`` collects what a user should know (an element-wise dependency run as afterok).
 
     A job's recorded Slurm job is reused, not submitted twice, when it is running a claim the
     plan left alone (``left_running``), or pending with every dependency's Slurm job reused
     too (then its afterok still names jobs that will run). Any other live Slurm job of the
     run's jobs is cancelled: its afterok names jobs replaced or cancelled, or its claim was
-    taken back.
+    taken back. Arrays are never reused: their live elements are cancelled and the elements
+    with work submitted again.
     """
     from ..coordinator.change import annotate
+    from . import slurm_arrays as sa
 
     specs = {s.id: s for s in workflow.jobs}
-    wanted = set(to_run)
+    sizes = {s.id: len(s.tasks) for s in workflow.jobs if s.tasks is not None}
+    array_units: dict[str, list[Any]] = {}
+    for unit in to_run:
+        chunk = sa.parse_unit(unit, sizes)
+        if chunk is not None:
+            array_units.setdefault(chunk.job, []).append(chunk)
+    for unit in left_running or set():
+        chunk = sa.parse_unit(unit, sizes)
+        if chunk is not None:
+            raise SlurmError(f"chunk {unit} of array {chunk.job} is running: an array is submitted again "
+                             "only once none of its chunks runs; wait, or exec-submit --cancel the run first")
+    wanted = {u for u in to_run if u in specs and u not in sizes} | set(array_units)
     order = [j for j in graphlib.TopologicalSorter({s.id: s.dependencies for s in workflow.jobs}).static_order()
              if j in wanted]
-    recorded = {j: recorded_slurm_id(run, j)[0] for j in specs}
+    recorded = {j: recorded_slurm_id(run, j)[0] for j in specs if j not in sizes}
     alive = job_states([str(i) for i in recorded.values() if i])
     # Pending Slurm jobs of jobs this plan does not run (held, blocked, removed from the
     # plan): they would start one day and find nothing to do. Cancel them.
-    cancel([str(recorded[j]) for j in specs if j not in wanted and recorded[j]
+    cancel([str(recorded[j]) for j in recorded if j not in wanted and recorded[j]
             and alive.get(str(recorded[j])) == "PENDING"])
+    # Live elements of the run's arrays: none runs a chunk (checked above), and their
+    # dependencies name Slurm jobs this submission replaces. (A new run has none: not read.)
+    old_arrays = sorted({i for j in sizes for i in sa.recorded_arrays(run, j, sizes)}) if attempt > 1 else []
+    cancel(sorted({k.split("_")[0] for k in job_states(old_arrays)}))
     ids: dict[str, str] = {}
     new: dict[str, str] = {}
+    arrays: dict[str, list[tuple[int, str, list[int]]]] = {}  # job -> [(part, Slurm id, indices)]
     reused_pending: list[str] = []
+    cuts = {j: sa.cut_of(specs[j]) for j in array_units}
+    max_size = sa.max_array_size() if array_units else 0
     executor = _executor(run)
     try:
         for j in order:
+            if j in array_units:
+                arrays[j] = sa.submit_array(pool, run, workflow, j, cuts, array_units[j], arrays, ids, base,
+                                            attempt, max_size, heartbeat, stale_after, wanted, notes)
+                record_ids(run, "dag", [i for _, i, _ in arrays[j]])  # at once: --cancel finds them
+                ids[j] = new[j] = ",".join(f"{i}_[{sa.index_spec(x)}]" for _, i, x in arrays[j])
+                continue
             old = str(recorded[j]) if recorded[j] else None
             state = alive.get(old or "")
             deps_reused = all(d in ids and d not in new for d in specs[j].dependencies)
@@ -371,7 +423,7 @@ def submit_dag(pool: PoolLayout, run: RunLayout, workflow: Workflow, to_run: lis
                                  "knows; wait for it to end, then resume")
             if old and state in ALIVE:
                 cancel([old])  # its afterok names replaced jobs, or its claim was taken back
-            deps = [ids[d] for d in specs[j].dependencies if d in ids]
+            deps = [sa.whole_of(ids[d], arrays.get(d)) for d in specs[j].dependencies if d in ids]
             params = from_mapping(specs[j].slurm).over(base).executor_parameters(
                 "afterok:" + ":".join(deps) if deps else None, default_time=_job_minutes(specs[j]))
             # Held until its id is in its job file (below): no Slurm job starts unrecorded.
@@ -383,16 +435,18 @@ def submit_dag(pool: PoolLayout, run: RunLayout, workflow: Workflow, to_run: lis
                 raise SlurmError(f"sbatch for job {j} failed: {e}") from None
             ids[j] = new[j] = str(job.job_id)
             record_ids(run, "dag", [new[j]])  # at once: --cancel finds it even if we die now
-        if new:
-            annotate(run, {j: {"slurm": {"job_id": i, "attempt": attempt}} for j, i in new.items()},
-                     "recording Slurm job ids")
+        updates = {j: {"slurm": {"job_id": i, "attempt": attempt}} for j, i in new.items() if j not in arrays}
+        for j, submitted in arrays.items():
+            updates.update(sa.element_ids(run, j, cuts[j], submitted, max_size, sizes, attempt))
+        if updates:
+            annotate(run, updates, "recording Slurm job ids")
     except BaseException:
         try:
-            cancel(list(new.values()))
+            cancel([i for j, i in new.items() if j not in arrays] + [i for a in arrays.values() for _, i, _ in a])
         except SlurmError as e:
             log.warning("could not cancel the Slurm jobs just submitted: %s", e)
         raise
-    release(list(new.values()))
+    release([i for j, i in new.items() if j not in arrays] + [i for a in arrays.values() for _, i, _ in a])
     for held in reused_pending:  # held by a submission that died before releasing them
         try:
             release([held])
@@ -424,6 +478,23 @@ def pool_worker_claims(run: RunLayout) -> list[str]:
             held.append(f"job {job_id} is held in running/ by pool worker {claim.get('worker')} "
                         f"on host {claim.get('host')}")
     return held
+
+
+def array_claims(run: RunLayout) -> list[str]:
+    """Chunks of arrays in running/: a resume without --force does not submit an array again
+    while one of its Slurm array's elements runs a chunk (it would run beside the new one)."""
+    from ..protocol.ready import arrays_of
+    from ..protocol.units import parse_unit
+
+    arrays = arrays_of(run)
+    out = []
+    for job in store.running_jobs(run) if arrays else []:
+        chunk = parse_unit(job.job_id, arrays)
+        if chunk is not None:
+            out.append(f"chunk {job.job_id} of array {chunk.job} is running; a resume submits an array again "
+                       f"only once none of its chunks runs: wait, or `exec-submit --cancel {run.run_id}` first "
+                       "(or --force: its chunk is taken back and run again)")
+    return out
 
 
 def cancel_run(run: RunLayout, dry_run: bool = False) -> list[str]:

@@ -286,11 +286,6 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
     the run had whose files are gone (quarantined as broken, or deleted by hand)."""
     missing = missing or set()
     specs = {s.id: s for s in workflow.jobs}
-    arrays = [s.id for s in workflow.jobs if s.is_array]
-    if arrays and (options.backend or (run_level or {}).get("backend")) == "slurm":
-        raise WorkflowErrors([WorkflowError("task arrays run on pool workers only for now (the Slurm-DAG "
-                                            "backend does not take them yet): use --workers or --slurm-workers",
-                                            workflow.path, arrays[0], "--backend")])
     _check_names(workflow, specs, options)
     task_rollbacks = [n for n in options.rollback_to if n not in specs]  # sim:4 (checked above)
     options_jobs = replace(options, rollback_to=tuple(n for n in options.rollback_to if n in specs))

@@ -88,6 +88,13 @@ class ChunkTry:
             shutil.rmtree(self.spool, ignore_errors=True)
         if not self.held:
             return None  # seen gone while running; else the commit's fence decides
+        w = self.worker
+        if w.slurm_dag and w._abort.is_set():
+            # An element of a Slurm array stopped by Slurm: no other Slurm job would take
+            # its tasks from queued/, so those it did not start end failed too (see slurm_element).
+            for p in range(self.lo, self.hi + 1):
+                self.results.setdefault(p, {"status": "preempted", "reason": f"not started: {w.stop_reason}; "
+                                            "`exec-submit --resume` runs it again"})
         return self._pieces(start, time.time())
 
     def _wait_for_permit(self) -> bool | None:
@@ -181,7 +188,8 @@ class ChunkTry:
                                  tick=min(w.heartbeat, 1.0))
         status, reason = result.status, result.reason
         if status in ("failed", "timeout", "lost") and w._abort.is_set():
-            status, reason = "preempted", f"{w.stop_reason}; task put back in queued/"
+            status, reason = "preempted", (f"{w.stop_reason}; `exec-submit --resume` runs it again" if w.slurm_dag
+                                           else f"{w.stop_reason}; task put back in queued/")
         if status == "done":
             missing = missing_outputs(cwd, r.outputs)
             if missing:

@@ -10,7 +10,7 @@ import os
 import random
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import ForeignFile
 from ..protocol import store
@@ -35,7 +35,7 @@ class Claiming:
     reaper: Reaper
     poll_max: float
     dormant_every: float
-    only_jobs: set[str] | None
+    only_jobs: set[str] | Callable[[str], bool] | None
     ends_at: float | None
     slurm_dag: bool
     _lock: threading.Lock
@@ -69,6 +69,11 @@ class Claiming:
                 if os.path.exists(self.pool.run(name).record):
                     self._known.add(name)  # else: not published yet, look again next time
         return sorted((n for n in self._known if n in set(names)), key=run_sort_key)
+
+    def _wanted(self, unit: str) -> bool:
+        """Is this job (or chunk) one we may claim? Every one, unless ``only_jobs`` limits us."""
+        only = self.only_jobs
+        return only is None or (only(unit) if callable(only) else unit in only)
 
     def _dormant(self, run_id: str) -> bool:
         """Nothing queued and nothing running: only a resume or a missed promotion can
@@ -119,7 +124,7 @@ class Claiming:
                     return None  # others keep beating us to every job: let them, for now
                 names = sorted(store.list_jobs(run, "queued"))
                 if self.only_jobs is not None:
-                    names = [n for n in names if n in self.only_jobs]
+                    names = [n for n in names if self._wanted(n)]
                 listings += 1
                 with self._lock:
                     self._listed[run_id] = time.monotonic()

@@ -12,7 +12,7 @@ import random
 import secrets
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import filelock
 
@@ -59,7 +59,7 @@ class Worker(Claiming):
                  exit_when_idle: float | None = None, max_jobs: int | None = None,
                  heartbeat: float = 10.0, stale_after: float = 60.0, poll_min: float = 0.2,
                  poll_max: float = 5.0, sweep_every: float = 10.0, dormant_every: float = 60.0,
-                 only_jobs: set[str] | None = None, ends_at: float | None = None, slurm_dag: bool = False):
+                 only_jobs: set[str] | Callable[[str], bool] | None = None, ends_at: float | None = None, slurm_dag: bool = False):
         self.pool = PoolLayout(os.path.abspath(pool))
         fsio.share_with_group(pool_is_shared(self.pool))
         self.run_ids = run_ids
@@ -75,7 +75,9 @@ class Worker(Claiming):
         self.poll_min, self.poll_max = poll_min, poll_max
         self.sweep_every = sweep_every
         self.dormant_every = dormant_every
-        self.only_jobs = only_jobs  # run only these jobs (a Slurm-DAG job runs exactly one)
+        # run only these jobs (a Slurm-DAG job runs exactly one), or the units a predicate
+        # accepts (an element of a Slurm array runs the chunks of its range of tasks)
+        self.only_jobs = only_jobs
         self.ends_at = ends_at  # wall clock: our allocation ends then; claim nothing that cannot fit
         self.slurm_dag = slurm_dag  # pool workers leave runs of the Slurm-DAG backend alone
         self._wont_fit: set[tuple[str, str]] = set()
@@ -296,7 +298,10 @@ class Worker(Claiming):
             runs = list(self._runs)
         if any(self.lost.pending(r) for r in runs):
             return True
-        return any(store.list_jobs(self.pool.run(r), "running") for r in runs)
+        # A worker limited to some jobs waits only for those: an element of a Slurm array
+        # must not outlive its own chunks while other elements' chunks run.
+        return any(self._wanted(name.partition("@")[0])
+                   for r in runs for name in store.list_jobs(self.pool.run(r), "running"))
 
     def _sweep(self) -> bool:
         """Promote waiting jobs whose dependencies are done; at most every sweep_every s per run."""

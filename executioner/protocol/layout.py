@@ -57,6 +57,9 @@ Format version 1. A *pool* is a directory of runs::
                                      pid, pid start time, command, log paths; its stdout, stderr
         slurm.json                   Slurm job ids of this run: "workers" (arrays), "dag" (jobs)
         slurm/<slurm job id>/        submitit's files and logs of each Slurm job
+        slurm/<job>.<attempt>.<part>.sbatch   the script of an array's Slurm array (Slurm-DAG
+                                     backend; one Slurm array element per chunk of tasks)
+        slurm/<array id>_<element>.out|.err   what an element of such a Slurm array printed
 
 **Leaving running/ (format 2).** Nobody ever writes into a file another process can still
 reach by name. Whoever takes a job out of ``running/`` (its worker finishing, a reaper or a
@@ -202,6 +205,17 @@ class RunLayout:
     @property
     def slurm_record(self) -> str:
         return os.path.join(self.root, "slurm.json")
+
+    def slurm_array_script(self, job: str, attempt: int, part: int) -> str:
+        """The sbatch script that submitted part ``part`` of array ``job``'s Slurm array in
+        attempt ``attempt`` (kept for reading by hand; Slurm keeps its own copy)."""
+        return os.path.join(self.root, "slurm", f"{job}.{attempt}.{part}.sbatch")
+
+    def slurm_element_log(self, what: Literal["out", "err"]) -> str:
+        """sbatch's ``--output``/``--error`` pattern for the elements of a Slurm array:
+        ``slurm/<array job id>_<element>.out|.err`` (a ``%`` of the run's path doubled, as
+        sbatch reads it)."""
+        return os.path.join(self.root.replace("%", "%%"), "slurm", f"%A_%a.{what}")
 
     @property
     def launch_dir(self) -> str:

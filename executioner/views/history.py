@@ -117,12 +117,14 @@ def _array_tasks(run: RunLayout, job: str, units: list[tuple[str, Chunk, dict[st
     rows = []
     for state, chunk, record in units:
         tasks = task_set(record["spec"], record.get("lines"), chunk.lo)
+        slurm_id = (record.get("slurm") or {}).get("job_id") if state in ("waiting", "queued") else None
+        slurm = f"Slurm job {slurm_id}" if slurm_id else None  # its element (see backends.slurm_arrays)
         for p in range(chunk.lo, chunk.hi + 1):
             tries = list(task_rows(record, p))
             last = tries[-1] if tries else {}
             rows.append({"task": task_name(job, tasks, p), "state": state, "tries": len(tries),
                          "exit_code": last.get("exit_code"), "duration": last.get("duration"),
-                         "host": last.get("host"), "reason": last.get("reason") if state == "failed" else None,
+                         "host": last.get("host"), "reason": last.get("reason") if state == "failed" else slurm,
                          "unit": chunk.unit})
     return {"run_id": run.run_id, "job": job, "array": True, "tasks": rows}
 

@@ -102,6 +102,9 @@ class ArrayView(JobView):
     def row(self) -> dict[str, Any]:
         counts = {k: v for k, v in self.counts.items() if v}
         shown = ", ".join(f"{v} {k}" for k, v in counts.items())
+        slurm = ((self.record or {}).get("slurm") or {}).get("job_id")
+        if slurm and any(self.counts[s] for s in ("waiting", "queued", "running")):
+            shown += f"; Slurm array {str(slurm).split('_')[0]}"  # the Slurm-DAG backend's (see slurm_arrays)
         return {"id": self.id, "state": self.state, "tasks": self.size, "counts": counts, "tries": None,
                 "exit_code": None, "duration": None, "host": None,
                 "reason": f"{shown}" + (f"; {self.reason}" if self.reason else "")}

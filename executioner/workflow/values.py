@@ -207,6 +207,19 @@ def _check_sbatch_options(x: Any) -> Problem | None:
             return Problem(f"additional_parameters: {show(p)} must have a string, a finite number or true")
         if problem := _sbatch_problem(str(y)):
             return Problem(f"additional_parameters: {show(p)}: {problem}")
+        if p == ARRAY_LIMIT and (problem := array_limit_problem(y)):
+            return Problem(f"additional_parameters: {problem}")
+    return None
+
+
+ARRAY_LIMIT: Final = "array_limit"  # an array's %K on the Slurm-DAG backend (see backends.slurm_arrays)
+
+
+def array_limit_problem(value: Any) -> str | None:
+    """``array_limit`` is a whole number of Slurm array elements at once, more than 0."""
+    text = str(value)
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        return f"array_limit (elements of a Slurm array at once: its %K) must be a whole number > 0, not {show(value)}"
     return None
 
 
