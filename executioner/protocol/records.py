@@ -35,6 +35,7 @@ import os
 from typing import Any, Final
 
 from . import fsio
+from .units import unit_name
 from ..errors import CorruptFileError
 
 JOB_RECORD_MAX: Final = 16 << 20
@@ -202,6 +203,10 @@ def chunk_problem(record: dict[str, Any]) -> str | None:
     if not (isinstance(tasks, list) and len(tasks) == 2 and all(_whole(t) and t >= 0 for t in tasks)
             and tasks[0] <= tasks[1]):
         return f"tasks is {_show(tasks)}, not [first, last] positions"
+    if record.get("id") != unit_name(job, tasks[0], tasks[1]):
+        # The name is what every listing counts (views, coverage, promotion): a chunk that
+        # runs other tasks than its name says would run some twice and leave others out.
+        return f"tasks {_show(tasks)} of array {_show(job)} are not what its name {_show(record.get('id'))} says"
     described = record["spec"].get("tasks")
     if not isinstance(described, dict) or described.get("kind") not in ("matrix", "array", "each_line") \
             or not _whole(described.get("count")) or tasks[1] >= described["count"]:
