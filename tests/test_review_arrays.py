@@ -125,3 +125,87 @@ def test_a_chunk_whose_content_disagrees_with_its_name_is_quarantined_and_its_ta
     assert counts == collections.Counter([f"{j}{i}" for j in "st" for i in range(8)]), counts
     assert run_status(run)["state"] == "done"
     assert os.listdir(run.quarantine_dir)
+
+
+# ---- 3. two chunk files that share tasks --------------------------------------------------
+def _copy_chunk(run: RunLayout, state: str, unit: str, new_unit: str, lo: int, hi: int, dst: str = "queued") -> None:
+    record = json.loads(Path(run.job(unit, state)).read_text())
+    record.update(id=new_unit, tasks=[lo, hi])
+    Path(run.job(new_unit, dst)).write_text(json.dumps(record))
+
+
+def test_overlapping_chunk_files_are_said_and_one_is_quarantined_before_tasks_run_twice(
+        pool: Path, tmp_path: Path) -> None:
+    from executioner.execution.worker import Worker
+    from executioner.protocol.rebuild import LostFinder
+
+    ledger = tmp_path / "ledger"
+    run = submit(pool, tmp_path, [{"id": "s", "array": 16, "chunk": 8, "command": f"echo {{index}} >> {ledger}"}])
+    _copy_chunk(run, "queued", "s.0-7", "s.4-11", 4, 11)
+    data = json.loads(cli("exec-status", str(pool), run.run_id, "--json").stdout)
+    row = data["jobs"][0]
+    assert "8 tasks counted twice" in row["reason"] and "queued/s.4-11.json" in row["reason"], row
+    finder = LostFinder(confirm=1.0)
+    assert finder.check(run, 2, 100.0) == [] and files(run, "queued") == ["s.0-7.json", "s.4-11.json", "s.8-15.json"]
+    finder.check(run, 2, 101.5)
+    assert files(run, "queued") == ["s.0-7.json", "s.8-15.json"]
+    assert "overlaps queued/s.0-7.json (tasks 4-7 would run or count twice)" in "".join(
+        p.read_text() for p in Path(run.quarantine_dir).glob("*.reason"))
+    worker = Worker(str(pool), run_ids=[run.run_id], exit_when_idle=2.0, poll_min=0.02, poll_max=0.2,
+                    sweep_every=0.1)
+    worker.lost_every = 0.1
+    worker.lost.confirm = 0.2
+    worker.run()
+    assert collections.Counter(ledger.read_text().split()) == collections.Counter(str(i) for i in range(16))
+    status = run_status(run)
+    assert status["state"] == "done" and status["counts"]["done"] == 16
+
+
+def test_an_overlap_with_done_tasks_leaves_the_done_ones_and_rebuilds_the_rest(pool: Path, tmp_path: Path) -> None:
+    from executioner.execution.worker import Worker
+    from executioner.protocol.rebuild import LostFinder
+
+    ledger = tmp_path / "ledger"
+    run = submit(pool, tmp_path, [{"id": "s", "array": 8, "chunk": 4, "command": f"echo {{index}} >> {ledger}"}])
+    os.rename(run.job("s.0-3", "queued"), run.job("s.0-3", "done"))
+    os.unlink(run.job("s.4-7", "queued"))
+    _copy_chunk(run, "done", "s.0-3", "s.2-7", 2, 7)  # tasks 2-3 twice, 4-7 only here
+    finder = LostFinder(confirm=1.0)
+    finder.check(run, 1, 100.0)
+    finder.check(run, 1, 101.5)
+    assert files(run, "queued") == [] and files(run, "done") == ["s.0-3.json"]
+    worker = Worker(str(pool), run_ids=[run.run_id], exit_when_idle=3.0, poll_min=0.02, poll_max=0.2,
+                    sweep_every=0.1)
+    worker.lost_every = 0.1
+    worker.lost.confirm = 0.2
+    worker.run()
+    assert sorted(ledger.read_text().split()) == ["4", "5", "6", "7"]
+    assert run_status(run)["counts"]["done"] == 8
+
+
+def test_a_chunk_stalled_half_way_through_placing_its_pieces_is_counted_once(
+        pool: Path, tmp_path: Path, monkeypatch) -> None:
+    """A worker killed (or frozen) after its commit, between renaming its pieces out: the
+    tasks already placed are counted where they are, the rest as running, none twice."""
+    from executioner.protocol import fence
+    from executioner.protocol.pieces import split
+
+    run = submit(pool, tmp_path, [{"id": "s", "array": 8, "chunk": 8, "command": "true"}])
+    claim, _ = claimed(run, "s.0-7")
+    pieces = split(claim.record, None, lambda p: ("done" if p < 4 else "queued", None, None))
+
+    def first_only(private: fence.Private, placed: list[tuple[str, str]]) -> str | None:
+        os.rename(*placed[0])
+        return None  # the process dies here
+
+    monkeypatch.setattr(fence, "_place_pieces", first_only)
+    store.finish_pieces(claim, pieces)
+    assert files(run, "done") == ["s.0-3.json"] and len(files(run, "running")) == 1
+    data = json.loads(cli("exec-status", str(pool), run.run_id, "--json").stdout)
+    assert data["counts"]["done"] == 4 and data["counts"]["running"] == 4, data
+    assert data["jobs"][0]["reason"] == "4 running, 4 done", data["jobs"][0]
+    monkeypatch.undo()
+    from executioner.liveness.reap import recover_private
+    [private] = [r.private for r in store.running_jobs(run)]
+    assert recover_private(run, private, "stalled") == "queued"
+    assert files(run, "queued") == ["s.4-7.json"] and files(run, "running") == []
