@@ -209,3 +209,40 @@ def test_a_chunk_stalled_half_way_through_placing_its_pieces_is_counted_once(
     [private] = [r.private for r in store.running_jobs(run)]
     assert recover_private(run, private, "stalled") == "queued"
     assert files(run, "queued") == ["s.4-7.json"] and files(run, "running") == []
+
+
+# ---- 4. views over damaged chunk files ----------------------------------------------------
+@pytest.mark.parametrize("damage", [
+    pytest.param(lambda r: r.update(tries=[{"status": "done", "try": 1, "results": {
+        "first": 0, "status": ["done"] * 8, "duration": ["x"] * 8}}]), id="duration-text"),
+    pytest.param(lambda r: r.update(tries=[{"status": "done", "try": 1, "results": {
+        "first": 0, "status": ["done"] * 8, "exit": "abc"}}]), id="exit-column-text"),
+    pytest.param(lambda r: r.update(tries=[{"status": "done", "try": 1, "results": {
+        "first": 0, "status": ["done"] * 8, "exit": [10 ** 40] * 8}}]), id="exit-huge"),
+    pytest.param(lambda r: r.update(tries=[{"status": "done", "try": 1, "results": {
+        "first": 0, "status": ["done"] * 8, "out": [5] * 8}}]), id="out-not-a-span"),
+    pytest.param(None, id="not-json"),
+])
+def test_every_view_of_an_array_with_a_damaged_chunk_says_so_in_one_line(pool: Path, tmp_path: Path, damage) -> None:
+    run = submit(pool, tmp_path, [{"id": "s", "array": 16, "chunk": 8, "command": "true"}])
+    path = Path(run.job("s.0-7", "queued"))
+    if damage is None:
+        path.write_text("{torn")
+    else:
+        record = json.loads(path.read_text())
+        damage(record)
+        path.write_text(json.dumps(record))
+    listing = cli("exec-status", str(pool), run.run_id, "--job", "s", "--json")
+    no_traceback(listing)
+    rows = json.loads(listing.stdout)["tasks"]
+    assert [r["task"] for r in rows] == [f"s:{i}" for i in range(16)]  # none left out
+    assert all("its file cannot be used" in r["reason"] for r in rows[:8]) and rows[8]["reason"] is None
+    table = cli("exec-status", str(pool), run.run_id, "--job", "s")
+    no_traceback(table)
+    assert table.returncode == 0
+    one = cli("exec-status", str(pool), run.run_id, "--job", "s:4")
+    no_traceback(one)
+    assert one.returncode == 2 and one.stderr.count("\n") == 1
+    assert "task s:4 is in queued/s.0-7.json, but its file cannot be used" in one.stderr, one.stderr
+    for args in ((), ("--json",), ("--attempts",)):
+        no_traceback(cli("exec-status", str(pool), run.run_id, *args))
