@@ -246,3 +246,29 @@ def test_every_view_of_an_array_with_a_damaged_chunk_says_so_in_one_line(pool: P
     assert "task s:4 is in queued/s.0-7.json, but its file cannot be used" in one.stderr, one.stderr
     for args in ((), ("--json",), ("--attempts",)):
         no_traceback(cli("exec-status", str(pool), run.run_id, *args))
+
+
+# ---- 5. a chunk try whose log names are taken -------------------------------------------
+@pytest.mark.parametrize("leftover", ["out", "tasks", "symlink"])
+def test_a_chunk_try_moves_leftover_logs_aside_instead_of_losing_the_try(
+        pool: Path, tmp_path: Path, leftover: str) -> None:
+    """The logs of a try whose result could not be recorded (a full disk at the commit hands
+    the chunk back untouched: its next claim is the same try number), or a planted link,
+    are kept aside as a job's are; the try runs and uses up nothing."""
+    from .conftest import precious, untouched, work
+
+    ledger = tmp_path / "ledger"
+    run = submit(pool, tmp_path, [{"id": "s", "array": 4, "chunk": 4, "command": f"echo {{index}} >> {ledger}"}])
+    outside = precious(tmp_path)
+    if leftover == "symlink":
+        os.symlink(outside, run.task_journal("s.0-3", 1))
+    elif leftover == "tasks":
+        Path(run.task_journal("s.0-3", 1)).write_text('{"task": 0, "status": "done", "exit": 0}\n')
+    else:
+        Path(run.log("s.0-3", 1, "out")).write_text("the logs of an earlier run of try 1\n")
+    work(pool, run)
+    assert sorted(ledger.read_text().split()) == ["0", "1", "2", "3"]
+    record = json.loads(Path(run.job("s.0-3", "done")).read_text())
+    assert [t["status"] for t in record["tries"]] == ["done"], record["tries"]
+    assert untouched(outside)
+    assert any(".old-" in n for n in os.listdir(run.logs_dir))

@@ -23,6 +23,7 @@ from typing import Any, Iterable
 
 
 from ..protocol import fsio
+from ..protocol.layout import aside
 from ..protocol.journal import TaskResult
 from ..workflow.arrays import Template, TaskSet
 
@@ -87,15 +88,12 @@ class TryLog:
     of its own."""
 
     def __init__(self, out: str, err: str, journal: str):
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
         self.paths = (out, err, journal)
-        self.fds: list[int] = []
-        try:
-            for path in self.paths:
-                self.fds.append(os.open(path, flags, 0o644))
-        except OSError:
-            self._close_fds()
-            raise
+        # Each a new file of ours, with the run's file mode, made through logs/ opened
+        # without following a link: whatever is at a name (the logs of an earlier run of
+        # this try whose result could not be recorded, say after a full disk at its commit,
+        # or a planted link) is moved aside and kept, as a job's logs are (execute.open_logs).
+        self.fds: list[int] = fsio.create_fresh(list(self.paths), aside)
         self.sizes = [0, 0]
         self.buffers = [bytearray(), bytearray(), bytearray()]
         self.lock = threading.Lock()
