@@ -272,3 +272,32 @@ def test_a_chunk_try_moves_leftover_logs_aside_instead_of_losing_the_try(
     assert [t["status"] for t in record["tries"]] == ["done"], record["tries"]
     assert untouched(outside)
     assert any(".old-" in n for n in os.listdir(run.logs_dir))
+
+
+# ---- 6. a private folder holding pieces that are not its chunk's -------------------------
+def test_a_committed_pieces_folder_places_only_pieces_of_its_own_chunk(pool: Path, tmp_path: Path) -> None:
+    """A crashed commit's folder with, besides its own pieces, a piece of another array, one
+    past its chunk, or a plain job's (a hand's or a tool's): only its own are placed (else
+    tasks it never ran would be marked done); the others are quarantined with the reason."""
+    from executioner.liveness.reap import recover_private
+    from executioner.protocol.pieces import split
+
+    run = submit(pool, tmp_path, [{"id": "s", "array": 8, "chunk": 4, "command": "true"},
+                                  {"id": "t", "array": 8, "chunk": 8, "command": "true"},
+                                  {"id": "p", "command": "true"}])
+    claim, _ = claimed(run, "s.0-3")
+    folder = Path(run.private("s.0-3", claim.token, "pieces-abcdef-999999-elsewhere"))
+    folder.mkdir()
+    for state, unit, record in split(claim.record, None, lambda p: ("done" if p < 2 else "queued", None, None)):
+        Path(run.piece(str(folder), unit, state)).write_text(json.dumps(record))
+    t_record = json.loads(Path(run.job("t.0-7", "queued")).read_text())
+    for unit in ("t.0-7", "s.4-7", "p"):
+        Path(run.piece(str(folder), unit, "done")).write_text(json.dumps(dict(t_record, id=unit)))
+    os.unlink(run.running("s.0-3", claim.token))  # committed: the chunk file is gone
+    [private] = [r.private for r in store.running_jobs(run)]
+    recover_private(run, private, "stalled")
+    assert files(run, "done") == ["s.0-1.json"]
+    assert files(run, "queued") == ["p.json", "s.2-3.json", "s.4-7.json", "t.0-7.json"]
+    assert files(run, "running") == []
+    notes = "".join(p.read_text() for p in Path(run.quarantine_dir).glob("*.reason"))
+    assert notes.count("not a piece of chunk s.0-3") == 3, notes
