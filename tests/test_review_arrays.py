@@ -301,3 +301,15 @@ def test_a_committed_pieces_folder_places_only_pieces_of_its_own_chunk(pool: Pat
     assert files(run, "running") == []
     notes = "".join(p.read_text() for p in Path(run.quarantine_dir).glob("*.reason"))
     assert notes.count("not a piece of chunk s.0-3") == 3, notes
+
+
+# ---- 7. an each_line copy that was deleted -----------------------------------------------
+def test_a_deleted_each_line_copy_is_named_in_one_line(pool: Path, tmp_path: Path) -> None:
+    (tmp_path / "in.txt").write_text("a\nb\n")
+    run = submit(pool, tmp_path, [{"id": "per", "each_line": "in.txt", "command": "echo {line}"}])
+    copy = run.attempt_lines(1, "per")
+    os.unlink(copy)
+    out = cli("exec-submit", "--pool", str(pool), "--resume", run.run_id, "--dry-run")
+    no_traceback(out)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert f"the run's copy of it, {copy}, is missing" in out.stderr, out.stderr
