@@ -313,3 +313,102 @@ def test_a_deleted_each_line_copy_is_named_in_one_line(pool: Path, tmp_path: Pat
     no_traceback(out)
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert f"the run's copy of it, {copy}, is missing" in out.stderr, out.stderr
+
+
+# ---- 8. SIGKILL inside a pieces commit, real processes -------------------------------------
+WORKER = ("import sys\nfrom executioner import Worker\n"
+          "Worker(sys.argv[1], run_ids=[sys.argv[2]], slots=2, exit_when_idle=1.0, poll_min=0.02, poll_max=0.2,"
+          " sweep_every=0.1, stale_after=60.0).run()\n")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("moment", ["before-unlink", "after-unlink"])
+def test_a_worker_killed_inside_its_pieces_commit_leaves_every_task_done_once(
+        pool: Path, tmp_path: Path, moment: str) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ledger = tmp_path / "ledger"
+    run = submit(pool, tmp_path, [{"id": "s", "array": 6, "chunk": 6, "max_retries": 1,
+                                   "command": f"echo {{index}} >> {ledger}; test {{index}} != 2 || exit 3"}])
+    env = {**os.environ, "EXEC_TEST_COMMIT_PAUSE": "3"}
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, str(pool), run.run_id], env=env,
+                            stderr=subprocess.DEVNULL)
+    running = Path(run.state_dir("running"))
+    deadline = time.time() + 60
+    caught = False
+    while time.time() < deadline and not caught:
+        for folder in running.glob("*+pieces-*"):
+            names = os.listdir(folder) if folder.is_dir() else []
+            has_chunk = "s.0-5.json" in names
+            if any("~" in n for n in names) and has_chunk == (moment == "before-unlink"):
+                caught = True
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert caught
+    subprocess.run([sys.executable, "-c", WORKER, str(pool), run.run_id], timeout=90, check=True,
+                   stderr=subprocess.DEVNULL)
+    counts = collections.Counter(ledger.read_text().split())
+    # task 2 fails once and is retried (max_retries 1); every other task ran once: the
+    # journal said each had finished, so the recoverer kept its result
+    assert counts == collections.Counter({"0": 1, "1": 1, "2": 2, "3": 1, "4": 1, "5": 1}), counts
+    assert files(run, "running") == [] and files(run, "queued") == []
+    data = json.loads(cli("exec-status", str(pool), run.run_id, "--json").stdout)
+    assert data["counts"]["failed"] == 1 and data["counts"]["done"] == 5
+
+
+# ---- 9. the journal is written within about a second of a task's end ---------------------
+@pytest.mark.timeout(120)
+def test_a_finished_task_is_in_the_journal_within_a_second_even_while_the_others_run_on(
+        pool: Path, tmp_path: Path) -> None:
+    """README: a task's journal line is written at most a second after it ends, so a crash
+    runs again at most the last second of finished tasks. A quick task next to long ones
+    waited in the buffer until another task ended (here: never, before the kill)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ledger = tmp_path / "ledger"
+    run = submit(pool, tmp_path, [{"id": "s", "array": 2, "chunk": 2,
+                                   "command": f"echo {{index}} >> {ledger}; test {{index}} = 0 || sleep 15"}])
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, str(pool), run.run_id], stderr=subprocess.DEVNULL)
+    journal = Path(run.task_journal("s.0-1", 1))
+    deadline = time.time() + 30
+    while time.time() < deadline and not (ledger.exists() and ledger.read_text().split() == ["0", "1"]):
+        time.sleep(0.02)
+    time.sleep(2.5)  # a second and a half more than the promise (the machine may be busy)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    lines = journal.read_text().splitlines() if journal.exists() else []
+    assert [json.loads(x)["task"] for x in lines] == [0], lines
+
+
+def test_a_log_write_cut_short_by_a_full_disk_goes_on_where_it_stopped(tmp_path: Path, monkeypatch) -> None:
+    """A write that stops half way (ENOSPC after a short write) and is tried again must not
+    write its first part twice: the journal's offsets would point into the wrong output."""
+    from executioner.execution import tasks
+
+    log = tasks.TryLog(str(tmp_path / "u.1.out"), str(tmp_path / "u.1.err"), str(tmp_path / "u.1.tasks"))
+    output = b"==> u:0 try 1 done exit 0 <==\n" + b"x" * 1000 + b"\n"
+    real, calls = os.write, []
+
+    def flaky(fd: int, data: Any) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real(fd, bytes(data)[:300])  # a short write
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", flaky)
+    with log.lock:
+        log.buffers[0] += output
+        with pytest.raises(OSError):
+            log._flush()
+    monkeypatch.undo()
+    log.close()  # the disk has room again
+    assert (tmp_path / "u.1.out").read_bytes() == output

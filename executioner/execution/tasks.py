@@ -15,6 +15,7 @@ never through a link) and only appended to by it:
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -98,6 +99,22 @@ class TryLog:
         self.buffers = [bytearray(), bytearray(), bytearray()]
         self.lock = threading.Lock()
         self.flushed = time.monotonic()
+        # A line added less than SYNC_EVERY after the last flush waits in the buffer; this
+        # thread writes it soon after, even when no other task ends for an hour (a quick
+        # task next to long ones), so a crash loses at most about a second of results.
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_now_and_then, name="journal-flush", daemon=True)
+        self._flusher.start()
+
+    def _flush_now_and_then(self) -> None:
+        while not self._stop.wait(SYNC_EVERY / 4):
+            with self.lock:
+                if not self.fds or not self.buffers[2] or time.monotonic() - self.flushed < SYNC_EVERY:
+                    continue
+                try:
+                    self._flush()
+                except OSError:
+                    pass  # a full disk, EIO: the next add() or close() meets it and says so
 
     def add(self, result: TaskResult, header: str, spools: tuple[str, str]) -> None:
         """Record a finished task: its output (from its spool files), then its journal line."""
@@ -126,9 +143,15 @@ class TryLog:
                 self._flush()
 
     def _write(self, i: int) -> None:
-        if self.buffers[i]:
-            fsio.write_all(self.fds[i], bytes(self.buffers[i]))
-            self.buffers[i].clear()
+        """Write out buffer ``i``, dropping each part as it is written: after a failed write
+        (a full disk) the next one goes on from where it stopped, never writing a part twice
+        (the journal's offsets count every byte once)."""
+        buffer = self.buffers[i]
+        while buffer:
+            n = os.write(self.fds[i], buffer)
+            if n <= 0:
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (a write wrote nothing)")
+            del buffer[:n]
 
     def _flush(self) -> None:
         """Output first, then the journal, made durable (the journal's lines point into it)."""
@@ -142,6 +165,8 @@ class TryLog:
         self.flushed = time.monotonic()
 
     def close(self) -> None:
+        self._stop.set()
+        self._flusher.join()
         with self.lock:
             try:
                 if self.fds:
