@@ -412,3 +412,34 @@ def test_a_log_write_cut_short_by_a_full_disk_goes_on_where_it_stopped(tmp_path:
     monkeypatch.undo()
     log.close()  # the disk has room again
     assert (tmp_path / "u.1.out").read_bytes() == output
+
+
+# ---- 10. views of all of the above on a read-only pool -------------------------------------
+@pytest.mark.timeout(120)
+def test_every_view_of_a_damaged_array_works_on_a_read_only_pool_and_changes_nothing(
+        pool: Path, tmp_path: Path) -> None:
+    from .test_cli_faults import listing, read_only
+
+    run = submit(pool, tmp_path, [{"id": "s", "array": 16, "chunk": 4, "command": "true"},
+                                  {"id": "t", "array": 16, "chunk": 4, "command": "true",
+                                   "dependencies": ["s:{index}"]}])
+    _copy_chunk(run, "queued", "s.0-3", "s.2-5", 2, 5)  # an overlap
+    Path(run.job("s.8-11", "queued")).write_text("{torn")  # a broken chunk
+    claim, _ = claimed(run, "s.12-15")  # a crashed commit, with a piece not of its chunk
+    folder = Path(run.private("s.12-15", claim.token, "pieces-abcdef-999999-elsewhere"))
+    folder.mkdir()
+    Path(run.piece(str(folder), "t.0-3", "done")).write_text(Path(run.job("t.0-3", "waiting")).read_text())
+    os.rename(run.running("s.12-15", claim.token), folder / "s.12-15.json")
+    Path(run.task_journal("s.12-15", 1)).write_text("garbage\n")
+    before = listing(pool)
+    for args in ((), ("--json",), ("--job", "s"), ("--job", "s", "--json"), ("--job", "s:4"), ("--job", "s:9"),
+                 ("--job", "t:1"), ("--attempts",)):
+        result = read_only(pool, "exec-status", str(pool), run.run_id, *args)
+        no_traceback(result)
+        assert result.returncode in (0, 2) and (result.returncode == 0 or result.stderr.count("\n") == 1), result
+    data = json.loads(read_only(pool, "exec-status", str(pool), run.run_id, "--json").stdout)
+    row = next(j for j in data["jobs"] if j["id"] == "s")
+    assert row["counts"] == {"queued": 16, "running": 4} and "4 tasks counted twice" in row["reason"], row
+    pool_view = read_only(pool, "exec-status", str(pool), "--json")
+    assert pool_view.returncode == 0 and json.loads(pool_view.stdout)["runs"][0]["run_id"] == run.run_id
+    assert listing(pool) == before
