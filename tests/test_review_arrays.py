@@ -443,3 +443,16 @@ def test_every_view_of_a_damaged_array_works_on_a_read_only_pool_and_changes_not
     pool_view = read_only(pool, "exec-status", str(pool), "--json")
     assert pool_view.returncode == 0 and json.loads(pool_view.stdout)["runs"][0]["run_id"] == run.run_id
     assert listing(pool) == before
+
+
+def test_a_chunk_past_a_stale_cached_array_size_is_not_refused(pool: Path, tmp_path: Path) -> None:
+    """RACE: a resume that grew the array published run.json, then its new chunks; a worker
+    whose cached sizes (or attribute cache) predate that must not quarantine them."""
+    from executioner.protocol import ready
+
+    run = submit(pool, tmp_path, [{"id": "s", "array": 8, "chunk": 4, "command": "true"}])
+    ready.arrays_of(run)
+    key, _ = ready._ARRAYS[run.root]
+    ready._ARRAYS[run.root] = (key, {"s": 4})  # as seen before the growth
+    claim = store.claim(run, "s.4-7", store.Owner("w-x", "elsewhere", 999999, 1.0))
+    assert claim is not None and not os.path.exists(run.quarantine_dir)
