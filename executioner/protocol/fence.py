@@ -45,7 +45,6 @@ import psutil
 
 from . import fsio, records
 from .layout import STATES, RunLayout, split_private_name
-from .ready import arrays_of
 from .scrub import check_record, quarantine
 from .units import parse_unit
 
@@ -53,6 +52,7 @@ log = logging.getLogger("executioner.fence")
 # build(content, private) -> (state, record); or, for a chunk, [(state, unit, record), ...]
 # (its pieces, see executioner.protocol.pieces); or None: put the claim back untouched.
 Build = Callable[[dict[str, Any] | None, "Private"], "tuple[str, dict[str, Any]] | list[tuple[str, str, dict[str, Any]]] | None"]
+MAX_TASKS = 1 << 62  # more positions than any array has
 INTENTS = ("done", "failed", "queued", "waiting", "pieces", "take", "recover")
 
 
@@ -324,7 +324,9 @@ def pieces_in(private: Private, refuse: bool = False) -> list[tuple[str, str, st
         names = sorted(os.listdir(private.path))
     except OSError:
         return out
-    arrays = arrays_of(private.run)
+    # Judged by names alone, not by run.json's sizes (a cached size may predate a growth).
+    job = private.job_id.rpartition(".")[0]
+    arrays = {job: MAX_TASKS} if job else {}
     own = parse_unit(private.job_id, arrays)
     for name in names:
         parsed = private.run.parse_piece(name)
