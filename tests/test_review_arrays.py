@@ -378,7 +378,7 @@ def test_a_finished_task_is_in_the_journal_within_a_second_even_while_the_others
     proc = subprocess.Popen([sys.executable, "-c", WORKER, str(pool), run.run_id], stderr=subprocess.DEVNULL)
     journal = Path(run.task_journal("s.0-1", 1))
     deadline = time.time() + 30
-    while time.time() < deadline and not (ledger.exists() and ledger.read_text().split() == ["0", "1"]):
+    while time.time() < deadline and not (ledger.exists() and sorted(ledger.read_text().split()) == ["0", "1"]):
         time.sleep(0.02)
     time.sleep(2.5)  # a second and a half more than the promise (the machine may be busy)
     proc.send_signal(signal.SIGKILL)
@@ -456,3 +456,28 @@ def test_a_chunk_past_a_stale_cached_array_size_is_not_refused(pool: Path, tmp_p
     ready._ARRAYS[run.root] = (key, {"s": 4})  # as seen before the growth
     claim = store.claim(run, "s.4-7", store.Owner("w-x", "elsewhere", 999999, 1.0))
     assert claim is not None and not os.path.exists(run.quarantine_dir)
+
+
+# ---- 11. an internal error at the end of a chunk try ------------------------------------
+def test_an_internal_error_after_a_chunk_ran_keeps_the_results_its_journal_holds(
+        pool: Path, tmp_path: Path, monkeypatch) -> None:
+    """An error of the worker's own once the tasks have run (and are in the journal) made the
+    whole chunk one ``lost`` try: every task ran again, and past max_lost the whole chunk,
+    tasks that succeeded included, went to failed/. Its journal is read, as a recoverer's."""
+    from executioner.execution import chunk as chunk_module
+    from .conftest import work
+
+    ledger = tmp_path / "ledger"
+    run = submit(pool, tmp_path, [{"id": "s", "array": 4, "chunk": 4, "max_lost": 1,
+                                   "command": f"echo {{index}} >> {ledger}"}])
+
+    def broken(self: Any, start: float, end: float) -> Any:
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(chunk_module.ChunkTry, "_pieces", broken)
+    work(pool, run)
+    assert sorted(ledger.read_text().split()) == ["0", "1", "2", "3"]  # each ran once
+    assert files(run, "done") == ["s.0-3.json"] and files(run, "failed") == []
+    record = json.loads(Path(run.job("s.0-3", "done")).read_text())
+    assert record["tries"][0]["results"]["status"] == ["done"] * 4
+    assert "a bug of ours" in record["tries"][0]["reason"]
