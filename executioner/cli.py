@@ -548,7 +548,7 @@ def _job_table(data: dict[str, Any]) -> Any:
                   title=f"{data['run_id']} array {data['job']}")
         for r in data["tasks"]:
             dur = "" if r["duration"] is None else f"{r['duration']:.1f}s"
-            t.add_row(_plain(r["task"]), _paint(r["state"]), str(r["tries"]),
+            t.add_row(_plain(r["task"]), _paint(r["state"]), "" if r["tries"] is None else str(r["tries"]),
                       "" if r["exit_code"] is None else str(r["exit_code"]), dur, _plain(r["host"]),
                       _plain(r["reason"]))
         return t

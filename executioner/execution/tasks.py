@@ -17,6 +17,7 @@ never through a link) and only appended to by it:
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -25,6 +26,7 @@ from typing import Any, Iterable
 
 
 from ..protocol import fsio
+from ..protocol.layout import aside
 from ..protocol.journal import TaskResult
 from ..workflow.arrays import Template, TaskSet
 
@@ -91,22 +93,35 @@ class TryLog:
     def __init__(self, out: str, err: str, journal: str, fds: list[int] | None = None):
         """``fds``: the three files already created (with the claim's lock, see
         executioner.protocol.store.write_lock), taken over from that list; else created here."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
         self.paths = (out, err, journal)
-        self.fds: list[int] = []
         if fds is not None and len(fds) == 3:
             self.fds, fds[:] = list(fds), []
         else:
-            try:
-                for path in self.paths:
-                    self.fds.append(os.open(path, flags, 0o644))
-            except OSError:
-                self._close_fds()
-                raise
+            # Each a new file of ours, with the run's file mode, made through logs/ opened
+            # without following a link: whatever is at a name (the logs of an earlier run of
+            # this try whose result could not be recorded, say after a full disk at its commit,
+            # or a planted link) is moved aside and kept, as a job's logs are (execute.open_logs).
+            self.fds = fsio.create_fresh(list(self.paths), aside)
         self.sizes = [0, 0]
         self.buffers = [bytearray(), bytearray(), bytearray()]
         self.lock = threading.Lock()
         self.flushed = time.monotonic()
+        # A line added less than SYNC_EVERY after the last flush waits in the buffer; this
+        # thread writes it soon after, even when no other task ends for an hour (a quick
+        # task next to long ones), so a crash loses at most about a second of results.
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_now_and_then, name="journal-flush", daemon=True)
+        self._flusher.start()
+
+    def _flush_now_and_then(self) -> None:
+        while not self._stop.wait(SYNC_EVERY / 4):
+            with self.lock:
+                if not self.fds or not self.buffers[2] or time.monotonic() - self.flushed < SYNC_EVERY:
+                    continue
+                try:
+                    self._flush()
+                except OSError:
+                    pass  # a full disk, EIO: the next add() or close() meets it and says so
 
     def add(self, result: TaskResult, header: str, spools: tuple[int, int]) -> None:
         """Record a finished task: its output (read from its spool files, open for reading
@@ -134,9 +149,15 @@ class TryLog:
                 self._flush()
 
     def _write(self, i: int) -> None:
-        if self.buffers[i]:
-            fsio.write_all(self.fds[i], bytes(self.buffers[i]))
-            self.buffers[i].clear()
+        """Write out buffer ``i``, dropping each part as it is written: after a failed write
+        (a full disk) the next one goes on from where it stopped, never writing a part twice
+        (the journal's offsets count every byte once)."""
+        buffer = self.buffers[i]
+        while buffer:
+            n = os.write(self.fds[i], buffer)
+            if n <= 0:
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (a write wrote nothing)")
+            del buffer[:n]
 
     def _flush(self, sync: bool = True) -> None:
         """Output first, then the journal, made durable (the journal's lines point into it)."""
@@ -156,6 +177,8 @@ class TryLog:
         holds every task's result and output offsets; a node lost in between re-runs the
         tasks finished since the last sync, at most SYNC_EVERY seconds of them, as a crash
         during the chunk does. (Three syncs a chunk cost 10 ms on ext4.)"""
+        self._stop.set()
+        self._flusher.join()
         with self.lock:
             try:
                 if self.fds:

@@ -25,7 +25,7 @@ from ..protocol.layout import PoolLayout
 from ..protocol.rebuild import LostFinder, coordinating, place_record
 from ..liveness.clock import StorageClock
 from ..liveness.reap import Reaper
-from ..protocol.pieces import is_chunk
+from ..protocol.pieces import is_chunk, lost_pieces
 from ..protocol.retry import losses
 from .chunk import ChunkTry
 from ..liveness.tidy import Tidy
@@ -555,6 +555,17 @@ class Worker(Claiming):
         ``lost`` try, which uses up no retry; max_lost ends a job that causes it every time."""
         record = claim.record
         why = f"internal error in the worker: {error!r}"[:2000]
+        if is_chunk(record):
+            # Task by task, from this try's journal, as a recoverer would: finished tasks keep
+            # their result, the others get the lost try (max_lost counts it for each).
+            lock = {"try": claim.try_number, "claimed_at": claim.claimed_at, "worker": self.worker_id,
+                    "host": self.owner.host, "pid": self.owner.pid}
+            try:
+                pieces = lost_pieces(claim.run, record, why, lock, slurm_dag=self.slurm_dag)
+                self._finish(claim, None, "pieces", pieces)
+            except Exception:
+                log.exception("chunk %s of run %s: could not record the error", claim.job_id, claim.run.run_id)
+            return
         entry = store.try_record(claim.try_number, record.get("attempt", 1), "lost", start=claim.claimed_at,
                                  end=time.time(), worker=self.worker_id, host=self.owner.host,
                                  worker_pid=self.owner.pid, reason=why)

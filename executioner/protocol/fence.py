@@ -45,12 +45,14 @@ import psutil
 
 from . import fsio, records
 from .layout import STATES, RunLayout, split_private_name
-from .scrub import check_record
+from .scrub import check_record, quarantine
+from .units import parse_unit
 
 log = logging.getLogger("executioner.fence")
 # build(content, private) -> (state, record); or, for a chunk, [(state, unit, record), ...]
 # (its pieces, see executioner.protocol.pieces); or None: put the claim back untouched.
 Build = Callable[[dict[str, Any] | None, "Private"], "tuple[str, dict[str, Any]] | list[tuple[str, str, dict[str, Any]]] | None"]
+MAX_TASKS = 1 << 62  # more positions than any array has
 INTENTS = ("done", "failed", "queued", "waiting", "pieces", "take", "recover")
 
 
@@ -302,7 +304,7 @@ def recover(private: Private, build: Build) -> str | None:
     except OSError as e:  # ENOTEMPTY/EEXIST: a folder of that name exists (cannot be ours)
         log.warning("run %s: cannot take over %s: %s", run.run_id, private.name, e)
         return None
-    pieces = pieces_in(mine)
+    pieces = pieces_in(mine, refuse=True)
     if not os.path.exists(mine.job_file):
         if pieces:  # a chunk's pieces, committed: finish placing them
             state = pieces[0][2]
@@ -316,18 +318,37 @@ def recover(private: Private, build: Build) -> str | None:
     return _publish(mine, build, None)
 
 
-def pieces_in(private: Private) -> list[tuple[str, str, str]]:
-    """Pieces written into a private folder: (path, destination, state)."""
-    out = []
+def pieces_in(private: Private, refuse: bool = False) -> list[tuple[str, str, str]]:
+    """Pieces written into a private folder: (path, destination, state). Only pieces of the
+    folder's own chunk count: one of another array, past the chunk's range or a plain job's
+    (a hand's or a tool's) would be placed as done without ever running; with ``refuse``
+    (the recoverer, about to place them) it is quarantined, else only left out (readers,
+    exec-status among them, write nothing)."""
+    out: list[tuple[str, str, str]] = []
     try:
         names = sorted(os.listdir(private.path))
     except OSError:
         return out
+    # Judged by names alone, not by run.json's sizes (a cached size may predate a growth).
+    job = private.job_id.rpartition(".")[0]
+    arrays = {job: MAX_TASKS} if job else {}
+    own = parse_unit(private.job_id, arrays)
     for name in names:
         parsed = private.run.parse_piece(name)
-        if parsed is not None:
-            state, unit = parsed
-            out.append((os.path.join(private.path, name), private.run.job(unit, state), state))
+        if parsed is None:
+            continue
+        state, unit = parsed
+        path = os.path.join(private.path, name)
+        piece = parse_unit(unit, arrays)
+        if own is None or piece is None or piece.job != own.job or not own.lo <= piece.lo <= piece.hi <= own.hi:
+            if not refuse:
+                continue
+            try:
+                quarantine(private.run, path, f"refused piece: {unit} is not a piece of chunk {private.job_id}")
+            except OSError as e:
+                log.warning("run %s: cannot quarantine %s: %s", private.run.run_id, path, e)
+            continue
+        out.append((path, private.run.job(unit, state), state))
     return out
 
 

@@ -4,14 +4,17 @@ read by whoever takes the chunk over after fencing its claim."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Final
 
 import orjson
 
 from . import fsio
+from .records import MAX_INT, MAX_NUM
 
 MAX_JOURNAL = 64 << 20
+log = logging.getLogger("executioner.journal")
 
 
 @dataclass
@@ -31,15 +34,44 @@ class TaskResult:
 
     @classmethod
     def parse(cls, data: Any) -> "TaskResult | None":
-        if not isinstance(data, dict) or not isinstance(data.get("task"), int) or not isinstance(data.get("status"), str):
+        """A journal line's result; None for one of the wrong shape (a hand, a broken tool or
+        a storage fault that kept the syntax): its task counts as not finished, and runs
+        again, rather than a recoverer failing on it over and over with the chunk stuck in
+        running/."""
+        if not isinstance(data, dict) or not _whole(data.get("task")) or data["task"] < 0 \
+                or data.get("status") not in STATUSES:
             return None
-        try:
-            return cls(task=data["task"], status=data["status"], exit=data.get("exit"), signal=data.get("signal"),
-                       start=data.get("start"), end=data.get("end"), reason=data.get("reason"),
-                       out=tuple(data["out"]) if data.get("out") else None,  # type: ignore[arg-type]
-                       err=tuple(data["err"]) if data.get("err") else None)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
+        if not (_opt(data.get("exit"), _whole) and _opt(data.get("signal"), _text) and _opt(data.get("reason"), _text)
+                and _opt(data.get("start"), _time) and _opt(data.get("end"), _time)
+                and _opt(data.get("out"), _span) and _opt(data.get("err"), _span)):
             return None
+        return cls(task=data["task"], status=data["status"], exit=data.get("exit"), signal=data.get("signal"),
+                   start=data.get("start"), end=data.get("end"), reason=data.get("reason"),
+                   out=tuple(data["out"]) if data.get("out") else None,  # type: ignore[arg-type]
+                   err=tuple(data["err"]) if data.get("err") else None)  # type: ignore[arg-type]
+
+
+STATUSES: Final = ("done", "failed", "timeout", "preempted", "lost", "blocked")
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -MAX_INT <= value <= MAX_INT
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _time(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and -MAX_NUM <= value <= MAX_NUM
+
+
+def _span(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(_whole(v) and v >= 0 for v in value)
+
+
+def _opt(value: Any, kind: Callable[[Any], bool]) -> bool:
+    return value is None or kind(value)
 
 
 def read_journal(path: str) -> dict[int, TaskResult]:
@@ -49,7 +81,12 @@ def read_journal(path: str) -> dict[int, TaskResult]:
     # read is run again (at least once, as a job finished after its claim was taken).
     try:
         raw = fsio.read_bytes(path, MAX_JOURNAL)
-    except (FileNotFoundError, ValueError):
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:  # unreadable (EACCES, EIO), a symlink, too large
+        # Read as no journal: its tasks run again (at least once), and the chunk still
+        # leaves running/ instead of failing every recoverer that tries to take it.
+        log.warning("journal %s cannot be read (%s); its tasks count as not finished", path, e)
         return {}
     out: dict[int, TaskResult] = {}
     for line in raw.split(b"\n")[:-1]:

@@ -41,6 +41,11 @@ def arrays_of(run: RunLayout) -> dict[str, int]:
     return found
 
 
+def forget_arrays(run: RunLayout) -> None:
+    """Drop the cached sizes: the next :func:`arrays_of` reads run.json again."""
+    _ARRAYS.pop(run.root, None)
+
+
 class Upstream:
     """Answers readiness questions for one run from at most one listing of done/ and one of
     failed/, made when first needed (a plain dependency alone costs one stat)."""

@@ -16,9 +16,9 @@ import time
 from typing import Any
 
 from . import attempts, fsio
-from .layout import STATES, RunLayout, job_id_of
+from .layout import STATES, RunLayout, job_id_of, split_running_name
 from .ready import arrays_of
-from .units import Coverage, parse_unit, runs, unit_name
+from .units import Chunk, Coverage, overlapping, parse_unit, runs, unit_name
 
 log = logging.getLogger("executioner.rebuild")
 
@@ -113,6 +113,51 @@ def array_gaps(run: RunLayout, seen: set[str]) -> set[str]:
     return gaps
 
 
+def placed_units(run: RunLayout) -> list[tuple[str, str, str]]:
+    """(unit, state, path) of every file in a state folder, and every claim in running/."""
+    out = []
+    for state in STATES:
+        try:
+            names = os.listdir(run.state_dir(state))
+        except FileNotFoundError:
+            continue
+        for name in names:
+            parts = split_running_name(name) if state == "running" else None
+            unit = (parts[0] if parts else None) if state == "running" else job_id_of(name)
+            if unit:
+                out.append((unit, state, os.path.join(run.state_dir(state), name)))
+    return out
+
+
+KEEP = {"done": 0, "failed": 1, "running": 2}  # of two overlapping chunks, the one further on stays
+
+
+def overlap_victims(run: RunLayout, placed: list[tuple[str, str, str]]) -> dict[str, str]:
+    """Chunk files that share tasks with another chunk file of their array (see
+    :func:`executioner.protocol.units.overlapping`): path -> why. Of each pair the one
+    further on stays (done, then failed, then a claim), else the first by position; a
+    claim is never taken from its worker. Once the other is quarantined, tasks only it held
+    are found missing by coverage and rebuilt: every task is left in exactly one file."""
+    arrays = arrays_of(run)
+    found = [(c, state, path) for unit, state, path in placed if (c := parse_unit(unit, arrays)) is not None]
+    chunks: list[Chunk] = [c for c, _, _ in found]
+    out: dict[str, str] = {}
+    chosen: set[int] = set()
+    for a, b in overlapping(chunks):
+        if a in chosen or b in chosen:
+            continue  # (a chain: once one goes, the rest is judged at the next look)
+        rank_a, rank_b = (KEEP.get(found[i][1], 3) for i in (a, b))
+        victim, kept = (b, a) if rank_b >= rank_a else (a, b)
+        if found[victim][1] == "running":
+            continue  # two claims: left to their workers (counted twice, and said so by exec-status)
+        other = found[kept]
+        both = f"{max(chunks[a].lo, chunks[b].lo)}-{min(chunks[a].hi, chunks[b].hi)}"
+        chosen.add(victim)
+        out[found[victim][2]] = (f"overlaps {other[1]}/{os.path.basename(other[2])} (tasks {both} would run or "
+                                 "count twice); its other tasks are rebuilt")
+    return out
+
+
 def quarantine_reason(run: RunLayout, job_id: str) -> str | None:
     """Why the job's file was quarantined, if it was (the latest such note)."""
     try:
@@ -136,20 +181,23 @@ class LostFinder:
     def __init__(self, confirm: float = 2.0):
         self.confirm = confirm
         self._pending: dict[str, tuple[set[str], float]] = {}
+        self._overlaps: dict[str, tuple[dict[str, str], float]] = {}
 
     def pending(self, run_id: str) -> bool:
-        return run_id in self._pending
+        return run_id in self._pending or run_id in self._overlaps
 
     def check(self, run: RunLayout, expected: int, mono: float) -> list[str]:
         """One look; returns the jobs rebuilt. Call it holding the run's sweep lease."""
         if coordinating(run):
             self._pending.pop(run.run_id, None)
+            self._overlaps.pop(run.run_id, None)
             return []
         from .store import still_look
 
-        seen, still = still_look(run, lambda: seen_jobs(run))
+        (seen, placed), still = still_look(run, lambda: (seen_jobs(run), placed_units(run)))
         if not still:
             return []  # the run kept moving under every look: nothing can be concluded now
+        self._settle_overlaps(run, overlap_victims(run, placed), mono)
         gaps = array_gaps(run, seen)
         if len(seen) >= expected and not gaps and run.run_id not in self._pending:
             return []
@@ -167,6 +215,25 @@ class LostFinder:
             if place_lost(run, job_id, why):
                 rebuilt_now.append(job_id)
         return rebuilt_now
+
+
+    def _settle_overlaps(self, run: RunLayout, victims: dict[str, str], mono: float) -> None:
+        """Quarantine chunk files seen overlapping another twice, ``confirm`` seconds apart."""
+        first = self._overlaps.pop(run.run_id, None)
+        if not victims:
+            return
+        if first is None or mono - first[1] < self.confirm:
+            self._overlaps[run.run_id] = (victims if first is None else first[0], first[1] if first else mono)
+            return
+        from .scrub import quarantine
+
+        for path in sorted(set(first[0]) & set(victims)):
+            # RACE: claimed meanwhile (the rename finds nothing: its worker runs it, and
+            # exec-status says the tasks are counted twice) or moved on by its worker.
+            try:
+                quarantine(run, path, f"refused chunk file: {victims[path]}")
+            except OSError as e:
+                log.warning("run %s: cannot quarantine %s: %s", run.run_id, path, e)
 
 
 def place_record(run: RunLayout, job_id: str, record: dict[str, Any], dst: str) -> bool:

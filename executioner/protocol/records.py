@@ -35,6 +35,7 @@ import os
 from typing import Any, Final
 
 from . import fsio
+from .units import unit_name
 from ..errors import CorruptFileError
 
 JOB_RECORD_MAX: Final = 16 << 20
@@ -202,6 +203,10 @@ def chunk_problem(record: dict[str, Any]) -> str | None:
     if not (isinstance(tasks, list) and len(tasks) == 2 and all(_whole(t) and t >= 0 for t in tasks)
             and tasks[0] <= tasks[1]):
         return f"tasks is {_show(tasks)}, not [first, last] positions"
+    if record.get("id") != unit_name(job, tasks[0], tasks[1]):
+        # The name is what every listing counts (views, coverage, promotion): a chunk that
+        # runs other tasks than its name says would run some twice and leave others out.
+        return f"tasks {_show(tasks)} of array {_show(job)} are not what its name {_show(record.get('id'))} says"
     described = record["spec"].get("tasks")
     if not isinstance(described, dict) or described.get("kind") not in ("matrix", "array", "each_line") \
             or not _whole(described.get("count")) or tasks[1] >= described["count"]:
@@ -217,6 +222,33 @@ def chunk_problem(record: dict[str, Any]) -> str | None:
         if not isinstance(results, dict) or not _whole(results.get("first")) \
                 or not isinstance(results.get("status"), list):
             return f"tries[{i}].results is {_show(results)}, not per-task columns"
+        if (problem := _columns_problem(results)) is not None:
+            return f"tries[{i}].results.{problem}"
+    return None
+
+
+_COLUMN_KINDS: Final = {"status": _STR, "exit": _INT, "signal": _STR, "start": _NUM, "duration": _NUM,
+                        "reason": _STR, "out": "span", "err": "span"}
+
+
+def _columns_problem(results: dict[str, Any]) -> str | None:
+    """A try's per-task columns (see executioner.protocol.pieces): each a list as long as
+    ``status`` (or absent, or null), of values of its kind or null; views and retries read
+    them value by value (a duration that is text was a traceback in ``--job sim``)."""
+    length = len(results["status"])
+    for column, kind in _COLUMN_KINDS.items():
+        values = results.get(column)
+        if values is None:
+            continue
+        if not isinstance(values, list) or len(values) != length:
+            return f"{column} is {_show(values)}, not one value per task"
+        for v in values:
+            if v is None:
+                continue
+            ok = (isinstance(v, list) and (v == [] or len(v) == 2 and all(_whole(x) and x >= 0 for x in v))
+                  if kind == "span" else _kind_ok(kind, v))
+            if not ok:
+                return f"{column} holds {_show(v)}, not {'[offset, length]' if kind == 'span' else kind}"
     return None
 
 

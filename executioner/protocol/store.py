@@ -31,7 +31,7 @@ from . import fence, fsio, records
 from ..errors import ForeignFile
 from .attempts import definition_hash
 from .layout import FORMAT_VERSION, STATES, RunLayout, aside, job_id_of, split_running_name
-from .ready import Upstream
+from .ready import Upstream, arrays_of, forget_arrays
 from .scrub import bad_file_reason, quarantine, read_checked
 from .units import parse_unit, unit_name
 from ..workflow import JobSpec
@@ -217,8 +217,38 @@ def claim(run: RunLayout, job_id: str, owner: Owner) -> Claim | None:
     if record is None:
         quarantine(run, path, bad_file_reason(problem))
         return None
+    problem = unit_problem(run, job_id, record)
+    if problem is not None:
+        quarantine(run, path, f"refused job file: {problem}")
+        return None
     record["spec"] = {**SPEC_DEFAULTS, **record["spec"]}
     return Claim(run, job_id, token, record, owner, now)
+
+
+def unit_problem(run: RunLayout, job_id: str, record: dict[str, Any]) -> str | None:
+    """Why a claimed file, whole and of the right shape, is still no unit of this run: a
+    chunk that names no chunk of the run's arrays (another array's tasks, positions past
+    its end), or a plain job at a chunk's name (its ``done/`` file would count as those
+    tasks done). Its tasks, if any are missing, are rebuilt by coverage."""
+    for fresh in (False, True):
+        if fresh:
+            # RACE: a resume that grew the array published run.json just before placing the
+            # new chunks; our cached sizes (or a stale attribute cache) may predate it. Only
+            # a fresh read of run.json refuses a chunk; one that cannot be read refuses none.
+            forget_arrays(run)
+        arrays = arrays_of(run)
+        if not arrays:
+            return None
+        chunk = parse_unit(job_id, arrays)
+        if isinstance(record.get("tasks"), list):
+            problem = None if chunk is not None and chunk.job == record.get("job") else \
+                f"a chunk of array {record.get('job')!r} under a name that is no chunk of this run's arrays"
+        else:
+            problem = None if chunk is None else \
+                f"not a chunk, under the name of tasks {chunk.lo}-{chunk.hi} of array {chunk.job!r}"
+        if problem is None:
+            return None
+    return problem
 
 
 def claim_lock(run: RunLayout, job_id: str, token: str, record: dict[str, Any]) -> dict[str, Any] | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 import re
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 _TAIL = re.compile(r"([0-9]+)(?:-([0-9]+))?")
 
@@ -111,3 +111,20 @@ class Coverage:
             out.extend(range(max(lo, starts[i]), min(hi, ends[i]) + 1))
             i += 1
         return out
+
+
+def overlapping(chunks: Sequence[Chunk]) -> list[tuple[int, int]]:
+    """Pairs (as indexes into ``chunks``) of chunks of one array that share tasks. The
+    protocol never places two such files at once (a chunk leaves running/ as pieces of its
+    own range, a resume splits what it grabbed), so a pair is a hand's or a tool's copy:
+    some tasks would run, and count, twice."""
+    out: list[tuple[int, int]] = []
+    widest: dict[str, int] = {}
+    for i in sorted(range(len(chunks)), key=lambda k: (chunks[k].job, chunks[k].lo, chunks[k].hi)):
+        chunk = chunks[i]
+        before = widest.get(chunk.job)
+        if before is not None and chunk.lo <= chunks[before].hi:
+            out.append((before, i))
+        if before is None or chunk.hi > chunks[before].hi:
+            widest[chunk.job] = i
+    return out

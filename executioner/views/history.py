@@ -97,25 +97,45 @@ def job_history(run: RunLayout, job_id: str) -> dict[str, Any]:
             "skipped": record.get("skipped"), "held": bool(record.get("held")), "tries": tries}
 
 
-def _units_of(run: RunLayout, job: str, arrays: dict[str, int]) -> list[tuple[str, Chunk, dict[str, Any]]]:
-    """The array's chunk files now: (state, chunk, record), by first task."""
-    out = []
+Unit = tuple[str, Chunk, "dict[str, Any] | None", "str | None"]  # state, chunk, record, why unusable
+UNUSABLE = "its file cannot be used ({}); a worker quarantines it"
+
+
+def _units_of(run: RunLayout, job: str, arrays: dict[str, int]) -> list[Unit]:
+    """The array's chunk files now: (state, chunk, record, None), by first task; one that
+    cannot be used (torn, unreadable, of the wrong shape) with None and why, so that its
+    tasks are listed with the reason rather than left out or called lost."""
+    out: list[Unit] = []
     for unit, (state, path) in snapshot(run).items():
         chunk = parse_unit(unit, arrays)
         if chunk is None or chunk.job != job:
             continue
         try:
-            record, _ = read_job(path, unit)
-        except OSError:
+            record, problem = read_job(path, unit)
+        except FileNotFoundError:
             continue  # moved meanwhile
-        if record is not None:  # (a broken one: the scrub quarantines it)
-            out.append((state, chunk, record))
+        except OSError as e:
+            record, problem = None, e.strerror or str(e)
+        out.append((state, chunk, record, problem))
     return sorted(out, key=lambda u: u[1].lo)
 
 
-def _array_tasks(run: RunLayout, job: str, units: list[tuple[str, Chunk, dict[str, Any]]]) -> dict[str, Any]:
+def _names(units: list[Unit]) -> Any:
+    """The array's TaskSet (names by position) from any usable chunk; None if there is none."""
+    spec = next((r["spec"] for _, _, r, _ in units if r is not None), None)
+    return None if spec is None else task_set(spec)
+
+
+def _array_tasks(run: RunLayout, job: str, units: list[Unit]) -> dict[str, Any]:
     rows = []
-    for state, chunk, record in units:
+    names = _names(units)
+    for state, chunk, record, problem in units:
+        if record is None:
+            for p in range(chunk.lo, chunk.hi + 1):
+                rows.append({"task": f"{job}:{names.index(p) if names else p}", "state": state, "tries": None,
+                             "exit_code": None, "duration": None, "host": None,
+                             "reason": UNUSABLE.format(problem), "unit": chunk.unit})
+            continue
         tasks = task_set(record["spec"], record.get("lines"), chunk.lo)
         slurm_id = (record.get("slurm") or {}).get("job_id") if state in ("waiting", "queued") else None
         slurm = f"Slurm job {slurm_id}" if slurm_id else None  # its element (see backends.slurm_arrays)
@@ -129,18 +149,25 @@ def _array_tasks(run: RunLayout, job: str, units: list[tuple[str, Chunk, dict[st
     return {"run_id": run.run_id, "job": job, "array": True, "tasks": rows}
 
 
-def _task_history(run: RunLayout, job: str, index: str, units: list[tuple[str, Chunk, dict[str, Any]]]) -> dict[str, Any]:
-    if not units:
-        raise PoolError(f"no task of array {job!r} is in a state folder now", run.root)
-    tasks = task_set(units[0][2]["spec"])
+def _task_history(run: RunLayout, job: str, index: str, units: list[Unit]) -> dict[str, Any]:
+    tasks = _names(units)
+    if tasks is None:
+        bad = next((u for u in units if u[2] is None), None)
+        if bad is None:
+            raise PoolError(f"no task of array {job!r} is in a state folder now", run.root)
+        raise PoolError(f"no chunk file of array {job!r} can be used now: {bad[0]}/{bad[1].unit}.json: "
+                        f"{UNUSABLE.format(bad[3])}", run.root)
     position = tasks.position(int(index)) if index.lstrip("-").isdigit() else None
     if position is None:
         raise PoolError(f"no task {job}:{index} in this run (its tasks are {job}:{tasks.index(0)} to "
                         f"{job}:{tasks.index(len(tasks) - 1)})", run.root)
-    found = next(((s, c, r) for s, c, r in units if c.lo <= position <= c.hi), None)
+    found = next((u for u in units if u[1].lo <= position <= u[1].hi), None)
     if found is None:
         raise PoolError(f"task {job}:{index} is in no state folder now (lost: a worker rebuilds it)", run.root)
-    state, chunk, record = found
+    state, chunk, record, problem = found
+    if record is None:
+        raise PoolError(f"task {job}:{index} is in {state}/{chunk.unit}.json, but {UNUSABLE.format(problem)}",
+                        run.root)
     tries = []
     for t in task_rows(record, position):
         logs = {k: os.path.join(run.root, t[k]) if t.get(k) else None for k in ("stdout", "stderr")}

@@ -17,7 +17,7 @@ from ..protocol.ready import arrays_of
 from ..protocol.graph import read_graph
 from ..protocol.rebuild import known_jobs, quarantine_reason
 from ..protocol.records import RUN_RECORD_MAX, read_job, slurm_ids
-from ..protocol.units import Chunk, Coverage, parse_unit, unit_name
+from ..protocol.units import Chunk, Coverage, overlapping, parse_unit, unit_name
 from ..protocol.snapshot import snapshot, staged_jobs
 from ..protocol.store import claim_lock as store_claim_lock
 from ..protocol.store import read_run_record
@@ -66,12 +66,24 @@ class ArrayView(JobView):
         self.size = size
         self.units = units  # (state, chunk, path)
         self.counts = {s: 0 for s in (*JOB_STATES, "held", "lost")}
+        # A chunk in a private folder (leaving running/ as pieces) counts only the tasks
+        # of its pieces not placed yet: the others are in their folders already.
+        placed = [u for u in units if not _in_private(u[2])]
+        out = Coverage([chunk.unit for _, chunk, _ in placed], {job: size})
         for state, chunk, path in units:
             if state == "waiting" and _held(path):  # kept waiting by --failed-only
                 state = "held"
-            self.counts[state] += len(chunk)
-        self.counts["lost"] = max(0, size - sum(self.counts.values()))
+            self.counts[state] += len(chunk) - (len(out.positions(job, chunk.lo, chunk.hi))
+                                                if _in_private(path) else 0)
+        every = Coverage([chunk.unit for _, chunk, _ in units], {job: size})
+        self.counts["lost"] = size - every.tasks.get(job, 0)
         super().__init__(job, self.derived(), record)
+        pairs = overlapping([chunk for _, chunk, _ in placed])
+        if pairs:  # never a count that is wrong without saying so
+            twice = sum(len(chunk) for _, chunk, _ in placed) - out.tasks.get(job, 0)
+            a, b = placed[pairs[0][0]], placed[pairs[0][1]]
+            self.note = (f"{twice} tasks counted twice: chunk files overlap ({a[0]}/{a[1].unit}.json and "
+                         f"{b[0]}/{b[1].unit}.json{' and more' if len(pairs) > 1 else ''}); a worker quarantines one")
 
     def derived(self) -> str:
         c = self.counts
@@ -99,6 +111,8 @@ class ArrayView(JobView):
         self.reason = reason
         self.state = self.derived()
 
+    note: str | None = None
+
     def row(self) -> dict[str, Any]:
         counts = {k: v for k, v in self.counts.items() if v}
         shown = ", ".join(f"{v} {k}" for k, v in counts.items())
@@ -107,7 +121,7 @@ class ArrayView(JobView):
             shown += f"; Slurm array {str(slurm).split('_')[0]}"  # the Slurm-DAG backend's (see slurm_arrays)
         return {"id": self.id, "state": self.state, "tasks": self.size, "counts": counts, "tries": None,
                 "exit_code": None, "duration": None, "host": None,
-                "reason": f"{shown}" + (f"; {self.reason}" if self.reason else "")}
+                "reason": "; ".join(x for x in (shown, self.reason, self.note) if x)}
 
 
 def job_views(run: RunLayout, expected: int = 0, details: bool = True, may_hold: bool = True,
@@ -179,6 +193,11 @@ def job_views(run: RunLayout, expected: int = 0, details: bool = True, may_hold:
         if v.state in ("waiting", "queued") and (r.get("slurm") or {}).get("job_id"):
             v.reason = f"Slurm job {r['slurm']['job_id']}" + (f"; {v.reason}" if v.reason else "")
     return sorted(views.values(), key=lambda v: v.id) if details else list(views.values())
+
+
+def _in_private(path: str) -> bool:
+    """Is this file in a private folder of running/ (a unit on its way out)?"""
+    return split_private_name(os.path.basename(os.path.dirname(path))) is not None
 
 
 def _held(path: str) -> bool:

@@ -356,14 +356,17 @@ class _Validator:
             path = self.inputs(job_id, source)
         else:
             path = os.path.join(os.path.dirname(os.path.abspath(self.file)), source)
+        # A run reads its own copy: a problem names that copy (the user's file is not read).
+        copy = "" if self.inputs is None else f"the run's copy of it, {path}, "
         try:
             raw = read_bounded(path, MAX_LINES_BYTES)
         except FileNotFoundError:
-            return None, "no such file (an each_line path is relative to the workflow file)"
+            return None, f"{copy}is missing" if copy else \
+                "no such file (an each_line path is relative to the workflow file)"
         except IsADirectoryError:
-            return None, "is a directory"
+            return None, f"{copy}is a directory"
         except OSError as e:
-            return None, f"cannot be read ({e.strerror})"
+            return None, f"{copy}cannot be read ({e.strerror})"
         if len(raw) > MAX_LINES_BYTES:
             return None, f"larger than {MAX_LINES_BYTES // 1_000_000:,} MB: not read"
         return raw, None
