@@ -33,7 +33,7 @@ from .attempts import definition_hash
 from .layout import FORMAT_VERSION, STATES, RunLayout, aside, job_id_of, split_running_name
 from .ready import Upstream, arrays_of, forget_arrays
 from .scrub import bad_file_reason, quarantine, read_checked
-from .units import parse_unit, unit_name
+from .units import chunk_like, parse_unit, unit_name
 from ..workflow import JobSpec
 
 SPEC_KEYS = ("command",)  # the rest default: files written by an older version stay valid
@@ -230,6 +230,8 @@ def unit_problem(run: RunLayout, job_id: str, record: dict[str, Any]) -> str | N
     chunk that names no chunk of the run's arrays (another array's tasks, positions past
     its end), or a plain job at a chunk's name (its ``done/`` file would count as those
     tasks done). Its tasks, if any are missing, are rebuilt by coverage."""
+    if not isinstance(record.get("tasks"), list) and not chunk_like(job_id):
+        return None  # a plain job under a plain name: nothing to check (and no stat of run.json)
     for fresh in (False, True):
         if fresh:
             # RACE: a resume that grew the array published run.json just before placing the

@@ -40,6 +40,14 @@ def unit_name(job: str, lo: int, hi: int) -> str:
     return f"{job}.{lo}" if lo == hi else f"{job}.{lo}-{hi}"
 
 
+def chunk_like(unit: str) -> bool:
+    """Is ``unit`` shaped like a chunk's name (``<job>.<lo>[-<hi>]``)? A plain job's id can
+    be (``data.2``) unless its stem names an array (validation refuses that); a name that is
+    not shaped so is never a chunk's."""
+    job, dot, tail = unit.rpartition(".")
+    return bool(dot and job and _TAIL.fullmatch(tail))
+
+
 def parse_unit(unit: str, arrays: Mapping[str, int]) -> Chunk | None:
     """The chunk ``unit`` names, if it is one of ``arrays`` (job -> task count) and in range."""
     job, dot, tail = unit.rpartition(".")
