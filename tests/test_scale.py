@@ -8,11 +8,16 @@ never asserted here.)"""
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from executioner.protocol import records
+
+from .conftest import cli, submit, work
 
 A_TRY = {"status": "failed", "try": 1, "attempt": 1, "exit_code": 1, "signal": None, "reason": "exit code 1",
          "worker": "w-1", "host": "h", "stdout": "logs/a.1.out", "stderr": "logs/a.1.err", "worker_pid": 12,
@@ -64,3 +69,92 @@ def test_the_quick_shape_check_passes_nothing_the_full_check_refuses(base: dict[
         assert records.job_problem(r, "a") == full
         checked += 1
     assert checked > 500
+
+
+# ---- the run view -----------------------------------------------------------------------------
+def a_run_of_every_kind(pool, make_workflow):
+    """A run with a failed job and one blocked behind it, done jobs, an array, and a job file
+    of the wrong shape (shown with its reason)."""
+    jobs = [{"id": "bad", "command": "exit 3"}, {"id": "after", "command": "true", "dependencies": ["bad"]},
+            {"id": "sweep", "array": 5, "command": "true"}]
+    jobs += [{"id": f"j{i}", "command": "true"} for i in range(12)]
+    run = submit(pool, make_workflow(jobs))
+    work(pool, run, slots=2)
+    path = run.job("j3", "done")
+    record = json.loads(Path(path).read_text())
+    record["tries"] = [None]
+    Path(path).write_text(json.dumps(record))
+    return run
+
+
+@pytest.mark.timeout(60)
+def test_the_run_view_read_by_threads_is_the_view_read_alone(pool, make_workflow, monkeypatch) -> None:
+    from executioner.views import reading
+    from executioner.views.status import run_status
+
+    run = a_run_of_every_kind(pool, make_workflow)
+    alone = run_status(run)
+    monkeypatch.setattr(reading, "SLICE", 2)
+    monkeypatch.setattr(reading, "LATENCY", 0.0)  # every storage looks slow: threads read
+    import threading
+
+    seen = set()
+    real_read_one = reading.read_one
+
+    def spy(*a):
+        seen.add(threading.current_thread().name)
+        return real_read_one(*a)
+
+    monkeypatch.setattr(reading, "read_one", spy)
+    threaded = run_status(run)
+    assert any(n.startswith("exec-read") for n in seen), seen
+    assert threaded == alone
+    rows = {r["id"]: r for r in alone["jobs"]}
+    assert rows["after"]["state"] == "blocked" and rows["bad"]["state"] == "failed"
+    assert rows["j3"]["state"] == "done" and "tries[0] is None" in rows["j3"]["reason"]
+    assert rows["sweep"]["tasks"] == 5 and rows["j4"]["tries"] == 1 and rows["j4"]["host"]
+
+
+@pytest.mark.timeout(60)
+def test_exec_status_json_streamed_is_the_document_it_was(pool, make_workflow) -> None:
+    """Byte for byte what one orjson.dumps of the whole view printed before it was streamed."""
+    from executioner.views.status import run_status
+
+    run = a_run_of_every_kind(pool, make_workflow)
+    out = cli("exec-status", str(pool), run.run_id, "--json")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == (orjson.dumps(run_status(run), option=orjson.OPT_INDENT_2) + b"\n").decode()
+    Path(run.record).write_text("[1, 2]")  # corrupt: no jobs at all
+    out = cli("exec-status", str(pool), run.run_id, "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["state"] == "corrupt", out.stderr
+    assert out.stdout == (orjson.dumps(run_status(run), option=orjson.OPT_INDENT_2) + b"\n").decode()
+
+
+@pytest.mark.timeout(30)
+def test_rows_are_written_as_they_are_made() -> None:
+    """The first rows are out before the last is made: 100,000 rows are never one document."""
+    import io
+
+    from executioner.views.text import write_json
+
+    made = []
+
+    class Out(io.BytesIO):
+        def write(self, b: bytes) -> int:
+            made.append(("write", len(rows_taken)))
+            return super().write(b)
+
+    rows_taken: list[int] = []
+
+    def rows():
+        for i in range(2500):
+            rows_taken.append(i)
+            yield {"id": f"j{i}", "state": "done", "note": 'a "quoted"\nline'}
+
+    out = Out()
+    data = {"run_id": "r-0001", "name": "r", "state": "done", "counts": {"done": 2500}, "jobs": rows(),
+            "reason": "x"}
+    write_json(data, out)
+    assert [n for _, n in made][1] < 2500, made
+    whole = dict(data, jobs=[{"id": f"j{i}", "state": "done", "note": 'a "quoted"\nline'} for i in range(2500)])
+    assert out.getvalue() == orjson.dumps(whole, option=orjson.OPT_INDENT_2) + b"\n"

@@ -12,14 +12,14 @@ from ..coordinator.coord import describe, holder, interrupted_change, is_stopped
 from ..errors import CorruptFileError, PoolError
 from ..liveness.watch import Watch
 from ..protocol import fsio
-from ..protocol.layout import PoolLayout, RunLayout, split_private_name, split_running_name
+from ..protocol.layout import PoolLayout, RunLayout
 from ..protocol.ready import arrays_of
 from ..protocol.graph import read_graph
 from ..protocol.rebuild import known_jobs, quarantine_reason
-from ..protocol.records import RUN_RECORD_MAX, read_job, slurm_ids
+from ..protocol.records import RUN_RECORD_MAX, slurm_ids
 from ..protocol.units import Chunk, Coverage, parse_unit, unit_name
 from ..protocol.snapshot import snapshot, staged_jobs
-from ..protocol.store import claim_lock as store_claim_lock
+from .reading import read_jobs
 from ..protocol.store import read_run_record
 
 JOB_STATES = ("waiting", "queued", "running", "done", "failed", "blocked")
@@ -36,6 +36,7 @@ class JobView:
     record: dict[str, Any] | None
     claim: dict[str, Any] | None = None
     reason: str | None = None
+    count: int | None = None  # its tries, when ``record`` keeps only the last (see views.reading)
 
     def needs(self) -> list[Any]:
         deps = (self.record or {}).get("dependencies")
@@ -46,15 +47,9 @@ class JobView:
         tries = r.get("tries", [])
         last = tries[-1] if tries else {}
         host = (self.claim or {}).get("host") if self.state == "running" else last.get("host")
-        return {"id": self.id, "state": self.state, "tries": len(tries),
+        return {"id": self.id, "state": self.state, "tries": len(tries) if self.count is None else self.count,
                 "exit_code": r.get("last_exit_code"), "duration": last.get("duration"),
                 "host": host, "reason": self.reason}
-
-
-def _token_of(path: str) -> str | None:
-    """The claim token of a job file in running/ (a claim, or the job file in a private folder)."""
-    parts = split_running_name(os.path.basename(path)) or split_private_name(os.path.basename(os.path.dirname(path)))
-    return parts[1] if parts else None
 
 
 class ArrayView(JobView):
@@ -122,6 +117,7 @@ def job_views(run: RunLayout, expected: int = 0, details: bool = True, may_hold:
     jobs = snapshot(run, expected, staged=True)
     graph = None if details else read_graph(run, attempt)
     read_waiting = details or (graph is None and (may_hold or any(state == "failed" for state, _ in jobs.values())))
+    to_read: list[tuple[str, str, str]] = []
     for job_id, (state, path) in jobs.items():
         chunk = parse_unit(job_id, arrays) if arrays else None
         if chunk is not None:
@@ -133,18 +129,10 @@ def job_views(run: RunLayout, expected: int = 0, details: bool = True, may_hold:
                 known = {"dependencies": graph[0].get(job_id) or [], "held": job_id in graph[1]}
             views[job_id] = JobView(job_id, state, known)
             continue
-        problem = None
-        try:
-            record, problem = read_job(path, job_id)
-        except OSError:
-            record = None  # moved since the listing, or an I/O error: shown without details
-        claim = None
-        if state == "running" and record is not None:
-            token = _token_of(path)
-            # None when not written yet (the claim is a moment old), or torn: shown without it
-            claim = store_claim_lock(run, job_id, token, record) if token else None
-        views[job_id] = JobView(job_id, state, record, claim,
-                                reason=None if problem is None else f"its file cannot be used ({problem}); "
+        to_read.append((job_id, state, path))
+    for job_id, read in read_jobs(run, to_read).items():
+        views[job_id] = JobView(job_id, jobs[job_id][0], read.record, read.claim, count=read.tries,
+                                reason=None if read.problem is None else f"its file cannot be used ({read.problem}); "
                                 "a worker quarantines it")
     for job, size in arrays.items():
         views[job] = ArrayView(job, size, chunks.get(job, []), _one_record(chunks.get(job, [])))
@@ -334,9 +322,11 @@ def run_state(states: dict[str, int]) -> str:
     return "done"
 
 
-def run_status(run: RunLayout, jobs: bool = True) -> dict[str, Any]:
+def run_status(run: RunLayout, jobs: bool = True, lazy: bool = False) -> dict[str, Any]:
     """The run's state and jobs (without ``jobs``: its state and counts only, which reads
-    far fewer files); state ``corrupt`` (with ``reason``) if run.json is broken."""
+    far fewer files); state ``corrupt`` (with ``reason``) if run.json is broken. With
+    ``lazy``, ``jobs`` is an iterator making each row as it is taken (100,000 rows are
+    written out one by one, never held as one list: see views.text.write_json)."""
     try:
         record = read_run_record(run)
     except FileNotFoundError:
@@ -359,7 +349,10 @@ def run_status(run: RunLayout, jobs: bool = True) -> dict[str, Any]:
         counts[COUNTED_AS.get(v.state, v.state)] += 1
         shown[v.state] = shown.get(v.state, 0) + 1
     out = {"run_id": record.get("run_id", run.run_id), "name": record.get("name"),
-           "state": run_state(shown), "counts": counts, "jobs": [v.row() for v in views] if jobs else []}
+           "state": run_state(shown), "counts": counts, "jobs": []}
+    if jobs:
+        rows = (v.row() for v in views)
+        out["jobs"] = rows if lazy else list(rows)
     try:
         slurm = slurm_ids(fsio.read_json(run.slurm_record, RUN_RECORD_MAX))
         if slurm:
