@@ -6,7 +6,8 @@ with ``exec-submit --dry-run``, submitted with ``exec-submit`` into a pool of it
 first job then fails (through the library), so that everything downstream of it is
 ``blocked`` (the graph walk's worst case), and ``exec-status`` is timed on the pool and on
 the run. Each command runs as a user runs it (a fresh interpreter, output to a pipe that is
-read to the end); a cell is the best wall time of ``--repeat`` runs and that run's peak
+read to the end); a cell is the best of ``--repeat`` runs: its wall time, its CPU time
+(user + system: what the command costs whatever else the machine is doing) and its peak
 memory (max RSS of the process):
 
     python scripts/status_shapes.py [--sizes 1000,100000] [--shapes ladder,chain,...] [--repeat 3]
@@ -100,8 +101,9 @@ def fail_first(run: RunLayout, first: str) -> None:
     assert claim is not None and store.finish(claim, dict(claim.record, reason="exit code 1"), "failed")
 
 
-def timed(command: str, *args: str) -> tuple[float, float]:
-    """Wall seconds and peak RSS in MB of ``exec-<command> ARGS`` run as a fresh process."""
+def timed(command: str, *args: str) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds and peak RSS in MB of ``exec-<command> ARGS`` run as a
+    fresh process."""
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         p = subprocess.Popen([sys.executable, "-m", "executioner", command, *args], stdout=subprocess.PIPE,
@@ -116,10 +118,10 @@ def timed(command: str, *args: str) -> tuple[float, float]:
         if p.returncode != 0:
             err.seek(0)
             sys.exit(f"exec-{command} {' '.join(args)} failed: {err.read().decode()}")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
-def best(repeat: int, command: str, *args: str) -> tuple[float, float]:
+def best(repeat: int, command: str, *args: str) -> tuple[float, float, float]:
     return min(timed(command, *args) for _ in range(repeat))
 
 
@@ -131,7 +133,7 @@ def main() -> None:
     p.add_argument("--format", choices=("yaml", "json"), default="yaml")
     a = p.parse_args()
     cases = ("submit --dry-run", "submit", "POOL", "POOL --json", "POOL RUN", "POOL RUN --json")
-    print(f"{'shape':<8} {'jobs':>7}  " + "  ".join(f"{c:>16}" for c in cases))
+    print(f"{'shape':<8} {'jobs':>7}  " + "  ".join(f"{c:>22}" for c in cases))
     for n in (int(s) for s in a.sizes.split(",")):
         for shape in a.shapes.split(","):
             with tempfile.TemporaryDirectory() as tmp:
@@ -144,8 +146,9 @@ def main() -> None:
                 fail_first(run, first)
                 for args in ([pool], [pool, "--json"], [pool, run.run_id], [pool, run.run_id, "--json"]):
                     cells.append(best(a.repeat, "status", *args))
-            print(f"{shape:<8} {n:>7}  " + "  ".join(f"{t:6.2f}s {m:5.0f}MB" for t, m in cells), flush=True)
-    print("(a cell: wall seconds, and the peak RSS of that command)")
+            print(f"{shape:<8} {n:>7}  " + "  ".join(f"{t:5.2f}s ({c:5.2f}) {m:4.0f}MB" for t, c, m in cells),
+                  flush=True)
+    print("(a cell: wall seconds, (CPU seconds), and the peak RSS of that command)")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,156 @@ def test_rows_are_written_as_they_are_made() -> None:
     assert [n for _, n in made][1] < 2500, made
     whole = dict(data, jobs=[{"id": f"j{i}", "state": "done", "note": 'a "quoted"\nline'} for i in range(2500)])
     assert out.getvalue() == orjson.dumps(whole, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+# ---- the pool view ----------------------------------------------------------------------------
+def _fail(run, job: str) -> None:
+    from executioner.protocol import store
+
+    claim = store.claim(run, job, store.Owner.current("test"))
+    assert claim is not None and store.finish(claim, dict(claim.record, reason="exit code 1"), "failed")
+
+
+def _pool_row(pool) -> dict[str, Any]:
+    from executioner import PoolLayout
+    from executioner.views.status import pool_status
+
+    [row] = pool_status(PoolLayout(str(pool)))["runs"]
+    return row
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("graph_order", ["as-written", "none", "reversed"])
+def test_the_pool_view_counts_from_listings_what_the_job_files_say(pool, make_workflow, monkeypatch,
+                                                                   graph_order: str) -> None:
+    """Blocked and held told apart from graph.json alone (in one pass in its order, or by a
+    walk when it has none or a wrong one) count what reading every job file counts."""
+    from executioner.views import counts, status
+
+    jobs = [{"id": "root", "command": "true"}, {"id": "w1", "command": "true", "dependencies": ["root"]},
+            {"id": "w2", "command": "true", "dependencies": ["w1"]}, {"id": "bad", "command": "false"},
+            {"id": "b1", "command": "true", "dependencies": ["bad"]},
+            {"id": "b2", "command": "true", "dependencies": ["b1", "root"]},
+            {"id": "w3", "command": "true", "dependencies": ["root"]}]
+    run = submit(pool, make_workflow(jobs))
+    _fail(run, "bad")
+    graph = json.loads(Path(run.graph).read_text())
+    assert graph["order"].index("w1") < graph["order"].index("w2")
+    graph["held"] = ["w1"]  # as a --failed-only resume leaves it: in graph.json and in the job file
+    if graph_order == "none":
+        del graph["order"]
+    elif graph_order == "reversed":
+        graph["order"].reverse()
+    Path(run.graph).write_text(json.dumps(graph))
+    record = json.loads(Path(run.job("w1", "waiting")).read_text())
+    Path(run.job("w1", "waiting")).write_text(json.dumps(dict(record, held=True)))
+
+    assert counts.plain_counts(run, 7, 1) is not None  # the listings and graph.json decide
+    fast = _pool_row(pool)
+    assert fast["counts"] == {"waiting": 3, "queued": 1, "running": 0, "done": 0, "failed": 1, "blocked": 2}
+    assert fast["state"] == "running"
+    monkeypatch.setattr(status, "plain_counts", lambda *a: None)
+    assert _pool_row(pool) == fast  # job_views, with graph.json
+    Path(run.graph).unlink()
+    assert _pool_row(pool) == fast  # job_views, reading the waiting job files
+    assert counts.plain_counts(run, 7, 1) is None  # no graph: left to job_views
+
+
+@pytest.mark.timeout(60)
+def test_a_pool_view_of_a_run_with_a_lost_job_is_left_to_the_job_views(pool, make_workflow) -> None:
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}, {"id": "b", "command": "true"}]))
+    Path(run.job("b", "queued")).unlink()
+    row = _pool_row(pool)
+    assert row["state"] == "running" and row["counts"]["queued"] == 1 and row["counts"]["waiting"] == 1  # b: lost
+
+
+# ---- submit -----------------------------------------------------------------------------------
+def _slow_storage(monkeypatch) -> list[tuple[str, str]]:
+    """Every storage looks slow (files are created by threads, 4 at a time); returns the
+    log of (thread, file) creations and the publication of run.json."""
+    import threading
+
+    from executioner.protocol import fsio
+
+    monkeypatch.setattr(fsio, "LATENCY", 0.0)
+    monkeypatch.setattr(fsio, "BATCH", 4)
+    log: list[tuple[str, str]] = []
+    real_new, real_publish = fsio._write_new, fsio.atomic_write_json
+
+    def write_new(path, payload, *a, **kw):
+        real_new(path, payload, *a, **kw)
+        log.append((threading.current_thread().name, str(path)))
+
+    def publish(path, data):
+        log.append(("publish", str(path)))
+        real_publish(path, data)
+
+    monkeypatch.setattr(fsio, "_write_new", write_new)
+    monkeypatch.setattr(fsio, "atomic_write_json", publish)
+    return log
+
+
+@pytest.mark.timeout(60)
+def test_a_submit_to_slow_storage_creates_job_files_from_threads_and_publishes_last(
+        pool, make_workflow, monkeypatch) -> None:
+    log = _slow_storage(monkeypatch)
+    run = submit(pool, make_workflow([{"id": f"j{i}", "command": f"echo {i}",
+                                       "dependencies": [f"j{i - 1}"] if i else []} for i in range(60)]))
+    jobs = [i for i, (_, p) in enumerate(log) if "/queued/" in p or "/waiting/" in p]
+    assert len(jobs) == 60 and any(log[i][0].startswith("exec-create") for i in jobs), log
+    assert log.index(("publish", run.record)) > max(jobs), "run.json is written after every job file"
+    for i in range(60):
+        state = "queued" if i == 0 else "waiting"
+        assert json.loads(Path(run.job(f"j{i}", state)).read_text())["spec"]["command"] == f"echo {i}"
+    assert not [n for d in run.all_dirs() for n in os.listdir(d) if n.startswith(".tmp-")]
+
+
+@pytest.mark.timeout(60)
+def test_a_disk_full_in_one_thread_of_a_submit_leaves_no_run(pool, make_workflow, monkeypatch) -> None:
+    import errno
+
+    from executioner import PoolLayout
+    from executioner.protocol import fsio
+
+    _slow_storage(monkeypatch)
+    real = os.write
+    count = {"n": 0}
+
+    def full(fd, data):
+        count["n"] += 1
+        if count["n"] == 30:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError):
+        submit(pool, make_workflow([{"id": f"j{i}", "command": "true"} for i in range(60)]))
+    monkeypatch.setattr(os, "write", real)
+    assert PoolLayout(str(pool)).run_ids() == [] and [n for n in os.listdir(pool) if n != "workers"] == []
+    assert fsio.LATENCY == 0.0
+
+
+@pytest.mark.timeout(60)
+def test_the_plans_order_is_graphlibs() -> None:
+    """The plan walks jobs in graphlib's static order (its steps, text and attempt record
+    keep their order), computed without graphlib's cycle search; a cycle still raises."""
+    import graphlib
+    import random
+
+    from executioner.coordinator.plan import static_order
+
+    rng = random.Random(7)
+    for n in (1, 2, 5, 30, 300):
+        for _ in range(20):
+            names = [f"j{i}" for i in range(n)]
+            rng.shuffle(names)
+            needs = {}
+            for i, name in enumerate(names):
+                deps = rng.sample(names[:i], rng.randint(0, min(i, 4))) if i else []
+                needs[name] = tuple(deps)
+            items = list(needs.items())
+            rng.shuffle(items)  # written in any order, not only dependencies first
+            needs = dict(items)
+            assert static_order(needs) == list(graphlib.TopologicalSorter(needs).static_order())
+    with pytest.raises(graphlib.CycleError):
+        static_order({"a": ("b",), "b": ("a",), "c": ()})

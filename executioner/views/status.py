@@ -19,6 +19,7 @@ from ..protocol.rebuild import known_jobs, quarantine_reason
 from ..protocol.records import RUN_RECORD_MAX, slurm_ids
 from ..protocol.units import Chunk, Coverage, parse_unit, unit_name
 from ..protocol.snapshot import snapshot, staged_jobs
+from .counts import plain_counts
 from .reading import read_jobs
 from ..protocol.store import read_run_record
 
@@ -335,10 +336,15 @@ def run_status(run: RunLayout, jobs: bool = True, lazy: bool = False) -> dict[st
         return {"run_id": run.run_id, "name": None, "state": "corrupt",
                 "counts": {s: 0 for s in JOB_STATES}, "jobs": [],
                 "reason": f"run.json is corrupt ({e.message}); workers skip this run"}
-    views = job_views(run, record.get("jobs", 0), details=jobs, may_hold=record.get("attempt") != 1,
-                      attempt=record.get("attempt", 1))
+    fast = None if jobs else plain_counts(run, record.get("jobs", 0), record.get("attempt", 1))
+    views = [] if fast is not None else job_views(run, record.get("jobs", 0), details=jobs,
+                                                  may_hold=record.get("attempt") != 1, attempt=record.get("attempt", 1))
     counts = {s: 0 for s in JOB_STATES}
     shown: dict[str, int] = {}
+    for state, n in (fast or {}).items():
+        if n:
+            counts[COUNTED_AS.get(state, state)] += n
+            shown[state] = n
     for v in views:
         if isinstance(v, ArrayView):
             for state, n in v.counts.items():
