@@ -312,3 +312,48 @@ def test_the_plans_order_is_graphlibs() -> None:
             assert static_order(needs) == list(graphlib.TopologicalSorter(needs).static_order())
     with pytest.raises(graphlib.CycleError):
         static_order({"a": ("b",), "b": ("a",), "c": ()})
+
+
+# ---- YAML ---------------------------------------------------------------------------------------
+@pytest.mark.timeout(60)
+def test_a_yaml_workflow_without_aliases_skips_the_node_walk(tmp_path, monkeypatch) -> None:
+    from executioner import load_workflow
+    from executioner.workflow import parse
+
+    walked = []
+    real = parse.check_nodes
+    monkeypatch.setattr(parse, "check_nodes", lambda node: walked.append(node) or real(node))
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("jobs:\n" + "".join(f"  - id: j{i}\n    command: echo {i}\n" for i in range(50)))
+    assert len(load_workflow(str(plain)).jobs) == 50 and walked == []
+    aliased = tmp_path / "aliased.yaml"
+    aliased.write_text("defaults: {env: &e {A: '1'}}\njobs:\n  - {id: a, command: x, env: *e}\n")
+    assert load_workflow(str(aliased)).jobs[0].env == {"A": "1"} and len(walked) == 1
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("depth", [95, 96, 97, 98, 101])
+@pytest.mark.parametrize("kind", ["list", "mapping"])
+def test_the_depth_bound_is_the_same_with_or_without_the_node_walk(tmp_path, depth: int, kind: str) -> None:
+    """A document is refused at the same depth, with the same positioned message, whether
+    its depth is counted on its nodes (a document with an alias) or on its data."""
+    from executioner.errors import WorkflowErrors
+    from executioner.workflow import parse
+
+    open_, close = ("[", "]") if kind == "list" else ("{k: ", "}")
+    value = open_ * depth + "x" + close * depth
+    plain = f"jobs: [{{id: a, command: x, timeout: {value}}}]\n".encode()
+    walked = b"anchor: &a 1\n" + plain.replace(b"x, timeout", b"*a, timeout")
+
+    def outcome(raw: bytes) -> str:
+        try:
+            parse.parse(raw, "wf.yaml")
+            return "accepted"
+        except WorkflowErrors as e:
+            return str(e).split("column", 1)[1] if "column" in str(e) else str(e)
+
+    plain_says, walked_says = outcome(plain), outcome(walked)
+    assert (plain_says == "accepted") == (walked_says == "accepted"), (plain_says, walked_says)
+    if plain_says != "accepted":
+        assert "nested too deeply" in plain_says
+    assert (plain_says == "accepted") == (depth <= 96)  # the top, jobs, the job above; the scalar below
