@@ -33,7 +33,6 @@ import os
 import secrets
 import socket
 import stat
-import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable, Final, Iterable
 
@@ -265,7 +264,6 @@ def write_unsynced(path: str, payload: bytes) -> None:
         raise
 
 
-LATENCY: Final = 100e-6  # seconds a file: a local disk takes 10 to 30 µs, NFS or sshfs hundreds or more
 BATCH: Final = 256  # files a thread creates at a time
 THREADS: Final = 8
 
@@ -273,20 +271,16 @@ THREADS: Final = 8
 def create_files(files: Iterable[tuple[str, bytes]]) -> None:
     """Create each ``(path, payload)`` (none may exist: ``O_EXCL``), unsynced, for a
     directory no other process reads yet (a run before its run.json): no temp file, no
-    rename. On a network filesystem each create is a round trip, so after the first
-    BATCH (created here, and timed) the rest go to THREADS threads when a file took longer
-    than LATENCY; on a local disk threads only fight over the interpreter. ``files`` is
-    consumed as it goes, so its payloads need not all be made at once. The first error
-    raises (files already made stay: the caller removes the directory)."""
+    rename. A create waits on the filesystem (a round trip on NFS; the directory's lock and
+    the journal on a local disk), not on the interpreter, so past the first BATCH the files
+    are created by THREADS threads while the calling thread makes the next payloads from
+    ``files`` (consumed as it goes, a bounded number of batches ahead): 100,000 job files
+    took 12 s in one thread and 3.8 s in 8 on ext4 here. The first error raises and no
+    further batch starts (files already made stay: the caller removes the directory)."""
     todo = iter(files)
     first = list(itertools.islice(todo, BATCH))
-    start = time.perf_counter()
-    for path, payload in first:
-        _write_new(path, payload, sync=False)
     if len(first) < BATCH:
-        return
-    if time.perf_counter() - start < LATENCY * BATCH:
-        for path, payload in todo:
+        for path, payload in first:
             _write_new(path, payload, sync=False)
         return
 
@@ -295,15 +289,20 @@ def create_files(files: Iterable[tuple[str, bytes]]) -> None:
             _write_new(path, payload, sync=False)
 
     with ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="exec-create") as pool:
-        pending: set[Future[None]] = set()
-        while batch := list(itertools.islice(todo, BATCH)):
-            pending.add(pool.submit(write, batch))
-            if len(pending) >= 2 * THREADS:  # a bounded number of payloads in memory
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in done:
-                    f.result()
-        for f in pending:
-            f.result()
+        pending: set[Future[None]] = {pool.submit(write, first)}
+        try:
+            while batch := list(itertools.islice(todo, BATCH)):
+                pending.add(pool.submit(write, batch))
+                if len(pending) >= 2 * THREADS:  # a bounded number of payloads in memory
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        f.result()
+            for f in pending:
+                f.result()
+        except BaseException:  # a full disk, Ctrl-C: start no more batches
+            for f in pending:
+                f.cancel()
+            raise
 
 
 def sync_filesystem(path: str) -> None:

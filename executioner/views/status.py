@@ -116,7 +116,7 @@ def job_views(run: RunLayout, expected: int = 0, details: bool = True, may_hold:
     arrays = arrays_of(run)
     chunks: dict[str, list[tuple[str, Chunk, str]]] = {}
     jobs = snapshot(run, expected, staged=True)
-    graph = None if details else read_graph(run, attempt)
+    graph = read_graph(run, attempt)  # with details, for its order only: the files say the rest
     read_waiting = details or (graph is None and (may_hold or any(state == "failed" for state, _ in jobs.values())))
     to_read: list[tuple[str, str, str]] = []
     for job_id, (state, path) in jobs.items():
@@ -126,7 +126,7 @@ def job_views(run: RunLayout, expected: int = 0, details: bool = True, may_hold:
             continue
         if not details and (state != "waiting" or not read_waiting):
             known = None
-            if graph is not None and state == "waiting":
+            if graph is not None and state == "waiting" and not details:
                 known = {"dependencies": graph[0].get(job_id) or [], "held": job_id in graph[1]}
             views[job_id] = JobView(job_id, state, known)
             continue
@@ -143,8 +143,9 @@ def job_views(run: RunLayout, expected: int = 0, details: bool = True, may_hold:
             reason = LOST_REASON if note is None else f"in no state folder: quarantined ({note}); {REBUILT}"
             views[job_id] = JobView(job_id, "lost", None, reason=reason)
     _mark_blocked_tasks(views)  # first: a task blocked this way blocks what needs all its array
-    _mark_blocked(views)
-    _mark_held(views)
+    order = graph.order if graph is not None else None
+    _mark_blocked(views, order)
+    _mark_held(views, order)
     for v in views.values():
         if isinstance(v, ArrayView):
             continue
@@ -220,7 +221,40 @@ def _mark_blocked_tasks(views: dict[str, JobView]) -> None:
         bad[job] = Coverage(blocked, {job: v.size})
 
 
-def _first_upstream(views: dict[str, JobView], source: Any, passes: Any) -> dict[str, str | None]:
+def _first_upstream(views: dict[str, JobView], source: Any, passes: Any,
+                    order: list[str] | None = None) -> dict[str, str | None]:
+    """:func:`_walk_upstream`, in one pass when ``order`` (graph.json's: each job after
+    those it needs) is given and is such an order for these views; the same answer for
+    every job that passes (a job's dependencies are judged before it, in their order)."""
+    found: dict[str, str | None] = {j: j for j, v in views.items() if source(v)}
+    if not found or order is None:
+        return found if not found else _walk_upstream(views, source, passes, found)
+    unknown = object()
+    for j in order:
+        v = views.get(j)
+        if v is None or j in found or not passes(v):
+            continue
+        result = None
+        for d in v.needs():
+            if type(d) is not str:
+                continue
+            r = found.get(d, unknown)
+            if r is unknown:
+                upstream = views.get(d)
+                if upstream is not None and passes(upstream):  # not judged yet: not such an order
+                    return _walk_upstream(views, source, passes, {k: k for k, x in views.items() if source(x)})
+                continue  # neither a source nor passing (or not a job at all)
+            if r is not None:
+                result = r
+                break
+        found[j] = result
+    if any(j not in found for j, v in views.items() if passes(v)):  # a job the order leaves out
+        return _walk_upstream(views, source, passes, {k: k for k, x in views.items() if source(x)})
+    return found
+
+
+def _walk_upstream(views: dict[str, JobView], source: Any, passes: Any,
+                   found: dict[str, str | None]) -> dict[str, str | None]:
     """For every job that is a source or passes: itself if ``source(view)``, else (when
     ``passes(view)``) the first source found upstream through its dependencies, in order,
     or None.
@@ -228,10 +262,7 @@ def _first_upstream(views: dict[str, JobView], source: Any, passes: Any) -> dict
     Iterative and memoised: linear in jobs + edges on any DAG shape (a 100,000-job chain,
     a ladder whose paths number 2^30), and safe on a cycle in hand-edited files. The
     predicates are asked once per job, the walk touches only dicts and lists (one stack
-    for all of it), and with no source at all there is nothing to walk."""
-    found: dict[str, str | None] = {j: j for j, v in views.items() if source(v)}
-    if not found:
-        return found
+    for all of it). ``found``: the sources, each found as itself."""
     deps_of: dict[str, list[Any]] = {}
     for j, v in views.items():
         if j not in found and passes(v):
@@ -278,7 +309,7 @@ def _first_upstream(views: dict[str, JobView], source: Any, passes: Any) -> dict
     return found
 
 
-def _mark_blocked(views: dict[str, JobView]) -> None:
+def _mark_blocked(views: dict[str, JobView], order: list[str] | None = None) -> None:
     """A waiting job is blocked when a job it needs (directly or not) has failed. An array
     with a failed task has failed for what needs all of it; an array's waiting tasks are
     blocked when what it needs as a whole has failed."""
@@ -288,7 +319,7 @@ def _mark_blocked(views: dict[str, JobView]) -> None:
     def waits(v: JobView) -> bool:
         return v.state == "waiting"
 
-    upstream = _first_upstream(views, failed, waits)
+    upstream = _first_upstream(views, failed, waits, order)
     for v in views.values():
         if v.state != "waiting":
             continue
@@ -301,10 +332,10 @@ def _mark_blocked(views: dict[str, JobView]) -> None:
                 v.reason = f"upstream failed: {found}"
 
 
-def _mark_held(views: dict[str, JobView]) -> None:
+def _mark_held(views: dict[str, JobView], order: list[str] | None = None) -> None:
     """Held (by --failed-only): a waiting job so marked, or one downstream of it."""
     held = _first_upstream(views, lambda v: v.state == "waiting" and bool((v.record or {}).get("held")),
-                           lambda v: v.state == "waiting")
+                           lambda v: v.state == "waiting", order)
     for v in views.values():
         if v.state == "waiting" and held.get(v.id):
             h = held[v.id]
