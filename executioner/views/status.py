@@ -227,8 +227,10 @@ def _first_upstream(views: dict[str, JobView], source: Any, passes: Any,
     those it needs) is given and is such an order for these views; the same answer for
     every job that passes (a job's dependencies are judged before it, in their order)."""
     found: dict[str, str | None] = {j: j for j, v in views.items() if source(v)}
-    if not found or order is None:
-        return found if not found else _walk_upstream(views, source, passes, found)
+    if not found:
+        return found
+    if order is None:
+        return _walk_upstream(views, source, passes, found)
     unknown = object()
     for j in order:
         v = views.get(j)
