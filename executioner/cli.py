@@ -471,9 +471,12 @@ def _status_main(argv: list[str] | None = None) -> int:
                 if a.job:
                     _print(job_history(run, a.job), a.json, _job_table)
                 return EXIT_OK
-            data = run_status(run)
+            data = run_status(run, lazy=True)
             if a.json:
-                _print(data, True, None)
+                from .views.text import write_json
+
+                write_json(data, sys.stdout.buffer)
+                sys.stdout.flush()
             else:  # plain text: rich takes minutes for 100,000 rows
                 sys.stdout.write(_run_text(data, sys.stdout.isatty() and not os.environ.get("NO_COLOR")))
                 sys.stdout.flush()

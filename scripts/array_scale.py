@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Submit and status at scale for task arrays: one array of N `true` tasks (default 100,000
 and 1,000,000), submitted with exec-submit, then exec-status POOL, POOL RUN, POOL RUN --json,
-each a fresh process as a user runs it; wall time, peak memory (max RSS) and files made.
+each a fresh process as a user runs it; wall time, CPU time (user + system), peak memory
+(max RSS of that process) and files made.
 
     python scripts/array_scale.py [--tasks 100000,1000000]
 """
@@ -10,21 +11,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and the child's peak RSS in MB (each command is a fresh process)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+def timed(cmd: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds and peak RSS in MB of ``cmd``, run as a fresh process."""
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, max(after, before) / 1024  # ru_maxrss is the largest of any child so far
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+    assert p.stdout is not None
+    while p.stdout.read(1 << 20):
+        pass
+    _, status, usage = os.wait4(p.pid, 0)  # the child's own figures (Popen.wait would lose them)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    p.stdout.close()
+    if p.returncode != 0:
+        raise subprocess.CalledProcessError(p.returncode, cmd)
+    return time.perf_counter() - t, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def main() -> int:
@@ -32,7 +37,8 @@ def main() -> int:
     p.add_argument("--tasks", default="100000,1000000")
     a = p.parse_args()
     bin_dir = os.path.dirname(sys.executable)
-    print(f"{'tasks':>9}  {'files':>6}  {'submit':>15}  {'POOL':>15}  {'POOL RUN':>15}  {'POOL RUN --json':>15}")
+    print(f"{'tasks':>9}  {'files':>6}  " + "  ".join(f"{c:>21}" for c in ("submit", "POOL", "POOL RUN",
+                                                                         "POOL RUN --json")))
     for n in (int(x) for x in a.tasks.split(",")):
         with tempfile.TemporaryDirectory(prefix="exec-scale-") as tmp:
             wf = os.path.join(tmp, "wf.yaml")
@@ -44,9 +50,9 @@ def main() -> int:
             status = os.path.join(bin_dir, "exec-status")
             for args in ([pool], [pool, "sweep-0001"], [pool, "sweep-0001", "--json"]):
                 cells.append(timed([status, *args]))
-            shown = "  ".join(f"{w:6.2f}s {m:5.0f}MB" for w, m in cells)
-            print(f"{n:>9}  {files:>6}  {shown}")
-    print("(MB: the largest peak RSS of any command so far in this run)")
+            shown = "  ".join(f"{w:5.2f}s ({c:5.2f}) {m:4.0f}MB" for w, c, m in cells)
+            print(f"{n:>9}  {files:>6}  {shown}", flush=True)
+    print("(a cell: wall seconds, (CPU seconds), and the peak RSS of that command)")
     return 0
 
 

@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
-"""How long ``exec-status`` takes on every DAG shape, at 1,000 and 100,000 jobs.
+"""Plain jobs at scale: how long ``exec-submit`` and ``exec-status`` take on every DAG shape.
 
-Each shape is a run of its own pool, built through the library (a JSON workflow, one
-``create_run``), whose first job then fails, so that everything downstream of it is
-``blocked`` (the graph walk's worst case). Each command runs as a user runs it (a fresh
-interpreter, output to a pipe that is read to the end) and the best of ``--repeat`` is shown:
+Each shape is a workflow of distinct jobs (YAML or JSON, ``--format``), checked and planned
+with ``exec-submit --dry-run``, submitted with ``exec-submit`` into a pool of its own; its
+first job then fails (through the library), so that everything downstream of it is
+``blocked`` (the graph walk's worst case), and ``exec-status`` is timed on the pool and on
+the run. Each command runs as a user runs it (a fresh interpreter, output to a pipe that is
+read to the end); a cell is the best of ``--repeat`` runs: its wall time, its CPU time
+(user + system: what the command costs whatever else the machine is doing) and its peak
+memory (max RSS of the process):
 
     python scripts/status_shapes.py [--sizes 1000,100000] [--shapes ladder,chain,...] [--repeat 3]
+                                    [--format yaml|json]
 
 Shapes: ``ladder`` (layers of 2, each job depending on both of the layer before), ``chain``,
 ``fan-in`` (n-1 independent jobs and one that needs them all), ``fan-out`` (one root and n-1
@@ -68,26 +73,56 @@ def expected_counts(shape: str, n: int) -> dict[str, int]:
     return counts
 
 
-def build(pool: str, shape: str, n: int) -> RunLayout:
-    """A run of ``shape`` in ``pool`` whose first job has failed."""
+def write_workflow(path: str, shape: str, n: int) -> str:
+    """The workflow file of ``shape`` (JSON if ``path`` ends in .json, else block-style YAML,
+    as a person writes it); returns the first job's id."""
     jobs, first = shape_jobs(shape, n)
-    path = os.path.join(os.path.dirname(pool), f"{shape}-{n}.json")
     with open(path, "w") as f:
-        json.dump({"name": shape, "jobs": jobs}, f)
+        if path.endswith(".json"):
+            json.dump({"name": shape, "jobs": jobs}, f)
+        else:
+            f.write(f"name: {shape}\njobs:\n")
+            for j in jobs:
+                f.write(f"  - id: {j['id']}\n    command: 'true'\n    dependencies: [{', '.join(j['dependencies'])}]\n")
+    return first
+
+
+def build(pool: str, shape: str, n: int) -> RunLayout:
+    """A run of ``shape`` in ``pool``, made through the library, whose first job has failed."""
+    path = os.path.join(os.path.dirname(pool), f"{shape}-{n}.json")
+    first = write_workflow(path, shape, n)
     run = create_run(PoolLayout(pool), load_workflow(path))
-    claim = store.claim(run, first, store.Owner.current("status-shapes"))
-    assert claim is not None and store.finish(claim, dict(claim.record, reason="exit code 1"), "failed")
+    fail_first(run, first)
     return run
 
 
-def timed(*args: str) -> float:
-    start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "executioner", "status", *args], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
-    seconds = time.perf_counter() - start
-    if out.returncode != 0:
-        sys.exit(f"exec-status {' '.join(args)} failed: {out.stderr.decode()}")
-    return seconds
+def fail_first(run: RunLayout, first: str) -> None:
+    claim = store.claim(run, first, store.Owner.current("status-shapes"))
+    assert claim is not None and store.finish(claim, dict(claim.record, reason="exit code 1"), "failed")
+
+
+def timed(command: str, *args: str) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds and peak RSS in MB of ``exec-<command> ARGS`` run as a
+    fresh process."""
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        p = subprocess.Popen([sys.executable, "-m", "executioner", command, *args], stdout=subprocess.PIPE,
+                             stderr=err)
+        assert p.stdout is not None
+        while p.stdout.read(1 << 20):
+            pass
+        _, status, usage = os.wait4(p.pid, 0)  # the child's own peak RSS (Popen.wait would lose it)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - start
+        p.stdout.close()
+        if p.returncode != 0:
+            err.seek(0)
+            sys.exit(f"exec-{command} {' '.join(args)} failed: {err.read().decode()}")
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def best(repeat: int, command: str, *args: str) -> tuple[float, float, float]:
+    return min(timed(command, *args) for _ in range(repeat))
 
 
 def main() -> None:
@@ -95,20 +130,25 @@ def main() -> None:
     p.add_argument("--sizes", default="1000,100000")
     p.add_argument("--shapes", default=",".join(SHAPES))
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--format", choices=("yaml", "json"), default="yaml")
     a = p.parse_args()
-    cases = ("POOL", "POOL --json", "POOL RUN", "POOL RUN --json")
-    print(f"{'shape':<8} {'jobs':>7}  {'build':>7}  " + "  ".join(f"{c:>15}" for c in cases))
+    cases = ("submit --dry-run", "submit", "POOL", "POOL --json", "POOL RUN", "POOL RUN --json")
+    print(f"{'shape':<8} {'jobs':>7}  " + "  ".join(f"{c:>22}" for c in cases))
     for n in (int(s) for s in a.sizes.split(",")):
         for shape in a.shapes.split(","):
             with tempfile.TemporaryDirectory() as tmp:
                 pool = os.path.join(tmp, "pool")
-                start = time.perf_counter()
-                run = build(pool, shape, n)
-                built = time.perf_counter() - start
-                times = []
+                wf = os.path.join(tmp, f"{shape}.{a.format}")
+                first = write_workflow(wf, shape, n)
+                cells = [best(a.repeat, "submit", wf, "--pool", pool, "--dry-run"),
+                         timed("submit", wf, "--pool", pool)]
+                run = RunLayout(os.path.join(pool, f"{shape}-0001"))
+                fail_first(run, first)
                 for args in ([pool], [pool, "--json"], [pool, run.run_id], [pool, run.run_id, "--json"]):
-                    times.append(min(timed(*args) for _ in range(a.repeat)))
-            print(f"{shape:<8} {n:>7}  {built:6.1f}s  " + "  ".join(f"{t:14.2f}s" for t in times), flush=True)
+                    cells.append(best(a.repeat, "status", *args))
+            print(f"{shape:<8} {n:>7}  " + "  ".join(f"{t:5.2f}s ({c:5.2f}) {m:4.0f}MB" for t, c, m in cells),
+                  flush=True)
+    print("(a cell: wall seconds, (CPU seconds), and the peak RSS of that command)")
 
 
 if __name__ == "__main__":

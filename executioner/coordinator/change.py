@@ -249,7 +249,7 @@ def _attempt_files(run: RunLayout, plan: Plan) -> dict[str, tuple[bytes, str]]:
                       tasks=len(wf.jobs) - len(arrays) + sum(arrays.values()))
     if plan.options.backend:
         run_record["backend"] = plan.options.backend
-    graph = graph_record(wf.needs(), plan.attempt, [s.job for s in plan.steps if s.held])
+    graph = graph_record(wf.needs(), plan.attempt, [s.job for s in plan.steps if s.held], plan.order)
     return {"run.json": (fsio.dumps(run_record), run.record),
             "workflow" + wf.suffix: (wf.raw, run.attempt_workflow(plan.attempt, wf.suffix)),
             "attempt.json": (fsio.dumps(record), run.attempt_record(plan.attempt)),

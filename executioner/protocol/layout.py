@@ -14,8 +14,9 @@ Format version 1. A *pool* is a directory of runs::
                                      submitter; written last, so a run without it is
                                      still being built and is ignored
         workflow.yaml                verbatim copy of the submitted file (.json if JSON)
-        graph.json                   every job's dependencies and the held jobs, as the
-                                     current attempt made them (a summary for views; see
+        graph.json                   every job's dependencies, the held jobs and an order
+                                     (each job after those it needs), as the current attempt
+                                     made them (a summary for views; see
                                      executioner.protocol.graph)
         waiting/<job>.json           dependencies not done yet (or blocked by a failure)
         queued/<job>.json            ready to run (a retry may carry "not_before")

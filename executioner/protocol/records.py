@@ -163,7 +163,17 @@ def try_problem(entry: Any, i: int) -> str | None:
 
 
 def job_problem(record: Any, job_id: str) -> str | None:
-    """Why ``record`` is not a job record of ``job_id`` that the code can use; None when it is."""
+    """Why ``record`` is not a job record of ``job_id`` that the code can use; None when it is.
+    The common case, a plain job's record of the right shape, is passed by a quick check
+    (:func:`_plain_job_ok`); anything it does not pass is judged, and explained, in full."""
+    if _plain_job_ok(record, job_id):
+        return None
+    return full_job_problem(record, job_id)
+
+
+def full_job_problem(record: Any, job_id: str) -> str | None:
+    """:func:`job_problem` without the quick check: every rule, one at a time, so that the
+    first one broken can be named."""
     if not isinstance(record, dict):
         return "not a JSON object"
     missing = [k for k in ("spec", "tries", "dependencies", "dependents") if k not in record]
@@ -193,6 +203,100 @@ def job_problem(record: Any, job_id: str) -> str | None:
     if "tasks" in record or "job" in record:
         return chunk_problem(record)
     return None
+
+
+# ---- the quick check ----------------------------------------------------------------------
+# The same rules as above, as tables of exact types (JSON as orjson reads it makes only
+# dict, list, str, int, float, bool and None, so ``type(v) in allowed`` says what the
+# isinstance checks say, bool apart from int) and bounds. Nothing here explains a refusal:
+# a record it does not pass goes through the full check, which names the problem (or finds
+# none: the quick check may refuse more, never less; tests/test_scale.py checks this on
+# every key of a record set to every kind of value).
+_NONE: Final = type(None)
+
+
+def _quick_table(keys: dict[str, tuple[str, bool]]) -> dict[str, tuple[tuple[type, ...], float]]:
+    out: dict[str, tuple[tuple[type, ...], float]] = {}
+    for key, (kind, nullable) in keys.items():
+        types, bound = {_INT: ((int,), MAX_INT), _NUM: ((int, float), MAX_NUM), _STR: ((str,), 0)}[kind]
+        out[key] = (types + (_NONE,) if nullable else types, bound)
+    return out
+
+
+_QUICK_JOB: Final = _quick_table(_JOB_KEYS)
+_QUICK_TRY: Final = _quick_table(_TRY_KEYS)
+_QUICK_SPEC: Final = {  # spec key -> allowed types, and what the values of a list must be
+    key: ({"any_num": (int, float), "pos_num": (int, float), "any_int": (int,), "int_list": (list,),
+           "str_list": (list,), "bool": (bool,), "object": (dict,), _STR: (str,)}[kind] + ((_NONE,) if nullable else ()),
+          {"int_list": int, "str_list": str}.get(kind), kind == "pos_num")
+    for key, (kind, nullable) in _SPEC_KEYS.items()
+}
+
+
+def _quick_typed(record: dict[str, Any], table: dict[str, tuple[tuple[type, ...], float]]) -> bool:
+    for key, value in record.items():
+        rule = table.get(key)
+        if rule is not None:
+            kind = type(value)
+            if kind not in rule[0] or (rule[1] and kind is not _NONE and not -rule[1] <= value <= rule[1]):
+                return False
+    return True
+
+
+def _plain_job_ok(record: Any, job_id: str) -> bool:
+    """True when ``record`` is certainly a usable record of the plain job ``job_id``; False
+    when the full check must decide (a chunk, an env stored as pairs, anything odd)."""
+    if type(record) is not dict or record.get("id") != job_id or "tasks" in record or "job" in record:
+        return False
+    spec, tries = record.get("spec"), record.get("tries")
+    deps, dependents = record.get("dependencies"), record.get("dependents")
+    if type(spec) is not dict or type(tries) is not list or type(deps) is not list or type(dependents) is not list:
+        return False
+    for ids in (deps, dependents):
+        for d in ids:
+            if type(d) is not str:
+                return False
+    if not _quick_typed(record, _QUICK_JOB):
+        return False
+    if "held" in record and type(record["held"]) is not bool:
+        return False
+    for key in ("skipped", "slurm"):
+        kind = type(record.get(key))
+        if kind is not _NONE and kind is not dict:
+            return False
+    command, env = spec.get("command"), spec.get("env")
+    if type(command) is str:
+        if not command:
+            return False
+    elif type(command) is list and command:
+        for a in command:
+            if type(a) is not str:
+                return False
+    else:
+        return False
+    if type(env) is dict:
+        for v in env.values():
+            if type(v) is not str:
+                return False
+    elif env is not None:
+        return False
+    for key, value in spec.items():
+        rule = _QUICK_SPEC.get(key)
+        if rule is None:
+            continue
+        kind = type(value)
+        if kind not in rule[0]:
+            return False
+        if rule[1] is not None and kind is list:
+            for x in value:
+                if type(x) is not rule[1]:
+                    return False
+        elif rule[2] and value <= 0:
+            return False
+    for entry in tries:
+        if type(entry) is not dict or type(entry.get("status")) is not str or not _quick_typed(entry, _QUICK_TRY):
+            return False
+    return True
 
 
 def chunk_problem(record: dict[str, Any]) -> str | None:

@@ -12,14 +12,15 @@ from ..coordinator.coord import describe, holder, interrupted_change, is_stopped
 from ..errors import CorruptFileError, PoolError
 from ..liveness.watch import Watch
 from ..protocol import fsio
-from ..protocol.layout import PoolLayout, RunLayout, split_private_name, split_running_name
+from ..protocol.layout import PoolLayout, RunLayout, split_private_name
 from ..protocol.ready import arrays_of
 from ..protocol.graph import read_graph
 from ..protocol.rebuild import known_jobs, quarantine_reason
-from ..protocol.records import RUN_RECORD_MAX, read_job, slurm_ids
+from ..protocol.records import RUN_RECORD_MAX, slurm_ids
 from ..protocol.units import Chunk, Coverage, overlapping, parse_unit, unit_name
 from ..protocol.snapshot import snapshot, staged_jobs
-from ..protocol.store import claim_lock as store_claim_lock
+from .counts import plain_counts
+from .reading import read_jobs
 from ..protocol.store import read_run_record
 
 JOB_STATES = ("waiting", "queued", "running", "done", "failed", "blocked")
@@ -36,6 +37,7 @@ class JobView:
     record: dict[str, Any] | None
     claim: dict[str, Any] | None = None
     reason: str | None = None
+    count: int | None = None  # its tries, when ``record`` keeps only the last (see views.reading)
 
     def needs(self) -> list[Any]:
         deps = (self.record or {}).get("dependencies")
@@ -46,15 +48,9 @@ class JobView:
         tries = r.get("tries", [])
         last = tries[-1] if tries else {}
         host = (self.claim or {}).get("host") if self.state == "running" else last.get("host")
-        return {"id": self.id, "state": self.state, "tries": len(tries),
+        return {"id": self.id, "state": self.state, "tries": len(tries) if self.count is None else self.count,
                 "exit_code": r.get("last_exit_code"), "duration": last.get("duration"),
                 "host": host, "reason": self.reason}
-
-
-def _token_of(path: str) -> str | None:
-    """The claim token of a job file in running/ (a claim, or the job file in a private folder)."""
-    parts = split_running_name(os.path.basename(path)) or split_private_name(os.path.basename(os.path.dirname(path)))
-    return parts[1] if parts else None
 
 
 class ArrayView(JobView):
@@ -137,8 +133,9 @@ def job_views(run: RunLayout, expected: int = 0, details: bool = True, may_hold:
     arrays = arrays_of(run)
     chunks: dict[str, list[tuple[str, Chunk, str]]] = {}
     jobs = snapshot(run, expected, staged=True)
-    graph = None if details else read_graph(run, attempt)
+    graph = read_graph(run, attempt)  # with details, for its order only: the files say the rest
     read_waiting = details or (graph is None and (may_hold or any(state == "failed" for state, _ in jobs.values())))
+    to_read: list[tuple[str, str, str]] = []
     for job_id, (state, path) in jobs.items():
         chunk = parse_unit(job_id, arrays) if arrays else None
         if chunk is not None:
@@ -146,22 +143,14 @@ def job_views(run: RunLayout, expected: int = 0, details: bool = True, may_hold:
             continue
         if not details and (state != "waiting" or not read_waiting):
             known = None
-            if graph is not None and state == "waiting":
+            if graph is not None and state == "waiting" and not details:
                 known = {"dependencies": graph[0].get(job_id) or [], "held": job_id in graph[1]}
             views[job_id] = JobView(job_id, state, known)
             continue
-        problem = None
-        try:
-            record, problem = read_job(path, job_id)
-        except OSError:
-            record = None  # moved since the listing, or an I/O error: shown without details
-        claim = None
-        if state == "running" and record is not None:
-            token = _token_of(path)
-            # None when not written yet (the claim is a moment old), or torn: shown without it
-            claim = store_claim_lock(run, job_id, token, record) if token else None
-        views[job_id] = JobView(job_id, state, record, claim,
-                                reason=None if problem is None else f"its file cannot be used ({problem}); "
+        to_read.append((job_id, state, path))
+    for job_id, read in read_jobs(run, to_read).items():
+        views[job_id] = JobView(job_id, jobs[job_id][0], read.record, read.claim, count=read.tries,
+                                reason=None if read.problem is None else f"its file cannot be used ({read.problem}); "
                                 "a worker quarantines it")
     for job, size in arrays.items():
         views[job] = ArrayView(job, size, chunks.get(job, []), _one_record(chunks.get(job, [])))
@@ -171,8 +160,9 @@ def job_views(run: RunLayout, expected: int = 0, details: bool = True, may_hold:
             reason = LOST_REASON if note is None else f"in no state folder: quarantined ({note}); {REBUILT}"
             views[job_id] = JobView(job_id, "lost", None, reason=reason)
     _mark_blocked_tasks(views)  # first: a task blocked this way blocks what needs all its array
-    _mark_blocked(views)
-    _mark_held(views)
+    order = graph.order if graph is not None else None
+    _mark_blocked(views, order)
+    _mark_held(views, order)
     for v in views.values():
         if isinstance(v, ArrayView):
             continue
@@ -253,7 +243,42 @@ def _mark_blocked_tasks(views: dict[str, JobView]) -> None:
         bad[job] = Coverage(blocked, {job: v.size})
 
 
-def _first_upstream(views: dict[str, JobView], source: Any, passes: Any) -> dict[str, str | None]:
+def _first_upstream(views: dict[str, JobView], source: Any, passes: Any,
+                    order: list[str] | None = None) -> dict[str, str | None]:
+    """:func:`_walk_upstream`, in one pass when ``order`` (graph.json's: each job after
+    those it needs) is given and is such an order for these views; the same answer for
+    every job that passes (a job's dependencies are judged before it, in their order)."""
+    found: dict[str, str | None] = {j: j for j, v in views.items() if source(v)}
+    if not found:
+        return found
+    if order is None:
+        return _walk_upstream(views, source, passes, found)
+    unknown = object()
+    for j in order:
+        v = views.get(j)
+        if v is None or j in found or not passes(v):
+            continue
+        result = None
+        for d in v.needs():
+            if type(d) is not str:
+                continue
+            r = found.get(d, unknown)
+            if r is unknown:
+                upstream = views.get(d)
+                if upstream is not None and passes(upstream):  # not judged yet: not such an order
+                    return _walk_upstream(views, source, passes, {k: k for k, x in views.items() if source(x)})
+                continue  # neither a source nor passing (or not a job at all)
+            if r is not None:
+                result = r
+                break
+        found[j] = result
+    if any(j not in found for j, v in views.items() if passes(v)):  # a job the order leaves out
+        return _walk_upstream(views, source, passes, {k: k for k, x in views.items() if source(x)})
+    return found
+
+
+def _walk_upstream(views: dict[str, JobView], source: Any, passes: Any,
+                   found: dict[str, str | None]) -> dict[str, str | None]:
     """For every job that is a source or passes: itself if ``source(view)``, else (when
     ``passes(view)``) the first source found upstream through its dependencies, in order,
     or None.
@@ -261,10 +286,7 @@ def _first_upstream(views: dict[str, JobView], source: Any, passes: Any) -> dict
     Iterative and memoised: linear in jobs + edges on any DAG shape (a 100,000-job chain,
     a ladder whose paths number 2^30), and safe on a cycle in hand-edited files. The
     predicates are asked once per job, the walk touches only dicts and lists (one stack
-    for all of it), and with no source at all there is nothing to walk."""
-    found: dict[str, str | None] = {j: j for j, v in views.items() if source(v)}
-    if not found:
-        return found
+    for all of it). ``found``: the sources, each found as itself."""
     deps_of: dict[str, list[Any]] = {}
     for j, v in views.items():
         if j not in found and passes(v):
@@ -311,7 +333,7 @@ def _first_upstream(views: dict[str, JobView], source: Any, passes: Any) -> dict
     return found
 
 
-def _mark_blocked(views: dict[str, JobView]) -> None:
+def _mark_blocked(views: dict[str, JobView], order: list[str] | None = None) -> None:
     """A waiting job is blocked when a job it needs (directly or not) has failed. An array
     with a failed task has failed for what needs all of it; an array's waiting tasks are
     blocked when what it needs as a whole has failed."""
@@ -321,7 +343,7 @@ def _mark_blocked(views: dict[str, JobView]) -> None:
     def waits(v: JobView) -> bool:
         return v.state == "waiting"
 
-    upstream = _first_upstream(views, failed, waits)
+    upstream = _first_upstream(views, failed, waits, order)
     for v in views.values():
         if v.state != "waiting":
             continue
@@ -334,10 +356,10 @@ def _mark_blocked(views: dict[str, JobView]) -> None:
                 v.reason = f"upstream failed: {found}"
 
 
-def _mark_held(views: dict[str, JobView]) -> None:
+def _mark_held(views: dict[str, JobView], order: list[str] | None = None) -> None:
     """Held (by --failed-only): a waiting job so marked, or one downstream of it."""
     held = _first_upstream(views, lambda v: v.state == "waiting" and bool((v.record or {}).get("held")),
-                           lambda v: v.state == "waiting")
+                           lambda v: v.state == "waiting", order)
     for v in views.values():
         if v.state == "waiting" and held.get(v.id):
             h = held[v.id]
@@ -356,9 +378,11 @@ def run_state(states: dict[str, int]) -> str:
     return "done"
 
 
-def run_status(run: RunLayout, jobs: bool = True) -> dict[str, Any]:
+def run_status(run: RunLayout, jobs: bool = True, lazy: bool = False) -> dict[str, Any]:
     """The run's state and jobs (without ``jobs``: its state and counts only, which reads
-    far fewer files); state ``corrupt`` (with ``reason``) if run.json is broken."""
+    far fewer files); state ``corrupt`` (with ``reason``) if run.json is broken. With
+    ``lazy``, ``jobs`` is an iterator making each row as it is taken (100,000 rows are
+    written out one by one, never held as one list: see views.text.write_json)."""
     try:
         record = read_run_record(run)
     except FileNotFoundError:
@@ -367,10 +391,15 @@ def run_status(run: RunLayout, jobs: bool = True) -> dict[str, Any]:
         return {"run_id": run.run_id, "name": None, "state": "corrupt",
                 "counts": {s: 0 for s in JOB_STATES}, "jobs": [],
                 "reason": f"run.json is corrupt ({e.message}); workers skip this run"}
-    views = job_views(run, record.get("jobs", 0), details=jobs, may_hold=record.get("attempt") != 1,
-                      attempt=record.get("attempt", 1))
+    fast = None if jobs else plain_counts(run, record.get("jobs", 0), record.get("attempt", 1))
+    views = [] if fast is not None else job_views(run, record.get("jobs", 0), details=jobs,
+                                                  may_hold=record.get("attempt") != 1, attempt=record.get("attempt", 1))
     counts = {s: 0 for s in JOB_STATES}
     shown: dict[str, int] = {}
+    for state, n in (fast or {}).items():
+        if n:
+            counts[COUNTED_AS.get(state, state)] += n
+            shown[state] = n
     for v in views:
         if isinstance(v, ArrayView):
             for state, n in v.counts.items():
@@ -381,7 +410,10 @@ def run_status(run: RunLayout, jobs: bool = True) -> dict[str, Any]:
         counts[COUNTED_AS.get(v.state, v.state)] += 1
         shown[v.state] = shown.get(v.state, 0) + 1
     out = {"run_id": record.get("run_id", run.run_id), "name": record.get("name"),
-           "state": run_state(shown), "counts": counts, "jobs": [v.row() for v in views] if jobs else []}
+           "state": run_state(shown), "counts": counts, "jobs": []}
+    if jobs:
+        rows = (v.row() for v in views)
+        out["jobs"] = rows if lazy else list(rows)
     try:
         slurm = slurm_ids(fsio.read_json(run.slurm_record, RUN_RECORD_MAX))
         if slurm:

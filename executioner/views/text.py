@@ -5,12 +5,17 @@ wraps long reasons over several lines; this is linear, costs microseconds per ro
 keeps every job on one line, so ``exec-status POOL RUN | grep failed`` finds them all.
 Text from files (reasons, hosts) has its control characters shown as ``\\xNN``: a job file
 cannot move the terminal's cursor or change its colours.
+
+:func:`write_json` writes the run view's ``--json`` row by row, byte for byte what one
+``orjson.dumps(data, option=OPT_INDENT_2)`` of the whole would be.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import IO, Any, Final, Iterable, Sequence
+
+import orjson
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # ANSI colours of the states (SGR codes), used only when writing to a terminal
@@ -45,3 +50,31 @@ def render(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], co
     else:
         lines += [fmt.format(*row).rstrip() for row in cells]
     return "\n".join(lines) + "\n"
+
+
+_INDENT: Final = orjson.OPT_INDENT_2
+_JOBS: Final = b'\n  "jobs": []'  # where the rows go in the document without them
+_BATCH: Final = 1000  # rows per write
+
+
+def write_json(data: dict[str, Any], out: IO[bytes]) -> None:
+    """``data`` (a run view, whose ``jobs`` may be an iterator) as indented JSON on ``out``,
+    its rows made and written a batch at a time. Two spaces deep, a row is its own indented
+    JSON with every line break followed by four more spaces (a string in JSON holds no raw
+    line break, so only the layout's are shifted)."""
+    head = orjson.dumps({**data, "jobs": []}, option=_INDENT)
+    before, found, after = head.partition(_JOBS)
+    assert found, "a run view has a top-level jobs key"  # a string value cannot hold it: its quotes are escaped
+    rows: Iterable[dict[str, Any]] = data["jobs"]
+    batch: list[bytes] = []
+    written = False
+    out.write(before)
+    for row in rows:
+        batch.append(orjson.dumps(row, option=_INDENT).replace(b"\n", b"\n    "))
+        if len(batch) == _BATCH:
+            out.write((b",\n    " if written else b'\n  "jobs": [\n    ') + b",\n    ".join(batch))
+            written, batch = True, []
+    if batch:
+        out.write((b",\n    " if written else b'\n  "jobs": [\n    ') + b",\n    ".join(batch))
+        written = True
+    out.write((b"\n  ]" if written else _JOBS) + after + b"\n")

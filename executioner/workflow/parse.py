@@ -32,6 +32,7 @@ MAX_FILE_BYTES: Final = 100_000_000  # a workflow of a million jobs is about 50 
 
 _PLACEHOLDER_BYTES: Final = re.compile(rb"(?<!\$)\{[A-Za-z_][A-Za-z0-9_]*\}")
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
+_STR_TAG: Final = "tag:yaml.org,2002:str"
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, SHOWN_CHARS, SHOWN_CHARS
 _REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 5
@@ -121,7 +122,7 @@ def parse(raw: bytes, shown: str) -> Any:
         if shown.endswith(".json"):
             data = _parse_json(raw)
         else:
-            data = yaml.load(raw, Loader=_LOADER)  # noqa: S506 - a SafeLoader (safe) subclass
+            data = _load_yaml(raw)
     except RecursionError:  # PyYAML's own composer, without libyaml, recurses per level
         raise _one(f"nested too deeply (more than {MAX_DEPTH} levels)", shown) from None
     except _Refused as e:
@@ -129,6 +130,42 @@ def parse(raw: bytes, shown: str) -> Any:
     except yaml.YAMLError as e:
         raise _one(_yaml_message(e, raw), shown) from None
     return data
+
+
+_PLAIN_YAML_REFUSES: Final = (b"*", b"<<", b"!")  # an alias, a merge key, a tag
+
+
+def _load_yaml(raw: bytes) -> Any:
+    """YAML through the strict loader. A document without an alias, a merge key or a tag
+    (none of ``*``, ``<<``, ``!`` anywhere in it: the usual workflow) is one tree whose data
+    nests exactly as its nodes do, so its aliases need no check (it has none) and its depth
+    is checked on the data (:func:`_too_deep`), not node by node: at 100,000 jobs that
+    walk of a million nodes cost more than the parse. A document too deep is loaded again
+    the long way, which refuses it with its line and column."""
+    if not any(mark in raw for mark in _PLAIN_YAML_REFUSES):
+        data = yaml.load(raw, Loader=_PLAIN[_LOADER])  # noqa: S506 - a SafeLoader (safe) subclass
+        if not _too_deep(data):
+            return data
+    return yaml.load(raw, Loader=_LOADER)  # noqa: S506 - a SafeLoader (safe) subclass
+
+
+def _too_deep(data: Any) -> bool:
+    """Whether ``data`` (from a document without aliases, merges or tags) has a node deeper
+    than MAX_DEPTH, counted as :func:`check_nodes` counts: a scalar is one level, and a
+    collection one more than its deepest key or item."""
+    level = [data] if type(data) in (dict, list) else []
+    for depth in range(1, MAX_DEPTH + 1):
+        below: list[Any] = []
+        for value in level:
+            if depth == MAX_DEPTH and value:  # its keys or items are one level too deep
+                return True
+            for x in value.values() if type(value) is dict else value:
+                if type(x) is dict or type(x) is list:
+                    below.append(x)
+        if not below:
+            return False
+        level = below
+    return False
 
 
 class _Refused(Exception):
@@ -331,8 +368,11 @@ class _Strict:
         a merge (``<<``) brings in may be overridden: that is what a merge is for."""
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            if key_node.tag == _MERGE_TAG:
-                key: Any = "<<"
+            tag = key_node.tag
+            if tag == _STR_TAG and isinstance(key_node, yaml.ScalarNode):  # a plain key is its text
+                key: Any = key_node.value
+            elif tag == _MERGE_TAG:
+                key = "<<"
             else:
                 key = self.construct_object(key_node, deep=deep)  # type: ignore[attr-defined]
             if isinstance(key, (str, int, float, bool)) and key in seen:
@@ -378,3 +418,15 @@ if yaml.__with_libyaml__:
 for _loader in _loaders:
     _loader.add_constructor("tag:yaml.org,2002:int", _Strict.construct_yaml_int)  # type: ignore[attr-defined]
 _LOADER: type = _loaders[-1]
+
+
+def _plain(loader: type) -> type:
+    """``loader`` for a document without aliases (see :func:`_load_yaml`): nothing to check
+    node by node once composed."""
+    def get_single_node(self: Any) -> yaml.Node | None:
+        return super(_Strict, self).get_single_node()  # type: ignore[no-any-return]
+
+    return type(f"_Plain{loader.__name__}", (loader,), {"get_single_node": get_single_node})
+
+
+_PLAIN: dict[type, type] = {loader: _plain(loader) for loader in _loaders}

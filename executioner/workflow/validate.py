@@ -301,6 +301,8 @@ class _Validator:
         if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
             self.err("must be a list of job ids", job=job_id, key="dependencies")
             return (), (), False
+        if not any(TASK_SEP in d for d in deps):  # job ids only (the usual case)
+            return tuple(dict.fromkeys(deps)), (), True
         ids: list[str] = []
         each: list[str] = []
         ok = True
