@@ -152,9 +152,8 @@ class ChunkTry:
                 self.cond.notify_all()
 
     def _task(self, p: int, spools: tuple[int, int]) -> None:
+        emptied = False
         try:
-            for fd in spools:
-                os.ftruncate(fd, 0)
             result = self._run_task(p, spools)
             self.results[p] = result
             task = TaskResult(p, result["status"], exit=result.get("exit"), signal=result.get("signal"),
@@ -163,9 +162,17 @@ class ChunkTry:
                       f"{'' if result.get('exit') is None else ' exit ' + str(result['exit'])} <==\n")
             self.logs.add(task, header, spools)
             result["out"], result["err"] = list(task.out or ()), list(task.err or ())
+            for fd, span in zip(spools, (task.out, task.err)):
+                if span and span[1]:
+                    os.ftruncate(fd, 0)  # emptied for the runner's next task (most write nothing)
+            emptied = True
         except Exception as e:  # ours, not the task's: the task is lost, the chunk goes on
             log.exception("task %s:%d of run %s: internal error", self.job, p, self.claim.run.run_id)
             self.results[p] = {"status": "lost", "reason": f"internal error in the worker: {e!r}"[:500]}
+        finally:
+            if not emptied:
+                for fd in spools:
+                    os.ftruncate(fd, 0)
 
     def _run_task(self, p: int, spools: tuple[int, int]) -> dict[str, Any]:
         w, claim, run = self.worker, self.claim, self.claim.run

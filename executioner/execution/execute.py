@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import select
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 import psutil
 
@@ -96,7 +96,7 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str | 
     except ForeignFile as e:  # logs/ swapped for a symlink
         return TryResult("failed", None, None, start, time.time(), f"cannot create its log file {e}")
     try:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=_devnull(), stdout=out,
                                 stderr=err, start_new_session=True)
     except OSError as e:
         if not os.path.isdir(cwd):
@@ -117,7 +117,8 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str | 
     deadline = None if timeout is None else time.monotonic() + timeout
     status: TryStatus = "done"
     reason: str | None = None
-    with _exit_waiter(proc) as exited:
+    exited = _ExitWaiter(proc)
+    try:
         while True:
             wait = tick if deadline is None else min(tick, max(0.0, deadline - time.monotonic()))
             if exited(wait if keep_going is not None or deadline is not None else None):
@@ -130,6 +131,8 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str | 
                 status, reason = "lost", "the claim was taken away; command stopped"
                 kill_tree(proc, marker, kill_grace)
                 break
+    finally:
+        exited.close()
     _kill_group(proc.pid, signal.SIGKILL)  # leftovers of a finished command
     rc = proc.returncode
     sig = signal.Signals(-rc).name if rc is not None and rc < 0 else None
@@ -140,37 +143,56 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str | 
     return TryResult(status, code, sig, start, time.time(), reason, proc.pid)
 
 
-@contextlib.contextmanager
-def _exit_waiter(proc: subprocess.Popen[Any]) -> Iterator[Callable[[float | None], bool]]:
+_DEVNULL: list[int] = []
+_DEVNULL_LOCK = threading.Lock()
+
+
+def _devnull() -> int:
+    """One /dev/null kept open for every command's stdin (Popen's DEVNULL opens and closes
+    one per command)."""
+    if not _DEVNULL:
+        with _DEVNULL_LOCK:
+            if not _DEVNULL:
+                _DEVNULL.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    return _DEVNULL[0]
+
+
+class _ExitWaiter:
     """``exited(timeout)``: wait up to ``timeout`` s for ``proc``; True once it has exited.
 
     A pidfd wakes us the moment the child exits; ``Popen.wait(timeout)`` would poll with
-    growing sleeps and add milliseconds to every short job.
+    growing sleeps and add milliseconds to every short job. (A class, not a context
+    manager: this runs once per task of an array.)
     """
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        def poll_wait(timeout: float | None) -> bool:
+
+    def __init__(self, proc: subprocess.Popen[Any]):
+        self.proc = proc
+        try:
+            self.pidfd: int | None = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            self.pidfd = None
+            return
+        self.poller = select.poll()
+        self.poller.register(self.pidfd, select.POLLIN)
+
+    def __call__(self, timeout: float | None) -> bool:
+        proc = self.proc
+        if self.pidfd is None:
             try:
                 proc.wait(timeout=timeout)
                 return True
             except subprocess.TimeoutExpired:
                 return False
-        yield poll_wait
-        return
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-
-    def pidfd_wait(timeout: float | None) -> bool:
-        ready = poller.poll(None if timeout is None else timeout * 1000)
+        ready = self.poller.poll(None if timeout is None else timeout * 1000)
         if ready or proc.poll() is not None:
             proc.wait()
             return True
         return False
-    try:
-        yield pidfd_wait
-    finally:
-        os.close(pidfd)
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
 
 def _kill_group(pgid: int, sig: int) -> None:
