@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import gc
 import getpass
 import io
@@ -14,14 +13,13 @@ import shlex
 import signal
 import stat
 import sys
-import time
 from typing import Any, Callable, NoReturn
-
-import orjson
 
 from .errors import ChangeIncomplete, CorruptFileError, ExecutionerError, PoolError, Refused, RunBusy, WorkflowErrors
 from .protocol.layout import PoolLayout, RunLayout
-from .views.status import is_run_dir, last_update, pool_status, run_status
+from .views.select import LIMIT, parse_states
+from .views.show import attempts_table, emit, job_table, pool_table, run_text
+from .views.status import is_run_dir, pool_status, run_status
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: what a shell reports for `yes | head -1`
@@ -65,19 +63,6 @@ def _reader_gone() -> int:
 
 def _os_error(e: OSError) -> str:
     return f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
-
-
-def _console() -> Any:
-    """rich's Console (imported only for the tables that use it: it takes a tenth of a
-    second), telling a reader gone as BrokenPipeError: rich would exit 1, we say 141."""
-    from rich.console import Console
-
-    class _Console(Console):
-        def on_broken_pipe(self) -> None:
-            self.quiet = True
-            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
-
-    return _Console(highlight=False)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -443,6 +428,13 @@ def _worker_main(argv: list[str] | None = None) -> int:
 
 
 # ---- exec-status ------------------------------------------------------------------------
+def _states(text: str) -> frozenset[str]:
+    try:
+        return parse_states(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _status_main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="exec-status", description="Show the runs of a pool, or the jobs of a run.")
     p.add_argument("dir", help="a pool directory or a run directory")
@@ -451,6 +443,11 @@ def _status_main(argv: list[str] | None = None) -> int:
     p.add_argument("--attempts", action="store_true",
                    help="the run's attempts, and what a plain resume would do next")
     p.add_argument("--job", metavar="ID", help="one job's whole try history, across attempts")
+    p.add_argument("--state", type=_states, metavar="STATE[,STATE...]",
+                   help="only the jobs in these states (waiting, queued, running, done, failed, blocked, "
+                        "skipped, held, lost)")
+    p.add_argument("--all", action="store_true",
+                   help=f"every row, even above {LIMIT} (else a summary: failures, running jobs, arrays)")
     a = p.parse_args(argv)
     # A short-lived reader: the cyclic collector would walk every job record read so far
     # again and again while 100,000 are read (a third of the time), and nothing here makes
@@ -467,138 +464,31 @@ def _status_main(argv: list[str] | None = None) -> int:
 
                 pool = PoolLayout(os.path.dirname(run.root))
                 if a.attempts:
-                    _print(attempts_status(pool, run), a.json, _attempts_table)
+                    emit(attempts_status(pool, run), a.json, attempts_table)
                 if a.job:
-                    _print(job_history(run, a.job), a.json, _job_table)
+                    emit(job_history(run, a.job), a.json, job_table)
                 return EXIT_OK
-            data = run_status(run, lazy=True)
+            data = run_status(run, lazy=True, states=a.state, limit=None if a.json or a.all else LIMIT,
+                              problems_first=not a.json)
             if a.json:
                 from .views.text import write_json
 
                 write_json(data, sys.stdout.buffer)
                 sys.stdout.flush()
             else:  # plain text: rich takes minutes for 100,000 rows
-                sys.stdout.write(_run_text(data, sys.stdout.isatty() and not os.environ.get("NO_COLOR")))
+                sys.stdout.write(run_text(data, sys.stdout.isatty() and not os.environ.get("NO_COLOR")))
                 sys.stdout.flush()
         elif a.attempts or a.job:
             raise PoolError("--attempts and --job need a run: exec-status POOL RUN_ID --attempts", a.dir)
         else:
             pool = PoolLayout(os.path.abspath(a.dir))
             data = pool_status(pool)
-            _print(data, a.json, lambda d: _pool_table(d, pool))
+            emit(data, a.json, lambda d: pool_table(d, pool))
     except ExecutionerError as e:
         return _fail(p.prog, e)
     return EXIT_OK
 
 
-def _print(data: dict[str, Any], as_json: bool, table: Any) -> None:
-    if as_json:
-        sys.stdout.buffer.write(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
-        sys.stdout.flush()
-    else:
-        _console().print(table(data))
-
-
-_COLORS = {"corrupt": "red", "done": "green", "failed": "red", "blocked": "magenta", "running": "cyan",
-           "queued": "yellow", "held": "blue", "skipped": "green", "lost": "yellow", "timeout": "red"}
-
-
-def _paint(state: str) -> str:
-    """A state in its colour (rich markup); escaped, and plain when it has no colour."""
-    from rich.markup import escape
-
-    color = _COLORS.get(state)
-    return f"[{color}]{escape(state)}[/]" if color else escape(state)
-
-
-def _plain(text: str | None) -> str:
-    """Text shown as it is: a reason or a host with square brackets is not rich markup."""
-    from rich.markup import escape
-
-    return escape(text or "")
-
-
-def _when(stamp: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else ""
-
-
-def _attempts_table(data: dict[str, Any]) -> Any:
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    t = Table("attempt", "when", "who", "why", "flags", "plan", "tries ended", title=f"{data['run_id']}: attempts")
-    for r in data["attempts"]:
-        flags = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {' '.join(v)}")
-                         for k, v in r["flags"].items())
-        t.add_row(str(r["attempt"]), _when(r["time"]), r["who"] or "", r["why"] or "", flags,
-                  _counts_text(r["planned"]), _counts_text(r["tries"]))
-    nxt = data["next"]
-    if "error" in nxt:
-        return Group(t, Text(f"a plain resume now: cannot plan: {nxt['error']}"))
-    lines = [f"a plain resume now would be attempt {nxt['attempt']}: {_counts_text(nxt['planned'])}"]
-    lines += [f"  {s['action']:<7} {s['job']}  {s['reason']}" for s in nxt["steps"] if s["action"] != "skip"
-              or "done in" not in s["reason"]]
-    lines += [f"  check {'ok' if c['ok'] else 'FAILS'}: {c['check']}: {c['detail']}" for c in nxt["checks"]]
-    return Group(t, Text("\n".join(lines)))
-
-
-def _job_table(data: dict[str, Any]) -> Any:
-    from rich.table import Table
-
-    if data.get("array"):  # an array: one row per task
-        t = Table("task", "state", "tries", "exit", "duration", "host", "reason",
-                  title=f"{data['run_id']} array {data['job']}")
-        for r in data["tasks"]:
-            dur = "" if r["duration"] is None else f"{r['duration']:.1f}s"
-            t.add_row(_plain(r["task"]), _paint(r["state"]), "" if r["tries"] is None else str(r["tries"]),
-                      "" if r["exit_code"] is None else str(r["exit_code"]), dur, _plain(r["host"]),
-                      _plain(r["reason"]))
-        return t
-    extra = f", {data['skipped']['reason']}" if data.get("skipped") else ", held" if data.get("held") else ""
-    t = Table("attempt", "try", "status", "host", "start", "duration", "exit", "reason", "logs",
-              title=f"{data['run_id']} job {data['job']}: {data['state']}{extra}")
-    for r in data["tries"]:
-        dur = "" if r["duration"] is None else f"{r['duration']:.1f}s"
-        logs = "\n".join(x for x in (r["stdout"], r["stderr"]) if x)
-        t.add_row(str(r["attempt"]), str(r["try"]), _paint(r["status"]), r["host"] or "",
-                  _when(r["start"]), dur, "" if r["exit_code"] is None else str(r["exit_code"]),
-                  _plain(r["reason"]), _plain(logs))
-    if not data["tries"]:
-        t.caption = "no tries yet"
-    return t
-
-
-def _counts_text(counts: dict[str, int]) -> str:
-    return "  ".join(f"{k} {v}" for k, v in counts.items() if v)
-
-
-def _pool_table(data: dict[str, Any], pool: PoolLayout) -> Any:
-    from rich.table import Table
-
-    t = Table("run", "name", "state", "jobs", "last update")
-    for r in data["runs"]:
-        updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last_update(pool.run(r["run_id"]))))
-        jobs = r.get("reason") or _counts_text(r["counts"])
-        t.add_row(r["run_id"], r["name"] or "", _paint(r["state"]), jobs, updated)
-    if not data["runs"]:
-        t.caption = "no runs yet"
-    return t
-
-
-def _run_text(data: dict[str, Any], color: bool) -> str:
-    from .views.text import render
-
-    summary = data.get("reason") or _counts_text(data["counts"])
-    slurm = data.get("slurm") or {}
-    if slurm.get("workers"):
-        summary += f"  -  Slurm workers {' '.join(slurm['workers'])}"
-    rows = [(j["id"] if j.get("tasks") is None else f"{j['id']} [{j['tasks']} tasks]", j["state"],
-             "" if j["tries"] is None else str(j["tries"]), "" if j["exit_code"] is None else str(j["exit_code"]),
-             "" if j["duration"] is None else f"{j['duration']:.1f}s", j["host"] or "", j["reason"] or "")
-            for j in data["jobs"]]
-    return render(f"{data['run_id']} ({data['name']}): {data['state']}  -  {summary}",
-                  ("job", "state", "tries", "exit", "duration", "host", "reason"), rows, color_column=1, color=color)
 
 submit_main = _command("exec-submit", _submit_main)
 worker_main = _command("exec-worker", _worker_main)

@@ -1,0 +1,114 @@
+"""The run view of a big run as a user reads it: filters, failures first, a summary above a
+few hundred rows (reading only the files it shows), full widths through a pipe."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from executioner import RunLayout
+from executioner.protocol import store
+
+from .conftest import cli, submit, work
+
+PLAIN = 240  # plain jobs besides the named ones: more rows than the summary's limit
+
+
+def _claim(run: RunLayout, job: str) -> store.Claim:
+    """``job`` running: claimed by this process (alive, so nobody reaps it), lock written."""
+    claim = store.claim(run, job, store.Owner.current("test-holder"))
+    assert claim is not None
+    store.write_lock(claim)
+    return claim
+
+
+@pytest.fixture
+def big_run(pool: Path, make_workflow: Any) -> RunLayout:
+    """A failed job ``bad`` (its stderr ends with ``the last words``), ``after`` blocked by it,
+    ``slow`` running, an array ``sweep`` of 5 tasks done, and PLAIN done jobs ``j000``..."""
+    jobs: list[dict[str, Any]] = [
+        {"id": "bad", "command": "echo first >&2; echo 'the last words' >&2; exit 3"},
+        {"id": "after", "command": "true", "dependencies": ["bad"]},
+        {"id": "slow", "command": "true"},
+        {"id": "sweep", "array": 5, "command": "true"},
+    ]
+    jobs += [{"id": f"j{i:03d}", "command": "true"} for i in range(PLAIN)]
+    run = submit(pool, make_workflow(jobs))
+    _claim(run, "slow")
+    # every other unit once (the array is 5 chunks of one): a worker waits on for a job
+    # running elsewhere, so it is told how many to take
+    work(pool, run, slots=2, max_jobs=1 + 5 + PLAIN)
+    assert len(os.listdir(run.state_dir("failed"))) == 1 and len(os.listdir(run.state_dir("queued"))) == 0
+    return run
+
+
+def _rows(out: str) -> list[list[str]]:
+    """The table's rows (after the title and the header), split into cells."""
+    return [line.split() for line in out.splitlines()[2:] if line and not line.startswith(("…", " "))]
+
+
+@pytest.mark.timeout(60)
+def test_a_big_run_shows_a_summary_failures_and_running_first(big_run: RunLayout) -> None:
+    out = cli("exec-status", big_run.root)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "failed 1" in lines[0] and "running 1" in lines[0] and f"done {PLAIN + 5}" in lines[0], lines[0]
+    rows = _rows(out.stdout)
+    assert [r[:2] for r in rows] == [["bad", "failed"], ["slow", "running"], ["sweep", "[5"]], rows
+    assert "exit code 3" in lines[2] and "j000" not in out.stdout
+    assert lines[-1] == (f"… {PLAIN + 1} more rows not shown (done {PLAIN}, blocked 1): "
+                         "--all shows every row, --state STATE those of a state"), lines[-1]
+    every = cli("exec-status", big_run.root, "--all")
+    assert every.returncode == 0, every.stderr
+    rows = _rows(every.stdout)
+    assert len(rows) == PLAIN + 4 and "not shown" not in every.stdout
+    assert [r[0] for r in rows[:2]] == ["bad", "slow"]
+    assert [r[0] for r in rows[2:]] == sorted(r[0] for r in rows[2:])  # the rest by id
+    data = json.loads(cli("exec-status", big_run.root, "--json").stdout)
+    assert len(data["jobs"]) == PLAIN + 4 and set(data["jobs"][0]) == {"id", "state", "tries", "exit_code",
+                                                                       "duration", "host", "reason"}
+    assert [j["id"] for j in data["jobs"]] == sorted(j["id"] for j in data["jobs"])  # --json: unchanged
+
+
+@pytest.mark.timeout(60)
+def test_state_filters_and_a_wrong_state_name(big_run: RunLayout) -> None:
+    out = cli("exec-status", big_run.root, "--state", "failed,blocked")
+    assert out.returncode == 0, out.stderr
+    assert [r[:2] for r in _rows(out.stdout)] == [["bad", "failed"], ["after", "blocked"]]
+    assert "upstream failed: bad" in out.stdout and "not shown" not in out.stdout
+    data = json.loads(cli("exec-status", big_run.root, "--state", "running", "--json").stdout)
+    assert [(j["id"], j["state"]) for j in data["jobs"]] == [("slow", "running")]
+    assert data["counts"]["done"] == PLAIN + 5  # the counts stay the run's
+    done = cli("exec-status", big_run.root, "--state", "done")  # named: shown, up to the limit
+    rows = _rows(done.stdout)
+    assert rows[0][:2] == ["j000", "done"] and len(rows) < PLAIN and "more rows not shown" in done.stdout
+    assert len(_rows(cli("exec-status", big_run.root, "--state", "done", "--all").stdout)) == PLAIN + 1
+    for bad in ("failed,nope", "", "failed,,running"):
+        out = cli("exec-status", big_run.root, "--state", bad)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
+        assert "--state" in out.stderr and "waiting, queued, running" in out.stderr, out.stderr
+
+
+@pytest.mark.timeout(60)
+def test_the_summary_reads_only_the_files_it_shows(big_run: RunLayout, monkeypatch: pytest.MonkeyPatch) -> None:
+    from executioner.views.status import run_status
+
+    opened: list[str] = []
+    real_open = os.open
+
+    def spy(path: Any, *a: Any, **kw: Any) -> int:
+        opened.append(os.fsdecode(path))
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(os, "open", spy)
+    data = run_status(big_run, limit=200)
+    assert [j["id"] for j in data["jobs"]] == ["bad", "slow", "sweep"]
+    for state in ("done", "queued", "waiting"):
+        read = [p for p in opened if p.startswith(big_run.state_dir(state) + os.sep)]
+        assert len(read) <= 1, (state, read)  # one chunk file of the array, for its dependencies
+    full = {r["id"]: r for r in run_status(big_run)["jobs"]}
+    assert data["jobs"] == [full[j["id"]] for j in data["jobs"]]  # the same rows as the full view
