@@ -441,7 +441,8 @@ def _status_main(argv: list[str] | None = None) -> int:
     p.add_argument("run_id", nargs="?", help="a run of the pool")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("--attempts", action="store_true",
-                   help="the run's attempts, and what a plain resume would do next")
+                   help="the run's attempts, and what a plain resume would do next (above "
+                        "2000 jobs: with --all)")
     p.add_argument("--job", metavar="ID", help="one job's whole try history, across attempts")
     p.add_argument("--state", type=_states, metavar="STATE[,STATE...]",
                    help="only the jobs in these states (waiting, queued, running, done, failed, blocked, "
@@ -460,11 +461,14 @@ def _status_main(argv: list[str] | None = None) -> int:
                 raise PoolError("no such run (no run.json)", path)
             run = RunLayout(os.path.abspath(path))
             if a.attempts or a.job:
-                from .views.history import attempts_status, job_history
+                from .views.history import FULL_UP_TO, attempts_status, job_history
 
                 pool = PoolLayout(os.path.dirname(run.root))
                 if a.attempts:
-                    emit(attempts_status(pool, run), a.json, attempts_table)
+                    from .protocol.store import read_run_record
+
+                    full = a.json or a.all or read_run_record(run).get("jobs", 0) <= FULL_UP_TO
+                    emit(attempts_status(pool, run, full), a.json, attempts_table)
                 if a.job:
                     emit(job_history(run, a.job), a.json, job_table)
                 return EXIT_OK

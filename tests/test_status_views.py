@@ -112,3 +112,35 @@ def test_the_summary_reads_only_the_files_it_shows(big_run: RunLayout, monkeypat
         assert len(read) <= 1, (state, read)  # one chunk file of the array, for its dependencies
     full = {r["id"]: r for r in run_status(big_run)["jobs"]}
     assert data["jobs"] == [full[j["id"]] for j in data["jobs"]]  # the same rows as the full view
+
+
+@pytest.mark.timeout(120)
+def test_attempts_of_a_big_run_answers_from_the_attempt_records(pool: Path, make_workflow: Any) -> None:
+    from executioner.views.history import FULL_UP_TO
+
+    n = FULL_UP_TO + 1
+    run = submit(pool, make_workflow([{"id": f"j{i}", "command": "true", "dependencies": [f"j{i - 1}"] if i else []}
+                                      for i in range(n)]))
+    out = cli("exec-status", run.root, "--attempts")
+    assert out.returncode == 0, out.stderr
+    assert f"run {n}" in out.stdout and "--attempts --all" in out.stdout and "would be attempt" not in out.stdout
+    every = cli("exec-status", run.root, "--attempts", "--all")
+    assert every.returncode == 0, every.stderr
+    lines = every.stdout.splitlines()
+    assert "a plain resume now would be attempt 2" in every.stdout and len(lines) < 40, every.stdout
+    assert any(f"{n - 1} jobs (waiting" in line and "j1, j2, j3, j4, j5, …" in line for line in lines), lines
+    data = json.loads(cli("exec-status", run.root, "--attempts", "--json").stdout)  # --json: everything
+    assert data["attempts"][0]["tries"] == {} and len(data["next"]["steps"]) == n
+
+
+def test_plan_steps_are_one_line_per_kind_of_move_unless_verbose() -> None:
+    from executioner.coordinator.plantext import step_lines
+
+    rows = [("run", "bad", "failed in attempt 1: requeued", "failed", "queued")]
+    rows += [("run", f"j{i}", "downstream of bad", "waiting", "waiting") for i in range(7)]
+    rows += [("skip", f"d{i}", f"done in attempt {1 + i % 2}", "done", None) for i in range(9)]
+    assert step_lines(rows) == [
+        "  run     bad  failed in attempt 1: requeued",
+        "  run     7 jobs (waiting -> waiting): j0, j1, j2, j3, j4, …: downstream of bad",
+        "  skip    9 jobs (done, left as they are): d0, d1, d2, d3, d4, …"]
+    assert len(step_lines(rows, verbose=True)) == len(rows)

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from ..coordinator.plantext import step_lines
 from ..protocol.layout import PoolLayout
 from .select import left_out_text
 from .status import last_update
@@ -74,13 +75,15 @@ def attempts_table(data: dict[str, Any]) -> Any:
         flags = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {' '.join(v)}")
                          for k, v in r["flags"].items())
         t.add_row(str(r["attempt"]), _when(r["time"]), r["who"] or "", r["why"] or "", flags,
-                  _counts_text(r["planned"]), _counts_text(r["tries"]))
+                  counts_text(r["planned"]), "" if r["tries"] is None else counts_text(r["tries"]))
     nxt = data["next"]
     if "error" in nxt:
         return Group(t, Text(f"a plain resume now: cannot plan: {nxt['error']}"))
-    lines = [f"a plain resume now would be attempt {nxt['attempt']}: {_counts_text(nxt['planned'])}"]
-    lines += [f"  {s['action']:<7} {s['job']}  {s['reason']}" for s in nxt["steps"] if s["action"] != "skip"
-              or "done in" not in s["reason"]]
+    if "left_out" in nxt:
+        return Group(t, Text(f"… {nxt['left_out']}"))
+    lines = [f"a plain resume now would be attempt {nxt['attempt']}: {counts_text(nxt['planned'])}"]
+    lines += step_lines([(s["action"], s["job"], s["reason"], s["from"], s["to"]) for s in nxt["steps"]
+                         if s["action"] != "skip" or "done in" not in s["reason"]])
     lines += [f"  check {'ok' if c['ok'] else 'FAILS'}: {c['check']}: {c['detail']}" for c in nxt["checks"]]
     return Group(t, Text("\n".join(lines)))
 
@@ -111,7 +114,7 @@ def job_table(data: dict[str, Any]) -> Any:
     return t
 
 
-def _counts_text(counts: dict[str, int]) -> str:
+def counts_text(counts: dict[str, int]) -> str:
     return "  ".join(f"{k} {v}" for k, v in counts.items() if v)
 
 
@@ -121,7 +124,7 @@ def pool_table(data: dict[str, Any], pool: PoolLayout) -> Any:
     t = Table("run", "name", "state", "jobs", "last update")
     for r in data["runs"]:
         updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last_update(pool.run(r["run_id"]))))
-        jobs = r.get("reason") or _counts_text(r["counts"])
+        jobs = r.get("reason") or counts_text(r["counts"])
         t.add_row(r["run_id"], r["name"] or "", _paint(r["state"]), jobs, updated)
     if not data["runs"]:
         t.caption = "no runs yet"
@@ -131,7 +134,7 @@ def pool_table(data: dict[str, Any], pool: PoolLayout) -> Any:
 def run_text(data: dict[str, Any], color: bool) -> str:
     from .text import render
 
-    summary = data.get("reason") or _counts_text(data["counts"])
+    summary = data.get("reason") or counts_text(data["counts"])
     slurm = data.get("slurm") or {}
     if slurm.get("workers"):
         summary += f"  -  Slurm workers {' '.join(slurm['workers'])}"
