@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,20 @@ def test_plan_steps_are_one_line_per_kind_of_move_unless_verbose() -> None:
         "  run     7 jobs (waiting -> waiting): j0, j1, j2, j3, j4, …: downstream of bad",
         "  skip    9 jobs (done, left as they are): d0, d1, d2, d3, d4, …"]
     assert len(step_lines(rows, verbose=True)) == len(rows)
+
+
+@pytest.mark.timeout(60)
+def test_through_a_pipe_nothing_is_cut_to_80_columns(pool: Path, make_workflow: Any) -> None:
+    deep = pool / ("a-long-folder-name-" * 6)
+    run = submit(deep, make_workflow([{"id": "a-job-with-a-long-name-" * 3 + "x", "command": "echo hi"}]))
+    work(deep, run)
+    job = "a-job-with-a-long-name-" * 3 + "x"
+    out = cli("exec-status", run.root, "--job", job)  # stdout is a pipe
+    assert out.returncode == 0, out.stderr
+    log = os.path.join(run.root, "logs", f"{job}.1.out")
+    assert len(log) > 200 and any(log in line for line in out.stdout.splitlines()), out.stdout
+    table = cli("exec-status", str(deep))
+    assert any(run.run_id in line and "done 1" in line for line in table.stdout.splitlines()), table.stdout
+    attempts = cli("exec-status", run.root, "--attempts")
+    assert re.search(r"submit .* done 1", attempts.stdout) and re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", attempts.stdout), \
+        attempts.stdout  # its time not wrapped over two lines

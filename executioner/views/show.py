@@ -20,6 +20,8 @@ from ..protocol.layout import PoolLayout
 from .select import left_out_text
 from .status import last_update
 
+WIDE = 1 << 16  # the width of no terminal: wide enough that no cell is cut or wrapped
+
 
 def console() -> Any:
     """rich's Console (imported only for the tables that use it: it takes a tenth of a
@@ -31,7 +33,7 @@ def console() -> Any:
             self.quiet = True
             raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
 
-    return _Console(highlight=False)
+    return _Console(highlight=False, width=None if sys.stdout.isatty() else WIDE)
 
 
 def emit(data: dict[str, Any], as_json: bool, table: Any) -> None:
