@@ -437,7 +437,8 @@ def _states(text: str) -> frozenset[str]:
 
 def _status_main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="exec-status", description="Show the runs of a pool, or the jobs of a run.")
-    p.add_argument("dir", help="a pool directory or a run directory")
+    p.add_argument("dir", nargs="?", help="a pool directory or a run directory (default: $EXEC_POOL); "
+                   "alone, a run id that is no path names a run of $EXEC_POOL")
     p.add_argument("run_id", nargs="?", help="a run of the pool")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("--attempts", action="store_true",
@@ -454,6 +455,13 @@ def _status_main(argv: list[str] | None = None) -> int:
     # again and again while 100,000 are read (a third of the time), and nothing here makes
     # cycles worth collecting before the process exits.
     gc.disable()
+    env_pool = _pool_arg(None)
+    if a.dir is None:
+        if not env_pool:
+            return _fail(p.prog, "no pool: pass POOL (or a run directory) or set EXEC_POOL")
+        a.dir = env_pool
+    elif a.run_id is None and env_pool and os.sep not in a.dir and not os.path.lexists(a.dir):
+        a.dir, a.run_id = env_pool, a.dir  # `exec-status RUN`: a run of $EXEC_POOL
     try:
         if a.run_id or is_run_dir(a.dir):
             path = os.path.join(a.dir, a.run_id) if a.run_id else a.dir

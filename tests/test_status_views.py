@@ -162,3 +162,20 @@ def test_through_a_pipe_nothing_is_cut_to_80_columns(pool: Path, make_workflow: 
     attempts = cli("exec-status", run.root, "--attempts")
     assert re.search(r"submit .* done 1", attempts.stdout) and re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", attempts.stdout), \
         attempts.stdout  # its time not wrapped over two lines
+
+
+@pytest.mark.timeout(60)
+def test_exec_status_takes_the_pool_from_exec_pool(pool: Path, make_workflow: Any, tmp_path: Path) -> None:
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
+    env = {"EXEC_POOL": str(pool)}
+    out = cli("exec-status", env=env)  # the pool view
+    assert out.returncode == 0 and run.run_id in out.stdout and "last update" in out.stdout, out.stderr
+    out = cli("exec-status", run.run_id, "--json", env=env)  # a run id, not a path: a run of $EXEC_POOL
+    assert out.returncode == 0 and json.loads(out.stdout)["run_id"] == run.run_id, out.stderr
+    assert json.loads(cli("exec-status", run.run_id, "--job", "a", "--json", env=env).stdout)["job"] == "a"
+    out = cli("exec-status", run.root, "--json", env={"EXEC_POOL": str(tmp_path / "elsewhere")})  # a path wins
+    assert out.returncode == 0 and json.loads(out.stdout)["run_id"] == run.run_id, out.stderr
+    for args, env in (((), {"EXEC_POOL": ""}), ((run.run_id,), {"EXEC_POOL": ""}), (("nope-0001",), env)):
+        out = cli("exec-status", *args, env=env, cwd=str(tmp_path))
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "EXEC_POOL" in cli("exec-status", env={"EXEC_POOL": ""}).stderr
