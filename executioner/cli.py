@@ -128,6 +128,8 @@ def _submit_main(argv: list[str] | None = None) -> int:
     g.add_argument("--force", action="store_true",
                    help="accept changed or removed done jobs, and take back live claims in the way")
     g.add_argument("--dry-run", action="store_true", help="print the plan and its checks; change nothing")
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="print the plan a line per job (else: per kind of move, its count and first five jobs)")
     sl = p.add_argument_group("Slurm")
     sl.add_argument("--slurm-workers", type=int, default=0, metavar="N",
                     help="submit N workers for this run as one Slurm job array (each exits when idle)")
@@ -195,7 +197,7 @@ def _submit_main(argv: list[str] | None = None) -> int:
         _fail(p.prog, _os_error(e))
         return EXIT_FAILED
     if run is None:  # --dry-run
-        print(plan.text(), flush=True)
+        print(plan.text(a.verbose), flush=True)
         if plan.nothing_to_do:
             print(plan.idle_text(), flush=True)
         return EXIT_REFUSED if plan.refused else EXIT_OK
@@ -210,7 +212,7 @@ def _submit_main(argv: list[str] | None = None) -> int:
                 print(f"{p.prog}: warning: {pool.workers_dir} does not let its group write: the group's "
                       "workers cannot serve this pool until it does (chmod 2770 it)", file=sys.stderr, flush=True)
         if a.resume or options.from_jobs:
-            print(plan.text(), file=sys.stderr, flush=True)
+            print(plan.text(a.verbose), file=sys.stderr, flush=True)
     from .backends.slurm import SlurmError
 
     backend = _backend(run)

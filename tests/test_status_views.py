@@ -179,3 +179,23 @@ def test_exec_status_takes_the_pool_from_exec_pool(pool: Path, make_workflow: An
         out = cli("exec-status", *args, env=env, cwd=str(tmp_path))
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
     assert "EXEC_POOL" in cli("exec-status", env={"EXEC_POOL": ""}).stderr
+
+
+@pytest.mark.timeout(60)
+def test_dry_run_and_resume_print_a_summary_of_the_plan_unless_verbose(pool: Path, make_workflow: Any) -> None:
+    n = 30
+    run = submit(pool, make_workflow([{"id": f"j{i:02d}", "command": "true",
+                                       "dependencies": [f"j{i - 1:02d}"] if i else []} for i in range(n)]))
+    work(pool, run)
+    args = ("exec-submit", "--pool", str(pool), "--resume", run.run_id, "--rollback-to", "j00")
+    short = cli(*args, "--dry-run")
+    assert short.returncode == 0, short.stderr
+    lines = short.stdout.splitlines()
+    assert len(lines) < 12 and f"  run     {n - 1} jobs (done -> waiting): j01, j02, j03, j04, j05, …: " \
+        "downstream of j00" in lines, short.stdout
+    every = cli(*args, "--dry-run", "--verbose")
+    assert all(any(f" j{i:02d} " in line for line in every.stdout.splitlines()) for i in range(n)), every.stdout
+    done = cli(*args)  # the resume itself: the same summary on stderr
+    assert done.returncode == 0 and len(done.stderr.splitlines()) < 12 and f"{n - 1} jobs (done -> " in done.stderr, \
+        done.stderr
+
