@@ -437,6 +437,23 @@ def _states(text: str) -> frozenset[str]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _log_flags(a: argparse.Namespace) -> str | None:
+    """Why the --log flags do not go together, or None."""
+    if not a.log:
+        used = [f for f, v in (("--try", a.try_number), ("--stderr", a.stderr), ("--both", a.both),
+                               ("--tail", a.tail is not None), ("--follow", a.follow)) if v]
+        return f"{used[0]} goes with --log JOB" if used else None
+    if a.try_number is not None and a.try_number < 1:
+        return "--try must be >= 1"
+    if a.tail is not None and a.tail < 0:
+        return "--tail must be >= 0"
+    if a.follow and a.json:
+        return "--follow prints the log as it grows: not with --json"
+    if a.attempts or a.job:
+        return "--log goes alone: not with --attempts or --job"
+    return None
+
+
 def _status_main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="exec-status", description="Show the runs of a pool, or the jobs of a run.")
     p.add_argument("dir", nargs="?", help="a pool directory or a run directory (default: $EXEC_POOL); "
@@ -452,7 +469,19 @@ def _status_main(argv: list[str] | None = None) -> int:
                         "skipped, held, lost)")
     p.add_argument("--all", action="store_true",
                    help=f"every row, even above {LIMIT} (else a summary: failures, running jobs, arrays)")
+    g = p.add_argument_group("logs")
+    g.add_argument("--log", metavar="JOB", help="the output of JOB's last try (or of task sim:4), "
+                   "or of try N with --try")
+    g.add_argument("--try", dest="try_number", type=int, metavar="N", help="with --log: try N")
+    which = g.add_mutually_exclusive_group()
+    which.add_argument("--stderr", action="store_true", help="with --log: its stderr (default: stdout)")
+    which.add_argument("--both", action="store_true", help="with --log: stdout, then stderr")
+    g.add_argument("--tail", type=int, metavar="N", help="with --log: its last N lines only")
+    g.add_argument("--follow", action="store_true", help="with --log: follow a running try until it ends")
     a = p.parse_args(argv)
+    bad = _log_flags(a)
+    if bad:
+        return _fail(p.prog, bad)
     # A short-lived reader: the cyclic collector would walk every job record read so far
     # again and again while 100,000 are read (a third of the time), and nothing here makes
     # cycles worth collecting before the process exits.
@@ -470,6 +499,14 @@ def _status_main(argv: list[str] | None = None) -> int:
             if not is_run_dir(path):
                 raise PoolError("no such run (no run.json)", path)
             run = RunLayout(os.path.abspath(path))
+            if a.log:
+                from .views.show import print_logs
+
+                streams = ("stdout", "stderr") if a.both else ("stderr",) if a.stderr else ("stdout",)
+                try:
+                    return print_logs(run, a.log, a.try_number, streams, a.tail, a.follow, a.json)
+                except KeyboardInterrupt:
+                    return 130
             if a.attempts or a.job:
                 from .views.history import FULL_UP_TO, attempts_status, job_history
 
@@ -492,8 +529,8 @@ def _status_main(argv: list[str] | None = None) -> int:
             else:  # plain text: rich takes minutes for 100,000 rows
                 sys.stdout.write(run_text(data, sys.stdout.isatty() and not os.environ.get("NO_COLOR")))
                 sys.stdout.flush()
-        elif a.attempts or a.job:
-            raise PoolError("--attempts and --job need a run: exec-status POOL RUN_ID --attempts", a.dir)
+        elif a.attempts or a.job or a.log:
+            raise PoolError("--attempts, --job and --log need a run: exec-status POOL RUN_ID --attempts", a.dir)
         else:
             pool = PoolLayout(os.path.abspath(a.dir))
             data = pool_status(pool)

@@ -199,3 +199,89 @@ def test_dry_run_and_resume_print_a_summary_of_the_plan_unless_verbose(pool: Pat
     assert done.returncode == 0 and len(done.stderr.splitlines()) < 12 and f"{n - 1} jobs (done -> " in done.stderr, \
         done.stderr
 
+
+# ---- logs ------------------------------------------------------------------------------------
+@pytest.fixture
+def logged_run(pool: Path, make_workflow: Any) -> RunLayout:
+    """``flaky``: try 1 fails, try 2 passes, each printing which try it is; ``bad`` fails
+    with two lines of stderr; ``sweep``: an array of 3 tasks printing their index."""
+    run = submit(pool, make_workflow([
+        {"id": "flaky", "command": 'echo "out $EXEC_TRY"; echo "more $EXEC_TRY"; echo "err $EXEC_TRY" >&2; '
+                                   'test "$EXEC_TRY" -ge 2', "max_retries": 1},
+        {"id": "bad", "command": "echo first >&2; echo 'the last words' >&2; exit 3"},
+        {"id": "sweep", "array": 3, "command": "echo task {index}; echo oops {index} >&2"},
+    ]))
+    work(pool, run)
+    return run
+
+
+@pytest.mark.timeout(60)
+def test_log_prints_a_jobs_last_try_or_try_n(logged_run: RunLayout) -> None:
+    root = logged_run.root
+    assert cli("exec-status", root, "--log", "flaky").stdout == "out 2\nmore 2\n"
+    assert cli("exec-status", root, "--log", "flaky", "--try", "1", "--stderr").stdout == "err 1\n"
+    assert cli("exec-status", root, "--log", "flaky", "--tail", "1").stdout == "more 2\n"
+    both = cli("exec-status", root, "--log", "flaky", "--both").stdout
+    assert both == (f"==> {root}/logs/flaky.2.out <==\nout 2\nmore 2\n\n"
+                    f"==> {root}/logs/flaky.2.err <==\nerr 2\n"), both
+    data = json.loads(cli("exec-status", root, "--log", "flaky", "--try", "1", "--both", "--json").stdout)
+    assert (data["job"], data["try"], data["status"]) == ("flaky", 1, "failed")
+    assert [(g["stream"], g["text"], g["missing"]) for g in data["logs"]] == [
+        ("stdout", "out 1\nmore 1\n", None), ("stderr", "err 1\n", None)]
+    # the run view: a failed job's reason ends with its last line of stderr
+    row = next(r for r in json.loads(cli("exec-status", root, "--json").stdout)["jobs"] if r["id"] == "bad")
+    assert row["reason"].startswith("exit code 3") and row["reason"].endswith("; stderr: the last words"), row
+    assert "; stderr: the last words" in cli("exec-status", root, "--state", "failed").stdout
+
+
+@pytest.mark.timeout(60)
+def test_log_of_an_array_task_is_its_part_of_the_chunk_log(logged_run: RunLayout) -> None:
+    root = logged_run.root
+    for i in range(3):
+        assert cli("exec-status", root, "--log", f"sweep:{i}").stdout == f"task {i}\n"
+        assert cli("exec-status", root, "--log", f"sweep:{i}", "--stderr").stdout == f"oops {i}\n"
+    data = json.loads(cli("exec-status", root, "--log", "sweep:2", "--json").stdout)
+    assert data["job"] == "sweep:2" and data["logs"][0]["text"] == "task 2\n" and data["logs"][0]["length"] == 7
+
+
+@pytest.mark.timeout(60)
+def test_missing_logs_and_wrong_log_requests_are_one_line(logged_run: RunLayout) -> None:
+    root = logged_run.root
+    os.unlink(os.path.join(root, "logs", "flaky.1.out"))  # as a try lost with its node may leave it
+    out = cli("exec-status", root, "--log", "flaky", "--try", "1")
+    assert out.returncode == 1 and out.stdout == "" and out.stderr.count("\n") == 1, out
+    assert "flaky.1.out: no such file: try 1 of flaky (failed" in out.stderr, out.stderr
+    for args, says in ((("--log", "nope"), "no job 'nope'"), (("--log", "flaky", "--try", "5"), "no try 5"),
+                       (("--try", "1"), "--try goes with --log"), (("--log", "sweep:7"), "no task sweep:7"),
+                       (("--log", "flaky", "--follow", "--json"), "not with --json"),
+                       (("--log", "flaky", "--stderr", "--both"), "not allowed with")):
+        out = cli("exec-status", root, *args)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and says in out.stderr, (args, out.stderr)
+
+
+@pytest.mark.timeout(60)
+def test_follow_prints_a_running_try_as_it_grows_and_stops_when_it_ends(pool: Path, make_workflow: Any) -> None:
+    import subprocess
+    import sys
+    import time
+
+    run = submit(pool, make_workflow([{"id": "talker", "command": "for i in 1 2 3 4; do echo line $i; sleep 0.6; done"}]))
+    worker = subprocess.Popen([sys.executable, "-m", "executioner", "worker", "--pool", str(pool),
+                               "--exit-when-idle", "0.5", "-q"])
+    try:
+        deadline = time.monotonic() + 20
+        while not any(n.startswith("talker@") for n in os.listdir(run.state_dir("running"))):
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.05)
+        follower = subprocess.Popen([sys.executable, "-m", "executioner", "status", run.root, "--log", "talker",
+                                     "--follow"], stdout=subprocess.PIPE, text=True)
+        assert follower.stdout is not None
+        first = follower.stdout.readline()
+        still_running = bool(os.listdir(run.state_dir("running")))
+        rest = follower.stdout.read()
+        assert follower.wait(timeout=20) == 0
+        assert first + rest == "line 1\nline 2\nline 3\nline 4\n", first + rest
+        assert still_running, "the first line came only after the try ended"
+        assert os.listdir(run.state_dir("done")) == ["talker.json"]  # it stopped once the try had ended
+    finally:
+        worker.wait(timeout=20)

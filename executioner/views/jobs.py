@@ -17,6 +17,7 @@ from ..protocol.rebuild import known_jobs, quarantine_reason
 from ..protocol.snapshot import snapshot
 from ..protocol.units import Chunk, parse_unit
 from .blocking import mark_blocked, mark_blocked_tasks, mark_held
+from .logs import last_line, log_path
 from .reading import Read, read_jobs
 from .rows import ArrayView, JobView, LOST_REASON, REBUILT, one_record
 
@@ -67,7 +68,7 @@ def job_views(run: RunLayout, expected: int = 0, details: bool = True, may_hold:
     mark_held(views, order)
     for v in views.values():
         if not isinstance(v, ArrayView):
-            _explain(v, views)
+            _explain(run, v, views)
     return sorted(views.values(), key=lambda v: v.id) if details else list(views.values())
 
 
@@ -82,7 +83,7 @@ def detail(run: RunLayout, views: list[JobView], chosen: list[JobView]) -> None:
     by_id = {v.id: v for v in views}
     for v in todo:
         _read_view(v, read[v.id], keep=v.state in ("blocked", "held"))
-        _explain(v, by_id)
+        _explain(run, v, by_id)
 
 
 def _read_view(v: JobView, read: Read, keep: bool = False) -> JobView:
@@ -94,13 +95,19 @@ def _read_view(v: JobView, read: Read, keep: bool = False) -> JobView:
     return v
 
 
-def _explain(v: JobView, views: dict[str, JobView]) -> None:
-    """The reason a job's row gives, and ``skipped`` for a done job marked so."""
+def _explain(run: RunLayout, v: JobView, views: dict[str, JobView]) -> None:
+    """The reason a job's row gives (a failed job's: its record's, and the last line of
+    its last try's stderr), and ``skipped`` for a done job marked so."""
     r = v.record or {}
     if v.state == "done" and r.get("skipped"):
         v.state, v.reason = "skipped", str(r["skipped"].get("reason", "skipped"))
     if v.state == "failed" and not v.reason:
         v.reason = r.get("reason")
+        last = (r.get("tries") or [{}])[-1]
+        path = log_path(run, last.get("stderr"))
+        said = last_line(path) if path else None
+        if said:
+            v.reason = f"{v.reason}; stderr: {said}" if v.reason else f"stderr: {said}"
     elif v.state == "running" and v.claim:
         v.reason = f"on {v.claim.get('host')} (worker {v.claim.get('worker')})"
     elif v.state == "queued" and r.get("not_before") and r["not_before"] > time.time():

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from ..coordinator.plantext import step_lines
-from ..protocol.layout import PoolLayout
+from ..protocol.layout import PoolLayout, RunLayout
 from .select import left_out_text
 from .status import last_update
 
@@ -149,3 +149,49 @@ def run_text(data: dict[str, Any], color: bool) -> str:
     if data.get("left_out"):
         text += left_out_text(Counter(data["left_out"])) + "\n"
     return text
+
+
+def print_logs(run: RunLayout, job: str, try_number: int | None, streams: tuple[str, ...], tail: int | None,
+               follow: bool, as_json: bool) -> int:
+    """``--log JOB``: the try's output on stdout as it is (bytes), each stream under a
+    ``==> path <==`` line when there are two (as ``tail`` does); what is missing one line
+    on stderr. Exit code 1 when nothing could be shown."""
+    from .logs import find_logs, follow as follow_logs, read_part
+
+    found = find_logs(run, job, try_number, streams)
+    if follow and found.pending and found.claim:  # a task's output comes whole when it ends
+        while found.pending and os.path.lexists(found.claim):
+            time.sleep(0.25)
+            found = find_logs(run, job, found.try_number, streams)
+    if as_json:
+        def text(g: Any) -> str | None:
+            return None if g.missing else read_part(g, tail)[0].decode("utf-8", "replace")
+        sys.stdout.buffer.write(orjson.dumps(found.data(text), option=orjson.OPT_INDENT_2) + b"\n")
+        sys.stdout.flush()
+        return 0 if any(not g.missing for g in found.logs) else 1
+    if found.pending:
+        sys.stdout.flush()
+        print(f"exec-status: {found.pending}", file=sys.stderr, flush=True)
+        return 1
+    out = sys.stdout.buffer
+    last: list[Any] = [None]
+
+    def write(g: Any, data: bytes) -> None:
+        if len(streams) > 1 and last[0] is not g:
+            out.write(f"{'' if last[0] is None else chr(10)}==> {g.path} <==\n".encode("utf-8", "surrogateescape"))
+            last[0] = g
+        out.write(data)
+        out.flush()
+
+    if follow and found.claim:
+        follow_logs(found, write, tail)
+    else:
+        for g in found.logs:
+            if not g.missing:
+                data, _ = read_part(g, tail)
+                if data or len(streams) > 1:
+                    write(g, data)
+    missing = [g for g in found.logs if g.missing]
+    for g in missing:
+        print(f"exec-status: {g.missing}", file=sys.stderr, flush=True)
+    return 1 if len(missing) == len(found.logs) else 0
