@@ -285,3 +285,40 @@ def test_follow_prints_a_running_try_as_it_grows_and_stops_when_it_ends(pool: Pa
         assert os.listdir(run.state_dir("done")) == ["talker.json"]  # it stopped once the try had ended
     finally:
         worker.wait(timeout=20)
+
+
+@pytest.mark.timeout(30)
+def test_follow_reads_once_more_after_the_claim_is_gone(tmp_path: Path) -> None:
+    """RACE: the try writes its last output and its claim leaves running/ between two polls:
+    that output is still printed (the claim is looked at before the logs are read)."""
+    from executioner.views.logs import Log, TryLogs, follow
+
+    log, claim = tmp_path / "a.1.out", tmp_path / "a@t.json"
+    log.write_bytes(b"one\n")
+    claim.write_text("{}")
+    printed: list[bytes] = []
+
+    def write(g: Log, data: bytes) -> None:
+        printed.append(data)
+        if len(printed) == 1:  # right after the first read: the last words, then the claim goes
+            with open(log, "ab") as f:
+                f.write(b"two\n")
+            claim.unlink()
+
+    found = TryLogs("r-0001", "a", 1, "running", None, [Log("stdout", str(log))], claim=str(claim))
+    follow(found, write, interval=0.01)
+    assert b"".join(printed) == b"one\ntwo\n"
+
+
+@pytest.mark.timeout(60)
+def test_log_of_a_job_caught_leaving_running_is_its_last_try(logged_run: RunLayout) -> None:
+    """RACE: a job whose result is already swapped into its private folder (a commit caught
+    half-way, or stalled) shows the try it ran, not a try that never started."""
+    from executioner.views.logs import find_logs, read_part
+
+    folder = logged_run.private("flaky", "abcdef123456", "done-0a1b2c-999-elsewhere")
+    os.mkdir(folder)
+    os.rename(logged_run.job("flaky", "done"), os.path.join(folder, "flaky.json"))
+    found = find_logs(logged_run, "flaky", None, ("stdout",))
+    assert found.try_number == 2 and read_part(found.logs[0])[0] == b"out 2\nmore 2\n"
+    assert cli("exec-status", logged_run.root, "--log", "flaky").stdout == "out 2\nmore 2\n"

@@ -21,7 +21,7 @@ from typing import IO, Any, Callable, Final
 
 from ..errors import CorruptFileError, PoolError
 from ..protocol.journal import read_journal
-from ..protocol.layout import RunLayout
+from ..protocol.layout import RunLayout, split_private_name
 from ..protocol.ready import arrays_of
 from ..protocol.records import load_job
 from ..protocol.snapshot import snapshot
@@ -76,10 +76,15 @@ def find_logs(run: RunLayout, job: str, try_number: int | None, streams: tuple[s
     record = _load(path, job)
     tries = record["tries"]
     running = len(tries) + 1 if state == "running" else None
+    if running and tries and split_private_name(os.path.basename(os.path.dirname(path))) \
+            and not os.path.exists(run.claim_record(job, running)):
+        # RACE: caught leaving running/ with its result already swapped into its private
+        # folder: the try that ran is the record's last (as store.claim_lock reads it)
+        running = len(tries)
     number = try_number or running or len(tries)
     if number == 0:
         raise PoolError(f"job {job!r} has not run yet ({state})", run.root)
-    if number == running:
+    if number == running and (number > len(tries) or try_number is None):
         out = TryLogs(run.run_id, job, number, "running", None, claim=path)
         out.logs = [Log(s, run.log(job, number, STREAMS[s])) for s in streams]  # type: ignore[arg-type]
         return _check(out)
