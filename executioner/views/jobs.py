@@ -67,7 +67,7 @@ def job_views(run: RunLayout, expected: int = 0, details: bool = True, may_hold:
     mark_blocked(views, order)
     mark_held(views, order)
     for v in views.values():
-        if not isinstance(v, ArrayView):
+        if v.record is not None and not isinstance(v, ArrayView):  # nothing to say without one
             _explain(run, v, views)
     return sorted(views.values(), key=lambda v: v.id) if details else list(views.values())
 

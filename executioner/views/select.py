@@ -55,21 +55,25 @@ def choose(views: Iterable[JobView], states: frozenset[str] | None, limit: int |
     """The rows to show, in order, and how many of each state are left out (nothing is
     left out without a ``limit``, or with at most ``limit`` rows)."""
     rows = [v for v in views if states is None or matches(v, states)]
-    rows.sort(key=first_key if problems_first else lambda v: v.id)
+    key = first_key if problems_first else (lambda v: v.id)
     if limit is None or len(rows) <= limit:
+        rows.sort(key=key)
         return rows, Counter()
+    # A summary: only the rows it may show are sorted (100,000 sorted cost a fifth of a second)
     wanted = SUMMARY_STATES | (states or frozenset())
+    if "done" in wanted:
+        wanted |= {"skipped"}
+    candidates = sorted((v for v in rows if isinstance(v, ArrayView) or v.state in wanted), key=key)
     taken: Counter[str] = Counter()
     shown: list[JobView] = []
-    left: Counter[str] = Counter()
-    for v in rows:
+    for v in candidates:
         kind = "arrays" if isinstance(v, ArrayView) else v.state
-        if (kind == "arrays" or v.state in wanted) and taken[kind] < PER_STATE:
+        if taken[kind] < PER_STATE:
             taken[kind] += 1
             shown.append(v)
-        else:
-            left[v.state] += 1
-    return shown, left
+    left = Counter(v.state for v in rows)
+    left.subtract(Counter(v.state for v in shown))
+    return shown, +left
 
 
 def left_out_text(left: Counter[str]) -> str:
