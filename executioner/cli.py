@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import gc
 import getpass
 import io
@@ -14,14 +13,13 @@ import shlex
 import signal
 import stat
 import sys
-import time
 from typing import Any, Callable, NoReturn
-
-import orjson
 
 from .errors import ChangeIncomplete, CorruptFileError, ExecutionerError, PoolError, Refused, RunBusy, WorkflowErrors
 from .protocol.layout import PoolLayout, RunLayout
-from .views.status import is_run_dir, last_update, pool_status, run_status
+from .views.select import LIMIT, parse_states
+from .views.show import attempts_table, emit, job_table, pool_table, run_text
+from .views.status import is_run_dir, pool_status, run_status
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: what a shell reports for `yes | head -1`
@@ -65,19 +63,6 @@ def _reader_gone() -> int:
 
 def _os_error(e: OSError) -> str:
     return f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
-
-
-def _console() -> Any:
-    """rich's Console (imported only for the tables that use it: it takes a tenth of a
-    second), telling a reader gone as BrokenPipeError: rich would exit 1, we say 141."""
-    from rich.console import Console
-
-    class _Console(Console):
-        def on_broken_pipe(self) -> None:
-            self.quiet = True
-            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
-
-    return _Console(highlight=False)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -143,6 +128,8 @@ def _submit_main(argv: list[str] | None = None) -> int:
     g.add_argument("--force", action="store_true",
                    help="accept changed or removed done jobs, and take back live claims in the way")
     g.add_argument("--dry-run", action="store_true", help="print the plan and its checks; change nothing")
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="print the plan a line per job (else: per kind of move, its count and first five jobs)")
     sl = p.add_argument_group("Slurm")
     sl.add_argument("--slurm-workers", type=int, default=0, metavar="N",
                     help="submit N workers for this run as one Slurm job array (each exits when idle)")
@@ -210,7 +197,7 @@ def _submit_main(argv: list[str] | None = None) -> int:
         _fail(p.prog, _os_error(e))
         return EXIT_FAILED
     if run is None:  # --dry-run
-        print(plan.text(), flush=True)
+        print(plan.text(a.verbose), flush=True)
         if plan.nothing_to_do:
             print(plan.idle_text(), flush=True)
         return EXIT_REFUSED if plan.refused else EXIT_OK
@@ -225,7 +212,7 @@ def _submit_main(argv: list[str] | None = None) -> int:
                 print(f"{p.prog}: warning: {pool.workers_dir} does not let its group write: the group's "
                       "workers cannot serve this pool until it does (chmod 2770 it)", file=sys.stderr, flush=True)
         if a.resume or options.from_jobs:
-            print(plan.text(), file=sys.stderr, flush=True)
+            print(plan.text(a.verbose), file=sys.stderr, flush=True)
     from .backends.slurm import SlurmError
 
     backend = _backend(run)
@@ -443,162 +430,116 @@ def _worker_main(argv: list[str] | None = None) -> int:
 
 
 # ---- exec-status ------------------------------------------------------------------------
+def _states(text: str) -> frozenset[str]:
+    try:
+        return parse_states(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _log_flags(a: argparse.Namespace) -> str | None:
+    """Why the --log flags do not go together, or None."""
+    if not a.log:
+        used = [f for f, v in (("--try", a.try_number), ("--stderr", a.stderr), ("--both", a.both),
+                               ("--tail", a.tail is not None), ("--follow", a.follow)) if v]
+        return f"{used[0]} goes with --log JOB" if used else None
+    if a.try_number is not None and a.try_number < 1:
+        return "--try must be >= 1"
+    if a.tail is not None and a.tail < 0:
+        return "--tail must be >= 0"
+    if a.follow and a.json:
+        return "--follow prints the log as it grows: not with --json"
+    if a.attempts or a.job:
+        return "--log goes alone: not with --attempts or --job"
+    return None
+
+
 def _status_main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="exec-status", description="Show the runs of a pool, or the jobs of a run.")
-    p.add_argument("dir", help="a pool directory or a run directory")
+    p.add_argument("dir", nargs="?", help="a pool directory or a run directory (default: $EXEC_POOL); "
+                   "alone, a run id that is no path names a run of $EXEC_POOL")
     p.add_argument("run_id", nargs="?", help="a run of the pool")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("--attempts", action="store_true",
-                   help="the run's attempts, and what a plain resume would do next")
+                   help="the run's attempts, and what a plain resume would do next (above "
+                        "2000 jobs: with --all)")
     p.add_argument("--job", metavar="ID", help="one job's whole try history, across attempts")
+    p.add_argument("--state", type=_states, metavar="STATE[,STATE...]",
+                   help="only the jobs in these states (waiting, queued, running, done, failed, blocked, "
+                        "skipped, held, lost)")
+    p.add_argument("--all", action="store_true",
+                   help=f"every row, even above {LIMIT} (else a summary: failures, running jobs, arrays)")
+    g = p.add_argument_group("logs")
+    g.add_argument("--log", metavar="JOB", help="the output of JOB's last try (or of task sim:4), "
+                   "or of try N with --try")
+    g.add_argument("--try", dest="try_number", type=int, metavar="N", help="with --log: try N")
+    which = g.add_mutually_exclusive_group()
+    which.add_argument("--stderr", action="store_true", help="with --log: its stderr (default: stdout)")
+    which.add_argument("--both", action="store_true", help="with --log: stdout, then stderr")
+    g.add_argument("--tail", type=int, metavar="N", help="with --log: its last N lines only")
+    g.add_argument("--follow", action="store_true", help="with --log: follow a running try until it ends")
     a = p.parse_args(argv)
+    bad = _log_flags(a)
+    if bad:
+        return _fail(p.prog, bad)
     # A short-lived reader: the cyclic collector would walk every job record read so far
     # again and again while 100,000 are read (a third of the time), and nothing here makes
     # cycles worth collecting before the process exits.
     gc.disable()
+    env_pool = _pool_arg(None)
+    if a.dir is None:
+        if not env_pool:
+            return _fail(p.prog, "no pool: pass POOL (or a run directory) or set EXEC_POOL")
+        a.dir = env_pool
+    elif a.run_id is None and env_pool and os.sep not in a.dir and not os.path.lexists(a.dir):
+        a.dir, a.run_id = env_pool, a.dir  # `exec-status RUN`: a run of $EXEC_POOL
     try:
         if a.run_id or is_run_dir(a.dir):
             path = os.path.join(a.dir, a.run_id) if a.run_id else a.dir
             if not is_run_dir(path):
                 raise PoolError("no such run (no run.json)", path)
             run = RunLayout(os.path.abspath(path))
+            if a.log:
+                from .views.show import print_logs
+
+                streams = ("stdout", "stderr") if a.both else ("stderr",) if a.stderr else ("stdout",)
+                try:
+                    return print_logs(run, a.log, a.try_number, streams, a.tail, a.follow, a.json)
+                except KeyboardInterrupt:
+                    return 130
             if a.attempts or a.job:
-                from .views.history import attempts_status, job_history
+                from .views.history import FULL_UP_TO, attempts_status, job_history
 
                 pool = PoolLayout(os.path.dirname(run.root))
                 if a.attempts:
-                    _print(attempts_status(pool, run), a.json, _attempts_table)
+                    from .protocol.store import read_run_record
+
+                    full = a.json or a.all or read_run_record(run).get("jobs", 0) <= FULL_UP_TO
+                    emit(attempts_status(pool, run, full), a.json, attempts_table)
                 if a.job:
-                    _print(job_history(run, a.job), a.json, _job_table)
+                    emit(job_history(run, a.job), a.json, job_table)
                 return EXIT_OK
-            data = run_status(run, lazy=True)
+            data = run_status(run, lazy=True, states=a.state, limit=None if a.json or a.all else LIMIT,
+                              problems_first=not a.json)
             if a.json:
                 from .views.text import write_json
 
                 write_json(data, sys.stdout.buffer)
                 sys.stdout.flush()
             else:  # plain text: rich takes minutes for 100,000 rows
-                sys.stdout.write(_run_text(data, sys.stdout.isatty() and not os.environ.get("NO_COLOR")))
+                sys.stdout.write(run_text(data, sys.stdout.isatty() and not os.environ.get("NO_COLOR")))
                 sys.stdout.flush()
-        elif a.attempts or a.job:
-            raise PoolError("--attempts and --job need a run: exec-status POOL RUN_ID --attempts", a.dir)
+        elif a.attempts or a.job or a.log:
+            raise PoolError("--attempts, --job and --log need a run: exec-status POOL RUN_ID --attempts", a.dir)
         else:
             pool = PoolLayout(os.path.abspath(a.dir))
             data = pool_status(pool)
-            _print(data, a.json, lambda d: _pool_table(d, pool))
+            emit(data, a.json, lambda d: pool_table(d, pool))
     except ExecutionerError as e:
         return _fail(p.prog, e)
     return EXIT_OK
 
 
-def _print(data: dict[str, Any], as_json: bool, table: Any) -> None:
-    if as_json:
-        sys.stdout.buffer.write(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
-        sys.stdout.flush()
-    else:
-        _console().print(table(data))
-
-
-_COLORS = {"corrupt": "red", "done": "green", "failed": "red", "blocked": "magenta", "running": "cyan",
-           "queued": "yellow", "held": "blue", "skipped": "green", "lost": "yellow", "timeout": "red"}
-
-
-def _paint(state: str) -> str:
-    """A state in its colour (rich markup); escaped, and plain when it has no colour."""
-    from rich.markup import escape
-
-    color = _COLORS.get(state)
-    return f"[{color}]{escape(state)}[/]" if color else escape(state)
-
-
-def _plain(text: str | None) -> str:
-    """Text shown as it is: a reason or a host with square brackets is not rich markup."""
-    from rich.markup import escape
-
-    return escape(text or "")
-
-
-def _when(stamp: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else ""
-
-
-def _attempts_table(data: dict[str, Any]) -> Any:
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    t = Table("attempt", "when", "who", "why", "flags", "plan", "tries ended", title=f"{data['run_id']}: attempts")
-    for r in data["attempts"]:
-        flags = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {' '.join(v)}")
-                         for k, v in r["flags"].items())
-        t.add_row(str(r["attempt"]), _when(r["time"]), r["who"] or "", r["why"] or "", flags,
-                  _counts_text(r["planned"]), _counts_text(r["tries"]))
-    nxt = data["next"]
-    if "error" in nxt:
-        return Group(t, Text(f"a plain resume now: cannot plan: {nxt['error']}"))
-    lines = [f"a plain resume now would be attempt {nxt['attempt']}: {_counts_text(nxt['planned'])}"]
-    lines += [f"  {s['action']:<7} {s['job']}  {s['reason']}" for s in nxt["steps"] if s["action"] != "skip"
-              or "done in" not in s["reason"]]
-    lines += [f"  check {'ok' if c['ok'] else 'FAILS'}: {c['check']}: {c['detail']}" for c in nxt["checks"]]
-    return Group(t, Text("\n".join(lines)))
-
-
-def _job_table(data: dict[str, Any]) -> Any:
-    from rich.table import Table
-
-    if data.get("array"):  # an array: one row per task
-        t = Table("task", "state", "tries", "exit", "duration", "host", "reason",
-                  title=f"{data['run_id']} array {data['job']}")
-        for r in data["tasks"]:
-            dur = "" if r["duration"] is None else f"{r['duration']:.1f}s"
-            t.add_row(_plain(r["task"]), _paint(r["state"]), "" if r["tries"] is None else str(r["tries"]),
-                      "" if r["exit_code"] is None else str(r["exit_code"]), dur, _plain(r["host"]),
-                      _plain(r["reason"]))
-        return t
-    extra = f", {data['skipped']['reason']}" if data.get("skipped") else ", held" if data.get("held") else ""
-    t = Table("attempt", "try", "status", "host", "start", "duration", "exit", "reason", "logs",
-              title=f"{data['run_id']} job {data['job']}: {data['state']}{extra}")
-    for r in data["tries"]:
-        dur = "" if r["duration"] is None else f"{r['duration']:.1f}s"
-        logs = "\n".join(x for x in (r["stdout"], r["stderr"]) if x)
-        t.add_row(str(r["attempt"]), str(r["try"]), _paint(r["status"]), r["host"] or "",
-                  _when(r["start"]), dur, "" if r["exit_code"] is None else str(r["exit_code"]),
-                  _plain(r["reason"]), _plain(logs))
-    if not data["tries"]:
-        t.caption = "no tries yet"
-    return t
-
-
-def _counts_text(counts: dict[str, int]) -> str:
-    return "  ".join(f"{k} {v}" for k, v in counts.items() if v)
-
-
-def _pool_table(data: dict[str, Any], pool: PoolLayout) -> Any:
-    from rich.table import Table
-
-    t = Table("run", "name", "state", "jobs", "last update")
-    for r in data["runs"]:
-        updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last_update(pool.run(r["run_id"]))))
-        jobs = r.get("reason") or _counts_text(r["counts"])
-        t.add_row(r["run_id"], r["name"] or "", _paint(r["state"]), jobs, updated)
-    if not data["runs"]:
-        t.caption = "no runs yet"
-    return t
-
-
-def _run_text(data: dict[str, Any], color: bool) -> str:
-    from .views.text import render
-
-    summary = data.get("reason") or _counts_text(data["counts"])
-    slurm = data.get("slurm") or {}
-    if slurm.get("workers"):
-        summary += f"  -  Slurm workers {' '.join(slurm['workers'])}"
-    rows = [(j["id"] if j.get("tasks") is None else f"{j['id']} [{j['tasks']} tasks]", j["state"],
-             "" if j["tries"] is None else str(j["tries"]), "" if j["exit_code"] is None else str(j["exit_code"]),
-             "" if j["duration"] is None else f"{j['duration']:.1f}s", j["host"] or "", j["reason"] or "")
-            for j in data["jobs"]]
-    return render(f"{data['run_id']} ({data['name']}): {data['state']}  -  {summary}",
-                  ("job", "state", "tries", "exit", "duration", "host", "reason"), rows, color_column=1, color=color)
 
 submit_main = _command("exec-submit", _submit_main)
 worker_main = _command("exec-worker", _worker_main)

@@ -11,7 +11,11 @@ read to the end); a cell is the best of ``--repeat`` runs: its wall time, its CP
 memory (max RSS of the process):
 
     python scripts/status_shapes.py [--sizes 1000,100000] [--shapes ladder,chain,...] [--repeat 3]
-                                    [--format yaml|json]
+                                    [--format yaml|json] [--views "POOL RUN --all;POOL RUN --attempts"]
+
+``--views`` picks the ``exec-status`` cells (``;``-separated, POOL and RUN stand for the pool and
+the run; ``JOB`` for the job that failed, ``LAST`` for the last job); by default: the pool,
+the run view (a summary above 200 rows), ``--all``, ``--json``, ``--attempts`` and ``--job``.
 
 Shapes: ``ladder`` (layers of 2, each job depending on both of the layer before), ``chain``,
 ``fan-in`` (n-1 independent jobs and one that needs them all), ``fan-out`` (one root and n-1
@@ -35,6 +39,8 @@ from executioner import PoolLayout, RunLayout, create_run, load_workflow  # noqa
 from executioner.protocol import store  # noqa: E402
 
 SHAPES = ("ladder", "chain", "fan-in", "fan-out", "grid")
+VIEWS = ("POOL", "POOL --json", "POOL RUN", "POOL RUN --all", "POOL RUN --json", "POOL RUN --attempts",
+         "POOL RUN --job JOB")
 
 
 def _grid_sides(n: int) -> tuple[int, int]:
@@ -131,8 +137,10 @@ def main() -> None:
     p.add_argument("--shapes", default=",".join(SHAPES))
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    p.add_argument("--views", default=";".join(VIEWS))
     a = p.parse_args()
-    cases = ("submit --dry-run", "submit", "POOL", "POOL --json", "POOL RUN", "POOL RUN --json")
+    views = [v.split() for v in a.views.split(";") if v.strip()]
+    cases = ("submit --dry-run", "submit", *(" ".join(v) for v in views))
     print(f"{'shape':<8} {'jobs':>7}  " + "  ".join(f"{c:>22}" for c in cases))
     for n in (int(s) for s in a.sizes.split(",")):
         for shape in a.shapes.split(","):
@@ -144,8 +152,10 @@ def main() -> None:
                          timed("submit", wf, "--pool", pool)]
                 run = RunLayout(os.path.join(pool, f"{shape}-0001"))
                 fail_first(run, first)
-                for args in ([pool], [pool, "--json"], [pool, run.run_id], [pool, run.run_id, "--json"]):
-                    cells.append(best(a.repeat, "status", *args))
+                last = shape_jobs(shape, n)[0][-1]["id"]
+                names = {"POOL": pool, "RUN": run.run_id, "JOB": first, "LAST": last}
+                for view in views:
+                    cells.append(best(a.repeat, "status", *(names.get(w, w) for w in view)))
             print(f"{shape:<8} {n:>7}  " + "  ".join(f"{t:5.2f}s ({c:5.2f}) {m:4.0f}MB" for t, c, m in cells),
                   flush=True)
     print("(a cell: wall seconds, (CPU seconds), and the peak RSS of that command)")

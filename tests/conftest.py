@@ -67,13 +67,14 @@ def work(pool: Path, run: RunLayout | None = None, slots: int = 2, idle: float =
     return worker
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
+        cwd: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run one of the console scripts as a user would (through the installed module)."""
     prog, *rest = args
     entry = {"exec-submit": "submit_main", "exec-worker": "worker_main", "exec-status": "status_main"}[prog]
     code = f"import sys; from executioner.cli import {entry}; sys.exit({entry}(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *rest], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 def files(run: RunLayout, state: str) -> list[str]:

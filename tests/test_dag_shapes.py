@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from executioner.protocol import store
-from executioner.views.status import JobView, _mark_blocked, _mark_held
+from executioner.views.blocking import mark_blocked as _mark_blocked, mark_held as _mark_held
+from executioner.views.rows import JobView
 
 from .conftest import cli, submit
 
@@ -103,10 +104,12 @@ def test_exec_status_counts_every_shape_of_1000_jobs(tmp_path: Path, shape: str)
     assert data["counts"] == expected and len(data["jobs"]) == 1000
     blocked = [j for j in data["jobs"] if j["state"] == "blocked"]
     assert all(j["reason"] == f"upstream failed: {shapes.shape_jobs(shape, 1000)[1]}" for j in blocked)
-    human = cli("exec-status", pool, run.run_id)
+    human = cli("exec-status", pool, run.run_id, "--all")
     lines = human.stdout.splitlines()
     assert human.returncode == 0 and len(lines) == 2 + 1000, human.stderr  # title, header, a line per job
     assert sum(" blocked " in line for line in lines[2:]) == expected["blocked"]
+    summary = cli("exec-status", pool, run.run_id).stdout.splitlines()  # above 200 rows: the failure, a count
+    assert len(summary) == 2 + 1 + 1 and summary[2].split()[1] == "failed" and "999 more rows" in summary[3]
 
 
 def test_the_pool_view_of_a_run_without_failures_reads_no_job_file(tmp_path: Path, monkeypatch,

@@ -365,7 +365,8 @@ def test_marking_blocked_and_held_in_graph_order_is_the_walk() -> None:
     import random
 
     from executioner.coordinator.plan import static_order
-    from executioner.views.status import JobView, _mark_blocked, _mark_held
+    from executioner.views.blocking import mark_blocked as _mark_blocked, mark_held as _mark_held
+    from executioner.views.rows import JobView
 
     rng = random.Random(11)
     for n in (3, 10, 60, 200):

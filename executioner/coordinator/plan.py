@@ -28,6 +28,7 @@ from .coord import interrupted_change
 from ..protocol.store import SPEC_DEFAULTS, new_chunk_record, new_job_record, read_run_record
 from ..protocol.units import Chunk, parse_unit, unit_name
 from .arrays import ArrayPlan, missing_outputs, new_units, unit_pieces
+from .plantext import step_lines
 from ..workflow.arrays import chunk_size, chunks
 from ..workflow import JobSpec, Workflow
 
@@ -133,9 +134,11 @@ class Plan:
     def check(self, name: str, ok: bool, detail: str) -> None:
         self.checks.append({"check": name, "ok": ok, "detail": detail})
 
-    def text(self) -> str:
+    def text(self, verbose: bool = False) -> str:
+        """What the plan does: a few lines per kind of move (see coordinator.plantext), or
+        with ``verbose`` a line per job; an array's chunks left as they are: one line."""
         arrays = {j.id: len(j.tasks) for j in self.workflow.jobs if j.tasks is not None}
-        rows: list[tuple[str, str, str]] = []
+        rows: list[tuple[str, str, str, str | None, str | None]] = []
         skipped: dict[str, list[int]] = {}  # array -> [files, tasks] left as they are
         for s in self.steps:
             chunk = parse_unit(s.job, arrays) if arrays else None
@@ -144,12 +147,11 @@ class Plan:
                 counts[0] += 1
                 counts[1] += len(chunk)
                 continue
-            rows.append((s.action, s.job, s.reason))
+            rows.append((s.action, s.job, s.reason, s.src, s.dst))
         for job, (files, tasks) in skipped.items():  # an array's untouched chunks: one line
-            rows.append(("skip", job, f"{tasks} task(s) in {files} chunk file(s) left as they are"))
-        width = max([len(r[1]) for r in rows] + [3])
+            rows.append(("skip", job, f"{tasks} task(s) in {files} chunk file(s) left as they are", "array", None))
         lines = [f"attempt {self.attempt} of run {self.run_id} ({self.why}):"]
-        lines += [f"  {a:<7} {j:<{width}}  {r}" for a, j, r in rows]
+        lines += step_lines(rows, verbose)
         if self.changes:
             lines.append("changes since the last attempt:")
             lines += [f"  {_change_text(c)}" for c in self.changes]
