@@ -85,6 +85,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _priority(text: str) -> int:
+    """``--priority N``: a whole number within the bounds a job's priority has."""
+    from .workflow.values import MAX_PRIORITY
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if abs(n) > MAX_PRIORITY:
+        raise argparse.ArgumentTypeError(f"must be from {-MAX_PRIORITY} to {MAX_PRIORITY}")
+    return n
+
+
 def _fail(prog: str, error: Exception | str) -> int:
     for line in str(error).splitlines() or [""]:
         print(f"{prog}: error: {line}", file=sys.stderr)
@@ -126,6 +138,9 @@ def _submit_main(argv: list[str] | None = None) -> int:
     p.add_argument("-j", "--jobs-per-worker", type=int, default=1, metavar="K",
                    help="jobs each local worker runs at once (default 1)")
     p.add_argument("--wait", action="store_true", help="wait for the run to end; exit 1 if any job failed")
+    p.add_argument("--priority", type=_priority, metavar="N",
+                   help="the run's priority: workers take jobs of runs of higher priority first (default 0; "
+                        "with --resume: keep the run's unless given)")
     p.add_argument("--stale-after", type=float, default=60.0, metavar="SECONDS",
                    help="a claim whose worker has not beaten for this long is requeued (default 60)")
     p.add_argument("--shared-group", action="store_true",
@@ -188,7 +203,7 @@ def _submit_main(argv: list[str] | None = None) -> int:
         return _fail(p.prog, "--failed-only and --no-retry-failed exclude each other")
     options = Options(failed_only=a.failed_only, no_retry_failed=a.no_retry_failed, force=a.force,
                       from_jobs=tuple(a.from_job), rollback_to=tuple(a.rollback_to), stale_after=a.stale_after,
-                      backend=a.backend)
+                      backend=a.backend, priority=a.priority)
     pool = PoolLayout(os.path.abspath(pool_dir))
     try:
         if a.resume:

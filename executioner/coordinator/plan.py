@@ -43,6 +43,7 @@ class Options:
     rollback_to: tuple[str, ...] = ()
     stale_after: float = 60.0
     backend: str | None = None  # "slurm": the run's jobs go to Slurm, one Slurm job each
+    priority: int | None = None  # the run's, over every job's (exec-submit --priority); None: keep
 
     @property
     def why(self) -> str:
@@ -51,7 +52,7 @@ class Options:
     def flags(self) -> dict[str, Any]:
         return {"failed_only": self.failed_only, "no_retry_failed": self.no_retry_failed,
                 "force": self.force, "from_job": list(self.from_jobs), "rollback_to": list(self.rollback_to),
-                "backend": self.backend}
+                "backend": self.backend, **({} if self.priority is None else {"priority": self.priority})}
 
 
 @dataclass
