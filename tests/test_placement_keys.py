@@ -152,3 +152,20 @@ def test_submit_priority_stored(tmp_path: Path, make_workflow) -> None:
     assert json.loads(Path(PoolLayout(str(pool)).run(run_id).record).read_text())["priority"] == 7
     out = cli("exec-submit", str(wf), "--pool", str(pool), "--priority", "high")
     assert out.returncode == 2 and "--priority" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_slurm_workers_ask_for_what_j_jobs_need(tmp_path: Path, make_workflow) -> None:
+    """--slurm-workers 2 -j 4 asks each worker for the CPUs (GPUs, memory) of the 4 largest jobs."""
+    from executioner.backends.slurm import SlurmOptions, worker_request
+
+    jobs = [{"id": f"s{i}", "command": "true"} for i in range(10)]
+    jobs += [{"id": "train", "command": "true", "resources": {"cpus": 8, "gpus": 1, "mem_gb": 32}},
+             {"id": "prep", "command": "true", "resources": {"cpus": 4, "mem_gb": 8}}]
+    run = submit(tmp_path / "pool", make_workflow(jobs))
+    record = json.loads(Path(run.record).read_text())
+    asked = worker_request(record, 4)
+    assert (asked.cpus, asked.gpus, asked.mem_gb) == (8 + 4 + 1 + 1, 1, 40)
+    params = SlurmOptions(cpus=2).over(asked).executor_parameters()  # --slurm-cpus wins
+    assert params["cpus_per_task"] == 2 and params["gpus_per_node"] == 1
+    plain = worker_request({"jobs": 5}, 4)
+    assert (plain.cpus, plain.gpus, plain.mem_gb) == (4, None, None)  # today's missing --cpus-per-task

@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable
 
 from ..errors import ForeignFile
-from ..protocol import store
+from ..protocol import placement, store
 from ..protocol.pieces import is_chunk
 from ..protocol.scrub import folder_problem
 from .events import Events
@@ -21,9 +21,25 @@ from ..protocol.layout import PoolLayout, run_sort_key
 from ..liveness.clock import StorageClock
 from ..liveness.reap import Reaper
 from ..protocol.retry import first_start_of
+from .capacity import Assignment, Ledger
 
 log = logging.getLogger("executioner.worker")
+MAX_DEFERRED = 64  # jobs of a run remembered as passed by for lack of room (tried first when room frees)
 FIT_MARGIN = 90.0  # Slurm's warning signal comes 30 s before the end, or up to a minute earlier
+
+
+def _priority(value: Any) -> int:
+    """A priority from run.json or its index; anything but a whole number counts as 0."""
+    return value if type(value) is int else 0
+
+
+def _entry(run_record: dict[str, Any], unit: str) -> dict[str, Any]:
+    """The placement index entry of a unit: its own, or its array's for a chunk (``sim.0-63``)."""
+    found = placement.lookup(run_record, unit)
+    job, dot, tail = unit.rpartition(".")
+    if not found and dot and tail[:1].isdigit():
+        found = placement.lookup(run_record, job)
+    return found
 
 
 class Claiming:
@@ -55,6 +71,13 @@ class Claiming:
     _skipped: set[str]
     _rng: random.Random
     clock: StorageClock
+    ledger: Ledger
+    reserve_after: float
+    _assigned: dict[str, Assignment]
+    _short_since: dict[tuple[str, str], float]
+    _reserved: tuple[str, str] | None
+    _deferred: dict[str, list[str]]
+    _wake: threading.Event
 
     def _scope(self) -> list[str]:
         """Our runs, oldest first. A pool entry is examined once: new runs are new entries."""
@@ -105,8 +128,15 @@ class Claiming:
                     self._events.watch(self.pool.run(run_id).state_dir("queued"))
         with self._lock:
             runs = list(self._runs)
+            reserved = self._reserved
+        if reserved is not None:  # the starvation guard: only the reserved job may start
+            runs = [reserved[0]] if reserved[0] in runs else []
+            if not runs:
+                self._unreserve(None)
+        elif len(runs) > 1:  # higher run priority first (exec-submit --priority), then age
+            runs.sort(key=lambda r: -_priority((self._records.get(r) or {}).get("priority")))
         for run_id in runs:
-            if not everything and not self._due(run_id, now):
+            if not everything and not self._due(run_id, now) and reserved is None:
                 continue
             claim = self._claim_in(run_id)
             if claim is not None:
@@ -116,6 +146,8 @@ class Claiming:
     def _claim_in(self, run_id: str) -> store.Claim | None:
         run = self.pool.run(run_id)
         listings = 0
+        with self._lock:  # jobs passed by for lack of room: tried first, once each, when room frees
+            deferred = list(self._deferred.get(run_id, ()))
         while True:
             with self._lock:
                 need_listing = run_id not in self._candidates
@@ -126,33 +158,63 @@ class Claiming:
                 if self.only_jobs is not None:
                     names = [n for n in names if self._wanted(n)]
                 listings += 1
+                index = (self._records.get(run_id) or {}).get("placement")
+                ordered = bool(index) and any(_priority(e.get("priority")) for e in index.values()
+                                              if type(e) is dict)
+                if ordered:  # higher priority first; shuffled within one, so workers rarely collide
+                    keys = {n: (-_priority(_entry(self._records[run_id], n).get("priority")), self._rng.random())
+                            for n in names}
+                    names.sort(key=keys.__getitem__)
+                if index:
+                    self._note_short(run_id, names)
                 with self._lock:
+                    if self._reserved is not None and self._reserved[0] == run_id and (
+                            self._reserved[1] not in names or self._reserved in self._wont_fit):
+                        self._reserved = None  # taken by another worker (or gone): reserve no more
                     self._listed[run_id] = time.monotonic()
+                    if run_id in self._deferred:
+                        present = set(names)
+                        self._deferred[run_id] = [d for d in self._deferred[run_id] if d in present]
                     if names:
                         self._queued_empty.discard(run_id)
                     else:
                         self._queued_empty.add(run_id)
                     self._candidates[run_id] = names
-                    self._cursor[run_id] = self._rng.randrange(len(names)) if names else 0
+                    self._cursor[run_id] = 0 if ordered else self._rng.randrange(len(names)) if names else 0
                 if not names:
                     return None
-            job_id = self._pick(run_id)
+            job_id = deferred.pop(0) if deferred else self._pick(run_id)
             if job_id is None:
                 with self._lock:
                     self._candidates.pop(run_id, None)
                 if listings:
                     return None  # what a fresh listing held is taken or not due yet
                 continue
+            held = self._place(run_id, job_id)
+            if held is None:
+                continue  # does not fit now (or here): the next candidate
+            self._undefer(run_id, job_id)
             claim = store.claim(run, job_id, self.owner)
             if claim is None:
+                self.ledger.give(held)
+                self._unreserve((run_id, job_id))
                 self._lost_race(run_id)
                 continue
             try:
-                if self._take(run_id, job_id, claim):
+                held = self._check_needs(run_id, job_id, claim, held)
+                if held is not None and self._take(run_id, job_id, claim):
+                    with self._lock:
+                        self._assigned[claim.token] = held
+                        self._short_since.pop((run_id, job_id), None)
+                    self._unreserve((run_id, job_id))
                     return claim
             except BaseException:
                 store.release(claim)  # anything went wrong before it ran: give it back
+                if held is not None:
+                    self.ledger.give(held)
                 raise
+            if held is not None:
+                self.ledger.give(held)
 
     def _take(self, run_id: str, job_id: str, claim: store.Claim) -> bool:
         """Keep a fresh claim (write its lock) or put it back if its retry is not due yet."""
@@ -221,6 +283,110 @@ class Claiming:
             return False
         return True
 
+    # ---- placement (see executioner.execution.capacity) ---------------------------------
+    def _place(self, run_id: str, job_id: str) -> Assignment | None:
+        """Take what the job needs of our free capacity, as the run's placement index says
+        (no read of its file: a claim would read it anyway), or None to pass it by: it asks
+        for a tag or more of something than we have (never ours), or more than is free now
+        (later), or another job holds the reservation."""
+        record = self._records.get(run_id) or {}
+        entry = _entry(record, job_id) if "placement" in record else {}
+        needs = self._fitted(entry.get("needs") or placement.DEFAULT_NEEDS)
+        key = (run_id, job_id)
+        with self._lock:
+            if self._reserved is not None and self._reserved != key:
+                return None
+        why = self._never(needs, entry.get("tags"))
+        if why is not None:
+            log.info("job %s of run %s: needs %s: left for another worker", job_id, run_id, why)
+            with self._lock:
+                self._wont_fit.add(key)
+            return None
+        held = self.ledger.take(needs)
+        if held is None:
+            with self._lock:
+                waiting = self._deferred.setdefault(run_id, [])
+                if job_id not in waiting and len(waiting) < MAX_DEFERRED:
+                    waiting.append(job_id)
+            if self.ledger.fits(placement.DEFAULT_NEEDS):
+                self._short(key)  # a one-CPU job could start now and overtake it (a full worker overtakes no one)
+        return held
+
+    def _note_short(self, run_id: str, names: list[str]) -> None:
+        """At a listing, the jobs that need more than is free now start waiting (and are
+        tried first when room frees), wherever the listing's order puts them: a big job's
+        wait is counted from when we first saw it, not from when a slot came to it."""
+        record = self._records.get(run_id) or {}
+        for name in names:
+            needs = _entry(record, name).get("needs")
+            if needs and (run_id, name) not in self._wont_fit and not self.ledger.fits(needs) \
+                    and self.ledger.missing(needs) is None:
+                with self._lock:
+                    waiting = self._deferred.setdefault(run_id, [])
+                    if name not in waiting and len(waiting) < MAX_DEFERRED:
+                        waiting.append(name)
+                    self._short_since.setdefault((run_id, name), time.monotonic())
+
+    def _undefer(self, run_id: str, job_id: str) -> None:
+        with self._lock:
+            waiting = self._deferred.get(run_id)
+            if waiting and job_id in waiting:
+                waiting.remove(job_id)
+
+    def _fitted(self, needs: dict[str, Any]) -> dict[str, Any]:
+        """``needs`` as this worker counts them. A worker of the Slurm-DAG backend runs in an
+        allocation Slurm sized for its jobs: it takes what there is of CPUs, GPUs and memory
+        (one job alone has it all; an array's tasks share it) and ignores the rest."""
+        if not self.slurm_dag:
+            return needs
+        total = self.ledger.capacity.total()
+        return {k: min(v, total[k]) for k, v in needs.items() if k in ("cpus", "gpus", "mem_gb")}
+
+    def _never(self, needs: dict[str, Any], tags: Any) -> str | None:
+        """Why a job with these needs and tags can never run here, or None."""
+        if self.slurm_dag:
+            return None
+        if tags and not set(tags) <= self.ledger.capacity.tags:
+            return f"tag {', '.join(sorted(set(tags) - self.ledger.capacity.tags))}, which this worker has not"
+        return self.ledger.missing(needs)
+
+    def _short(self, key: tuple[str, str]) -> None:
+        """The job fits our capacity but not what is free of it now. Passed by for longer
+        than ``reserve_after`` seconds, it is reserved: no new job or task starts here until
+        it can (running ones end and free their share), so a stream of small jobs cannot
+        keep a big one waiting forever."""
+        now = time.monotonic()
+        with self._lock:
+            since = self._short_since.setdefault(key, now)
+            if self._reserved is None and now - since >= self.reserve_after:
+                self._reserved = key
+                log.info("job %s of run %s: waited %.0f s for room here; reserved: no other job starts "
+                         "until it does", key[1], key[0], now - since)
+
+    def _unreserve(self, key: tuple[str, str] | None) -> None:
+        """Drop the reservation (of ``key`` only, when given): the job started or is gone."""
+        with self._lock:
+            if self._reserved is not None and (key is None or self._reserved == key):
+                self._reserved = None
+                self._short_since.pop(key or ("", ""), None)
+        self._wake.set()
+
+    def _check_needs(self, run_id: str, job_id: str, claim: store.Claim, held: Assignment) -> Assignment | None:
+        """The job file is what counts: a spec whose needs or tags differ from the index (a
+        resume changed them since we read run.json) is placed again, or put back."""
+        spec = claim.record["spec"]
+        needs = self._fitted(placement.needs(spec))
+        if needs == dict(held.needs) and (not spec.get("tags") or self._never(needs, spec["tags"]) is None):
+            return held
+        self.ledger.give(held)
+        again = None if self._never(needs, spec.get("tags")) else self.ledger.take(needs)
+        if again is None:
+            store.release(claim)  # RACE: not locked yet, ours alone to put back
+            with self._lock:
+                self._records.pop(run_id, None)  # its index is out of date: read run.json again
+                self._candidates.pop(run_id, None)
+        return again
+
     def _leave_run(self, run_id: str, problem: str) -> None:
         """Stop working on a run whose folders are no longer safe to write into (say so once)."""
         log.warning("leaving run %s: %s", run_id, problem)
@@ -258,7 +424,7 @@ class Claiming:
             if self._lost_in_row >= 2 or not candidates:
                 self._lost_in_row = 0
                 self._candidates.pop(run_id, None)
-            else:
+            elif self._cursor.get(run_id):  # 0: in priority order, kept
                 self._cursor[run_id] = self._rng.randrange(len(candidates))
 
     def _ours(self, run_id: str) -> bool:
