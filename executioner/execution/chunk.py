@@ -148,7 +148,8 @@ class ChunkTry:
             for path in paths:
                 fds.append(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600))
             env = self.worker.placed_env(held, self.base_env)  # once per runner, not per task
-            while (p := self._next()) is not None:
+            # a borrowed runner stops at a reservation (see Claiming._short), freeing its room
+            while not (borrowed and self.worker._reserved is not None) and (p := self._next()) is not None:
                 self._task(p, (fds[0], fds[1]), held, env)
         except Exception:  # ours (no spool file): the tasks not started stay for the pieces
             log.exception("chunk %s of run %s: internal error", self.claim.job_id, self.claim.run.run_id)
