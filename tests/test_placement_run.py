@@ -243,3 +243,42 @@ def test_only_a_worker_with_every_tag_takes_a_tagged_job(pool: Path, tmp_path: P
     assert files(run, "queued") == ["gpu.json"] and files(run, "done") == ["any.json"]
     in_process(pool, Capacity(cpus=1, tags=frozenset({"a100", "fast", "x"})), slots=1)
     assert files(run, "done") == ["any.json", "gpu.json"]
+
+
+# ---- races ------------------------------------------------------------------------------
+@pytest.mark.timeout(60)
+def test_a_stale_index_is_corrected_by_the_job_file(pool: Path, tmp_path: Path) -> None:
+    """RACE: a resume changed a job's needs after we read run.json: the claimed file's spec
+    has the last word; a job that no longer fits is put back untouched, not run."""
+    run = submit(pool, tmp_path, [{"id": "grew", "command": "touch ran", "resources": {"cpus": 16}},
+                                  {"id": "ok", "command": "true"}], workdir=str(tmp_path))
+    record = json.loads(Path(run.record).read_text())
+    record["placement"] = {}  # the index as it was before the job grew
+    Path(run.record).write_text(json.dumps(record))
+    w = in_process(pool, Capacity(cpus=8), slots=2)
+    assert w.finished == 1 and not (tmp_path / "ran").exists()
+    assert files(run, "queued") == ["grew.json"] and files(run, "running") == []
+    assert json.loads(Path(run.job("grew", "queued")).read_text())["tries"] == []  # untouched
+
+
+@pytest.mark.timeout(60)
+def test_a_reserved_job_taken_elsewhere_ends_the_reservation(pool: Path, tmp_path: Path) -> None:
+    """RACE: the job we reserved room for is taken by another worker: we go back to the others."""
+    ledger = tmp_path / "ledger"
+    jobs = [job("long", ledger, 3.0, priority=5), job("big", ledger, 0, resources={"cpus": 2}, priority=4)]
+    jobs += [job(f"s{i}", ledger, 0) for i in range(4)]
+    run = submit(pool, tmp_path, jobs)
+    worker = Worker(str(pool), slots=2, exit_when_idle=0.5, poll_min=0.02, poll_max=0.2, sweep_every=0.1,
+                    capacity=Capacity(cpus=2), reserve_after=0.0)
+    import threading
+    t = threading.Thread(target=worker.run)
+    t.start()
+    deadline = time.monotonic() + 20
+    while worker._reserved is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert worker._reserved == (run.run_id, "big")  # "long" runs; "big" waits for the whole worker
+    os.rename(run.job("big", "queued"), run.job("big", "failed"))  # as if another worker took it
+    t.join(timeout=40)
+    rows = {r[2]: r for r in read_ledger(ledger)}
+    assert {f"s{i}" for i in range(4)} <= set(rows)
+    assert all(rows[f"s{i}"][0] < rows["long"][1] for i in range(4))  # beside "long", not after it

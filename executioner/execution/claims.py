@@ -146,13 +146,19 @@ class Claiming(Placing):
                 if index:
                     self._note_short(run_id, names)
                 with self._lock:
+                    # RACE: another worker may take our reserved job: once a listing no
+                    # longer shows it, the reservation ends (else we would wait for ever)
                     if self._reserved is not None and self._reserved[0] == run_id and (
                             self._reserved[1] not in names or self._reserved in self._wont_fit):
                         self._reserved = None  # taken by another worker (or gone): reserve no more
                     self._listed[run_id] = time.monotonic()
-                    if run_id in self._deferred:
+                    if run_id in self._deferred:  # gone from queued/: no longer waiting here
                         present = set(names)
+                        gone = [d for d in self._deferred[run_id] if d not in present]
                         self._deferred[run_id] = [d for d in self._deferred[run_id] if d in present]
+                        deferred = [d for d in deferred if d in present]
+                        for d in gone:
+                            self._short_since.pop((run_id, d), None)
                     if names:
                         self._queued_empty.discard(run_id)
                     else:
@@ -168,6 +174,10 @@ class Claiming(Placing):
                 if listings:
                     return None  # what a fresh listing held is taken or not due yet
                 continue
+            # RACE: our slots share one ledger: what a job needs is taken before the claim's
+            # rename, so two slots never both count the same free CPU or GPU; a lost rename
+            # gives it back. (A limit's slot, pool-wide, would be taken after the rename,
+            # with the claim's token: the hook for workflow limits.)
             held = self._place(run_id, job_id)
             if held is None:
                 continue  # does not fit now (or here): the next candidate
