@@ -169,3 +169,20 @@ def test_slurm_workers_ask_for_what_j_jobs_need(tmp_path: Path, make_workflow) -
     assert params["cpus_per_task"] == 2 and params["gpus_per_node"] == 1
     plain = worker_request({"jobs": 5}, 4)
     assert (plain.cpus, plain.gpus, plain.mem_gb) == (4, None, None)  # today's missing --cpus-per-task
+
+
+def test_resume_updates_the_index_and_keeps_or_sets_the_run_priority(tmp_path: Path, make_workflow) -> None:
+    wf = make_workflow([{"id": "a", "command": "true", "priority": 1}, {"id": "b", "command": "true"}])
+    pool = tmp_path / "pool"
+    assert cli("exec-submit", str(wf), "--pool", str(pool), "--priority", "3").returncode == 0
+    layout = PoolLayout(str(pool))
+    (run_id,) = layout.run_ids()
+    record = lambda: json.loads(Path(layout.run(run_id).record).read_text())  # noqa: E731
+    assert record()["priority"] == 3 and record()["placement"] == {"a": {"priority": 1}}
+    wf2 = make_workflow([{"id": "a", "command": "true"}, {"id": "b", "command": "true", "tags": ["x"]}])
+    out = cli("exec-submit", str(wf2), "--pool", str(pool), "--resume", run_id)
+    assert out.returncode == 0, out.stderr
+    assert record()["priority"] == 3 and record()["placement"] == {"b": {"tags": ["x"]}}
+    out = cli("exec-submit", "--pool", str(pool), "--resume", run_id, "--priority", "-2")
+    assert out.returncode == 0, out.stderr
+    assert record()["priority"] == -2

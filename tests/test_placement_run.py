@@ -282,3 +282,19 @@ def test_a_reserved_job_taken_elsewhere_ends_the_reservation(pool: Path, tmp_pat
     rows = {r[2]: r for r in read_ledger(ledger)}
     assert {f"s{i}" for i in range(4)} <= set(rows)
     assert all(rows[f"s{i}"][0] < rows["long"][1] for i in range(4))  # beside "long", not after it
+
+
+@pytest.mark.timeout(60)
+def test_array_tasks_get_gpus_of_their_own(pool: Path, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    jobs = [{"id": "sweep", "command": f"{RECORD} 0.2 '{ledger}' CUDA_VISIBLE_DEVICES", "array": 12, "chunk": 12,
+             "resources": {"gpus": 1}}]
+    run = submit(pool, tmp_path, jobs)
+    w = in_process(pool, Capacity(cpus=8, gpus=("0", "1", "2")), slots=8)
+    assert w.finished == 12 and files(run, "done")
+    rows = read_ledger(ledger)
+    assert {r[3][0] for r in rows} <= {"0", "1", "2"}
+    for group in overlapping(rows):
+        ids = [r[3][0] for r in group]
+        assert len(ids) == len(set(ids)) and len(ids) <= 3
+    assert max(len(g) for g in overlapping(rows)) >= 2

@@ -110,10 +110,11 @@ class Plan:
     def nothing_to_do(self) -> bool:
         """A resume that would move no job and accept no change: it writes nothing, not even
         its attempt record (four resumes racing must not leave three ghost attempts). Never
-        for the Slurm-DAG backend, whose resume also resubmits Slurm jobs cancelled meanwhile."""
+        for the Slurm-DAG backend, whose resume also resubmits Slurm jobs cancelled meanwhile,
+        nor with ``--priority`` (run.json changes)."""
         backend = self.options.backend or self.backend_before
         return (self.attempt > 1 and all(s.stays for s in self.steps) and not self.changes
-                and backend == self.backend_before == "workers")
+                and backend == self.backend_before == "workers" and self.options.priority is None)
 
     def idle_text(self) -> str:
         """What a resume with nothing to do says."""
