@@ -214,9 +214,10 @@ def test_higher_priority_first_within_and_across_runs(pool: Path, tmp_path: Path
 
 # ---- the starvation guard ---------------------------------------------------------------
 def starving(pool: Path, tmp_path: Path, reserve_after: float) -> list[str]:
-    """24 small jobs and one big one on a 4-CPU worker; the order in which they started."""
+    """40 small jobs and one big one on a 4-CPU worker; the order in which they started."""
     ledger = tmp_path / "ledger"
-    jobs = [job(f"s{i:02d}", ledger, 0.25) for i in range(24)]
+    # staggered, so that the four CPUs are rarely all free at once before the stream ends
+    jobs = [job(f"s{i:02d}", ledger, 0.1 + (i % 5) * 0.08) for i in range(40)]
     jobs.append(job("big", ledger, 0.1, resources={"cpus": 4}))
     submit(pool, tmp_path, jobs)
     in_process(pool, Capacity(cpus=4), slots=4, reserve_after=reserve_after)
@@ -225,13 +226,14 @@ def starving(pool: Path, tmp_path: Path, reserve_after: float) -> list[str]:
 
 @pytest.mark.timeout(60)
 def test_without_a_reservation_the_big_job_waits_for_every_small_one(pool: Path, tmp_path: Path) -> None:
-    assert starving(pool, tmp_path, reserve_after=1e9)[-1] == "big"  # what the guard prevents
+    order = starving(pool, tmp_path, reserve_after=1e9)  # what the guard prevents
+    assert order.index("big") >= len(order) - 5, order
 
 
 @pytest.mark.timeout(60)
 def test_a_big_job_is_reserved_room_and_runs_before_the_stream_ends(pool: Path, tmp_path: Path) -> None:
     order = starving(pool, tmp_path, reserve_after=0.3)
-    assert "big" in order and order.index("big") < len(order) - 5, order
+    assert "big" in order and order.index("big") < len(order) - 10, " ".join(order)
 
 
 # ---- tags -------------------------------------------------------------------------------

@@ -158,9 +158,8 @@ class ChunkTry:
                 os.close(fd)
             if borrowed:
                 if held is not None:
-                    self.worker.ledger.give(held)
+                    self.worker.give_back(held)
                 self.worker._permits.release()
-                self.worker._wake.set()
             with self.cond:
                 self.running -= 1
                 self.cond.notify_all()

@@ -270,8 +270,7 @@ class Worker(Claiming):
                 self._busy -= 1
                 held = self._assigned.pop(claim.token, None)
             if held is not None:
-                self.ledger.give(held)
-                self._wake.set()  # room for a job that waits for it
+                self.give_back(held)
         return True
 
     def _idle_long_enough(self) -> bool:
@@ -379,6 +378,15 @@ class Worker(Claiming):
             self._sweeping.release()
 
     # ---- running ------------------------------------------------------------------
+    def give_back(self, held: Assignment) -> None:
+        """Return what a try held; wake the slots if a job waits for room (only then: a
+        wake-up costs an idle slot a poll)."""
+        self.ledger.give(held)
+        with self._lock:
+            waiting = self._reserved is not None or any(self._deferred.values())
+        if waiting:
+            self._wake.set()
+
     def placed_env(self, held: Assignment | None,
                    base: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
         """The environment a command starts from, and the variables of its placement that
