@@ -169,12 +169,17 @@ def test_a_failed_task_blocks_its_matching_task_and_what_needs_the_whole_array(
     assert lines.index("sim 4") < lines.index("post 4") < lines.index("agg")
 
 
+def _sim_and_post(ledger: Path, tasks: int, sim_chunk: int, post_chunk: int) -> list[dict]:
+    """Two arrays of ``tasks`` tasks, post:i needing sim:i, each writing its task to the ledger."""
+    return [{"id": "sim", "command": f"echo sim {{index}} >> '{ledger}'", "array": tasks, "chunk": sim_chunk},
+            {"id": "post", "command": f"echo post {{index}} >> '{ledger}'", "dependencies": ["sim:{index}"],
+             "array": tasks, "chunk": post_chunk}]
+
+
 def test_an_array_longer_than_max_array_size_is_split_and_stays_paired(
         slurm: None, slurm_pool: Path, tmp_path: Path) -> None:
     ledger = tmp_path / "ledger"
-    jobs = [{"id": "sim", "command": f"echo sim {{index}} >> '{ledger}'", "array": 10, "chunk": 2},
-            {"id": "post", "command": f"echo post {{index}} >> '{ledger}'", "dependencies": ["sim:{index}"],
-             "array": 10, "chunk": 2}]
+    jobs = _sim_and_post(ledger, 10, sim_chunk=2, post_chunk=2)
     out = cli("exec-submit", str(write(tmp_path, jobs, "split")), "--pool", str(slurm_pool), "--backend", "slurm",
               env={"EXEC_SLURM_MAX_ARRAY_SIZE": "2"})  # as if Slurm's MaxArraySize were 2
     assert out.returncode == 0, out.stderr
@@ -195,9 +200,7 @@ def test_an_array_longer_than_max_array_size_is_split_and_stays_paired(
 def test_chunks_cut_differently_wait_for_the_whole_array_and_say_so(
         slurm: None, slurm_pool: Path, tmp_path: Path) -> None:
     ledger = tmp_path / "ledger"
-    jobs = [{"id": "sim", "command": f"echo sim {{index}} >> '{ledger}'", "array": 6, "chunk": 2},
-            {"id": "post", "command": f"echo post {{index}} >> '{ledger}'", "dependencies": ["sim:{index}"],
-             "array": 6, "chunk": 3}]
+    jobs = _sim_and_post(ledger, 6, sim_chunk=2, post_chunk=3)
     out = cli("exec-submit", str(write(tmp_path, jobs, "uneven")), "--pool", str(slurm_pool), "--backend", "slurm")
     assert out.returncode == 0, out.stderr
     assert "array post waits for all of array sim, not task by task: their chunks differ" in out.stderr

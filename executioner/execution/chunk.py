@@ -5,8 +5,8 @@ Tasks run on *runners*, threads that start one task after another until none is 
 the slot that claimed the chunk gives the first; each further runner borrows another free
 slot of the worker (a permit) and keeps it while tasks are left, so a worker never runs
 more than ``-j`` commands, a chunk of 64 quick tasks on an otherwise idle ``-j 8`` worker
-runs 8 at a time, and a task costs no thread of its own. Tasks whose element-wise upstream task failed are not run: they go back to
-waiting/ as a piece of their own.
+runs 8 at a time, and a task costs no thread of its own. Tasks whose element-wise upstream
+task failed are not run: they go back to waiting/ as a piece of their own.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ class ChunkTry:
                 self.cond.notify_all()
 
     def _task(self, p: int, spools: tuple[int, int]) -> None:
-        emptied = False
+        spans: tuple[Any, Any] = (None, None)  # what the task wrote to each spool; None: unknown
         try:
             result = self._run_task(p, spools)
             self.results[p] = result
@@ -162,17 +162,14 @@ class ChunkTry:
                       f"{'' if result.get('exit') is None else ' exit ' + str(result['exit'])} <==\n")
             self.logs.add(task, header, spools)
             result["out"], result["err"] = list(task.out or ()), list(task.err or ())
-            for fd, span in zip(spools, (task.out, task.err)):
-                if span and span[1]:
-                    os.ftruncate(fd, 0)  # emptied for the runner's next task (most write nothing)
-            emptied = True
+            spans = (task.out or (0, 0), task.err or (0, 0))
         except Exception as e:  # ours, not the task's: the task is lost, the chunk goes on
             log.exception("task %s:%d of run %s: internal error", self.job, p, self.claim.run.run_id)
             self.results[p] = {"status": "lost", "reason": f"internal error in the worker: {e!r}"[:500]}
         finally:
-            if not emptied:
-                for fd in spools:
-                    os.ftruncate(fd, 0)
+            for fd, span in zip(spools, spans):
+                if span is None or span[1]:
+                    os.ftruncate(fd, 0)  # emptied for the runner's next task (most write nothing)
 
     def _run_task(self, p: int, spools: tuple[int, int]) -> dict[str, Any]:
         w, claim, run = self.worker, self.claim, self.claim.run
