@@ -70,6 +70,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _priority(text: str) -> int:
+    """``--priority N``: a whole number within the bounds a job's priority has."""
+    from .workflow.values import MAX_PRIORITY
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if abs(n) > MAX_PRIORITY:
+        raise argparse.ArgumentTypeError(f"must be from {-MAX_PRIORITY} to {MAX_PRIORITY}")
+    return n
+
+
 def _fail(prog: str, error: Exception | str) -> int:
     for line in str(error).splitlines() or [""]:
         print(f"{prog}: error: {line}", file=sys.stderr)
@@ -111,6 +123,9 @@ def _submit_main(argv: list[str] | None = None) -> int:
     p.add_argument("-j", "--jobs-per-worker", type=int, default=1, metavar="K",
                    help="jobs each local worker runs at once (default 1)")
     p.add_argument("--wait", action="store_true", help="wait for the run to end; exit 1 if any job failed")
+    p.add_argument("--priority", type=_priority, metavar="N",
+                   help="the run's priority: workers take jobs of runs of higher priority first (default 0; "
+                        "with --resume: keep the run's unless given)")
     p.add_argument("--stale-after", type=float, default=60.0, metavar="SECONDS",
                    help="a claim whose worker has not beaten for this long is requeued (default 60)")
     p.add_argument("--shared-group", action="store_true",
@@ -175,7 +190,7 @@ def _submit_main(argv: list[str] | None = None) -> int:
         return _fail(p.prog, "--failed-only and --no-retry-failed exclude each other")
     options = Options(failed_only=a.failed_only, no_retry_failed=a.no_retry_failed, force=a.force,
                       from_jobs=tuple(a.from_job), rollback_to=tuple(a.rollback_to), stale_after=a.stale_after,
-                      backend=a.backend)
+                      backend=a.backend, priority=a.priority)
     pool = PoolLayout(os.path.abspath(pool_dir))
     try:
         if a.resume:
@@ -369,7 +384,19 @@ def _worker_main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="exec-worker", description="Claim and run jobs from the runs of a pool.")
     p.add_argument("--pool", help="pool directory (default: $EXEC_POOL)")
     p.add_argument("--run", action="append", dest="runs", metavar="RUN_ID", help="only this run (repeatable)")
-    p.add_argument("-j", "--jobs", type=int, default=1, metavar="K", help="jobs to run at once (default 1)")
+    p.add_argument("-j", "--jobs", type=int, metavar="K",
+                   help="at most K jobs (or tasks) at once (default: as many as its CPUs hold)")
+    pl = p.add_argument_group("capacity (default: what the node or the Slurm allocation has)")
+    pl.add_argument("--cpus", type=int, metavar="N", help="CPUs this worker gives its jobs")
+    pl.add_argument("--gpus", metavar="LIST|N", help="GPU ids (0,1,3) or a count")
+    pl.add_argument("--mem-gb", type=float, metavar="GB", help="memory this worker gives its jobs")
+    pl.add_argument("--resource", action="append", default=[], metavar="NAME=N",
+                    help="a custom resource a job may ask for (repeatable)")
+    pl.add_argument("--tags", metavar="A,B", help="tags this worker has (a job's tags must all be here)")
+    pl.add_argument("--bind", action="store_true", help="pin each job to distinct cores (sched_setaffinity)")
+    pl.add_argument("--reserve-after", type=float, default=60.0, metavar="SECONDS",
+                    help="a job that fits but finds no room for this long is reserved: no other job "
+                         "starts until it can (default 60)")
     p.add_argument("--exit-when-idle", type=float, metavar="SECONDS",
                    help="exit after this long with nothing to run")
     p.add_argument("--max-jobs", type=int, metavar="N", help="exit after claiming N jobs")
@@ -386,8 +413,15 @@ def _worker_main(argv: list[str] | None = None) -> int:
         return _fail(p.prog, "no pool: pass --pool DIR or set EXEC_POOL")
     if not os.path.isdir(pool_dir):
         return _fail(p.prog, f"{pool_dir}: no such pool directory")
-    if a.jobs < 1 or (a.max_jobs is not None and a.max_jobs < 1):
+    if (a.jobs is not None and a.jobs < 1) or (a.max_jobs is not None and a.max_jobs < 1):
         return _fail(p.prog, "-j and --max-jobs must be >= 1")
+    from .execution.capacity import declare
+    try:
+        capacity = declare(a.cpus, a.gpus, a.mem_gb, a.resource, a.tags, a.jobs)
+    except ValueError as e:
+        return _fail(p.prog, str(e))
+    if not 0 <= a.reserve_after < float("inf"):
+        return _fail(p.prog, "--reserve-after must be a number of seconds >= 0")
     bad_time = check_times(heartbeat=a.heartbeat, stale_after=a.stale_after, exit_when_idle=a.exit_when_idle)
     if bad_time:
         return _fail(p.prog, bad_time)
@@ -404,8 +438,9 @@ def _worker_main(argv: list[str] | None = None) -> int:
         from .backends.slurm import allocation_end
 
         ends_at = allocation_end()
-    worker = Worker(pool_dir, run_ids=a.runs, slots=a.jobs, exit_when_idle=a.exit_when_idle,
-                    max_jobs=a.max_jobs, heartbeat=a.heartbeat, stale_after=a.stale_after, ends_at=ends_at)
+    worker = Worker(pool_dir, run_ids=a.runs, slots=a.jobs or capacity.cpus, exit_when_idle=a.exit_when_idle,
+                    max_jobs=a.max_jobs, heartbeat=a.heartbeat, stale_after=a.stale_after, ends_at=ends_at,
+                    capacity=capacity, bind=a.bind, reserve_after=a.reserve_after)
 
     def on_signal(signum: int, frame: Any) -> None:
         if worker._abort.is_set() and signum == signal.SIGINT:

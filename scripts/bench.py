@@ -58,7 +58,7 @@ def run_ours(tmp: str, n: int, workers: int, strace_log: str | None = None,
 
     def worker(i: int) -> list[str]:
         return [os.path.join(bin_dir, "exec-worker"), "--pool", os.path.join(roots[i % len(roots)], name),
-                "--exit-when-idle", "0.2", "-q"]
+                "--exit-when-idle", "0.2", "-q", "-j", "1"]  # one job at a time per worker, as before -j defaulted to the CPUs
     prefix = ["strace", "-f", "-qq", "-y", "-e", "trace=%file,getdents64", "-o", strace_log] if strace_log else []
     t = time.perf_counter()
     t_wall = time.time()

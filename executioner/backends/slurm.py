@@ -32,6 +32,7 @@ from typing import Any
 import submitit
 
 from ..protocol import fsio, records, store
+from ..protocol.placement import DEFAULT_NEEDS
 from ..errors import ExecutionerError
 from ..protocol.layout import PoolLayout, RunLayout
 from ..execution.worker import Worker, slurm_job_id
@@ -102,11 +103,14 @@ def merge_dependency(additional: dict[str, Any], ours: str | None) -> dict[str, 
     return out
 
 
-def from_mapping(value: dict[str, Any] | None) -> SlurmOptions:
-    """A validated ``slurm:`` mapping of a workflow (see workflow.py) as options."""
+def from_mapping(value: dict[str, Any] | None, resources: dict[str, Any] | None = None) -> SlurmOptions:
+    """A validated ``slurm:`` mapping of a workflow (see workflow.py) and the job's
+    ``resources`` as options: cpus, gpus and mem_gb come from ``resources`` (where the
+    validator moves them from ``slurm:``, their old spelling, still read for old runs)."""
     v = value or {}
-    return SlurmOptions(partition=v.get("partition"), time=v.get("time"), cpus=v.get("cpus"),
-                        mem_gb=v.get("mem_gb"), gpus=v.get("gpus"),
+    r = {**{k: v[k] for k in ("cpus", "gpus", "mem_gb") if k in v}, **(resources or {})}
+    return SlurmOptions(partition=v.get("partition"), time=v.get("time"), cpus=r.get("cpus") or None,
+                        mem_gb=r.get("mem_gb") or None, gpus=r.get("gpus") or None,
                         additional_parameters=dict(v.get("additional_parameters") or {}))
 
 
@@ -309,8 +313,12 @@ def _executor(run: RunLayout) -> Any:
 
 def start_workers(pool: PoolLayout, run: RunLayout, count: int, options: SlurmOptions, slots: int = 1,
                   exit_when_idle: float = 10.0, heartbeat: float = 10.0, stale_after: float = 60.0) -> list[str]:
-    """Submit ``count`` workers for ``run`` as one Slurm array; record and return their job ids."""
+    """Submit ``count`` workers for ``run`` as one Slurm array; record and return their job ids.
+    Each asks Slurm for what ``slots`` of the run's jobs need at once (see :func:`worker_request`),
+    unless ``options`` (``--slurm-cpus`` and the like) say otherwise; once running, a worker
+    declares what its allocation has (executioner.execution.capacity.detect)."""
     executor = _executor(run)
+    options = options.over(worker_request(store.read_run_record(run), slots))
     executor.update_parameters(name=f"exec-worker-{run.run_id}", slurm_array_parallelism=count,
                                **options.executor_parameters())
     args = [pool.root] * count, [[run.run_id]] * count, [slots] * count, [exit_when_idle] * count, \
@@ -322,6 +330,25 @@ def start_workers(pool: PoolLayout, run: RunLayout, count: int, options: SlurmOp
     ids = [str(j.job_id) for j in jobs]
     record_ids(run, "workers", ids)
     return ids
+
+
+def worker_request(run_record: dict[str, Any], slots: int) -> SlurmOptions:
+    """CPUs, GPUs and memory for a worker running ``slots`` jobs at once: the sum of what the
+    ``slots`` largest jobs of the run need of each (a job without a placement entry: one
+    CPU), so the biggest ones can run side by side. From run.json's placement index: no job
+    file is read."""
+    index = run_record.get("placement")
+    index = index if isinstance(index, dict) else {}
+    jobs = run_record.get("jobs") if isinstance(run_record.get("jobs"), int) else len(index)
+    plain = max(0, jobs - len(index))
+    wants = [e.get("needs", DEFAULT_NEEDS) for e in index.values() if isinstance(e, dict)]
+    wants += [DEFAULT_NEEDS] * min(plain, slots)
+
+    def top(key: str) -> float:
+        return sum(sorted((float(w.get(key, 0)) for w in wants if isinstance(w, dict)), reverse=True)[:slots])
+
+    cpus, gpus, mem = int(top("cpus")), int(top("gpus")), top("mem_gb")
+    return SlurmOptions(cpus=max(1, cpus), gpus=gpus or None, mem_gb=mem or None)
 
 
 def record_ids(run: RunLayout, kind: str, ids: list[str]) -> None:
@@ -424,7 +451,7 @@ def submit_dag(pool: PoolLayout, run: RunLayout, workflow: Workflow, to_run: lis
             if old and state in ALIVE:
                 cancel([old])  # its afterok names replaced jobs, or its claim was taken back
             deps = [sa.whole_of(ids[d], arrays.get(d)) for d in specs[j].dependencies if d in ids]
-            params = from_mapping(specs[j].slurm).over(base).executor_parameters(
+            params = from_mapping(specs[j].slurm, specs[j].resources).over(base).executor_parameters(
                 "afterok:" + ":".join(deps) if deps else None, default_time=_job_minutes(specs[j]))
             # Held until its id is in its job file (below): no Slurm job starts unrecorded.
             params["slurm_additional_parameters"] = {**params.get("slurm_additional_parameters", {}), "hold": True}

@@ -231,9 +231,10 @@ def submit_array(pool: PoolLayout, run: RunLayout, workflow: Workflow, j: str, c
     so that a failure halfway cancels what was submitted."""
     specs = {s.id: s for s in workflow.jobs}
     spec, cut = specs[j], cuts[j]
-    options = from_mapping(spec.slurm).over(base)
+    # slurm: sizes the element (tasks at once); else it asks what one task's resources say
+    options = from_mapping(spec.slurm, {k: v for k, v in spec.resources.items() if k not in spec.slurm}).over(base)
     limit = options.additional_parameters.get(LIMIT_KEY)
-    slots = options.cpus or 1
+    slots = max(1, (options.cpus or 1) // max(1, int(spec.resources.get("cpus", 1))))
     minutes = options.time or element_minutes(spec, cut.size, slots, FIT_SLACK_S, DEFAULT_MINUTES)
     lines = [x for x in sbatch_lines(options, minutes, SIGNAL_DELAY_S) if not x.startswith("#SBATCH --dependency=")]
     # aftercorr pairs element k with element k: only when both sides are cut alike

@@ -37,7 +37,7 @@ import shutil
 import time
 from typing import Any, Callable
 
-from ..protocol import attempts, fence, fsio, store
+from ..protocol import attempts, fence, fsio, placement, store
 from ..protocol.graph import graph_record
 from .coord import abandoned, coordinating, refresh
 from ..errors import ChangeIncomplete, Refused, RunBusy
@@ -249,6 +249,11 @@ def _attempt_files(run: RunLayout, plan: Plan) -> dict[str, tuple[bytes, str]]:
                       tasks=len(wf.jobs) - len(arrays) + sum(arrays.values()))
     if plan.options.backend:
         run_record["backend"] = plan.options.backend
+    if plan.options.priority is not None:
+        run_record["priority"] = plan.options.priority
+    for key in ("placement", "limits"):  # this attempt's, or none
+        run_record.pop(key, None)
+    run_record.update(placement.run_fields(((j.id, j.to_spec()) for j in wf.jobs), wf.limits))
     graph = graph_record(wf.needs(), plan.attempt, [s.job for s in plan.steps if s.held], plan.order)
     return {"run.json": (fsio.dumps(run_record), run.record),
             "workflow" + wf.suffix: (wf.raw, run.attempt_workflow(plan.attempt, wf.suffix)),

@@ -44,6 +44,7 @@ class Options:
     rollback_to: tuple[str, ...] = ()
     stale_after: float = 60.0
     backend: str | None = None  # "slurm": the run's jobs go to Slurm, one Slurm job each
+    priority: int | None = None  # the run's, over every job's (exec-submit --priority); None: keep
 
     @property
     def why(self) -> str:
@@ -52,7 +53,7 @@ class Options:
     def flags(self) -> dict[str, Any]:
         return {"failed_only": self.failed_only, "no_retry_failed": self.no_retry_failed,
                 "force": self.force, "from_job": list(self.from_jobs), "rollback_to": list(self.rollback_to),
-                "backend": self.backend}
+                "backend": self.backend, **({} if self.priority is None else {"priority": self.priority})}
 
 
 @dataclass
@@ -110,10 +111,11 @@ class Plan:
     def nothing_to_do(self) -> bool:
         """A resume that would move no job and accept no change: it writes nothing, not even
         its attempt record (four resumes racing must not leave three ghost attempts). Never
-        for the Slurm-DAG backend, whose resume also resubmits Slurm jobs cancelled meanwhile."""
+        for the Slurm-DAG backend, whose resume also resubmits Slurm jobs cancelled meanwhile,
+        nor with ``--priority`` (run.json changes)."""
         backend = self.options.backend or self.backend_before
         return (self.attempt > 1 and all(s.stays for s in self.steps) and not self.changes
-                and backend == self.backend_before == "workers")
+                and backend == self.backend_before == "workers" and self.options.priority is None)
 
     def idle_text(self) -> str:
         """What a resume with nothing to do says."""

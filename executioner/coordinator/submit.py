@@ -8,7 +8,7 @@ import shutil
 import time
 from typing import Any
 
-from ..protocol import attempts, fsio
+from ..protocol import attempts, fsio, placement
 from ..protocol.graph import graph_record
 from ..errors import PoolError
 from ..protocol.layout import FORMAT_VERSION, PoolLayout, RunLayout, run_sort_key
@@ -93,10 +93,11 @@ def _build(run: RunLayout, workflow: Workflow, plan: Plan) -> None:
     # One syncfs makes every file above durable (instead of one fsync each) before
     # run.json publishes the run; nothing reads a run before that.
     fsio.sync_filesystem(run.root)
-    fsio.atomic_write_json(run.record, run_record(run, workflow, plan.options.backend))
+    fsio.atomic_write_json(run.record, run_record(run, workflow, plan.options.backend, plan.options.priority))
 
 
-def run_record(run: RunLayout, workflow: Workflow, backend: str | None = None) -> dict[str, Any]:
+def run_record(run: RunLayout, workflow: Workflow, backend: str | None = None,
+               priority: int | None = None) -> dict[str, Any]:
     arrays = {j.id: len(j.tasks) for j in workflow.jobs if j.tasks is not None}
     return {
         "format": FORMAT_VERSION,
@@ -113,4 +114,6 @@ def run_record(run: RunLayout, workflow: Workflow, backend: str | None = None) -
         "attempt": 1,
         "backend": backend or "workers",
         "submitted_by": f"{getpass.getuser()}@{fsio.HOST}",
+        **({"priority": priority} if priority else {}),
+        **placement.run_fields(((j.id, j.to_spec()) for j in workflow.jobs), workflow.limits),
     }

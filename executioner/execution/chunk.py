@@ -21,10 +21,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import WorkflowError
-from ..protocol import store
+from ..protocol import placement, store
 from ..protocol.pieces import destination, results_columns, split
 from ..protocol.ready import Upstream
 from .execute import build_env, command_argv, missing_outputs, run_command, TryResult
+from .capacity import Assignment
 from .tasks import TaskResult, TryLog, render, task_set
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ class ChunkTry:
         self.running = 0
         self.checked = time.monotonic()  # claimed just now: first checked HELD_CHECK from now
         self.held = True
+        self.needs = placement.needs(self.spec)  # of each task
 
     # ---- running ----------------------------------------------------------------
     def run(self) -> list[tuple[str, str, dict[str, Any]]] | None:
@@ -69,18 +71,21 @@ class ChunkTry:
         start = time.time()
         runners: list[threading.Thread] = []
         try:
-            borrowed = False  # the first runner uses the slot that claimed the chunk
+            # the first runner uses the slot that claimed the chunk, and what the claim took
+            held: Assignment | None = self.worker._assigned.get(claim.token)
+            borrowed = False
             while True:
                 with self.cond:
                     if self.left <= self.running or self._stopping():
                         break  # every task left is taken by a runner, or no more may start
                     self.running += 1
-                t = threading.Thread(target=self._runner, args=(len(runners), borrowed), daemon=True)
+                t = threading.Thread(target=self._runner, args=(len(runners), borrowed, held), daemon=True)
                 t.start()
                 runners.append(t)
-                borrowed = self._wait_for_permit()
-                if borrowed is None:
+                more = self._wait_for_permit()
+                if more is None:
                     break
+                borrowed, held = True, more
             for t in runners:
                 t.join()
         finally:
@@ -97,16 +102,20 @@ class ChunkTry:
                                             "`exec-submit --resume` runs it again"})
         return self._pieces(start, time.time())
 
-    def _wait_for_permit(self) -> bool | None:
-        """A free slot of the worker for one more runner (True), or None once no more
-        runner is wanted: every task left is taken, or the chunk must stop."""
+    def _wait_for_permit(self) -> Assignment | None:
+        """A free slot of the worker and room for one more task (what it holds), or None
+        once no more runner is wanted: every task left is taken, or the chunk must stop.
+        While the worker holds a reservation (see Claiming._short) no runner is added."""
         w = self.worker
         with self.cond:
             while True:
                 if self.left <= self.running or self._stopping():
                     return None
-                if w._permits.acquire(blocking=False):
-                    return True
+                if w._reserved is None and w._permits.acquire(blocking=False):
+                    held = w.ledger.take(self.needs)
+                    if held is not None:
+                        return held
+                    w._permits.release()
                 self.cond.wait(0.2)
 
     def _next(self) -> int | None:
@@ -130,7 +139,7 @@ class ChunkTry:
             self.held = self.claim.still_held()
         return self.held
 
-    def _runner(self, k: int, borrowed: bool) -> None:
+    def _runner(self, k: int, borrowed: bool, held: Assignment | None) -> None:
         """Run tasks one after another until none is left: a thread per slot in use, not per
         task, and one pair of spool files it empties for each task."""
         paths = (os.path.join(self.spool, f"{k}.out"), os.path.join(self.spool, f"{k}.err"))
@@ -138,23 +147,28 @@ class ChunkTry:
         try:
             for path in paths:
                 fds.append(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600))
-            while (p := self._next()) is not None:
-                self._task(p, (fds[0], fds[1]))
+            env = self.worker.placed_env(held, self.base_env)  # once per runner, not per task
+            # a borrowed runner stops at a reservation (see Claiming._short), freeing its room
+            while not (borrowed and self.worker._reserved is not None) and (p := self._next()) is not None:
+                self._task(p, (fds[0], fds[1]), held, env)
         except Exception:  # ours (no spool file): the tasks not started stay for the pieces
             log.exception("chunk %s of run %s: internal error", self.claim.job_id, self.claim.run.run_id)
         finally:
             for fd in fds:
                 os.close(fd)
             if borrowed:
+                if held is not None:
+                    self.worker.give_back(held)
                 self.worker._permits.release()
             with self.cond:
                 self.running -= 1
                 self.cond.notify_all()
 
-    def _task(self, p: int, spools: tuple[int, int]) -> None:
+    def _task(self, p: int, spools: tuple[int, int], held: Assignment | None,
+              env: tuple[dict[str, str], dict[str, str]]) -> None:
         spans: tuple[Any, Any] = (None, None)  # what the task wrote to each spool; None: unknown
         try:
-            result = self._run_task(p, spools)
+            result = self._run_task(p, spools, held, env)
             self.results[p] = result
             task = TaskResult(p, result["status"], exit=result.get("exit"), signal=result.get("signal"),
                               start=result.get("start"), end=result.get("end"), reason=result.get("reason"))
@@ -171,16 +185,18 @@ class ChunkTry:
                 if span is None or span[1]:
                     os.ftruncate(fd, 0)  # emptied for the runner's next task (most write nothing)
 
-    def _run_task(self, p: int, spools: tuple[int, int]) -> dict[str, Any]:
+    def _run_task(self, p: int, spools: tuple[int, int], held: Assignment | None,
+                  env0: tuple[dict[str, str], dict[str, str]]) -> dict[str, Any]:
         w, claim, run = self.worker, self.claim, self.claim.run
         run_record = w._records[run.run_id]
         r = render(self.job, self.spec, self.tasks, p)
         cwd = os.path.normpath(os.path.join(run_record["workdir"], r.workdir or ""))
+        base, placed = env0
         try:
-            env = build_env(self.base_env, [run_record["env"], r.env], {
+            env = build_env(base, [run_record["env"], r.env], {
                 "EXEC_RUN_ID": run.run_id, "EXEC_JOB_ID": self.job, "EXEC_TRY": str(self.number),
                 "EXEC_ATTEMPT": str(self.record.get("attempt", 1)), "EXEC_RUN_DIR": run.root,
-                "EXEC_CLAIM": claim.token, "EXEC_UNIT": claim.job_id, **r.extra})
+                "EXEC_CLAIM": claim.token, "EXEC_UNIT": claim.job_id, **r.extra, **placed})
             argv = command_argv(r.command, env)
         except WorkflowError as e:
             now = time.time()
@@ -189,7 +205,7 @@ class ChunkTry:
             result = run_command(argv, cwd, env, spools[0], spools[1],
                                  self.spec["timeout"], self.spec["kill_grace"], claim.token,
                                  keep_going=lambda: not w._abort.is_set() and claim.still_held(),
-                                 tick=min(w.heartbeat, 1.0))
+                                 tick=min(w.heartbeat, 1.0), cores=held.cores if held else ())
         status, reason = result.status, result.reason
         if status in ("failed", "timeout", "lost") and w._abort.is_set():
             status, reason = "preempted", (f"{w.stop_reason}; `exec-submit --resume` runs it again" if w.slurm_dag

@@ -21,12 +21,13 @@ from ..protocol.layout import PoolLayout, run_sort_key
 from ..liveness.clock import StorageClock
 from ..liveness.reap import Reaper
 from ..protocol.retry import first_start_of
+from .placing import Placing, entry_of as _entry, priority_of as _priority
 
 log = logging.getLogger("executioner.worker")
 FIT_MARGIN = 90.0  # Slurm's warning signal comes 30 s before the end, or up to a minute earlier
 
 
-class Claiming:
+class Claiming(Placing):
     """State and methods of the claim walk; the attributes are set by Worker.__init__."""
 
     pool: PoolLayout
@@ -105,8 +106,15 @@ class Claiming:
                     self._events.watch(self.pool.run(run_id).state_dir("queued"))
         with self._lock:
             runs = list(self._runs)
+            reserved = self._reserved
+        if reserved is not None:  # the starvation guard: only the reserved job may start
+            runs = [reserved[0]] if reserved[0] in runs else []
+            if not runs:
+                self._unreserve(None)
+        elif len(runs) > 1:  # higher run priority first (exec-submit --priority), then age
+            runs.sort(key=lambda r: -_priority((self._records.get(r) or {}).get("priority")))
         for run_id in runs:
-            if not everything and not self._due(run_id, now):
+            if not everything and not self._due(run_id, now) and reserved is None:
                 continue
             claim = self._claim_in(run_id)
             if claim is not None:
@@ -116,6 +124,8 @@ class Claiming:
     def _claim_in(self, run_id: str) -> store.Claim | None:
         run = self.pool.run(run_id)
         listings = 0
+        with self._lock:  # jobs passed by for lack of room: tried first, once each, when room frees
+            deferred = list(self._deferred.get(run_id, ()))
         while True:
             with self._lock:
                 need_listing = run_id not in self._candidates
@@ -126,33 +136,73 @@ class Claiming:
                 if self.only_jobs is not None:
                     names = [n for n in names if self._wanted(n)]
                 listings += 1
+                index = (self._records.get(run_id) or {}).get("placement")
+                ordered = bool(index) and any(_priority(e.get("priority")) for e in index.values()
+                                              if type(e) is dict)
+                if ordered:  # higher priority first; shuffled within one, so workers rarely collide
+                    keys = {n: (-_priority(_entry(self._records[run_id], n).get("priority")), self._rng.random())
+                            for n in names}
+                    names.sort(key=keys.__getitem__)
+                if index:
+                    self._note_short(run_id, names)
                 with self._lock:
+                    # RACE: another worker may take our reserved job: once a listing no
+                    # longer shows it, the reservation ends (else we would wait for ever)
+                    if self._reserved is not None and self._reserved[0] == run_id and (
+                            self._reserved[1] not in names or self._reserved in self._wont_fit):
+                        self._reserved = None  # taken by another worker (or gone): reserve no more
                     self._listed[run_id] = time.monotonic()
+                    if run_id in self._deferred:  # gone from queued/: no longer waiting here
+                        present = set(names)
+                        gone = [d for d in self._deferred[run_id] if d not in present]
+                        self._deferred[run_id] = [d for d in self._deferred[run_id] if d in present]
+                        deferred = [d for d in deferred if d in present]
+                        for d in gone:
+                            self._short_since.pop((run_id, d), None)
                     if names:
                         self._queued_empty.discard(run_id)
                     else:
                         self._queued_empty.add(run_id)
                     self._candidates[run_id] = names
-                    self._cursor[run_id] = self._rng.randrange(len(names)) if names else 0
+                    self._cursor[run_id] = 0 if ordered else self._rng.randrange(len(names)) if names else 0
                 if not names:
                     return None
-            job_id = self._pick(run_id)
+            job_id = deferred.pop(0) if deferred else self._pick(run_id)
             if job_id is None:
                 with self._lock:
                     self._candidates.pop(run_id, None)
                 if listings:
                     return None  # what a fresh listing held is taken or not due yet
                 continue
+            # RACE: our slots share one ledger: what a job needs is taken before the claim's
+            # rename, so two slots never both count the same free CPU or GPU; a lost rename
+            # gives it back. (A limit's slot, pool-wide, would be taken after the rename,
+            # with the claim's token: the hook for workflow limits.)
+            held = self._place(run_id, job_id)
+            if held is None:
+                continue  # does not fit now (or here): the next candidate
+            self._undefer(run_id, job_id)
             claim = store.claim(run, job_id, self.owner)
             if claim is None:
+                self.ledger.give(held)
+                self._unreserve((run_id, job_id))
                 self._lost_race(run_id)
                 continue
             try:
-                if self._take(run_id, job_id, claim):
+                held = self._check_needs(run_id, job_id, claim, held)
+                if held is not None and self._take(run_id, job_id, claim):
+                    with self._lock:
+                        self._assigned[claim.token] = held
+                        self._short_since.pop((run_id, job_id), None)
+                    self._unreserve((run_id, job_id))
                     return claim
             except BaseException:
                 store.release(claim)  # anything went wrong before it ran: give it back
+                if held is not None:
+                    self.ledger.give(held)
                 raise
+            if held is not None:
+                self.ledger.give(held)
 
     def _take(self, run_id: str, job_id: str, claim: store.Claim) -> bool:
         """Keep a fresh claim (write its lock) or put it back if its retry is not due yet."""
@@ -258,7 +308,7 @@ class Claiming:
             if self._lost_in_row >= 2 or not candidates:
                 self._lost_in_row = 0
                 self._candidates.pop(run_id, None)
-            else:
+            elif self._cursor.get(run_id):  # 0: in priority order, kept
                 self._cursor[run_id] = self._rng.randrange(len(candidates))
 
     def _ours(self, run_id: str) -> bool:

@@ -77,14 +77,15 @@ def open_logs(out_path: str, err_path: str) -> tuple[int, int]:
 
 def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str | int, err_path: str | int,
                 timeout: float | None, kill_grace: float, marker: str,
-                keep_going: Callable[[], bool] | None = None, tick: float = 1.0) -> TryResult:
+                keep_going: Callable[[], bool] | None = None, tick: float = 1.0,
+                cores: Iterable[int] = ()) -> TryResult:
     """Run ``argv`` in its own session; kill its whole tree on timeout or when told to stop.
 
     ``marker`` is the value of ``EXEC_CLAIM`` in the child's environment: it finds
     descendants that left the process group. ``keep_going`` is asked every ``tick``
     seconds; when it returns False the tree is killed and the try is ``lost``. ``out_path``
     and ``err_path`` name the try's log files to create, or are files already open (a
-    chunk's spool files, left open for the caller).
+    chunk's spool files, left open for the caller). ``cores``: pin the command to these CPUs.
     """
     start = time.time()
     mine = not isinstance(out_path, int)
@@ -95,6 +96,7 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str | 
                                                                    f"{e.strerror}")
     except ForeignFile as e:  # logs/ swapped for a symlink
         return TryResult("failed", None, None, start, time.time(), f"cannot create its log file {e}")
+    pinned = _pin(cores)
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=_devnull(), stdout=out,
                                 stderr=err, start_new_session=True)
@@ -111,6 +113,8 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str | 
             pass  # a full disk: the reason is in the try's record all the same
         return TryResult("failed", why[0], None, start, time.time(), why[1])
     finally:
+        if pinned is not None:
+            os.sched_setaffinity(0, pinned)
         if mine:
             os.close(out)
             os.close(err)
@@ -141,6 +145,18 @@ def run_command(argv: list[str], cwd: str, env: dict[str, str], out_path: str | 
         status = "failed"
         reason = f"killed by {sig}" if sig else f"exit code {code}"
     return TryResult(status, code, sig, start, time.time(), reason, proc.pid)
+
+
+def _pin(cores: Iterable[int]) -> set[int] | None:
+    """Pin the calling thread to ``cores`` (a child inherits its parent thread's mask at
+    fork, vfork or posix_spawn: no preexec_fn, which would force a slow fork, and no window
+    in which the child runs unpinned); return the mask to restore, or None."""
+    wanted = set(cores)
+    if not wanted:
+        return None
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, wanted)
+    return before
 
 
 _DEVNULL: list[int] = []

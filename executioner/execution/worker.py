@@ -27,6 +27,7 @@ from ..liveness.clock import StorageClock
 from ..liveness.reap import Reaper
 from ..protocol.pieces import is_chunk, lost_pieces
 from ..protocol.retry import losses
+from .capacity import THREAD_VARS, Assignment, Capacity, Ledger, detect
 from .chunk import ChunkTry
 from ..liveness.tidy import Tidy
 from ..protocol.scrub import Scrubber, clear_foreign_lease
@@ -59,11 +60,23 @@ class Worker(Claiming):
                  exit_when_idle: float | None = None, max_jobs: int | None = None,
                  heartbeat: float = 10.0, stale_after: float = 60.0, poll_min: float = 0.2,
                  poll_max: float = 5.0, sweep_every: float = 10.0, dormant_every: float = 60.0,
-                 only_jobs: set[str] | Callable[[str], bool] | None = None, ends_at: float | None = None, slurm_dag: bool = False):
+                 only_jobs: set[str] | Callable[[str], bool] | None = None, ends_at: float | None = None,
+                 slurm_dag: bool = False, capacity: Capacity | None = None, bind: bool = False,
+                 reserve_after: float = 60.0):
         self.pool = PoolLayout(os.path.abspath(pool))
         fsio.share_with_group(pool_is_shared(self.pool))
         self.run_ids = run_ids
         self.slots = max(1, slots)
+        if capacity is None:  # where we run; -j K alone keeps running K plain jobs at once
+            found = detect()
+            capacity = Capacity(max(found.cpus, self.slots), found.gpus, found.mem_gb, cores=found.cores)
+        self.capacity = capacity
+        self.ledger = Ledger(capacity, bind)
+        self.reserve_after = reserve_after  # seconds a job that fits may be passed by (see Claiming._short)
+        self._assigned: dict[str, Assignment] = {}  # claim token -> what its try holds
+        self._short_since: dict[tuple[str, str], float] = {}
+        self._reserved: tuple[str, str] | None = None
+        self._deferred: dict[str, list[str]] = {}  # run -> jobs passed by for lack of room
         self.exit_when_idle = exit_when_idle
         self.max_jobs = max_jobs
         self.heartbeat = heartbeat
@@ -146,7 +159,8 @@ class Worker(Claiming):
         self._beat_record = {
             "worker": self.worker_id, "host": self.owner.host, "pid": self.owner.pid,
             "pid_start": self.owner.pid_start, "started": time.time(), "heartbeat": self.heartbeat,
-            "stale_after": self.stale_after, "runs": self.run_ids, "slots": self.slots}
+            "stale_after": self.stale_after, "runs": self.run_ids, "slots": self.slots,
+            "capacity": self.capacity.describe()}
         fsio.atomic_write_json(beat_path, self._beat_record)
         # A first pass before claiming anything: a short-lived worker (--max-jobs 1, a Slurm
         # job of minutes) still continues the host's watch on other workers' claims.
@@ -254,6 +268,9 @@ class Worker(Claiming):
             store.close_logs(claim)
             with self._lock:
                 self._busy -= 1
+                held = self._assigned.pop(claim.token, None)
+            if held is not None:
+                self.give_back(held)
         return True
 
     def _idle_long_enough(self) -> bool:
@@ -361,6 +378,29 @@ class Worker(Claiming):
             self._sweeping.release()
 
     # ---- running ------------------------------------------------------------------
+    def give_back(self, held: Assignment) -> None:
+        """Return what a try held; wake the slots if a job waits for room (only then: a
+        wake-up costs an idle slot a poll)."""
+        self.ledger.give(held)
+        with self._lock:
+            waiting = self._reserved is not None or any(self._deferred.values())
+        if waiting:
+            self._wake.set()
+
+    def placed_env(self, held: Assignment | None,
+                   base: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
+        """The environment a command starts from, and the variables of its placement that
+        nothing may override: thread counts (OMP_NUM_THREADS, ...) go in the first, which the
+        workflow's env may change; its GPUs and EXEC_RESOURCES in the second."""
+        base = dict(os.environ if base is None else base)
+        if held is None:
+            return base, {}
+        placed = held.env(bool(self.capacity.gpus))
+        for name in THREAD_VARS:
+            if name in placed:
+                base[name] = placed.pop(name)
+        return base, placed
+
     def _execute(self, claim: store.Claim) -> None:
         run, record = claim.run, claim.record
         spec = record["spec"]
@@ -368,11 +408,13 @@ class Worker(Claiming):
         try_number = claim.try_number
         cwd = os.path.normpath(os.path.join(run_record["workdir"], spec["workdir"] or ""))
         out, err = run.log(claim.job_id, try_number, "out"), run.log(claim.job_id, try_number, "err")
+        held = self._assigned.get(claim.token)
+        base, placed = self.placed_env(held)
         try:
-            env = build_env(dict(os.environ), [run_record["env"], spec["env"]], {
+            env = build_env(base, [run_record["env"], spec["env"]], {
                 "EXEC_RUN_ID": run.run_id, "EXEC_JOB_ID": claim.job_id, "EXEC_TRY": str(try_number),
                 "EXEC_ATTEMPT": str(record.get("attempt", 1)),
-                "EXEC_RUN_DIR": run.root, "EXEC_CLAIM": claim.token})
+                "EXEC_RUN_DIR": run.root, "EXEC_CLAIM": claim.token, **placed})
             argv = command_argv(spec["command"], env)
         except WorkflowError as e:  # a value this worker's environment makes too large: the job's failure
             now = time.time()
@@ -381,7 +423,7 @@ class Worker(Claiming):
             out_fd, err_fd = claim.log_fds[:2] if len(claim.log_fds) == 2 else (out, err)
             result = run_command(argv, cwd, env, out_fd, err_fd, spec["timeout"], spec["kill_grace"], claim.token,
                                  keep_going=lambda: not self._abort.is_set() and claim.still_held(),
-                                 tick=min(self.heartbeat, 1.0))
+                                 tick=min(self.heartbeat, 1.0), cores=held.cores if held else ())
         status: TryStatus = result.status
         reason = result.reason
         if status == "failed" and not self._abort.is_set() and (result.signal in STOP_SIGNALS or self.in_slurm):
@@ -409,6 +451,8 @@ class Worker(Claiming):
             host=self.owner.host, worker_pid=self.owner.pid, pid=result.pid, exit_code=result.exit_code,
             signal=result.signal, reason=reason, stdout=os.path.relpath(out, run.root),
             stderr=os.path.relpath(err, run.root))
+        if held is not None and (held.gpus or held.cores or dict(held.needs) != {"cpus": 1}):
+            entry["resources"] = held.record()  # which GPUs and cores it had (a plain job: nothing new)
         # max_retry_time is measured on one clock, the storage's, whichever worker decides
         entry["start_storage"] = round(result.start + self.clock.offset(), 6)
         new = dict(record, tries=[*record["tries"], entry], last_exit_code=result.exit_code,

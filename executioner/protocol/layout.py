@@ -4,15 +4,19 @@ Format version 1. A *pool* is a directory of runs::
 
     POOL/
       workers/<worker_id>.json       one per worker process: who it is (host, pid, start
-                                     time, "runs" it is limited to or null); its mtime is
-                                     the worker's heartbeat
+                                     time, "runs" it is limited to or null) and, since
+                                     placement, its "capacity" (cpus, gpus, mem_gb,
+                                     resources, tags); its mtime is the worker's heartbeat
       workers/.probe-<host>-<pid>    touched to read the storage's clock; removed at exit
       workers/.watch-<host>-<boot>.json   what that host's processes saw stand still
                                      (see executioner.liveness.watch)
       <run_id>/                      one run, e.g. etl-0007
         run.json                     run record: id, name, created, workdir, env, job count,
                                      submitter; written last, so a run without it is
-                                     still being built and is ignored
+                                     still being built and is ignored. Optional (missing:
+                                     defaults): "priority" (exec-submit --priority),
+                                     "limits", and "placement", the index workers order and
+                                     fit claims by (see executioner.protocol.placement)
         workflow.yaml                verbatim copy of the submitted file (.json if JSON)
         graph.json                   every job's dependencies, the held jobs and an order
                                      (each job after those it needs), as the current attempt
@@ -83,7 +87,9 @@ definition (``spec``), ``dependencies``, ``dependents``, every try so far (``tri
 exist also ``attempt`` (the attempt its next try belongs to), ``definition_hash``,
 ``held`` (kept waiting by ``--failed-only``) and ``skipped`` (marked done without running,
 with the reason), and with the Slurm-DAG backend ``slurm`` (its Slurm job id). Every try
-records its ``attempt``. A job file that is a symlink is never run nor rewritten: it is
+records its ``attempt``; a try that held more than one CPU records ``resources`` (its
+GPU ids and, with ``--bind``, its cores). A spec stores ``resources``, ``priority``,
+``tags`` and ``limit`` only when set (missing: one CPU, 0, none, none). A job file that is a symlink is never run nor rewritten: it is
 quarantined. One with a second hard link (a ``cp -al`` snapshot of the run) runs as any
 other: its inode is never written into, so the other name keeps what it held. A run.json with ``"backend": "slurm"`` is left alone by pool workers. State changes
 are single ``rename`` calls (see :mod:`executioner.protocol.store`); every write is temp file +

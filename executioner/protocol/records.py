@@ -115,6 +115,8 @@ _SPEC_KEYS: Final = {
     "retry_backoff": ("pos_num", False), "max_retries": ("any_int", False), "max_lost": ("any_int", False),
     "retry_on_exit_codes": ("int_list", True), "retry_on_status": ("str_list", False),
     "outputs": ("str_list", False), "always_rerun": ("bool", False), "slurm": ("object", True),
+    "resources": ("object", False), "priority": ("any_int", False), "tags": ("str_list", False),
+    "limit": (_STR, True),
 }
 
 

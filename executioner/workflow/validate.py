@@ -18,11 +18,11 @@ from .arrays import (ARRAY_KEYS, MAX_LINES_BYTES, EACH, TASK_SEP, TaskSet, check
                      placeholders, split_task)
 from .env import MAX_JOB_ENV, MAX_VALUE, NAME, StoredEnv, expanded_size, expanded_sizes, human, stored_env
 from .parse import cut, parse, read, read_bounded, show
-from .values import (BAD, JOB_OPTIONS, RETRY_STATUSES, NearNames, Problem, check_value, is_number,
-                       suggest, text_problem, type_name)
+from .values import (BAD, JOB_OPTIONS, MAX_COUNT, RESOURCE_NAME, RETRY_STATUSES, SLURM_RESOURCES, NearNames,
+                     Problem, check_value, is_number, is_whole, suggest, text_problem, type_name)
 
 JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-TOP_KEYS: Final = ("name", "workdir", "env", "defaults", "jobs")
+TOP_KEYS: Final = ("name", "workdir", "env", "limits", "defaults", "jobs")
 CHUNK_TAIL: Final = re.compile(r"[0-9]+(-[0-9]+)?")
 TryStatus = Literal["done", "failed", "timeout"]
 JOB_KEYS: Final = ("id", "command", "dependencies", *ARRAY_KEYS, "chunk", *JOB_OPTIONS)
@@ -52,7 +52,11 @@ class JobSpec:
     max_retry_time: float | None = None
     outputs: tuple[str, ...] = ()
     always_rerun: bool = False
-    slurm: dict[str, Any] = field(default_factory=dict)  # resources for the Slurm-DAG backend
+    slurm: dict[str, Any] = field(default_factory=dict)  # what only Slurm reads: partition, time, ...
+    resources: dict[str, int | float] = field(default_factory=dict)  # of one job, or of each task of an array
+    priority: int = 0  # higher is claimed first
+    tags: tuple[str, ...] = ()  # a worker must have every one to take the job
+    limit: str | None = None  # an entry of the workflow's limits (a pool-wide count of running jobs)
     tasks: TaskSet | None = None  # an array's tasks (see executioner.workflow.arrays)
     elementwise: tuple[str, ...] = ()  # dependencies on task i of an array, for task i
 
@@ -75,7 +79,22 @@ class JobSpec:
             "retry_on_exit_codes": None if self.retry_on_exit_codes is None else list(self.retry_on_exit_codes),
             "retry_on_status": list(self.retry_on_status), "max_retry_time": self.max_retry_time,
             "outputs": list(self.outputs), "always_rerun": self.always_rerun, "slurm": self.slurm,
+            **self.placement(),
         }
+
+    def placement(self) -> dict[str, Any]:
+        """The placement keys that differ from their defaults: a job that sets none is stored
+        as it was before they existed (missing keys read as defaults)."""
+        out: dict[str, Any] = {}
+        if self.resources:
+            out["resources"] = dict(self.resources)
+        if self.priority:
+            out["priority"] = self.priority
+        if self.tags:
+            out["tags"] = list(self.tags)
+        if self.limit is not None:
+            out["limit"] = self.limit
+        return out
 
 
 @dataclass(frozen=True)
@@ -88,6 +107,7 @@ class Workflow:
     workdir: str  # absolute
     env: StoredEnv  # as run.json stores it (see executioner.workflow.env); read it with env_items()
     jobs: tuple[JobSpec, ...]
+    limits: dict[str, int] = field(default_factory=dict)  # name -> running jobs at once, pool-wide
 
     @property
     def suffix(self) -> str:
@@ -149,6 +169,7 @@ class _Validator:
         self._id_suggestions = 0
         self._ids: NearNames | None = None
         self.bad_defaults = False  # a default is BAD: jobs that do not override it are too
+        self.limits: dict[str, int] = {}
 
     def err(self, message: str, job: str | None = None, key: str | None = None) -> None:
         self.errors.append(WorkflowError(message, self.file, job, key))
@@ -191,13 +212,55 @@ class _Validator:
         if isinstance(workdir, Problem):
             self.err(workdir.message, key="workdir")
         env = self.top_env(data.get("env", {}))
+        self.limits = self.top_limits(data.get("limits", {}))
         jobs = self.jobs(data.get("jobs"), self.defaults(data.get("defaults", {})))
         if self.errors:
             raise self.failure()
         here = os.path.dirname(os.path.abspath(self.file))
         return Workflow(name=name, path=os.path.abspath(self.file), raw=self.raw,
                         workdir=os.path.normpath(os.path.join(here, workdir)), env=stored_env(env),
-                        jobs=tuple(jobs))
+                        jobs=tuple(jobs), limits=self.limits)
+
+    def top_limits(self, value: Any) -> dict[str, int]:
+        """``limits: {name: N}``: at most N jobs naming it in ``limit`` run at once, pool-wide."""
+        if not isinstance(value, dict):
+            self.err(f"must be a mapping of names to whole numbers, such as {{download: 4}}, not {type_name(value)}",
+                     key="limits")
+            return {}
+        out: dict[str, int] = {}
+        for name, n in value.items():
+            if not isinstance(name, str) or not RESOURCE_NAME.fullmatch(name):
+                self.err(f"{show(name)} is not a limit name ({RESOURCE_NAME.pattern})", key="limits")
+            elif not is_whole(n, 1, MAX_COUNT):
+                self.err(f"must be a whole number from 1 to {MAX_COUNT} (jobs at once), not {show(n)}",
+                         key=f"limits.{name}")
+            else:
+                out[name] = n
+        return out
+
+    def check_limit(self, limit: Any, job: str | None, key: str) -> bool:
+        """Whether ``limit`` (a checked value: a name or None) names an entry of ``limits``."""
+        if limit is None or limit is BAD or limit in self.limits:
+            return True
+        have = f"the workflow's limits are {', '.join(sorted(self.limits))}" if self.limits else \
+            "the workflow has no limits: mapping at its top level"
+        self.err(f"{show(limit)} names no entry of limits ({have}){self.suggest(limit, tuple(self.limits))}",
+                 job=job, key=key)
+        return False
+
+    def both_given(self, given: Any, job: str | None, prefix: str) -> bool:
+        """One level (a job, or defaults) may give cpus, gpus and mem_gb in ``slurm:`` (their
+        old spelling) or in ``resources:``, not both (which would win is no one's guess).
+        False when both name the same one (reported)."""
+        slurm, resources = given.get("slurm"), given.get("resources")
+        if not isinstance(slurm, dict) or not isinstance(resources, dict):
+            return False
+        both = [k for k in SLURM_RESOURCES if k in slurm and k in resources]
+        if both:
+            self.err(f"{both[0]} is given in both slurm and resources: give it in resources only (both "
+                     "backends read it there; slurm keeps partition, time and additional_parameters)",
+                     job=job, key=f"{prefix}slurm.{both[0]}")
+        return bool(both)
 
     def top_env(self, value: Any) -> dict[str, str]:
         """The workflow's env, checked and sized."""
@@ -226,6 +289,10 @@ class _Validator:
                 base[key] = self.value(key, v, None, f"defaults.{key}")
         if isinstance(base["env"], dict) and "env" in value:
             self.level_sizes(base["env"], None, "defaults.env")  # reported once, not per job
+        if isinstance(value, dict) and self.both_given(value, None, "defaults."):
+            base["resources"] = BAD
+        if not self.check_limit(base["limit"], None, "defaults.limit"):
+            base["limit"] = BAD
         self.bad_defaults = any(v is BAD for v in base.values())
         return base
 
@@ -426,8 +493,19 @@ class _Validator:
         ok = ok and deps_ok and (tasks is not None or not array)
         if not ok or command is None or (self.bad_defaults and any(v is BAD for v in options.values())):
             return entry
+        if "limit" in item and not self.check_limit(options["limit"], job_id, "limit"):
+            return entry
+        if self.both_given(item, job_id, ""):
+            return entry
+        own = options["resources"] if "resources" in item else {}
         if "slurm" in item:  # per key, over the defaults
             options["slurm"] = _over(base["slurm"], options["slurm"])
+        if array:  # slurm's cpus, gpus and mem_gb are a Slurm element's, for several tasks at once
+            options["resources"] = {**base["resources"], **own}
+        else:  # one resources for both backends: slurm's (the old spelling) moved in, per level
+            old = [_moved(base["slurm"]), base["resources"], _moved(options["slurm"] if "slurm" in item else {}), own]
+            options["resources"] = {k: v for level in old for k, v in level.items()}
+            options["slurm"] = {k: v for k, v in options["slurm"].items() if k not in SLURM_RESOURCES}
         spec = JobSpec(id=job_id, command=command, dependencies=entry.dependencies, tasks=tasks,
                        elementwise=each, **options)
         if self.job_sizes(spec, own_env="env" in item) and self.check_placeholders(spec):
@@ -553,6 +631,11 @@ def _over(base: Any, own: dict[str, Any]) -> dict[str, Any]:
     if extra:
         merged["additional_parameters"] = extra
     return merged
+
+
+def _moved(slurm: Any) -> dict[str, Any]:
+    """The cpus, gpus and mem_gb of a ``slurm:`` mapping."""
+    return {k: slurm[k] for k in SLURM_RESOURCES if k in slurm} if isinstance(slurm, dict) else {}
 
 
 def _find_cycle(needs: dict[str, tuple[str, ...]]) -> list[str] | None:

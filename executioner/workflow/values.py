@@ -44,7 +44,19 @@ JOB_OPTIONS: Final[dict[str, tuple[str, Any]]] = {
     "outputs": ("str_list", []),
     "always_rerun": ("bool", False),
     "slurm": ("slurm", {}),
+    "resources": ("resources", {}),
+    "priority": ("priority", 0),
+    "tags": ("tags", ()),
+    "limit": ("limit", None),
 }
+# What a job needs of a worker (see executioner.execution.capacity). cpus, gpus and any custom
+# name are whole units; only memory may be fractional. A value past these bounds is more than
+# any worker could declare: refused here rather than left queued forever.
+RESOURCE_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+TAG_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")  # no comma: --tags a,b
+SLURM_RESOURCES: Final = ("cpus", "gpus", "mem_gb")  # also spelled in slurm: (the old spelling)
+MAX_PRIORITY: Final = 1_000_000_000
+MAX_TAGS: Final = 64
 
 
 class Problem:
@@ -158,6 +170,17 @@ def check_value(kind: str, v: Any) -> Any:
         return Problem(f"must be a list of {', '.join(RETRY_STATUSES)}")
     if kind == "slurm":
         return check_slurm(v)
+    if kind == "resources":
+        return check_resources(v)
+    if kind == "priority":
+        return v if is_whole(v, -MAX_PRIORITY, MAX_PRIORITY) else Problem(
+            f"must be a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY} (higher runs first), not {show(v)}")
+    if kind == "tags":
+        return check_tags(v)
+    if kind == "limit":
+        if v is None or (isinstance(v, str) and RESOURCE_NAME.fullmatch(v)):
+            return v  # that it names an entry of limits: checked by the validator
+        return Problem(f"must name an entry of the workflow's limits, not {show(v)}")
     if kind == "bool":
         return v if isinstance(v, bool) else Problem(f"must be true or false, not {show(v)}")
     if kind == "str":
@@ -193,6 +216,38 @@ def check_slurm(v: Any) -> Any:
         if k == "additional_parameters" and (bad := _check_sbatch_options(x)):
             return bad
     return dict(v)
+
+
+def check_resources(v: Any) -> Any:
+    """A ``resources:`` mapping: what one job (or one task of an array) needs of a worker."""
+    if not isinstance(v, dict):
+        return Problem(f"must be a mapping such as {{cpus: 4, gpus: 1, mem_gb: 16}}, not {type_name(v)}")
+    out: dict[str, int | float] = {}
+    for k, x in v.items():
+        if not isinstance(k, str) or not RESOURCE_NAME.fullmatch(k):
+            return Problem(f"{show(k)} is not a resource name ({RESOURCE_NAME.pattern})")
+        if k == "mem_gb":
+            if not (is_number(x) and 0 <= x <= MAX_MEM_GB):
+                return Problem(f"mem_gb must be a number of GB from 0 to {MAX_MEM_GB:g}, not {show(x)}")
+            out[k] = int(x) if float(x).is_integer() else float(x)
+        elif not is_whole(x, 0, MAX_SLURM_COUNT):
+            fraction = " (only mem_gb may be fractional)" if is_number(x) and 0 <= x <= MAX_SLURM_COUNT else ""
+            return Problem(f"{k} must be a whole number from 0 to {MAX_SLURM_COUNT}{fraction}, not {show(x)}")
+        else:
+            out[k] = x
+    return out
+
+
+def check_tags(v: Any) -> Any:
+    """``tags:``: names a worker must all have (``exec-worker --tags``) to take the job."""
+    if not isinstance(v, list):
+        return Problem(f"must be a list of tag names, not {type_name(v)}")
+    if len(v) > MAX_TAGS:
+        return Problem(f"has {len(v)} tags; at most {MAX_TAGS}")
+    for t in v:
+        if not isinstance(t, str) or not TAG_NAME.fullmatch(t):
+            return Problem(f"{show(t)} is not a tag name ({TAG_NAME.pattern})")
+    return tuple(dict.fromkeys(v))
 
 
 def _check_sbatch_options(x: Any) -> Problem | None:
