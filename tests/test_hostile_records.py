@@ -191,6 +191,11 @@ def test_an_unreadable_queued_job_is_quarantined_and_the_rest_runs(pool: Path, m
     monkeypatch.setattr(os, "open", guarded)
     work(pool, run, slots=1)
     assert files(run, "running") == [] and "b@" in reasons(run) and "Permission denied" in reasons(run)
+    # every rebuilt b is refused again (the name stays unreadable): after max_lost (3)
+    # quarantines it fails for good instead of being rebuilt for ever, and the rest ran
+    assert files(run, "done") == ["a.json", "c.json"] and files(run, "failed") == ["b.json"]
+    failed = json.loads(Path(run.job("b", "failed")).read_text())
+    assert failed["reason"].startswith("its file was quarantined 3 times (max_lost 3)"), failed["reason"]
 
 
 def test_an_unreadable_claim_is_quarantined_and_the_other_claims_requeued(

@@ -17,7 +17,7 @@ from ..protocol import store
 from ..protocol.pieces import is_chunk
 from ..protocol.scrub import folder_problem
 from .events import Events
-from ..protocol.layout import PoolLayout, run_sort_key
+from ..protocol.layout import PoolLayout, RunLayout, run_sort_key
 from ..liveness.clock import StorageClock
 from ..liveness.reap import Reaper
 from ..protocol.retry import first_start_of
@@ -182,7 +182,7 @@ class Claiming(Placing):
             if held is None:
                 continue  # does not fit now (or here): the next candidate
             self._undefer(run_id, job_id)
-            claim = store.claim(run, job_id, self.owner)
+            claim = store.claim(run, job_id, self.owner, refused=self.refused)
             if claim is None:
                 self.ledger.give(held)
                 self._unreserve((run_id, job_id))
@@ -299,6 +299,14 @@ class Claiming(Placing):
                 if self._not_before.get((run_id, job_id), 0) <= now and (run_id, job_id) not in self._wont_fit:
                     return job_id
             return None
+
+    def refused(self, run: RunLayout, job_id: str) -> None:
+        """A claim quarantined the job's file (unreadable, refused): the job is in no folder
+        now. Look for lost jobs at once rather than at the next periodic check, and count it
+        as work pending, so that an idle exit waits for the job to be rebuilt and run."""
+        with self._lock:
+            self._refused.add(run.run_id)
+        self._wake.set()
 
     def _lost_race(self, run_id: str) -> None:
         """Jump elsewhere in the listing; after two losses in a row, list again."""

@@ -128,6 +128,7 @@ class Worker(Claiming):
         self.scrub_every = 120.0
         self.lost_every = 30.0  # how often a run is checked for jobs in no folder
         self._last_lost: dict[str, float] = {}
+        self._refused: set[str] = set()  # runs where a claim quarantined a job file: look for lost jobs now
         self._known: set[str] = set()  # pool entries already looked at (runs or not)
         self._refreshed = -1e9
         self._listed: dict[str, float] = {}  # run id -> when its queued/ was last listed
@@ -313,7 +314,7 @@ class Worker(Claiming):
             if any(nb > now for nb in self._not_before.values()):
                 return True
             runs = list(self._runs)
-        if any(self.lost.pending(r) for r in runs):
+        if any(self.lost.pending(r) for r in runs) or self._refused:
             return True
         # A worker limited to some jobs waits only for those: an element of a Slurm array
         # must not outlive its own chunks while other elements' chunks run.
@@ -330,8 +331,10 @@ class Worker(Claiming):
             promoted = False
             for run_id in runs:
                 now = time.monotonic()
+                with self._lock:
+                    refused = run_id in self._refused
                 dormant = self._dormant(run_id) and not self.lost.pending(run_id)
-                every = self.dormant_every if dormant else self.sweep_every
+                every = 0.0 if refused else self.dormant_every if dormant else self.sweep_every
                 if now - self._last_sweep.get(run_id, -1e9) < every:
                     continue
                 self._last_sweep[run_id] = now
@@ -353,8 +356,11 @@ class Worker(Claiming):
                     continue
                 try:
                     moved = store.sweep(run)
-                    if self.lost.pending(run_id) or now - self._last_lost.get(run_id, -1e9) >= self.lost_every:
+                    if refused or self.lost.pending(run_id) or \
+                            now - self._last_lost.get(run_id, -1e9) >= self.lost_every:
                         self._last_lost[run_id] = now
+                        with self._lock:
+                            self._refused.discard(run_id)  # from now on the finder's pending says it
                         expected = int((self._records.get(run_id) or {}).get("jobs") or 0)
                         if self.lost.check(run, expected, now):
                             moved += store.sweep(run)  # a rebuilt job whose dependencies are done

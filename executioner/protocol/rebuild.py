@@ -158,14 +158,19 @@ def overlap_victims(run: RunLayout, placed: list[tuple[str, str, str]]) -> dict[
     return out
 
 
-def quarantine_reason(run: RunLayout, job_id: str) -> str | None:
-    """Why the job's file was quarantined, if it was (the latest such note)."""
+def quarantine_notes(run: RunLayout, job_id: str) -> list[str]:
+    """The names of the notes saying why a file of the job was quarantined, oldest first."""
     try:
         # <state>--<job>.json--<rand>.reason, or running--<job>@<token>.json--<rand>.reason
-        names = sorted(n for n in os.listdir(run.quarantine_dir)
-                       if n.endswith(".reason") and (f"--{job_id}.json--" in n or f"--{job_id}@" in n))
+        return sorted(n for n in os.listdir(run.quarantine_dir)
+                      if n.endswith(".reason") and (f"--{job_id}.json--" in n or f"--{job_id}@" in n))
     except FileNotFoundError:
-        return None
+        return []
+
+
+def quarantine_reason(run: RunLayout, job_id: str, names: list[str] | None = None) -> str | None:
+    """Why the job's file was quarantined, if it was (the latest such note)."""
+    names = quarantine_notes(run, job_id) if names is None else names
     for name in reversed(names):
         try:
             return fsio.read_bytes(os.path.join(run.quarantine_dir, name), 1 << 14).decode(errors="replace").strip()
@@ -210,9 +215,10 @@ class LostFinder:
             return []
         rebuilt_now = []
         for job_id in sorted(first[0] & gone):
-            note = quarantine_reason(run, job_id)
+            notes = quarantine_notes(run, job_id)
+            note = quarantine_reason(run, job_id, notes)
             why = f"its file was quarantined ({note})" if note else "its file was in no state folder (deleted?)"
-            if place_lost(run, job_id, why):
+            if place_lost(run, job_id, why, quarantined=len(notes)):
                 rebuilt_now.append(job_id)
         return rebuilt_now
 
@@ -264,15 +270,25 @@ def place_record(run: RunLayout, job_id: str, record: dict[str, Any], dst: str) 
         fsio.unlink_quietly(tmp)
 
 
-def place_lost(run: RunLayout, job_id: str, reason: str) -> bool:
+def place_lost(run: RunLayout, job_id: str, reason: str, quarantined: int = 0) -> bool:
     """Rebuild a lost job into waiting/ (the sweep promotes it when its dependencies are done).
+
+    A job whose files were quarantined ``max_lost`` times (its rebuilt file is refused again
+    and again: a name the storage will not let anyone read) goes to failed/ instead, so that
+    workers do not rebuild and refuse it for ever.
 
     The caller has seen it missing twice, some time apart, holds the run's sweep lease, and
     made sure no coordinator is at work; ``os.link`` never replaces a file that appeared.
     """
     record = rebuilt(run, job_id, reason)
-    if record is None or not place_record(run, job_id, record, "waiting"):
+    if record is None:
         return False
-    log.warning("run %s: job %s was in no state folder (%s); rebuilt from the workflow into waiting/",
-                run.run_id, job_id, reason)
+    max_lost = record["spec"].get("max_lost", 3)
+    dst = "failed" if quarantined >= max_lost else "waiting"
+    if dst == "failed":
+        record["reason"] = f"its file was quarantined {quarantined} times (max_lost {max_lost}); last: {reason}"
+    if not place_record(run, job_id, record, dst):
+        return False
+    log.warning("run %s: job %s was in no state folder (%s); rebuilt from the workflow into %s/",
+                run.run_id, job_id, reason, dst)
     return True

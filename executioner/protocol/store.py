@@ -194,8 +194,11 @@ def _rename(src: str, dst: str) -> bool:
         return False
 
 
-def claim(run: RunLayout, job_id: str, owner: Owner) -> Claim | None:
-    """Claim a queued job: rename it into running/ under a new token. None if we lost the race.
+def claim(run: RunLayout, job_id: str, owner: Owner,
+          refused: Callable[[RunLayout, str], None] | None = None) -> Claim | None:
+    """Claim a queued job: rename it into running/ under a new token. None if we lost the race,
+    or if its file was refused and quarantined (then ``refused(run, job_id)`` is called: the
+    job is now in no folder, and the caller should look for lost jobs soon).
 
     The caller writes the lock (:func:`write_lock`) once it decides to run the job.
     """
@@ -216,10 +219,14 @@ def claim(run: RunLayout, job_id: str, owner: Owner) -> Claim | None:
         return None
     if record is None:
         quarantine(run, path, bad_file_reason(problem))
+        if refused is not None:
+            refused(run, job_id)
         return None
     problem = unit_problem(run, job_id, record)
     if problem is not None:
         quarantine(run, path, f"refused job file: {problem}")
+        if refused is not None:
+            refused(run, job_id)
         return None
     record["spec"] = {**SPEC_DEFAULTS, **record["spec"]}
     return Claim(run, job_id, token, record, owner, now)
