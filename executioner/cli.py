@@ -285,9 +285,12 @@ def _submit_main(argv: list[str] | None = None) -> int:
                   file=sys.stderr, flush=True)
         return 130
     c = status["counts"]
+    held = "; the jobs held by --failed-only wait for a plain --resume" if status["state"] == "held" else ""
     print(f"{run.run_id}: {status['state']} (done {c['done']}, failed {c['failed']}, "
-          f"blocked {c['blocked']})", flush=True)
-    return EXIT_OK if status["state"] == "done" else EXIT_FAILED
+          f"blocked {c['blocked']}{held})", flush=True)
+    # held: every job allowed to run is done (a failure would make the run 'failed'), the
+    # rest is kept waiting on purpose by --failed-only: what was asked for succeeded
+    return EXIT_OK if status["state"] in ("done", "held") else EXIT_FAILED
 
 
 def _slurm_options(a: argparse.Namespace) -> Any:

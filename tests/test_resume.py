@@ -290,8 +290,10 @@ def test_failed_only_holds_jobs_that_never_ran_until_a_plain_resume(pool: Path, 
         {"id": "after", "command": f"echo after >> '{log}'", "dependencies": ["bad"]},
         {"id": "other", "command": f"echo other >> '{log}'", "dependencies": ["slow"]},
         {"id": "slow", "command": "true"}])
-    assert resume(pool, run, str(wf), "--failed-only").returncode == 0
-    work(pool, run)
+    # --wait with local workers: what --failed-only let run succeeded, so exit 0 (not 1)
+    out = resume(pool, run, str(wf), "--failed-only", "--workers", "1", "--wait")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "held" in out.stdout and "plain --resume" in out.stdout
     assert ran(tmp_path) == []
     data = status(run)
     assert data["state"] == "held"
