@@ -120,8 +120,8 @@ def _submit_main(argv: list[str] | None = None) -> int:
                    "with --resume, default: the run's own copy")
     p.add_argument("--pool", help="pool directory (default: $EXEC_POOL)")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="start N local workers for this run")
-    p.add_argument("-j", "--jobs-per-worker", type=int, default=1, metavar="K",
-                   help="jobs each local worker runs at once (default 1)")
+    p.add_argument("-j", "--jobs", "--jobs-per-worker", dest="jobs_per_worker", type=int, default=1, metavar="K",
+                   help="jobs each local worker runs at once (default 1; exec-worker's -j)")
     p.add_argument("--wait", action="store_true", help="wait for the run to end; exit 1 if any job failed")
     p.add_argument("--priority", type=_priority, metavar="N",
                    help="the run's priority: workers take jobs of runs of higher priority first (default 0; "
@@ -387,7 +387,7 @@ def _worker_main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="exec-worker", description="Claim and run jobs from the runs of a pool.")
     p.add_argument("--pool", help="pool directory (default: $EXEC_POOL)")
     p.add_argument("--run", action="append", dest="runs", metavar="RUN_ID", help="only this run (repeatable)")
-    p.add_argument("-j", "--jobs", type=int, metavar="K",
+    p.add_argument("-j", "--jobs", "--jobs-per-worker", dest="jobs", type=int, metavar="K",
                    help="at most K jobs (or tasks) at once (default: as many as its CPUs hold)")
     pl = p.add_argument_group("capacity (default: what the node or the Slurm allocation has)")
     pl.add_argument("--cpus", type=int, metavar="N", help="CPUs this worker gives its jobs")
