@@ -634,17 +634,18 @@ def _check_names(workflow: Workflow, specs: dict[str, JobSpec], options: Options
             job, sep, index = name.partition(":")
             if sep and job in specs and flag == "--rollback-to":  # one task of an array: sim:4
                 tasks = specs[job].tasks
+                # Named by the option, not by a workflow file and key: on a resume the user
+                # may have passed no file at all (the run's own copy is used).
                 if tasks is None:
-                    errors.append(WorkflowError(f"{job!r} is not an array: roll back the job itself", workflow.path,
-                                                name, flag))
+                    errors.append(WorkflowError(f"{flag} {name}: {job!r} is not an array: roll back the job itself"))
                 elif not index.lstrip("-").isdigit() or tasks.position(int(index)) is None:
-                    errors.append(WorkflowError(f"no task {name!r} (its tasks are {job}:{tasks.index(0)} to "
-                                                f"{job}:{tasks.index(len(tasks) - 1)})", workflow.path, name, flag))
+                    errors.append(WorkflowError(f"{flag} {name}: no task {name!r} (its tasks are {job}:{tasks.index(0)}"
+                                                f" to {job}:{tasks.index(len(tasks) - 1)})"))
                 continue
             if name not in specs:
                 close = difflib.get_close_matches(name, list(specs), n=3)
                 hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-                errors.append(WorkflowError(f"no job {name!r} in the workflow{hint}", workflow.path, name, flag))
+                errors.append(WorkflowError(f"{flag} {name}: no job {name!r} in the workflow{hint}"))
     if errors:
         raise WorkflowErrors(errors)
 
