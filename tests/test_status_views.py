@@ -322,3 +322,17 @@ def test_log_of_a_job_caught_leaving_running_is_its_last_try(logged_run: RunLayo
     found = find_logs(logged_run, "flaky", None, ("stdout",))
     assert found.try_number == 2 and read_part(found.logs[0])[0] == b"out 2\nmore 2\n"
     assert cli("exec-status", logged_run.root, "--log", "flaky").stdout == "out 2\nmore 2\n"
+
+
+def test_a_running_job_counts_its_try_under_way(pool: Path, make_workflow: Any) -> None:
+    """A running job's first try showed `tries 0` and `--job` said "no tries yet"."""
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}], name="one"))
+    _claim(run, "a")
+    out = cli("exec-status", run.root, "--json")
+    assert out.returncode == 0, out.stderr
+    assert [(j["id"], j["state"], j["tries"]) for j in json.loads(out.stdout)["jobs"]] == [("a", "running", 1)]
+    out = cli("exec-status", run.root, "--job", "a", "--json")
+    assert out.returncode == 0, out.stderr
+    tries = json.loads(out.stdout)["tries"]
+    assert [(t["try"], t["status"], t["host"]) for t in tries] == [(1, "running", os.uname().nodename)]
+    assert tries[0]["stdout"].endswith("a.1.out")

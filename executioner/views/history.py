@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from typing import Any
 
@@ -100,6 +101,20 @@ def job_history(run: RunLayout, job_id: str) -> dict[str, Any]:
                       "host": t.get("host"), "worker": t.get("worker"), "start": t.get("start"),
                       "duration": t.get("duration"), "exit_code": t.get("exit_code"),
                       "reason": t.get("reason"), **logs})
+    if state == "running":  # the try under way is one too: from its claim's lock, if written yet
+        from .reading import token_of
+        from ..protocol.store import claim_lock
+
+        token = token_of(path)
+        lock = claim_lock(run, job_id, token, record) if token else None
+        number = len(record.get("tries", [])) + 1
+        if lock is None or lock.get("try") == number:
+            started = (lock or {}).get("claimed_at")
+            tries.append({"attempt": record.get("attempt", 1), "try": number, "status": "running",
+                          "host": (lock or {}).get("host"), "worker": (lock or {}).get("worker"), "start": started,
+                          "duration": round(time.time() - started, 3) if isinstance(started, (int, float)) else None,
+                          "exit_code": None, "reason": None, "stdout": run.log(job_id, number, "out"),
+                          "stderr": run.log(job_id, number, "err")})
     return {"run_id": run.run_id, "job": job_id, "state": state, "attempt": record.get("attempt", 1),
             "skipped": record.get("skipped"), "held": bool(record.get("held")), "tries": tries}
 
