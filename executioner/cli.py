@@ -216,10 +216,15 @@ def _submit_main(argv: list[str] | None = None) -> int:
         if plan.nothing_to_do:
             print(plan.idle_text(), flush=True)
         return EXIT_REFUSED if plan.refused else EXIT_OK
+    backend = _backend(run)
+    # a new Slurm-DAG run is kept only if sbatch takes it: its line is printed after that
+    run_line = None if plan.nothing_to_do else f"{run.run_id} {run.root}"
+    deferred = not a.resume and backend == "slurm"
     if plan.nothing_to_do:  # nothing was written; workers asked for are still started
         print(plan.idle_text(), flush=True)
     else:
-        print(f"{run.run_id} {run.root}", flush=True)
+        if not deferred:
+            print(run_line, flush=True)
         if a.shared_group:
             from .execution.worker import pool_is_shared
 
@@ -230,7 +235,6 @@ def _submit_main(argv: list[str] | None = None) -> int:
             print(plan.text(a.verbose), file=sys.stderr, flush=True)
     from .backends.slurm import SlurmError
 
-    backend = _backend(run)
     try:
         if backend == "slurm":
             from .backends.slurm import submit_dag
@@ -242,6 +246,8 @@ def _submit_main(argv: list[str] | None = None) -> int:
                              heartbeat=a.stale_after / 6, stale_after=a.stale_after, left_running=left, notes=notes)
             for note in notes:
                 print(f"{p.prog}: note: {note}", file=sys.stderr, flush=True)
+            if deferred and run_line:
+                print(run_line, flush=True)
             print(f"slurm: {len(ids)} job(s): " + " ".join(f"{j}={i}" for j, i in ids.items()),
                   file=sys.stderr, flush=True)
         if a.slurm_workers:
