@@ -206,6 +206,7 @@ def test_cancel_leaves_the_run_resumable_and_resume_reuses_pending_jobs(
     assert dry.returncode == 0 and "would cancel 2 Slurm job(s)" in dry.stdout, dry.stdout + dry.stderr
     out = cli("exec-submit", "--pool", str(slurm_pool), "--cancel", run.run_id)
     assert out.returncode == 0 and "cancelled 2 Slurm job(s)" in out.stdout, out.stdout + out.stderr
+    assert os.path.exists(run.slurm_cancelled)  # the views say cancelled, not "queued / Slurm job N"
     until("first to be handed back", lambda: os.path.exists(run.job("first", "failed")), 60)
     tries = record(run, "first", "failed")["tries"]
     assert [t["status"] for t in tries] == ["preempted"] and "exec-submit --resume` runs it again" in tries[0]["reason"]
@@ -214,6 +215,7 @@ def test_cancel_leaves_the_run_resumable_and_resume_reuses_pending_jobs(
     out = cli("exec-submit", "--pool", str(slurm_pool), "--resume", run.run_id)
     assert out.returncode == 0, out.stderr
     until("the resumed run to finish", lambda: status(run)["state"] == "done")
+    assert not os.path.exists(run.slurm_cancelled)  # submitted again: no longer cancelled
 
 
 def test_a_pool_workers_claim_stops_a_slurm_submission(slurm_pool: Path, tmp_path: Path) -> None:

@@ -336,3 +336,33 @@ def test_a_running_job_counts_its_try_under_way(pool: Path, make_workflow: Any) 
     tries = json.loads(out.stdout)["tries"]
     assert [(t["try"], t["status"], t["host"]) for t in tries] == [(1, "running", os.uname().nodename)]
     assert tries[0]["stdout"].endswith("a.1.out")
+
+
+def test_after_cancel_slurm_dag_jobs_are_not_shown_as_queued_for_a_slurm_job(pool: Path, make_workflow: Any) -> None:
+    """`exec-submit --cancel` left the run `running` and its jobs `queued / Slurm job N`
+    for ever. The cancel's marker (slurm-cancelled.json, as backends.slurm.cancel_run writes
+    it) makes the run `cancelled`, says how to resume, and names the cancelled Slurm jobs."""
+    from executioner.protocol import fsio
+
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"},
+                                      {"id": "b", "command": "true", "dependencies": ["a"]}], name="dag"))
+    record = json.loads(Path(run.record).read_text())
+    fsio.atomic_write_json(run.record, dict(record, backend="slurm"))
+    for job, state, slurm_id in (("a", "queued", "123"), ("b", "waiting", "124")):
+        job_file = json.loads(Path(run.job(job, state)).read_text())
+        fsio.atomic_write_json(run.job(job, state), dict(job_file, slurm={"job_id": slurm_id, "attempt": 1}))
+    before = json.loads(cli("exec-status", run.root, "--json").stdout)
+    assert before["state"] == "running" and before["jobs"][0]["reason"] == "Slurm job 123"
+    fsio.atomic_write_json(run.slurm_cancelled, {"at": 1796300000.0, "by": "me@login1", "ids": ["123", "124"]})
+    out = cli("exec-status", run.root, "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["state"] == "cancelled" and "by me@login1" in data["reason"]
+    assert f"--resume {run.run_id}` submits them again" in data["reason"]
+    assert [j["reason"] for j in data["jobs"]] == ["Slurm job 123 cancelled (exec-submit --cancel)",
+                                                   "Slurm job 124 cancelled (exec-submit --cancel)"]
+    pool_view = cli("exec-status", str(pool))
+    assert "cancelled" in pool_view.stdout, pool_view.stdout
+    # a broken marker says nothing (the run is shown as before), never a traceback
+    Path(run.slurm_cancelled).write_text("{not json")
+    assert json.loads(cli("exec-status", run.root, "--json").stdout)["state"] == "running"

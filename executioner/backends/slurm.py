@@ -24,6 +24,7 @@ import graphlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -474,6 +475,10 @@ def submit_dag(pool: PoolLayout, run: RunLayout, workflow: Workflow, to_run: lis
             log.warning("could not cancel the Slurm jobs just submitted: %s", e)
         raise
     release([i for j, i in new.items() if j not in arrays] + [i for a in arrays.values() for _, i, _ in a])
+    try:
+        os.unlink(run.slurm_cancelled)  # submitted again: no longer cancelled
+    except FileNotFoundError:
+        pass
     for held in reused_pending:  # held by a submission that died before releasing them
         try:
             release([held])
@@ -531,4 +536,8 @@ def cancel_run(run: RunLayout, dry_run: bool = False) -> list[str]:
     live = [i for i in ids if i in known or any(k.startswith(i + "_") for k in known)]
     if not dry_run:
         cancel(live)
+        # Said in the views: the run's jobs left in queued/ and waiting/ wait for Slurm
+        # jobs that will never start (until a resume submits them again, and removes it).
+        fsio.atomic_write_json(run.slurm_cancelled, {
+            "at": round(time.time(), 3), "by": f"{getpass.getuser()}@{socket.gethostname()}", "ids": ids})
     return live

@@ -213,6 +213,12 @@ class RunLayout:
     def slurm_record(self) -> str:
         return os.path.join(self.root, "slurm.json")
 
+    @property
+    def slurm_cancelled(self) -> str:
+        """Written by ``exec-submit --cancel`` (when, by whom, which Slurm jobs); removed by
+        the next submission to Slurm. Views say the run is cancelled rather than queued."""
+        return os.path.join(self.root, "slurm-cancelled.json")
+
     def slurm_array_script(self, job: str, attempt: int, part: int) -> str:
         """The sbatch script that submitted part ``part`` of array ``job``'s Slurm array in
         attempt ``attempt`` (kept for reading by hand; Slurm keeps its own copy)."""

@@ -462,6 +462,15 @@ def slurm_ids(data: Any) -> dict[str, list[str]]:
             if k in ("workers", "dag") and isinstance(v, list)}
 
 
+def cancelled_info(data: Any) -> dict[str, Any] | None:
+    """slurm-cancelled.json (``{"at": epoch, "by": "user@host", "ids": [Slurm ids]}``), or
+    None if it is not of that shape (a broken marker says nothing)."""
+    if not isinstance(data, dict) or not _kind_ok(_NUM, data.get("at")) or not isinstance(data.get("ids"), list):
+        return None
+    return {"at": data["at"], "by": data.get("by") if isinstance(data.get("by"), str) else None,
+            "ids": [i for i in data["ids"] if isinstance(i, str)]}
+
+
 def holder_info(data: Any) -> dict[str, Any] | None:
     """coordinator.json with only the keys of the right kind kept (a key of the wrong kind
     reads as unknown, shown as ``?``); None if it is not an object."""

@@ -45,7 +45,7 @@ def emit(data: dict[str, Any], as_json: bool, table: Any) -> None:
 
 
 _COLORS = {"corrupt": "red", "done": "green", "failed": "red", "blocked": "magenta", "running": "cyan",
-           "queued": "yellow", "held": "blue", "skipped": "green", "lost": "yellow", "timeout": "red"}
+           "queued": "yellow", "cancelled": "magenta", "held": "blue", "skipped": "green", "lost": "yellow", "timeout": "red"}
 
 
 def _paint(state: str) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shlex
+import time
 from collections import Counter
 from typing import Any
 
@@ -11,7 +13,7 @@ from ..errors import CorruptFileError, PoolError
 from ..liveness.watch import Watch
 from ..protocol import fsio
 from ..protocol.layout import PoolLayout, RunLayout
-from ..protocol.records import RUN_RECORD_MAX, slurm_ids
+from ..protocol.records import RUN_RECORD_MAX, cancelled_info, slurm_ids
 from ..protocol.snapshot import staged_jobs
 from ..protocol.store import read_run_record
 from .counts import plain_counts
@@ -90,10 +92,28 @@ def run_status(run: RunLayout, jobs: bool = True, lazy: bool = False, states: fr
             out["slurm"] = slurm  # Slurm job ids of the run's workers ("workers") or jobs ("dag")
     except (OSError, ValueError):
         pass
+    cancelled = cancelled_of(run, record)
+    if cancelled is not None and out["state"] == "running":
+        # its jobs wait in queued/ and waiting/ for Slurm jobs that will never start
+        out["state"] = "cancelled"
+        out["reason"] = (f"its Slurm jobs were cancelled at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(cancelled['at']))}"
+                         f"{' by ' + cancelled['by'] if cancelled['by'] else ''}; `exec-submit --pool "
+                         f"{shlex.quote(os.path.dirname(run.root))} --resume {run.run_id}` submits them again")
     note = change_note(run)
     if note:
         out["reason"] = note
     return out
+
+
+def cancelled_of(run: RunLayout, record: dict[str, Any]) -> dict[str, Any] | None:
+    """What ``exec-submit --cancel`` recorded, for a run still on the Slurm-DAG backend
+    (a resume onto pool workers leaves the marker, but the run is no longer Slurm's)."""
+    if record.get("backend") != "slurm":
+        return None
+    try:
+        return cancelled_info(fsio.read_json(run.slurm_cancelled, RUN_RECORD_MAX))
+    except (OSError, ValueError):
+        return None
 
 
 def change_note(run: RunLayout, watch: Watch | None = None, mono: float | None = None) -> str | None:
