@@ -366,3 +366,17 @@ def test_after_cancel_slurm_dag_jobs_are_not_shown_as_queued_for_a_slurm_job(poo
     # a broken marker says nothing (the run is shown as before), never a traceback
     Path(run.slurm_cancelled).write_text("{not json")
     assert json.loads(cli("exec-status", run.root, "--json").stdout)["state"] == "running"
+
+
+def test_a_finished_runs_last_update_stays_put_while_workers_sweep(pool: Path, make_workflow: Any) -> None:
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"},
+                                      {"id": "b", "command": "true", "dependencies": ["a"]}], name="fin"))
+    work(pool, run)
+    old = 1_700_000_000  # 2023: every folder of the finished run last changed then
+    for d in run.all_dirs():
+        os.utime(d, (old, old))
+    work(pool, run, idle=0.5)  # a worker serving the pool sweeps the finished run (its lease in waiting/)
+    assert os.stat(run.state_dir("waiting")).st_mtime > old  # the sweep did touch waiting/
+    out = cli("exec-status", str(pool))
+    assert out.returncode == 0, out.stderr
+    assert "2023-11-1" in out.stdout, out.stdout  # 1_700_000_000 is 2023-11-14/15 in any time zone

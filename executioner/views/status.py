@@ -136,8 +136,14 @@ def change_note(run: RunLayout, watch: Watch | None = None, mono: float | None =
 
 
 def last_update(run: RunLayout) -> float:
+    """When a job last moved (or a try started, or an attempt was recorded). Not waiting/:
+    a worker's sweep takes and drops its lease file there every minute even in a finished
+    run, which would move a finished run's last update forward for ever; a job leaving
+    waiting/ changes the folder it enters too."""
     stamps = []
     for d in run.all_dirs():
+        if d == run.state_dir("waiting"):
+            continue
         try:
             stamps.append(os.stat(d).st_mtime)
         except FileNotFoundError:
