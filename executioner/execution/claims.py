@@ -65,11 +65,15 @@ class Claiming(Placing):
             names = os.listdir(self.pool.root)
         except FileNotFoundError:
             return []
+        present = set(names)
+        gone = [n for n in self._known if n not in present]
+        for name in gone:  # removed: forgotten, so that a new run of that name is examined afresh
+            self.forget(name)
         for name in names:
             if name not in self._known and not name.startswith(".") and name != "workers":
                 if os.path.exists(self.pool.run(name).record):
                     self._known.add(name)  # else: not published yet, look again next time
-        return sorted((n for n in self._known if n in set(names)), key=run_sort_key)
+        return sorted((n for n in self._known if n in present), key=run_sort_key)
 
     def _wanted(self, unit: str) -> bool:
         """Is this job (or chunk) one we may claim? Every one, unless ``only_jobs`` limits us."""

@@ -21,7 +21,7 @@ from .claims import Claiming
 from .events import Events
 from ..errors import PoolError, WorkflowError
 from .execute import TryResult, TryStatus, build_env, command_argv, missing_outputs, run_command
-from ..protocol.layout import PoolLayout
+from ..protocol.layout import PoolLayout, RunLayout
 from ..protocol.rebuild import LostFinder, coordinating, place_record
 from ..liveness.clock import StorageClock
 from ..liveness.reap import Reaper
@@ -216,6 +216,33 @@ class Worker(Claiming):
             self._wake.clear()
             delay = min(self.poll_max, delay * 2)
 
+    def forget(self, run_id: str) -> None:
+        """The run was removed: nothing of it is kept, and its name, if a new run takes it,
+        is examined afresh (published only once it has a run.json)."""
+        with self._lock:
+            self._runs = [r for r in self._runs if r != run_id]
+            self._known.discard(run_id)
+            for cache in (self._candidates, self._cursor, self._records, self._last_sweep, self._last_scrub,
+                          self._last_reap, self._last_lost, self._listed, self._deferred):
+                cache.pop(run_id, None)  # type: ignore[attr-defined]
+            for keyed in (self._not_before, self._short_since):
+                for key in [k for k in keyed if k[0] == run_id]:
+                    keyed.pop(key, None)  # type: ignore[attr-defined]
+            self._wont_fit = {k for k in self._wont_fit if k[0] != run_id}
+            self._refused.discard(run_id)
+            self._queued_empty.discard(run_id)
+        log.info("run %s: removed from the pool; forgotten", run_id)
+
+    def _unghost(self, run: RunLayout) -> None:
+        """Remove what our sweep's lease made of a run removed under it: RUN/waiting/ and RUN
+        itself, each only if empty (rmdir never removes anything else)."""
+        for path in (run.state_dir("waiting"), run.root):
+            try:
+                os.rmdir(path)
+            except OSError:
+                return  # not empty (a new run of that name is being made) or gone: leave it
+        self.forget(run.run_id)
+
     def stop_claiming(self) -> None:
         """Idle exit: the other slots finish what they run, then stop too."""
         self._stop.set()
@@ -339,11 +366,17 @@ class Worker(Claiming):
                     continue
                 self._last_sweep[run_id] = now
                 run = self.pool.run(run_id)
+                if not os.path.exists(run.record):  # removed (rm -r, --delete) under us
+                    self.forget(run_id)
+                    continue
                 # One sweeper per run at a time; a lease, so a dead sweeper's marker expires.
                 # Overlap after expiry is harmless: promotion is idempotent.
                 lease_path = os.path.join(run.state_dir("waiting"), ".sweep.lock")
                 lease = filelock.SoftFileLease(lease_path, lease_duration=30.0, timeout=0, mode=fsio.file_mode())
                 try:
+                    # RACE: filelock makes the lease's missing parents: a run removed between
+                    # the check above and here comes back as a ghost RUN/waiting/; it is
+                    # removed again below (see _unghost).
                     lease.acquire()
                 except (filelock.Timeout, OSError) as e:
                     # Another sweeper holds it (over sshfs an O_EXCL loser may see EPERM); or
@@ -372,6 +405,8 @@ class Worker(Claiming):
                         self.scrubber.scrub(run, self.clock.now(), contents=self._dormant(run_id))
                 finally:
                     lease.release()
+                    if not os.path.exists(run.record):
+                        self._unghost(run)
                 if moved:
                     with self._lock:
                         self._candidates.pop(run_id, None)
