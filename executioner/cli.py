@@ -158,6 +158,11 @@ def _submit_main(argv: list[str] | None = None) -> int:
     sl.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
                     help="any other sbatch option, e.g. account=proj or qos=long (repeatable)")
     sl.add_argument("--cancel", metavar="RUN_ID", help="cancel the run's Slurm jobs; the run stays resumable")
+    rm = p.add_argument_group("removing a run")
+    rm.add_argument("--delete", metavar="RUN_ID",
+                    help="remove the run from the pool (refused while it has running jobs, unless --force)")
+    rm.add_argument("--archive", nargs=2, metavar=("RUN_ID", "FILE.tar.gz"),
+                    help="write the run into a new .tar.gz, check it, then remove the run as --delete does")
     a = p.parse_args(argv)
     from .coordinator.plan import Options
 
@@ -175,6 +180,12 @@ def _submit_main(argv: list[str] | None = None) -> int:
         return _fail(p.prog, e)
     if a.cancel:
         return _cancel(p.prog, PoolLayout(os.path.abspath(pool_dir)), a.cancel, a.dry_run)
+    if a.delete or a.archive:
+        if a.delete and a.archive:
+            return _fail(p.prog, "--delete and --archive exclude each other (--archive removes the run too)")
+        run_id, archive = (a.delete, None) if a.delete else (a.archive[0], a.archive[1])
+        return _remove(p.prog, PoolLayout(os.path.abspath(pool_dir)), run_id, archive, a.force, a.stale_after,
+                       a.dry_run)
     if a.backend == "slurm" and a.slurm_workers:
         return _fail(p.prog, "--backend slurm runs each job as its own Slurm job: no --slurm-workers")
     if a.resume and a.shared_group:
@@ -324,6 +335,30 @@ def _backend(run: RunLayout) -> str:
     from .protocol.store import read_run_record
 
     return str(read_run_record(run).get("backend") or "workers")
+
+
+def _remove(prog: str, pool: PoolLayout, run_id: str, archive: str | None, force: bool, stale_after: float,
+            dry_run: bool) -> int:
+    from .backends.slurm import SlurmError
+    from .coordinator.remove import remove_run
+
+    try:
+        done = remove_run(pool, run_id, force=force, archive=archive, stale_after=stale_after, dry_run=dry_run)
+    except (PoolError, SlurmError) as e:
+        return _fail(prog, e)
+    except (Refused, RunBusy) as e:
+        print(f"{prog}: {e}", file=sys.stderr, flush=True)
+        return EXIT_REFUSED
+    except OSError as e:  # the rename out of the pool itself (a read-only pool): nothing changed
+        return _fail(prog, f"{e.filename or pool.root}: cannot remove run {run_id}: {e.strerror or e}; nothing changed")
+    took = "".join(f"; {what}: {' '.join(items)}" for what, items in
+                   (("stops", done.stopped), ("cancels Slurm jobs", done.cancelled)) if items)
+    if dry_run:
+        print(f"{run_id}: would {'archive into ' + archive + ' and ' if archive else ''}remove{took}", flush=True)
+        return EXIT_OK
+    print(f"{run_id}: {'archived into ' + str(done.archive) + ' and ' if archive else ''}removed"
+          f"{took.replace('stops', 'stopped').replace('cancels', 'cancelled')}", flush=True)
+    return EXIT_OK
 
 
 def _cancel(prog: str, pool: PoolLayout, run_id: str, dry_run: bool) -> int:

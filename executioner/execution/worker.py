@@ -481,6 +481,8 @@ class Worker(Claiming):
                 status, reason = "failed", f"missing outputs: {', '.join(missing)}"
         if status == "lost":
             if not claim.still_held():
+                if self._removed(claim):  # exec-submit --delete --force, rm -r
+                    return
                 log.warning("job %s of run %s: claim lost; wrote nothing", claim.job_id, run.run_id)
                 self._vanished(claim, "its job file disappeared from running/ while it ran")
                 return
@@ -578,6 +580,8 @@ class Worker(Claiming):
                 self._vanished(claim, "its job file disappeared from running/ before its result was recorded")
                 return False
             except OSError as e:
+                if self._removed(claim):
+                    return False
                 if time.monotonic() >= deadline:
                     return self._hand_back(claim, e)
                 log.warning("job %s of run %s: cannot record its result (%s); trying again in %.1f s",
@@ -585,6 +589,15 @@ class Worker(Claiming):
             if self._abort.wait(delay):
                 deadline = 0.0  # stopping: hand it back now
             delay = min(delay * 2, 10.0)
+
+    def _removed(self, claim: store.Claim) -> bool:
+        """The claim's run was removed (exec-submit --delete --force, rm -r): say so once and
+        forget the run, rather than retrying writes into a folder that is gone."""
+        if os.path.exists(claim.run.record):
+            return False
+        log.warning("job %s of run %s: the run was removed; nothing recorded", claim.job_id, claim.run.run_id)
+        self.forget(claim.run.run_id)
+        return True
 
     def _hand_back(self, claim: store.Claim, error: OSError) -> bool:
         """Give the claim back untouched after its result could not be written: one rename."""
@@ -596,6 +609,8 @@ class Worker(Claiming):
                               "without a record of this try", claim.job_id, claim.run.run_id, error, back)
                 return False
             except OSError as e:
+                if self._removed(claim):
+                    return False
                 log.error("job %s of run %s: cannot hand it back either (%s); trying again", claim.job_id,
                           claim.run.run_id, e)
             if self._abort.wait(10.0):
@@ -610,9 +625,9 @@ class Worker(Claiming):
         Not for a chunk of an array: whoever took it placed it as pieces under other names
         (its unit name is then nowhere, rightly), and tasks truly missing are found by
         coverage and rebuilt (executioner.protocol.rebuild.array_gaps)."""
-        if is_chunk(claim.record):
+        if is_chunk(claim.record) or not os.path.exists(claim.run.record):
             # RACE: a reaper split our chunk while we committed; recreating it by its old
-            # name would run (and complete) its tasks twice.
+            # name would run (and complete) its tasks twice. (A removed run: nothing to put back.)
             return
         for pause in (0.0, 0.5):
             time.sleep(pause)
