@@ -380,3 +380,18 @@ def test_a_finished_runs_last_update_stays_put_while_workers_sweep(pool: Path, m
     out = cli("exec-status", str(pool))
     assert out.returncode == 0, out.stderr
     assert "2023-11-1" in out.stdout, out.stdout  # 1_700_000_000 is 2023-11-14/15 in any time zone
+
+
+def test_job_view_of_a_waiting_job_says_blocked_or_what_it_waits_for(pool: Path, make_workflow: Any) -> None:
+    """--job said `waiting` for a job the run view showed `blocked` (upstream failed)."""
+    jobs = [{"id": "a", "command": "exit 1"}, {"id": "b", "command": "true", "dependencies": ["a"]},
+            {"id": "c", "command": "true", "dependencies": ["b"]}]
+    fresh = submit(pool, make_workflow(jobs, name="fresh"))
+    data = json.loads(cli("exec-status", fresh.root, "--job", "c", "--json").stdout)
+    assert (data["state"], data["reason"]) == ("waiting", "waits for b")
+    run = submit(pool, make_workflow(jobs, name="blk"))
+    work(pool, run)
+    data = json.loads(cli("exec-status", run.root, "--job", "c", "--json").stdout)
+    assert (data["state"], data["reason"]) == ("blocked", "upstream failed: a")
+    out = cli("exec-status", run.root, "--job", "c")
+    assert "job c: blocked (upstream failed: a)" in out.stdout, out.stdout

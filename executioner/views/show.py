@@ -102,7 +102,8 @@ def job_table(data: dict[str, Any]) -> Any:
                       "" if r["exit_code"] is None else str(r["exit_code"]), dur, _plain(r["host"]),
                       _plain(r["reason"]))
         return t
-    extra = f", {data['skipped']['reason']}" if data.get("skipped") else ", held" if data.get("held") else ""
+    extra = f", {data['skipped']['reason']}" if data.get("skipped") else ", held" if data.get("held") else \
+        f" ({data['reason']})" if data.get("reason") else ""
     t = Table("attempt", "try", "status", "host", "start", "duration", "exit", "reason", "logs",
               title=f"{data['run_id']} job {data['job']}: {data['state']}{extra}")
     for r in data["tries"]:
