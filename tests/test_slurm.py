@@ -152,6 +152,8 @@ def diamond(tmp_path: Path, fail: str | None = None) -> Path:
              **({"dependencies": deps} if deps else {})}
             for j, deps in (("a", []), ("b", ["a"]), ("c", ["a"]), ("d", ["b", "c"]))]
     jobs[2]["slurm"] = {"cpus": 1, "additional_parameters": {"comment": "from the workflow"}}
+    # a custom resource is a Slurm license, a tag a node feature (the test cluster has both)
+    jobs[1].update(resources={"dl": 1}, tags=["a100"])
     return write(tmp_path, jobs, "diamond")
 
 
@@ -168,6 +170,8 @@ def test_a_diamond_runs_as_slurm_jobs_in_dependency_order(slurm: None, slurm_poo
     shown = subprocess.run(["scontrol", "show", "job", c_id], capture_output=True, text=True, timeout=20).stdout
     assert "Comment=from the workflow" in shown  # the job's own slurm: settings reached sbatch
     b_id = record(run, "b", "done")["slurm"]["job_id"]
+    shown = subprocess.run(["scontrol", "show", "job", b_id], capture_output=True, text=True, timeout=20).stdout
+    assert "Licenses=dl:1" in shown and "Features=a100" in shown, shown
     assert f"afterok:{record(run, 'a', 'done')['slurm']['job_id']}" in \
         Path(run.slurm_dir, b_id, f"{b_id}_submission.sh").read_text()
 
