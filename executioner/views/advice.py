@@ -15,6 +15,7 @@ file.
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from typing import Any, Final
 
@@ -25,6 +26,7 @@ from ..protocol.store import read_run_record
 from .workers import WorkerView, fill_holdings, read_workers, serving
 
 ALONE_AFTER: Final = 60.0  # seconds with no live worker before --wait says so
+SHOWN: Final = 5  # jobs a warning names
 Cause = dict[str, Any]
 
 
@@ -129,14 +131,24 @@ def _queued(run: RunLayout) -> list[str]:
         return []
 
 
-def no_worker(workers: list[WorkerView], run: RunLayout) -> Cause | None:
+def _listing(run: RunLayout, state: str) -> list[str]:
+    try:
+        return [n for n in os.listdir(run.state_dir(state)) if not n.startswith(".")]
+    except FileNotFoundError:
+        return []
+
+
+def start_hint(pool: PoolLayout) -> str:
+    return f"start `exec-worker --pool {shlex.quote(pool.root)}`"
+
+
+def no_worker(pool: PoolLayout, workers: list[WorkerView], run: RunLayout) -> Cause | None:
     """No live worker, or none that serves this run."""
     live = [w for w in workers if w.live]
     if not live:
         dead = min(workers, key=lambda w: w.age, default=None)
         last = f" (the last heartbeat, of {dead.where()}, is {ago(dead.age)} old)" if dead else ""
-        return cause("no_worker", f"no live worker at all{last}: start `exec-worker --pool POOL`",
-                     workers=0)
+        return cause("no_worker", f"no live worker at all{last}: {start_hint(pool)}", workers=0)
     if not serving(workers, run):
         runs = sorted({r for w in live for r in w.runs or []})
         return cause("no_worker", f"no live worker serves this run: workers limited to other runs "
@@ -156,7 +168,7 @@ def ago(seconds: float) -> str:
 def queued_causes(pool: PoolLayout, run: RunLayout, run_record: dict[str, Any], unit: str,
                   spec: dict[str, Any], workers: list[WorkerView]) -> list[Cause]:
     """What holds a queued unit whose file's spec is ``spec`` (see the module docstring)."""
-    found = no_worker(workers, run)
+    found = no_worker(pool, workers, run)
     if found is not None:
         return [found]
     mine = serving(workers, run)
@@ -176,6 +188,8 @@ def queued_causes(pool: PoolLayout, run: RunLayout, run_record: dict[str, Any], 
                and all(v <= (w.total() or {k: v}).get(k, 0.0) + 1e-9 for k, v in needs.items())]
     free = [w for w in fitting if (w.free_slots() is None or w.free_slots() > 0)  # type: ignore[operator]
             and all(v <= (w.free() or {k: v}).get(k, 0.0) + 1e-9 for k, v in needs.items())]
+    if not fitting:  # cannot be, unless the files changed between two reads
+        return soft + [cause("no_fit", "no live worker fits it now", needs=needs, tags=tags)]
     if not free:
         return soft + [cause("busy", "live workers exist but every one is busy: " + "; ".join(
             _busy_text(w) for w in fitting[:5]) + (" …" if len(fitting) > 5 else ""),
@@ -222,6 +236,9 @@ class Advisor:
         return self._record[1]
 
     def check(self, now: float | None = None, mono: float | None = None) -> list[str]:
+        """The warnings to show now (``now``: our wall clock, to age heartbeats; ``mono``: our
+        monotonic clock, for how long no worker has been live). A reason no live worker can
+        meet is said once, as one line naming the first jobs it holds."""
         now = time.time() if now is None else now
         mono = time.monotonic() if mono is None else mono
         try:
@@ -229,12 +246,13 @@ class Advisor:
         except (OSError, ValueError):
             return []
         queued = _queued(self.run)
+        busy = queued or _listing(self.run, "running")
         workers = read_workers(self.pool, now, self.stale_after)
         mine = serving(workers, self.run)
         lines: list[str] = []
         if mine:
             self._alone_since, self._alone_said = None, False
-        elif queued and self.alone_after is not None:
+        elif busy and self.alone_after is not None:
             dead = [w.age - w.patience for w in workers if w.serves(self.run.run_id)]
             if self._alone_since is None:  # what the files show: the newest went silent this long ago
                 self._alone_since = mono - max(0.0, min(dead, default=0.0))
@@ -242,14 +260,16 @@ class Advisor:
             if alone >= self.alone_after and not self._alone_said:
                 self._alone_said = True
                 lines.append(f"{self.run.run_id}: warning: no live worker for {ago(alone)}: "
-                             f"start `exec-worker --pool {self.pool.root}`")
+                             f"{start_hint(self.pool)}")
         if not mine or record.get("backend") == "slurm":
             return lines  # Slurm places the jobs of the Slurm-DAG backend
         index = record.get("placement")
         if not isinstance(index, dict) or not queued:
             return lines
-        arrays = {n.rpartition(".")[0] for n in queued if "." in n}
+        sizes = record.get("arrays") if isinstance(record.get("arrays"), dict) else {}
+        arrays = {a for n in queued if "." in n and (a := n.rpartition(".")[0]) in sizes}
         names = set(queued)
+        unfit: dict[str, list[str]] = {}  # why -> the jobs (arrays) it keeps queued
         for job, entry in sorted(index.items()):
             if not isinstance(entry, dict) or not (entry.get("needs") or entry.get("tags")):
                 continue
@@ -257,9 +277,14 @@ class Advisor:
                 continue
             needs = entry.get("needs") if isinstance(entry.get("needs"), dict) else placement.DEFAULT_NEEDS
             tags = entry.get("tags") if isinstance(entry.get("tags"), list) else []
-            for c in never_fits(needs, tags, mine):
-                key = f"{job}\0{c['text']}"
-                if key not in self._said:
-                    self._said.add(key)
-                    lines.append(f"{self.run.run_id}: warning: queued job `{job}` fits no live worker: {c['text']}")
+            why = "; ".join(c["text"] for c in never_fits(needs, tags, mine))
+            if why:
+                unfit.setdefault(why, []).append(job)
+        for why, jobs in unfit.items():  # one line per reason, however many jobs it holds
+            if why not in self._said:
+                self._said.add(why)
+                shown = ", ".join(f"`{j}`" for j in jobs[:SHOWN]) + (f" and {len(jobs) - SHOWN} more"
+                                                                     if len(jobs) > SHOWN else "")
+                what = f"queued job {shown} fits" if len(jobs) == 1 else f"queued jobs {shown} fit"
+                lines.append(f"{self.run.run_id}: warning: {what} no live worker: {why}")
         return lines
