@@ -197,6 +197,45 @@ def test_every_live_worker_busy_then_one_fits(pool: Path, make_workflow: Any) ->
     assert texts(explain(run, "next")) == ["queued; fits worker w2 on node1; should start within a poll"]
 
 
+def test_a_running_job_whose_worker_looks_gone(pool: Path, make_workflow: Any) -> None:
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
+    claim = store.claim(run, "a", store.Owner("w9", "node9", 4242, 0.0))
+    assert claim is not None
+    store.write_lock(claim)
+    heartbeat(pool, "w9", host="node9", age=600)
+    data = explain(run, "a")
+    assert kinds(data) == ["running", "worker_gone"]
+    assert texts(data)[1] == "its worker looks gone (no heartbeat for 10 min): a reaper requeues it"
+    heartbeat(pool, "w9", host="node9")
+    assert kinds(explain(run, "a")) == ["running"]
+
+
+def test_hostile_worker_files_are_passed_over(pool: Path, make_workflow: Any) -> None:
+    run = submit(pool, make_workflow([{"id": "train", "command": "true", "resources": {"gpus": 2}}]))
+    workers = pool / "workers"
+    heartbeat(pool, "w1", capacity={"gpus": 1, "resources": {"x": -1, "y": "z"}})  # a count of GPUs
+    (workers / "torn.json").write_text('{"host": "node2", "capa')
+    (workers / "list.json").write_text("[1, 2]")
+    (workers / "link.json").symlink_to(workers / "w1.json")
+    os.mkfifo(workers / "fifo.json")
+    assert texts(explain(run, "train")) == ["needs 2 GPUs and no live worker has declared more than 1"]
+    assert len(Advisor(run).check()) == 1
+    heartbeat(pool, "w2", capacity={"cpus": "many", "tags": "a100"})  # not of its shape: unknown, may fit
+    assert texts(explain(run, "train")) == ["queued; fits worker w2 on node1; should start within a poll"]
+    assert Advisor(run).check() == []
+
+
+def test_waiting_for_an_array(pool: Path, make_workflow: Any) -> None:
+    run = submit(pool, make_workflow([{"id": "sim", "array": 4, "chunk": 2, "command": "true"},
+                                      {"id": "post", "command": "true", "dependencies": ["sim"]}]))
+    hold(run, "sim.0-1")
+    data = explain(run, "post")
+    assert texts(data) == ["waiting for `sim` (0 of 4 tasks done)"]
+    task = explain(run, "sim:1")
+    assert task["state"] == "running" and task["unit"] == "sim.0-1"
+    assert texts(task)[0].startswith(f"in chunk sim.0-1, running on {fsio.HOST} (worker test-holder")
+
+
 def test_done_and_skipped(pool: Path, make_workflow: Any) -> None:
     run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
     work(pool, run)
@@ -299,22 +338,26 @@ def _wait_process(pool: Path, run: RunLayout) -> subprocess.Popen[str]:
 
 
 def _lines_until(proc: subprocess.Popen[str], pattern: str, timeout: float = 30.0) -> list[str]:
+    """Lines of the process's stderr until one matches ``pattern``: read from the pipe's fd
+    itself (a buffered readline may hold a second line that select() then never reports)."""
     import selectors
 
-    sel = selectors.DefaultSelector()
     assert proc.stderr is not None
-    sel.register(proc.stderr, selectors.EVENT_READ)
-    lines: list[str] = []
+    fd = proc.stderr.fileno()
+    sel = selectors.DefaultSelector()
+    sel.register(fd, selectors.EVENT_READ)
+    data = b""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if sel.select(timeout=max(0.0, deadline - time.monotonic())):
-            line = proc.stderr.readline()
-            if not line:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
                 break
-            lines.append(line.rstrip("\n"))
-            if re.search(pattern, line):
+            data += chunk
+            lines = data.decode("utf-8", "replace").split("\n")[:-1]
+            if any(re.search(pattern, x) for x in lines):
                 return lines
-    raise AssertionError(f"no line matching {pattern!r} in {lines}")
+    raise AssertionError(f"no line matching {pattern!r} in {data!r}")
 
 
 def test_exec_status_wait_warns_of_a_job_no_worker_fits(pool: Path, make_workflow: Any) -> None:

@@ -69,7 +69,9 @@ class WorkerView:
         c = self.capacity
         if c is None:
             return None
-        out = {"cpus": _number(c.get("cpus")) or 0.0, "gpus": float(len(c.get("gpus") or [])),
+        gpus = c.get("gpus")
+        out = {"cpus": _number(c.get("cpus")) or 0.0,
+               "gpus": float(len(gpus)) if isinstance(gpus, list) else _number(gpus) or 0.0,
                "mem_gb": _number(c.get("mem_gb")) or 0.0}
         custom = c.get("resources")
         if isinstance(custom, dict):
@@ -141,10 +143,13 @@ def _worker(worker_id: str, record: dict[str, Any], age: float, stale_after: flo
     runs = record.get("runs")
     slots = record.get("slots")
     capacity = record.get("capacity")
+    if not isinstance(capacity, dict) or _number(capacity.get("cpus")) is None \
+            or not isinstance(capacity.get("tags", []), list):
+        capacity = None  # none (written before placement) or not of its shape: unknown, never zero
     return WorkerView(worker_id, record.get("host") if isinstance(record.get("host"), str) else None,
                       record.get("pid"), [str(r) for r in runs] if isinstance(runs, list) else None,
                       slots if type(slots) is int and slots > 0 else None,
-                      capacity if isinstance(capacity, dict) else None, age, live, patience)
+                      capacity, age, live, patience)
 
 
 def fill_holdings(pool: PoolLayout, workers: list[WorkerView]) -> None:
