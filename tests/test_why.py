@@ -236,6 +236,28 @@ def test_waiting_for_an_array(pool: Path, make_workflow: Any) -> None:
     assert texts(task)[0].startswith(f"in chunk sim.0-1, running on {fsio.HOST} (worker test-holder")
 
 
+def test_a_job_claimed_between_the_listing_and_its_read_is_answered_where_it_went(
+        pool: Path, make_workflow: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The RACE in views.why.explain: the listing saw `a` queued; a worker claims it before
+    its file is read. The answer is read again from the new listing: running, not an error."""
+    import executioner.views.why as why
+
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
+    real = why.read_job
+    moved: list[str] = []
+
+    def claimed_first(path: str, unit: str) -> Any:
+        if not moved:
+            moved.append(path)
+            hold(run, "a")
+        return real(path, unit)
+
+    monkeypatch.setattr(why, "read_job", claimed_first)
+    data = explain(run, "a")
+    assert moved and os.sep + "queued" + os.sep in moved[0]
+    assert data["state"] == "running" and kinds(data) == ["running"]
+
+
 def test_done_and_skipped(pool: Path, make_workflow: Any) -> None:
     run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
     work(pool, run)

@@ -15,6 +15,7 @@ run view's do; only the files of the job and of the jobs named in its causes are
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import time
 from typing import Any
@@ -35,17 +36,29 @@ from .rows import ArrayView, JobView
 from .workers import WorkerView, read_workers
 
 CLOSEST = 3  # names offered for an unknown one
+MOVES = 5  # listings taken again while the job asked about keeps moving
 
 
 def explain(run: RunLayout, name: str, now: float | None = None, stale_after: float = 60.0) -> dict[str, Any]:
     """What holds ``name`` (see the module docstring); UnknownJob (exit 2) for a name the run has not."""
     now = time.time() if now is None else now
-    record = read_run_record(run)
-    views = {v.id: v for v in job_views(run, record.get("jobs", 0), details=False,
-                                         may_hold=record.get("attempt") != 1, attempt=record.get("attempt", 1))}
     pool = PoolLayout(os.path.dirname(os.path.normpath(run.root)))
-    w = _Why(pool, run, record, views, now, stale_after)
-    return w.answer(name)
+    for attempt in range(MOVES):
+        record = read_run_record(run)
+        views = {v.id: v for v in job_views(run, record.get("jobs", 0), details=False,
+                                             may_hold=record.get("attempt") != 1, attempt=record.get("attempt", 1))}
+        try:
+            return _Why(pool, run, record, views, now, stale_after).answer(name)
+        except _Moved:
+            # RACE: the job's file moved (claimed, finished, promoted) between the listing and
+            # its read: list again and answer from where it is now.
+            if attempt == MOVES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+class _Moved(FileNotFoundError):
+    """The file of the job asked about left the place the listing saw it in."""
 
 
 class _Why:
@@ -123,8 +136,10 @@ class _Why:
         if path is not None:
             try:
                 record, problem = read_job(path, unit)
+            except FileNotFoundError:
+                raise _Moved(errno.ENOENT, "kept moving while it was read: ask again", path) from None
             except OSError as e:
-                problem = f"moved while read ({e.strerror or e}): ask again"
+                problem = e.strerror or str(e)
         elif v.record is not None:
             record = v.record
         if record is None:
@@ -144,7 +159,7 @@ class _Why:
         token = token_of(path)
         lock = claim_lock(self.run, unit, token, record) if token else None
         number = len(record["tries"]) + 1
-        if lock is None:
+        if lock is None:  # RACE: claimed an instant ago, its lock not written yet (or torn)
             return [cause("running", f"claimed (try {number}); its worker is starting it", try_number=number)]
         host, worker, since = lock.get("host"), lock.get("worker"), lock.get("claimed_at")
         when = time.strftime("%H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
