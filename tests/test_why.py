@@ -172,6 +172,27 @@ def test_queued_behind_jobs_of_higher_priority(pool: Path, make_workflow: Any) -
     assert "priority" not in kinds(explain(run, "urgent0"))
 
 
+def test_queued_behind_a_run_of_higher_priority(pool: Path, make_workflow: Any) -> None:
+    from executioner import PoolLayout, create_run, load_workflow
+    from executioner.coordinator.plan import Options
+
+    urgent = make_workflow([{"id": f"u{i}", "command": "true"} for i in range(2)], name="urgent")
+    create_run(PoolLayout(str(pool)), load_workflow(str(urgent)), Options(priority=5))
+    run = submit(pool, make_workflow([{"id": "mine", "command": "true"}]))
+    heartbeat(pool, "w1")
+    assert texts(explain(run, "mine"))[0] == "queued behind 2 jobs of higher priority"
+
+
+def test_waiting_with_its_dependencies_done_until_a_sweep(pool: Path, make_workflow: Any) -> None:
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"},
+                                      {"id": "b", "command": "true", "dependencies": ["a"]}]))
+    claim = hold(run, "a")
+    assert store.finish(claim, claim.record, "done")  # its worker died before promoting b
+    data = explain(run, "b")
+    assert data["state"] == "waiting"
+    assert texts(data) == ["its dependencies are done: a worker's sweep queues it soon"]
+
+
 def test_no_live_worker_at_all_or_none_serving_this_run(pool: Path, make_workflow: Any) -> None:
     run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
     start = f"start `exec-worker --pool {shlex.quote(str(pool))}`"
@@ -410,6 +431,22 @@ def test_exec_status_wait_warns_when_no_worker_lived_for_a_minute(pool: Path, ma
     # 9 min, or 10 on a machine so loaded that the process took half a minute to look
     assert re.fullmatch(rf"{run.run_id}: warning: no live worker for (9|10) min: start `exec-worker --pool "
                         rf"{re.escape(shlex.quote(str(pool)))}`", warned[0]), warned
+
+
+def test_exec_submit_wait_warns_of_a_job_no_worker_fits(pool: Path, make_workflow: Any) -> None:
+    wf = make_workflow([{"id": "train", "command": "true", "resources": {"gpus": 2}}])
+    heartbeat(pool, "w1", capacity={"gpus": ["0"]})
+    code = "import sys; from executioner.cli import submit_main; sys.exit(submit_main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(wf), "--pool", str(pool), "--wait"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = _lines_until(proc, "fits no live worker")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [x for x in lines if "warning" in x] == [
+        "wf-0001: warning: queued job `train` fits no live worker: needs 2 GPUs and no live worker has "
+        "declared more than 1"]
 
 
 def test_exec_status_wait_ends_with_the_run(pool: Path, make_workflow: Any) -> None:
