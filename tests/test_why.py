@@ -131,7 +131,7 @@ def test_needs_more_than_any_live_worker_declared_and_a_tag_none_has(pool: Path,
     data = explain(run, "train")
     assert data["state"] == "queued"
     assert texts(data) == ["needs 2 GPUs and no live worker has declared more than 1"]
-    assert data["causes"][0] == {"kind": "needs", "resource": "gpus", "needs": 2, "most": 1.0,
+    assert data["causes"][0] == {"kind": "needs", "resource": "gpus", "needs": 2, "most": 1,
                                  "text": "needs 2 GPUs and no live worker has declared more than 1"}
     assert texts(explain(run, "fast")) == ["needs tag `a100`, which no live worker has"]
 
@@ -306,7 +306,7 @@ def test_json_and_text_from_the_command(pool: Path, make_workflow: Any) -> None:
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data == {"run_id": run.run_id, "job": "train", "unit": "train", "state": "queued",
-                    "causes": [{"kind": "needs", "resource": "gpus", "needs": 2, "most": 1.0,
+                    "causes": [{"kind": "needs", "resource": "gpus", "needs": 2, "most": 1,
                                 "text": "needs 2 GPUs and no live worker has declared more than 1"}]}
     out = cli("exec-status", run.root, "--why", "train")
     assert out.returncode == 0, out.stderr

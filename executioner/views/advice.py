@@ -60,7 +60,7 @@ def never_fits(needs: dict[str, float], tags: list[str], workers: list[WorkerVie
         most = max((w.total() or {}).get(k, 0.0) for w in tagged)
         if v > most + 1e-9:
             out.append(cause("needs", f"needs {amount(k, v)} and {who} has declared more than {most:g}",
-                             resource=k, needs=v, most=most))
+                             resource=k, needs=v, most=int(most) if float(most).is_integer() else most))
     return out
 
 
