@@ -279,6 +279,17 @@ def test_a_job_claimed_between_the_listing_and_its_read_is_answered_where_it_wen
     assert data["state"] == "running" and kinds(data) == ["running"]
 
 
+def test_a_task_waiting_for_its_own_upstream_task(pool: Path, make_workflow: Any) -> None:
+    run = submit(pool, make_workflow([
+        {"id": "sim", "array": {"start": 10, "stop": 50, "step": 10}, "chunk": 2, "command": "true"},
+        {"id": "post", "array": {"start": 10, "stop": 50, "step": 10}, "chunk": 2, "command": "true",
+         "dependencies": ["sim:{index}"]}]))
+    hold(run, "sim.2-3")
+    data = explain(run, "post:40")
+    assert data["unit"] == "post.2-3" and data["state"] == "waiting"
+    assert texts(data) == ["waiting for tasks `sim:30` to `sim:40` (`sim` running: 0 of 4 tasks done)"]
+
+
 def test_done_and_skipped(pool: Path, make_workflow: Any) -> None:
     run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
     work(pool, run)

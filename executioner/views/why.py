@@ -243,8 +243,11 @@ class _Why:
                     lo, hi = record["tasks"]
                     if u.positions("done").covers(d, lo, hi):
                         continue
-                    out.append(cause("waiting_for", f"waiting for tasks {lo}-{hi} of `{d}` ({u.state}: {done} of "
-                                     f"{u.size} tasks done)", job=d, state=u.state, done=done, tasks=u.size))
+                    first, last = self._task_name(d, lo), self._task_name(d, hi)
+                    which = f"task `{first}`" if lo == hi else f"tasks `{first}` to `{last}`"
+                    out.append(cause("waiting_for", f"waiting for {which} (`{d}` {u.state}: {done} of "
+                                     f"{u.size} tasks done)", job=d, tasks=[first, last], state=u.state, done=done,
+                                     size=u.size))
                 elif done < u.size:
                     if u.counts["failed"] or u.counts["blocked"]:
                         out.append(self._blocked_by(d))
@@ -256,6 +259,13 @@ class _Why:
         if not out:
             out.append(cause("promotion", "its dependencies are done: a worker's sweep queues it soon"))
         return "waiting", out
+
+    def _task_name(self, job: str, position: int) -> str:
+        """``sim:<index>`` of a position (an ``array: {start, stop, step}`` names tasks by value)."""
+        from .history import _names, _units_of
+
+        names = _names(_units_of(self.run, job, self.arrays))
+        return f"{job}:{names.index(position) if names is not None else position}"
 
     def _waiting_for(self, u: JobView) -> Cause:
         if u.state == "running":
