@@ -308,6 +308,9 @@ def test_a_task_and_a_chunk_of_an_array(pool: Path, make_workflow: Any) -> None:
     assert explain(run, "sim.0-3")["causes"] == data["causes"]
     whole = explain(run, "sim")
     assert kinds(whole) == ["array", "needs"] and texts(whole)[0] == "array `sim` of 8 tasks: queued 8"
+    os.unlink(os.path.join(run.state_dir("queued"), "sim.4-7.json"))  # deleted by hand
+    lost = explain(run, "sim:5")
+    assert lost["state"] == "lost" and kinds(lost) == ["lost"]
 
 
 def test_json_and_text_from_the_command(pool: Path, make_workflow: Any) -> None:

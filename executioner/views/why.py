@@ -32,7 +32,7 @@ from ..workflow.arrays import TASK_SEP
 from .advice import Cause, ago, cause, queued_causes
 from .jobs import detail, job_views
 from .reading import token_of
-from .rows import ArrayView, JobView
+from .rows import REBUILT, ArrayView, JobView
 from .workers import WorkerView, read_workers
 
 CLOSEST = 3  # names offered for an unknown one
@@ -81,6 +81,9 @@ class _Why:
         if sep and isinstance(self.views.get(job), ArrayView):
             unit, state, path, position = self._task(job, index, name)
             out["unit"] = unit
+            if path is None:
+                out["state"], out["causes"] = "lost", [cause("lost", f"in no chunk file of any state folder: {REBUILT}")]
+                return out
             out["state"], out["causes"] = self._unit(unit, state, path, self.views[job], position, name)
             return out
         v = self.views.get(name)
@@ -101,7 +104,7 @@ class _Why:
                 return out
         raise UnknownJob(self.run.run_id, name, difflib.get_close_matches(name, list(self.views), CLOSEST))
 
-    def _task(self, job: str, index: str, name: str) -> tuple[str, str, str, int]:
+    def _task(self, job: str, index: str, name: str) -> tuple[str, str, str | None, int]:
         from .history import _names, _units_of
 
         units = _units_of(self.run, job, self.arrays)
@@ -109,11 +112,12 @@ class _Why:
         position = tasks.position(int(index)) if tasks is not None and index.lstrip("-").isdigit() else None
         a = self.views[job]
         assert isinstance(a, ArrayView)
-        found = None if position is None else next(
-            ((s, c, p) for s, c, p in a.units if c.lo <= position <= c.hi), None)
-        if found is None or position is None:
+        if position is None:
             close = [f"{job}:{tasks.index(0)}", f"{job}:{tasks.index(len(tasks) - 1)}"] if tasks else [job]
             raise UnknownJob(self.run.run_id, name, close)
+        found = next(((s, c, p) for s, c, p in a.units if c.lo <= position <= c.hi), None)
+        if found is None:  # a task of the array in no chunk file: lost (a sweep rebuilds it)
+            return "", "lost", None, position
         return found[1].unit, found[0], found[2], position
 
     def _array(self, out: dict[str, Any], a: ArrayView) -> dict[str, Any]:
