@@ -150,11 +150,12 @@ def test_a_full_limit_names_the_jobs_holding_it(pool: Path, make_workflow: Any) 
     heartbeat(pool, "w1")
     assert "limit" not in kinds(explain(run, "dl2"))  # absent folder: no slot taken
     root = Path(run.root) / "limits" / "download"
-    (root / "free").mkdir(parents=True)
-    (root / "held").mkdir()
+    (root / "held").mkdir(parents=True)
     tokens = [hold(run, job).token for job in ("dl0", "dl1")]
-    for i, token in enumerate(tokens):
-        (root / "held" / f"{i}@{token}").touch()
+    (root / "held" / f"0@{tokens[0]}").touch()
+    assert "limit" not in kinds(explain(run, "dl2"))  # no free/ yet, 1 of 2 held
+    (root / "free").mkdir()
+    (root / "held" / f"1@{tokens[1]}").touch()
     data = explain(run, "dl2")
     assert texts(data) == ["limit `download` is full (2/2: jobs dl0, dl1)"]
     assert data["causes"][0]["jobs"] == ["dl0", "dl1"] and data["causes"][0]["size"] == 2

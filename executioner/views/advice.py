@@ -81,8 +81,8 @@ def limit_cause(run: RunLayout, run_record: dict[str, Any], name: str) -> Cause 
         free = [n for n in os.listdir(os.path.join(root, "free")) if not n.startswith(".")]
     except (FileNotFoundError, NotADirectoryError):
         free = None  # not made yet: nothing taken
-    if free is None and not held or free and len(held) < size:
-        return None
+    if (len(held) < size) if free is None else bool(free):
+        return None  # a free slot (or, with no free/ folder, fewer held than the limit)
     # RACE: a slot's claim may end between the listing of held/ and that of running/: its
     # token then names no claim and shows as "?" (a view only; the next look is right).
     jobs = _holders(run, [h.partition("@")[2] for h in held])
