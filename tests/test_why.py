@@ -351,6 +351,11 @@ def test_advisor_warns_once_per_job_and_after_a_minute_alone(pool: Path, make_wo
     assert advisor.check(mono=61.0) == [f"{run.run_id}: warning: no live worker for 61 s: "
                                         f"start `exec-worker --pool {shlex.quote(str(pool))}`"]
     assert advisor.check(mono=200.0) == []  # once
+    heartbeat(pool, "elsewhere", runs=["other-0001"])
+    again = Advisor(run)
+    assert again.check(mono=0.0) == []
+    assert again.check(mono=60.0) == [f"{run.run_id}: warning: no live worker serves this run for 60 s: "
+                                      "workers limited to other runs (other-0001)"]
     heartbeat(pool, "w1", capacity={"gpus": ["0"]})
     line = (f"{run.run_id}: warning: queued job `train` fits no live worker: "
             "needs 2 GPUs and no live worker has declared more than 1")

@@ -261,8 +261,13 @@ class Advisor:
             alone = mono - self._alone_since
             if alone >= self.alone_after and not self._alone_said:
                 self._alone_said = True
-                lines.append(f"{self.run.run_id}: warning: no live worker for {ago(alone)}: "
-                             f"{start_hint(self.pool)}")
+                others = sorted({r for w in workers if w.live for r in w.runs or []})
+                if others:  # live workers, each limited to other runs
+                    lines.append(f"{self.run.run_id}: warning: no live worker serves this run for {ago(alone)}: "
+                                 f"workers limited to other runs ({', '.join(others)})")
+                else:
+                    lines.append(f"{self.run.run_id}: warning: no live worker for {ago(alone)}: "
+                                 f"{start_hint(self.pool)}")
         if not mine or record.get("backend") == "slurm":
             return lines  # Slurm places the jobs of the Slurm-DAG backend
         index = record.get("placement")
