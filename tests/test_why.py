@@ -103,7 +103,9 @@ def test_blocked_by_a_failed_job_and_the_failure_with_its_stderr(pool: Path, mak
 def test_a_retry_waiting_out_its_delay(pool: Path, make_workflow: Any) -> None:
     run = submit(pool, make_workflow([{"id": "flaky", "command": "exit 1", "max_retries": 3, "retry_delay": 600}]))
     work(pool, run, max_jobs=1)
+    heartbeat(pool, "w1")  # it fits this worker, but not before its delay
     data = explain(run, "flaky")
+    assert kinds(data) == ["retry"], data
     assert data["state"] == "queued"
     assert re.fullmatch(r"retry 1 of 3 not before \d\d:\d\d:\d\d", texts(data)[0]), texts(data)
     assert data["causes"][0]["not_before"] > time.time() + 500

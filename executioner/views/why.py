@@ -221,7 +221,10 @@ class _Why:
         if slurm or self.record.get("backend") == "slurm":
             return out + [cause("slurm", f"its Slurm job {slurm or '?'} runs it: Slurm starts it (see squeue)",
                                 slurm_job=slurm)]
-        return out + queued_causes(self.pool, self.run, self.record, unit, spec, self.workers)
+        found = queued_causes(self.pool, self.run, self.record, unit, spec, self.workers)
+        if out:  # waiting out a retry's delay: no worker starts it before, fitting or not
+            found = [c for c in found if c["kind"] != "fits"]
+        return out + found
 
     def _waiting(self, unit: str, record: dict[str, Any], v: JobView, name: str) -> tuple[str, list[Cause]]:
         reason = v.reason or ""
