@@ -295,7 +295,10 @@ def _submit_main(argv: list[str] | None = None) -> int:
     from .views.progress import wait_for_run
 
     try:
-        status = wait_for_run(run, total=len(plan.workflow.jobs), stale_after=a.stale_after)
+        from .views.advice import Advisor
+
+        status = wait_for_run(run, total=len(plan.workflow.jobs), stale_after=a.stale_after,
+                              advisor=Advisor(run, a.stale_after, alone_after=None))
     except KeyboardInterrupt:
         if a.workers:
             print(f"\n{p.prog}: stopped waiting; the local workers go on and exit once the run is idle",
@@ -533,6 +536,20 @@ def _log_flags(a: argparse.Namespace) -> str | None:
     return None
 
 
+def _alone_flags(a: argparse.Namespace) -> str | None:
+    """Why --why or --wait do not go with the other flags, or None."""
+    for flag, value in (("--why", a.why), ("--wait", a.wait)):
+        if not value:
+            continue
+        others = [f for f, v in (("--why", a.why), ("--wait", a.wait), ("--log", a.log), ("--attempts", a.attempts),
+                                 ("--job", a.job), ("--state", a.state), ("--all", a.all)) if v and f != flag]
+        if others:
+            return f"{flag} goes alone: not with {others[0]}"
+        if flag == "--wait" and a.json:
+            return "--wait prints progress as it goes: not with --json"
+    return None
+
+
 def _status_main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="exec-status", description="Show the runs of a pool, or the jobs of a run.")
     p.add_argument("dir", nargs="?", help="a pool directory or a run directory (default: $EXEC_POOL); "
@@ -557,8 +574,12 @@ def _status_main(argv: list[str] | None = None) -> int:
     which.add_argument("--both", action="store_true", help="with --log: stdout, then stderr")
     g.add_argument("--tail", type=int, metavar="N", help="with --log: its last N lines only")
     g.add_argument("--follow", action="store_true", help="with --log: follow a running try until it ends")
+    p.add_argument("--why", metavar="JOB", help="why JOB (or task sim:4, or chunk sim.0-63) is not running: "
+                   "a line per cause (what it waits for, what no live worker has, a full limit, ...)")
+    p.add_argument("--wait", action="store_true", help="follow the run until it ends (exit 1 if a job failed), "
+                   "warning once when a queued job fits no live worker or no worker is live for a minute")
     a = p.parse_args(argv)
-    bad = _log_flags(a)
+    bad = _log_flags(a) or _alone_flags(a)
     if bad:
         return _fail(p.prog, bad)
     # A short-lived reader: the cyclic collector would walk every job record read so far
@@ -578,6 +599,18 @@ def _status_main(argv: list[str] | None = None) -> int:
             if not is_run_dir(path):
                 raise PoolError("no such run (no run.json)", path)
             run = RunLayout(os.path.abspath(path))
+            if a.why:
+                from .views.why import explain, why_text
+
+                data = explain(run, a.why)
+                if a.json:
+                    emit(data, True, None)
+                else:
+                    sys.stdout.write(why_text(data))
+                    sys.stdout.flush()
+                return EXIT_OK
+            if a.wait:
+                return _wait_status(p.prog, run)
             if a.log:
                 from .views.show import print_logs
 
@@ -608,8 +641,9 @@ def _status_main(argv: list[str] | None = None) -> int:
             else:  # plain text: rich takes minutes for 100,000 rows
                 sys.stdout.write(run_text(data, sys.stdout.isatty() and not os.environ.get("NO_COLOR")))
                 sys.stdout.flush()
-        elif a.attempts or a.job or a.log:
-            raise PoolError("--attempts, --job and --log need a run: exec-status POOL RUN_ID --attempts", a.dir)
+        elif a.attempts or a.job or a.log or a.why or a.wait:
+            raise PoolError("--attempts, --job, --log, --why and --wait need a run: "
+                            "exec-status POOL RUN_ID --attempts", a.dir)
         else:
             pool = PoolLayout(os.path.abspath(a.dir))
             data = pool_status(pool)
@@ -618,6 +652,23 @@ def _status_main(argv: list[str] | None = None) -> int:
         return _fail(p.prog, e)
     return EXIT_OK
 
+
+def _wait_status(prog: str, run: RunLayout) -> int:
+    """``exec-status POOL RUN --wait``: follow the run as ``exec-submit --wait`` does, but only
+    reading (no reaping: exec-status works on a read-only pool), with the Advisor's warnings."""
+    from .protocol.store import read_run_record
+    from .views.advice import Advisor
+    from .views.progress import wait_for_run
+
+    try:
+        status = wait_for_run(run, total=int(read_run_record(run).get("jobs") or 0), reap=False,
+                              advisor=Advisor(run))
+    except KeyboardInterrupt:
+        return 130
+    c = status["counts"]
+    print(f"{run.run_id}: {status['state']} (done {c['done']}, failed {c['failed']}, "
+          f"blocked {c['blocked']})", flush=True)
+    return EXIT_OK if status["state"] == "done" else EXIT_FAILED
 
 
 submit_main = _command("exec-submit", _submit_main)
