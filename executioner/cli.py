@@ -513,8 +513,12 @@ def _status_main(argv: list[str] | None = None) -> int:
     which.add_argument("--both", action="store_true", help="with --log: stdout, then stderr")
     g.add_argument("--tail", type=int, metavar="N", help="with --log: its last N lines only")
     g.add_argument("--follow", action="store_true", help="with --log: follow a running try until it ends")
+    p.add_argument("--report", metavar="FILE.html", help="write one self-contained HTML page about the run: "
+                   "summary, DAG, timeline of every try, failures (needs executioner[report])")
     a = p.parse_args(argv)
     bad = _log_flags(a)
+    if not bad and a.report is not None and (a.log or a.attempts or a.job or a.json or a.state or a.all):
+        bad = "--report goes alone: not with --log, --attempts, --job, --json, --state or --all"
     if bad:
         return _fail(p.prog, bad)
     # A short-lived reader: the cyclic collector would walk every job record read so far
@@ -534,6 +538,13 @@ def _status_main(argv: list[str] | None = None) -> int:
             if not is_run_dir(path):
                 raise PoolError("no such run (no run.json)", path)
             run = RunLayout(os.path.abspath(path))
+            if a.report is not None:
+                from .views.report import write_report
+
+                info = write_report(run, a.report)
+                print(f"{info['path']}: {info['bytes'] / 1e6:.1f} MB, {info['jobs']:,} jobs, {info['tries']:,} "
+                      f"tries, written in {info['seconds']:.1f} s")
+                return EXIT_OK
             if a.log:
                 from .views.show import print_logs
 
@@ -564,8 +575,8 @@ def _status_main(argv: list[str] | None = None) -> int:
             else:  # plain text: rich takes minutes for 100,000 rows
                 sys.stdout.write(run_text(data, sys.stdout.isatty() and not os.environ.get("NO_COLOR")))
                 sys.stdout.flush()
-        elif a.attempts or a.job or a.log:
-            raise PoolError("--attempts, --job and --log need a run: exec-status POOL RUN_ID --attempts", a.dir)
+        elif a.attempts or a.job or a.log or a.report is not None:
+            raise PoolError("--attempts, --job, --log and --report need a run: exec-status POOL RUN_ID --attempts", a.dir)
         else:
             pool = PoolLayout(os.path.abspath(a.dir))
             data = pool_status(pool)

@@ -103,3 +103,15 @@ class ForeignFile(ExecutionerError, FileNotFoundError):
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class MissingExtra(ExecutionerError, ImportError):
+    """An optional extra (``pip install 'executioner[report]'``) is not installed."""
+
+    def __init__(self, message: str, extra: str = ""):
+        self.message = message
+        self.extra = extra
+        super().__init__(message, extra)
+
+    def __str__(self) -> str:
+        return self.message
