@@ -143,3 +143,21 @@ def test_report_needs_a_run_and_goes_alone(pool: Path, make_workflow: Any, tmp_p
     assert p.returncode == 2 and "--report goes alone" in p.stderr
     p = cli("exec-status", run.root, "--report", str(tmp_path / "no such folder" / "r.html"))
     assert p.returncode == 2 and "no such folder" in p.stderr and p.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("column, bad, said", [
+    ("exit", True, "exit holds True, not int"), ("start", 1e12, "start holds 1000000000000.0, not num"),
+    ("duration", "1", "duration holds '1', not num"), ("out", [-1, 2], "out holds [-1, 2], not [offset, length]"),
+    ("err", [1.0, 2], "err holds [1.0, 2], not [offset, length]"), ("status", 7, "status holds 7, not str")])
+def test_a_bad_value_deep_in_a_big_column_is_still_found(column: str, bad: Any, said: str) -> None:
+    """The chunk columns are checked a column at a time (made for the report's read of a
+    1,000,000-task array); one wrong value among 10,000 is still found and named."""
+    from executioner.protocol.records import _columns_problem
+
+    n = 10_000
+    results: dict[str, Any] = {"first": 0, "status": ["done"] * n, "exit": [0] * n, "signal": [None] * n,
+                               "start": [1.5] * n, "duration": [None] * n, "reason": [None] * n,
+                               "out": [[0, 0]] * n, "err": [[]] * n}
+    assert _columns_problem(results) is None
+    results[column] = results[column][:-1] + [bad]
+    assert _columns_problem(results) == said

@@ -238,10 +238,12 @@ class _Reader:
             host.tries += 1  # counted as one try of the host (its tasks are in `statuses`)
             ended = Counter[str]()
             if isinstance(results, dict) and isinstance(results.get("status"), list):
-                ended.update(s for s in results["status"] if isinstance(s, str))
+                # Column at a time (read_job checked their kinds): a million tasks, no loop per task
+                ended.update(results["status"])
+                ended.pop(None, None)  # type: ignore[call-overload]
                 durations = results.get("duration")
                 if isinstance(durations, list):
-                    d.busy_sum += sum(x for x in durations if isinstance(x, (int, float)))
+                    d.busy_sum += sum(filter(None, durations))
                     self._slow_tasks(job, results, t)
                 self._task_failures(job, results, t, state == "failed" and t is tries[-1])
             else:
@@ -261,6 +263,9 @@ class _Reader:
         durations, statuses, first = results["duration"], results["status"], results.get("first")
         if not isinstance(first, int):
             return
+        numbers = list(filter(None, durations))
+        if len(self.data.slowest) >= SLOWEST_MAX and max(numbers, default=0) <= self.data.slowest[0][0]:
+            return  # none of this try's tasks is among the slowest so far
         best = heapq.nlargest(SLOWEST_MAX, ((x, i) for i, x in enumerate(durations)
                                             if isinstance(x, (int, float)) and i < len(statuses)
                                             and statuses[i] == "done"))
@@ -271,7 +276,7 @@ class _Reader:
         """The failed tasks of one chunk try: failures for good (``final``: the last try of a
         chunk in failed/), else retried tasks."""
         statuses, first = results["status"], results.get("first")
-        if not isinstance(first, int):
+        if not isinstance(first, int) or not any(s in statuses for s in FAILED_STATUSES):
             return
         for i, s in enumerate(statuses):
             if s in FAILED_STATUSES:
