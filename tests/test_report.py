@@ -161,3 +161,54 @@ def test_a_bad_value_deep_in_a_big_column_is_still_found(column: str, bad: Any, 
     assert _columns_problem(results) is None
     results[column] = results[column][:-1] + [bad]
     assert _columns_problem(results) == said
+
+
+def test_a_job_or_chunk_moving_while_the_report_reads_is_counted_once(pool: Path, make_workflow: Any,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race forced: between the listing and the read, job ``a`` moves to done/ and chunk
+    ``sim.0-3`` leaves as two pieces (done/sim.0-1, queued/sim.2-3). Each is read where it
+    went, and no task is counted twice or left out."""
+    import json
+    import os
+
+    from executioner.protocol import fsio
+    from executioner.views import report_data
+
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}, {"id": "b", "command": "true"},
+                                      {"id": "sim", "command": "true", "array": 6, "chunk": 4}]))
+    real = report_data.read_job
+    moves = {"a": lambda: os.rename(run.job("a", "queued"), run.job("a", "done")), "sim.0-3": lambda: split()}
+
+    def split() -> None:
+        record = json.loads(Path(run.job("sim.0-3", "queued")).read_text())
+        for lo, hi, state in ((0, 1, "done"), (2, 3, "queued")):
+            fsio.atomic_write_json(run.job(f"sim.{lo}-{hi}", state), {**record, "id": f"sim.{lo}-{hi}",
+                                                                         "tasks": [lo, hi]})
+        os.unlink(run.job("sim.0-3", "queued"))
+
+    def racing(path: str, unit: str) -> Any:
+        move = moves.pop(unit, None)
+        if move is not None:
+            move()
+            raise FileNotFoundError(path)
+        return real(path, unit)
+
+    monkeypatch.setattr(report_data, "read_job", racing)
+    data = read_report(run)
+    assert not moves  # both races happened
+    counts = {name: dict(node.counts) for name, node in data.nodes.items()}
+    assert counts == {"a": {"done": 1}, "b": {"queued": 1}, "sim": {"done": 2, "queued": 4}}
+    assert not data.unusable
+
+
+def test_a_file_that_cannot_be_used_is_named_and_the_page_still_written(pool: Path, make_workflow: Any,
+                                                                          tmp_path: Path) -> None:
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}, {"id": "b", "command": "true"}]))
+    work(pool, run, slots=1)
+    Path(run.job("b", "done")).write_text('{"torn": ')
+    page = tmp_path / "r.html"
+    p = cli("exec-status", run.root, "--report", str(page))
+    assert p.returncode == 0, p.stderr
+    text = page.read_text()
+    assert "files that cannot be used" in text and "done/b.json" in text
+    assert "Timeline (1 tries)" in text  # a's try; b's record is unreadable

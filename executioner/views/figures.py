@@ -16,6 +16,7 @@ headless ones without a GPU included) and laid out with networkx.
 from __future__ import annotations
 
 import re
+from html import escape
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from typing import Any, Final
@@ -95,8 +96,8 @@ def dag_figure(nodes: dict[str, Node]) -> Any:
     states = [worst(nodes[n].counts) for n in names]
     total = [sum(nodes[n].counts.values()) for n in names]
     labels = [f"{n} [{t:,}]" if nodes[n].array else n for n, t in zip(names, total)]
-    hover = [f"<b>{n}</b><br>{'tasks' if nodes[n].array else 'job'}: {_counts_text(nodes[n].counts)}"
-             f"<br>needs: {', '.join(sorted(nodes[n].dependencies)) or '-'}" for n in names]
+    hover = [f"<b>{escape(n)}</b><br>{'tasks' if nodes[n].array else 'job'}: {_counts_text(nodes[n].counts)}"
+             f"<br>needs: {escape(', '.join(sorted(nodes[n].dependencies))) or '-'}" for n in names]
     widest = max(Counter(layers.values()).values(), default=1)
     fig = go.Figure([
         go.Scatter(x=ex, y=ey, mode="lines", line={"color": "#999", "width": 1}, hoverinfo="skip", name="needs"),
@@ -162,10 +163,12 @@ def timeline_figure(bars: list[Bar]) -> tuple[Any, list[str]]:
         hover = []
         for b, counts in items:
             n = sum(counts.values())
-            what = (f"<b>{b.unit}</b> try {b.try_number}<br>status: {b.status}, exit code: {b.exit_code}"
-                    if n == 1 else f"<b>{n:,} tries</b> ({_counts_text(counts)}), from {b.unit}")
+            # Plotly reads a few tags in hover text (<b>, <a href>): what came from files is escaped
+            what = (f"<b>{escape(b.unit)}</b> try {b.try_number}<br>status: {escape(b.status)}, exit code: "
+                    f"{escape(str(b.exit_code))}" if n == 1 else
+                    f"<b>{n:,} tries</b> ({escape(_counts_text(counts))}), from {escape(b.unit)}")
             tasks = f"<br>tasks: {b.tasks:,}" if b.tasks > 1 else ""
-            hover.append(f"{what}{tasks}<br>lane: {b.lane}<br>{_iso(b.start)[:-3]} UTC, "
+            hover.append(f"{what}{tasks}<br>lane: {escape(b.lane)}<br>{_iso(b.start)[:-3]} UTC, "
                          f"duration {b.end - b.start:.3f} s")
         traces.append(go.Bar(orientation="h", name=status, y=[b.lane for b, _ in items],
                              base=[_iso(b.start) for b, _ in items],

@@ -293,25 +293,45 @@ class _Reader:
                                                   "host": t.get("host"), "worker": t.get("worker"),
                                                   "exit_code": col("exit"), "reason": col("reason")})
 
+    def _one(self, unit: str, state: str, path: str) -> bool:
+        """Take in one job or chunk file; False if it is gone (moved since the listing)."""
+        try:
+            record, problem = read_job(path, unit)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            record, problem = None, e.strerror or str(e)
+        chunk = parse_unit(unit, self.arrays)
+        if record is None:
+            self.data.unusable.append(f"{state}/{os.path.basename(path)}: {problem}")
+            name = chunk.job if chunk else unit
+            self.data.nodes.setdefault(name, Node(name, array=chunk is not None)).counts["lost"] += \
+                (chunk.hi - chunk.lo + 1) if chunk else 1
+        elif chunk is not None:
+            self.chunk(unit, chunk.job, chunk.lo, chunk.hi, state, record)
+            self._running(unit, state, record, chunk.hi - chunk.lo + 1, path)
+        else:
+            self.job(unit, state, record)
+            self._running(unit, state, record, 1, path)
+        return True
+
     def read(self) -> ReportData:
-        for unit, (state, path) in sorted(snapshot(self.run).items()):
-            try:
-                record, problem = read_job(path, unit)
-            except OSError as e:
-                record, problem = None, e.strerror or str(e)
-            chunk = parse_unit(unit, self.arrays)
-            if record is None:
-                self.data.unusable.append(f"{state}/{os.path.basename(path)}: {problem}")
-                name = chunk.job if chunk else unit
-                self.data.nodes.setdefault(name, Node(name, array=chunk is not None)).counts["lost"] += \
-                    (chunk.hi - chunk.lo + 1) if chunk else 1
-                continue
-            if chunk is not None:
-                self.chunk(unit, chunk.job, chunk.lo, chunk.hi, state, record)
-                self._running(unit, state, record, chunk.hi - chunk.lo + 1, path)
-            else:
-                self.job(unit, state, record)
-                self._running(unit, state, record, 1, path)
+        listed = snapshot(self.run)
+        moved = [unit for unit, (state, path) in sorted(listed.items()) if not self._one(unit, state, path)]
+        # RACE: a unit moved between the listing and its read (a worker claimed or finished it;
+        # a chunk may have left as pieces, under new names). A second listing finds it: the
+        # same job, or the units that now hold a moved chunk's tasks (and no task read already:
+        # a new unit overlapping no moved chunk was made from one read in the first pass, and
+        # taking it would count its tasks twice). What moved again is counted as moving.
+        if moved:
+            spans = [c for c in (parse_unit(u, self.arrays) for u in moved) if c is not None]
+            again = snapshot(self.run)
+            for unit, (state, path) in sorted(again.items()):
+                chunk = parse_unit(unit, self.arrays)
+                if unit in moved or chunk is not None and unit not in listed and any(
+                        c.job == chunk.job and c.lo <= chunk.hi and chunk.lo <= c.hi for c in spans):
+                    if not self._one(unit, state, path):
+                        self.data.unusable.append(f"{unit}: moving while the report was read")
         self.data.attempts = attempts.all_records(self.run)
         return self.data
 
