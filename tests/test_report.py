@@ -212,3 +212,21 @@ def test_a_file_that_cannot_be_used_is_named_and_the_page_still_written(pool: Pa
     text = page.read_text()
     assert "files that cannot be used" in text and "done/b.json" in text
     assert "Timeline (1 tries)" in text  # a's try; b's record is unreadable
+
+
+def test_a_failing_host_stands_out_and_many_workers_are_one_lane_per_host() -> None:
+    from executioner.views.report import _tables
+    from executioner.views.report_data import HostRow, ReportData
+
+    d = ReportData("r", {}, 0.0)
+    d.hosts = {f"node{i}": HostRow(tries=50) for i in range(10)}
+    d.hosts["node3"].failed = 20
+    d.hosts["node5"].failed = 1
+    page = _tables(d)
+    assert re.findall(r'<tr class="bad"><td>(.*?)</td>', page) == ["node3"]
+    assert page.index("node3") < page.index("node0")  # the failing host first
+    bars = [Bar(f"node{i % 10}-{i}", f"node{i % 10}", 1000.0 + i, 1001.0 + i, "done", f"j{i}", 1, 0)
+            for i in range(figures.LANES_MAX + 40)]
+    fig, notes = figures.timeline_figure(bars)
+    assert {y for t in fig.data for y in t.y} == {f"node{i}" for i in range(10)}
+    assert any("one lane per host" in n for n in notes)

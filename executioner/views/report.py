@@ -24,7 +24,7 @@ import importlib
 import os
 import time
 from datetime import datetime, timezone
-from typing import Any, Final
+from typing import AbstractSet, Any, Final
 
 from ..errors import MissingExtra, PoolError
 from ..protocol import fsio
@@ -68,8 +68,8 @@ def _seconds(s: float | None) -> str:
     return f"{h}h {rest // 60:02d}m {rest % 60:02d}s" if h else f"{rest // 60}m {rest % 60:02d}s"
 
 
-def _table(head: list[str], rows: list[list[Any]], numeric: set[int] = frozenset(),  # type: ignore[assignment]
-           raw: set[int] = frozenset(), row_class: list[str] | None = None) -> str:  # type: ignore[assignment]
+def _table(head: list[str], rows: list[list[Any]], numeric: AbstractSet[int] = frozenset(),
+           raw: AbstractSet[int] = frozenset(), row_class: list[str] | None = None) -> str:
     out = ["<table>" + ("<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>" if head else "")]
     for k, row in enumerate(rows):
         cls = f' class="{row_class[k]}"' if row_class and row_class[k] else ""
@@ -92,7 +92,7 @@ def _summary(d: ReportData, state: str) -> str:
     r = d.run_record
     counts = d.state_counts()
     wall = (d.last_end - d.first_start) if d.first_start is not None and d.last_end is not None else None
-    rows = [["state", state], ["jobs", f"{len(d.nodes):,} ({sum(1 for n in d.nodes.values() if n.array)} arrays)"],
+    rows: list[list[Any]] = [["state", state], ["jobs", f"{len(d.nodes):,} ({sum(1 for n in d.nodes.values() if n.array)} arrays)"],
             ["jobs and tasks by state", ", ".join(f"{n:,} {s}" for s, n in counts.most_common()) or "-"],
             ["tries by status", ", ".join(f"{n:,} {s}" for s, n in d.statuses.most_common()) or "-"],
             ["wall time", f"{_seconds(wall)} (first try began {_when(d.first_start)}, last ended "
