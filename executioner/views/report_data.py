@@ -93,7 +93,6 @@ class ReportData:
     last_end: float | None = None
     unusable: list[str] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)
-    running: int = 0
 
     def state_counts(self) -> Counter[str]:
         total: Counter[str] = Counter()
@@ -217,7 +216,6 @@ class _Reader:
     def _running(self, unit: str, state: str, record: dict[str, Any], tasks: int, path: str = "") -> None:
         if state != "running":
             return
-        self.data.running += 1
         token = token_of(path) if path else None
         claim = claim_lock(self.run, unit, token, record) if token else None
         if claim and isinstance(claim.get("claimed_at"), (int, float)):
