@@ -537,16 +537,19 @@ def _log_flags(a: argparse.Namespace) -> str | None:
 
 
 def _alone_flags(a: argparse.Namespace) -> str | None:
-    """Why --why or --wait do not go with the other flags, or None."""
-    for flag, value in (("--why", a.why), ("--wait", a.wait)):
+    """Why --why, --wait or --report do not go with the other flags, or None."""
+    for flag, value in (("--why", a.why), ("--wait", a.wait), ("--report", a.report is not None)):
         if not value:
             continue
-        others = [f for f, v in (("--why", a.why), ("--wait", a.wait), ("--log", a.log), ("--attempts", a.attempts),
-                                 ("--job", a.job), ("--state", a.state), ("--all", a.all)) if v and f != flag]
+        others = [f for f, v in (("--why", a.why), ("--wait", a.wait), ("--report", a.report is not None),
+                                 ("--log", a.log), ("--attempts", a.attempts), ("--job", a.job), ("--state", a.state),
+                                 ("--all", a.all)) if v and f != flag]
         if others:
             return f"{flag} goes alone: not with {others[0]}"
         if flag == "--wait" and a.json:
             return "--wait prints progress as it goes: not with --json"
+        if flag == "--report" and a.json:
+            return "--report goes alone: not with --json"
     return None
 
 
@@ -578,6 +581,8 @@ def _status_main(argv: list[str] | None = None) -> int:
                    "a line per cause (what it waits for, what no live worker has, a full limit, ...)")
     p.add_argument("--wait", action="store_true", help="follow the run until it ends (exit 1 if a job failed), "
                    "warning once when a queued job fits no live worker or no worker is live for a minute")
+    p.add_argument("--report", metavar="FILE.html", help="write one self-contained HTML page about the run: "
+                   "summary, DAG, timeline of every try, failures (needs executioner[report])")
     a = p.parse_args(argv)
     bad = _log_flags(a) or _alone_flags(a)
     if bad:
@@ -611,6 +616,13 @@ def _status_main(argv: list[str] | None = None) -> int:
                 return EXIT_OK
             if a.wait:
                 return _wait_status(p.prog, run)
+            if a.report is not None:
+                from .views.report import write_report
+
+                info = write_report(run, a.report)
+                print(f"{info['path']}: {info['bytes'] / 1e6:.1f} MB, {info['jobs']:,} jobs, {info['tries']:,} "
+                      f"tries, written in {info['seconds']:.1f} s")
+                return EXIT_OK
             if a.log:
                 from .views.show import print_logs
 
@@ -641,8 +653,8 @@ def _status_main(argv: list[str] | None = None) -> int:
             else:  # plain text: rich takes minutes for 100,000 rows
                 sys.stdout.write(run_text(data, sys.stdout.isatty() and not os.environ.get("NO_COLOR")))
                 sys.stdout.flush()
-        elif a.attempts or a.job or a.log or a.why or a.wait:
-            raise PoolError("--attempts, --job, --log, --why and --wait need a run: "
+        elif a.attempts or a.job or a.log or a.why or a.wait or a.report is not None:
+            raise PoolError("--attempts, --job, --log, --why, --wait and --report need a run: "
                             "exec-status POOL RUN_ID --attempts", a.dir)
         else:
             pool = PoolLayout(os.path.abspath(a.dir))

@@ -118,3 +118,15 @@ class UnknownJob(ExecutionerError, KeyError):
     def __str__(self) -> str:
         hint = f" (closest: {', '.join(self.close)})" if self.close else ""
         return f"run {self.run_id}: no job, task or chunk {self.job!r}{hint}"
+
+
+class MissingExtra(ExecutionerError, ImportError):
+    """An optional extra (``pip install 'executioner[report]'``) is not installed."""
+
+    def __init__(self, message: str, extra: str = ""):
+        self.message = message
+        self.extra = extra
+        super().__init__(message, extra)
+
+    def __str__(self) -> str:
+        return self.message
