@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -395,3 +396,21 @@ def test_job_view_of_a_waiting_job_says_blocked_or_what_it_waits_for(pool: Path,
     assert (data["state"], data["reason"]) == ("blocked", "upstream failed: a")
     out = cli("exec-status", run.root, "--job", "c")
     assert "job c: blocked (upstream failed: a)" in out.stdout, out.stdout
+
+
+def test_a_run_nobody_serves_says_no_live_worker_and_for_how_long(pool: Path, make_workflow: Any) -> None:
+    """A run stayed `running` with no word that no worker was there to run it."""
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}], name="alone"))
+    data = json.loads(cli("exec-status", run.root, "--json").stdout)
+    assert data["state"] == "running" and data["warning"].startswith("no live worker: start `exec-worker --pool")
+    gone = pool / "workers" / "w-old.json"  # a worker of another host, its last heartbeat 5 min ago
+    gone.write_text(json.dumps({"worker": "w-old", "host": "elsewhere", "pid": 1, "runs": None,
+                                "heartbeat": 10, "stale_after": 60}))
+    os.utime(gone, (time.time() - 300, time.time() - 300))
+    out = cli("exec-status", str(pool))
+    assert "queued 1; no live worker for 5 min: start" in out.stdout, out.stdout
+    assert "no live worker for 5 min" in cli("exec-status", run.root).stdout.splitlines()[0]
+    os.utime(gone)  # it beats again: live, and serving every run
+    assert "warning" not in json.loads(cli("exec-status", run.root, "--json").stdout)
+    work(pool, run)
+    assert "warning" not in json.loads(cli("exec-status", str(pool), "--json").stdout)["runs"][0]

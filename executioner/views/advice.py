@@ -158,6 +158,19 @@ def no_worker(pool: PoolLayout, workers: list[WorkerView], run: RunLayout) -> Ca
     return None
 
 
+def idle_note(pool: PoolLayout, run: RunLayout, workers: list[WorkerView]) -> str | None:
+    """For a run with work left and nothing running: "no live worker for 5 min: start ...",
+    so that nobody waits on nothing (None when a live worker serves it)."""
+    if no_worker(pool, workers, run) is None:
+        return None
+    gone = [w for w in workers if not w.live and w.serves(run.run_id)]
+    since = f" for {ago(min(w.age for w in gone))}" if gone else ""
+    live = [w for w in workers if w.live]
+    if live:  # live workers, limited to other runs
+        return f"no live worker serves this run{since} (workers limited to other runs): {start_hint(pool)}"
+    return f"no live worker{since}: {start_hint(pool)}"
+
+
 def ago(seconds: float) -> str:
     s = max(0.0, seconds)
     if s < 120:

@@ -128,6 +128,8 @@ def pool_table(data: dict[str, Any], pool: PoolLayout) -> Any:
     for r in data["runs"]:
         updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last_update(pool.run(r["run_id"]))))
         jobs = r.get("reason") or counts_text(r["counts"])
+        if r.get("warning"):
+            jobs += f"; {r['warning']}"
         t.add_row(r["run_id"], r["name"] or "", _paint(r["state"]), jobs, updated)
     if not data["runs"]:
         t.caption = "no runs yet"
@@ -138,6 +140,8 @@ def run_text(data: dict[str, Any], color: bool) -> str:
     from .text import render
 
     summary = data.get("reason") or counts_text(data["counts"])
+    if data.get("warning"):
+        summary += f"  -  {data['warning']}"
     slurm = data.get("slurm") or {}
     if slurm.get("workers"):
         summary += f"  -  Slurm workers {' '.join(slurm['workers'])}"
