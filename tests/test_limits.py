@@ -263,3 +263,53 @@ def test_the_slurm_backend_refuses_limits(pool: Path, tmp_path: Path, make_workf
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "limits" in r.stderr
     assert PoolLayout(str(pool)).run_ids() == []
+
+
+def test_a_slot_freed_and_taken_again_between_two_looks_is_left_alone(pool: Path, tmp_path: Path) -> None:
+    """RACE: the sweep's first look falls between a reaper's requeue and its release (the
+    slot is held by no claim for an instant); by the second look the reaper gave it back
+    and a new claim holds slot 0 under its own token: nothing is freed."""
+    run = submit(pool, tmp_path, downloads(tmp_path / "l", 1, 0, "one"), limits={"one": 1})
+    assert slots.take(run, "one", "reaped") == 0
+    finder = slots.OrphanFinder(confirm=1.0)
+    assert finder.check(run, {"one": 1}, 0.0) == 0 and finder.pending(run.run_id)
+    assert slots.release_token(run, "one", "reaped") == 1  # the reaper's release
+    claim = store.claim(run, "dl00", store.Owner.current("w"))
+    assert claim is not None and slots.take(run, "one", claim.token) == 0
+    assert finder.check(run, {"one": 1}, 5.0) == 0
+    assert slot_files(run, "one") == ([], [f"0@{claim.token}"])
+
+
+def test_a_claim_never_locked_is_reaped_with_its_slot(pool: Path, tmp_path: Path) -> None:
+    """A worker died between its slot and its lock: the reaper requeues the claim (never
+    locked: stale after stale_after of its own watching) and gives its slot back."""
+    from executioner.liveness.reap import Reaper
+
+    run = submit(pool, tmp_path, downloads(tmp_path / "l", 1, 0, "one"), limits={"one": 1})
+    claim = store.claim(run, "dl00", store.Owner.current("w"))
+    assert claim is not None and slots.take(run, "one", claim.token) == 0
+    reaper = Reaper(PoolLayout(str(pool)), stale_after=5.0)
+    assert reaper.reap(run, mono=100.0) == []  # first seen: not stale yet
+    assert reaper.reap(run, mono=106.0) == ["dl00"]
+    assert files(run, "queued") == ["dl00.json"]
+    assert slot_files(run, "one") == (["0"], [])
+
+
+def test_a_resume_makes_the_slots_a_run_lacks(pool: Path, tmp_path: Path, make_workflow) -> None:
+    """A run submitted before limits were enforced has no limits/: its limited jobs wait
+    (never run unlimited), and a plain resume makes the slots, whole (built aside, renamed in)."""
+    import shutil
+
+    wf = make_workflow(downloads(tmp_path / "l", 2, 0), limits={"download": 3})
+    assert cli("exec-submit", "--pool", str(pool), str(wf)).returncode == 0
+    [run_id] = PoolLayout(str(pool)).run_ids()
+    run = PoolLayout(str(pool)).run(run_id)
+    shutil.rmtree(run.limits_dir)
+    w = Worker(str(pool), slots=2, exit_when_idle=0.3, poll_min=0.02, poll_max=0.1, sweep_every=0.05,
+               capacity=Capacity(cpus=2))
+    w.run()
+    assert files(run, "queued") == ["dl00.json", "dl01.json"]
+    r = cli("exec-submit", "--pool", str(pool), "--resume", run_id)
+    assert r.returncode == 0, r.stderr
+    assert slot_files(run) == (["0", "1", "2"], [])
+    assert [n for n in os.listdir(run.limits_dir) if n.startswith(".")] == []

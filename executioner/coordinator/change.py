@@ -86,6 +86,7 @@ def apply(run: RunLayout, make: Callable[[], Plan]) -> Plan:
         # RACE: another coordinator may start a change right after this plan; ours moved
         # nothing, so it is as if we had run just before it. A plan made while one is at
         # work sees its grabbed jobs missing, and read_current says the run is busy.
+        slots.repair(run, slots.limits_of(store.read_run_record(run)))  # limits/ made if missing (rename: no lock)
         return first  # writes nothing, not even an attempt record; needs no lock
     # What we write keeps the run's mode: the group's too if it was made with --shared-group.
     fsio.share_with_group(fsio.is_group_shared(run.root))

@@ -8,6 +8,7 @@ resources, priorities, tags"); what the worker has and holds is
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -116,6 +117,10 @@ class Placing:
             return True
         n = slots.limits_of(self._records.get(run_id) or {}).get(name)
         i = slots.take(claim.run, name, claim.token, n, self._rng)
+        if i is None and not os.path.isdir(claim.run.slots_free(name)) and (run_id, name) not in self._full:
+            log.warning("run %s: limit %s has no slots (%s is missing: a run submitted before limits were "
+                        "enforced?); its jobs wait: `exec-submit --resume %s` makes them", run_id, name,
+                        claim.run.slots_free(name), run_id)
         with self._lock:
             if i is None:
                 self._full[(run_id, name)] = time.monotonic()

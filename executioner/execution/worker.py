@@ -319,7 +319,7 @@ class Worker(Claiming):
             if any(nb > now for nb in self._not_before.values()):
                 return True
             runs = list(self._runs)
-        if any(self.lost.pending(r) for r in runs) or self._refused:
+        if any(self.lost.pending(r) or self.orphans.pending(r) for r in runs) or self._refused:
             return True
         # A worker limited to some jobs waits only for those: an element of a Slurm array
         # must not outlive its own chunks while other elements' chunks run.
@@ -338,7 +338,7 @@ class Worker(Claiming):
                 now = time.monotonic()
                 with self._lock:
                     refused = run_id in self._refused
-                dormant = self._dormant(run_id) and not self.lost.pending(run_id)
+                dormant = self._dormant(run_id) and not self.lost.pending(run_id) and not self.orphans.pending(run_id)
                 every = 0.0 if refused else self.dormant_every if dormant else self.sweep_every
                 if now - self._last_sweep.get(run_id, -1e9) < every:
                     continue

@@ -322,14 +322,16 @@ def recover_private(run: RunLayout, private: fence.Private, reason: str, into: s
                 return None
             return into or "waiting", record
         assert content is not None
+        seen.append(content)
         claim = store.claim_lock(run, private.job_id, private.token, content)
         if into is None and fence.completed(content, private, (claim or {}).get("try")):
             return private.intent, content
         return lost_record(run, content, reason, claim, into)
 
+    seen: list[dict[str, Any]] = []  # the job's record, as the recovery found it
     state = fence.recover(private, build)
     if state is not None:
-        free_slots(run, None, private.token)
+        free_slots(run, seen[0] if seen else None, private.token)
         log.warning("run %s: job %s placed in %s/: %s", run.run_id, private.job_id, state, reason)
     return state
 

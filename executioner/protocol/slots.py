@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 from typing import Any, Iterable
 
 from . import fsio
@@ -137,6 +138,8 @@ def reconcile(run: RunLayout, limits: dict[str, int], old: dict[str, int] | None
     limit adds, remove the free ones a lowered limit retires. Slots held stay held: their
     claims still run (a lowered limit retires them when they are given back)."""
     for name, n in limits.items():
+        if not os.path.isdir(run.limit_dir(name)) and _publish(run, name, n):
+            continue
         fsio.make_dirs(run.slots_free(name))
         fsio.make_dirs(run.slots_held(name))
         # RACE: a slot moves between free/ and held/ while we look. Each take or release
@@ -156,6 +159,35 @@ def reconcile(run: RunLayout, limits: dict[str, int], old: dict[str, int] | None
                 except FileExistsError:
                     pass
         trim(run, name, n)
+
+
+def _publish(run: RunLayout, name: str, n: int) -> bool:
+    """A new limit's folder, built under a temp name and renamed into place whole: until
+    then no worker sees a slot of it, so no slot can be in motion while it is made. False
+    if another coordinator published one first (RACE: one rename of the name wins)."""
+    fsio.make_dirs(run.limits_dir)
+    tmp = fsio.temp_name(run.limits_dir)
+    fsio.make_dir(tmp)
+    try:
+        fsio.make_dir(os.path.join(tmp, "free"))
+        fsio.make_dir(os.path.join(tmp, "held"))
+        fsio.create_files((os.path.join(tmp, "free", str(i)), b"") for i in range(n))
+        os.rename(tmp, run.limit_dir(name))
+        return True
+    except OSError:
+        if not os.path.isdir(run.limit_dir(name)):
+            raise
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def repair(run: RunLayout, limits: dict[str, int]) -> None:
+    """Make the folder of every limit that has none (a run submitted before limits were
+    enforced, or a resume interrupted before it made them); never touches one that exists."""
+    for name, n in limits.items():
+        if not os.path.isdir(run.limit_dir(name)):
+            _publish(run, name, n)
 
 
 def trim(run: RunLayout, name: str, n: int) -> int:
@@ -207,6 +239,10 @@ class OrphanFinder:
     def __init__(self, confirm: float = CONFIRM):
         self.confirm = confirm
         self._seen: dict[str, tuple[set[tuple[str, int, str]], float]] = {}
+
+    def pending(self, run_id: str) -> bool:
+        """Held slots of this run were seen without a claim and wait for a second look."""
+        return run_id in self._seen
 
     def check(self, run: RunLayout, limits: dict[str, int], mono: float) -> int:
         """One look; returns the slots freed (retired past a lowered limit's N)."""
