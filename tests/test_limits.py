@@ -313,3 +313,60 @@ def test_a_resume_makes_the_slots_a_run_lacks(pool: Path, tmp_path: Path, make_w
     assert r.returncode == 0, r.stderr
     assert slot_files(run) == (["0", "1", "2"], [])
     assert [n for n in os.listdir(run.limits_dir) if n.startswith(".")] == []
+
+
+@pytest.mark.timeout(60)
+def test_every_way_a_try_ends_gives_its_slot_back(pool: Path, tmp_path: Path) -> None:
+    """With one slot, jobs that fail and retry, time out and fail for good all run one after
+    another: each try gave the slot back (else the next would wait for ever)."""
+    ledger = tmp_path / "ledger"
+    jobs = [{"id": "retried", "command": f"{RECORD} 0 '{ledger}'; test \"$EXEC_TRY\" -ge 2", "limit": "one",
+             "max_retries": 1, "retry_delay": 0},
+            {"id": "slow", "command": "sleep 30", "limit": "one", "timeout": 0.5, "kill_grace": 0.5},
+            {"id": "bad", "command": "exit 3", "limit": "one"},
+            {"id": "fine", "command": f"{RECORD} 0 '{ledger}'", "limit": "one"}]
+    run = submit(pool, tmp_path, jobs, limits={"one": 1})
+    w = Worker(str(pool), slots=3, exit_when_idle=0.5, poll_min=0.02, poll_max=0.1, sweep_every=0.05,
+               capacity=Capacity(cpus=3))
+    w.orphans = slots.OrphanFinder(confirm=1e9)  # no sweep's help: each try gives its own slot back
+    w.run()
+    assert files(run, "done") == ["fine.json", "retried.json"]
+    assert files(run, "failed") == ["bad.json", "slow.json"]
+    assert slot_files(run, "one") == (["0"], [])
+
+
+def holder_pids(run: Any) -> set[int]:
+    """The worker pids holding slots now, as a user finds them: held/<i>@<token> ->
+    running/<job>@<token>.json -> its lock in logs/."""
+    pids = set()
+    running = {n.partition("@")[2][:-5]: n.partition("@")[0] for n in os.listdir(run.state_dir("running"))
+               if n.endswith(".json")}
+    for name in slot_files(run)[1]:
+        token = name.partition("@")[2]
+        if token in running:
+            job = running[token]
+            try:
+                record, _ = read_checked(run.running(job, token), job)
+            except FileNotFoundError:
+                continue
+            lock = store.claim_lock(run, job, token, record) if record else None
+            if lock:
+                pids.add(int(lock["pid"]))
+    return pids
+
+
+@pytest.mark.timeout(90)
+def test_one_of_four_workers_sigkilled_mid_run(pool: Path, tmp_path: Path) -> None:
+    """4 workers of -j 4 share 40 downloads of limit 4; one holding a slot is SIGKILLed (with
+    its command); the others free its slots and the run completes, never more than 4 at once."""
+    ledger = tmp_path / "ledger"
+    run = submit(pool, tmp_path, downloads(ledger, 40, 0.2), limits=LIMITS)
+    procs = [worker_process(pool, "-j", "4") for _ in range(4)]
+    ours = {p.pid: p for p in procs}
+    victim = wait_for(lambda: next(iter(holder_pids(run) & set(ours)), None))
+    kill_tree(victim)
+    finish([p for p in procs if p.pid != victim])
+    rows = read_ledger(ledger)
+    assert len(files(run, "done")) == 40 and {r[2] for r in rows} == {f"dl{i:02d}" for i in range(40)}
+    assert most_at_once(ledger) <= 4
+    assert slot_files(run) == (["0", "1", "2", "3"], [])
