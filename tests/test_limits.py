@@ -370,3 +370,36 @@ def test_one_of_four_workers_sigkilled_mid_run(pool: Path, tmp_path: Path) -> No
     assert len(files(run, "done")) == 40 and {r[2] for r in rows} == {f"dl{i:02d}" for i in range(40)}
     assert most_at_once(ledger) <= 4
     assert slot_files(run) == (["0", "1", "2", "3"], [])
+
+
+class _InOrder:
+    """An rng whose shuffle keeps the listing's order (both takers try slot 0 first)."""
+
+    def shuffle(self, items: list[Any]) -> None:
+        items.sort()
+
+
+def test_two_takers_of_one_slot_one_wins_the_other_takes_another(pool: Path, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """RACE: both list free/ before either renames; the second's rename of free/0 fails
+    (ENOENT) and it takes free/1: never both holding slot 0."""
+    run = submit(pool, tmp_path, downloads(tmp_path / "l", 1, 0, "two"), limits={"two": 2})
+    stale = slots._free_numbers(run, "two")  # the listing both took
+    monkeypatch.setattr(slots, "_free_numbers", lambda _run, _name: list(stale))
+    assert slots.take(run, "two", "A", rng=_InOrder()) == 0  # type: ignore[arg-type]
+    assert slots.take(run, "two", "B", rng=_InOrder()) == 1  # type: ignore[arg-type]
+    assert slots.take(run, "two", "C", rng=_InOrder()) is None  # type: ignore[arg-type]
+    monkeypatch.undo()
+    assert slot_files(run, "two") == ([], ["0@A", "1@B"])
+
+
+def test_two_resumes_adding_one_limit_publish_it_once(pool: Path, tmp_path: Path) -> None:
+    """RACE: two coordinators build a new limit's folder at once: one rename of the name wins,
+    the other's is dropped whole (no slot of it ever seen)."""
+    run = submit(pool, tmp_path, downloads(tmp_path / "l", 1, 0, "two"), limits={"two": 2})
+    assert slots._publish(run, "new", 3) is True
+    assert slots.take(run, "new", "A") is not None
+    assert slots._publish(run, "new", 3) is False  # the second coordinator
+    free, held = slot_files(run, "new")
+    assert len(free) == 2 and len(held) == 1
+    assert sorted(os.listdir(run.limits_dir)) == ["new", "two"]  # no temp folder left

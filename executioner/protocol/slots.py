@@ -166,12 +166,13 @@ def _publish(run: RunLayout, name: str, n: int) -> bool:
     then no worker sees a slot of it, so no slot can be in motion while it is made. False
     if another coordinator published one first (RACE: one rename of the name wins)."""
     fsio.make_dirs(run.limits_dir)
-    tmp = fsio.temp_name(run.limits_dir)
+    aside = os.path.basename(fsio.temp_name(run.limits_dir))  # built as a limit of this name
+    tmp = run.limit_dir(aside)
     fsio.make_dir(tmp)
     try:
-        fsio.make_dir(os.path.join(tmp, "free"))
-        fsio.make_dir(os.path.join(tmp, "held"))
-        fsio.create_files((os.path.join(tmp, "free", str(i)), b"") for i in range(n))
+        fsio.make_dir(run.slots_free(aside))
+        fsio.make_dir(run.slots_held(aside))
+        fsio.create_files((run.slot_free(aside, i), b"") for i in range(n))
         os.rename(tmp, run.limit_dir(name))
         return True
     except OSError:
