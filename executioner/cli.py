@@ -388,9 +388,22 @@ def _submit(pool: PoolLayout, path: str, options: Any, dry_run: bool,
     from .workflow import load_workflow
 
     workflow = load_workflow(path)
+    _no_limits_on_slurm(workflow, options.backend == "slurm")
     if dry_run:
         return None, plan_submit(workflow, options)
     return create_run_planned(pool, workflow, options, shared_group)
+
+
+def _no_limits_on_slurm(workflow: Any, slurm: bool) -> None:
+    """The Slurm-DAG backend does not enforce ``limits`` (README "Placement"): refused, one
+    line, exit 2, rather than run N+many downloads at once while the workflow says N."""
+    if slurm and workflow.limits:
+        from .errors import WorkflowError
+
+        raise WorkflowErrors([WorkflowError(
+            "the Slurm-DAG backend (--backend slurm) does not enforce limits (each job is a Slurm job of its "
+            "own); run it with pool workers (exec-worker, --workers, --slurm-workers), or drop limits",
+            workflow.path, key="limits")])
 
 
 def _resume(pool: PoolLayout, run_id: str, path: str | None, options: Any,
@@ -408,6 +421,7 @@ def _resume(pool: PoolLayout, run_id: str, path: str | None, options: Any,
                       run.run_id)
     workflow = workflow_for_resume(run, path)
     slurm = (options.backend or _backend(run)) == "slurm"
+    _no_limits_on_slurm(workflow, slurm)
     held: list[str] = []
     if slurm:
         from .backends.slurm import array_claims, pool_worker_claims

@@ -16,12 +16,13 @@ from typing import Any, Callable
 
 import filelock
 
-from ..protocol import fsio, store
+from ..protocol import fsio, slots, store
 from .claims import Claiming
 from .events import Events
 from ..errors import PoolError, WorkflowError
 from .execute import TryResult, TryStatus, build_env, command_argv, missing_outputs, run_command
 from ..protocol.layout import PoolLayout, RunLayout
+from ..protocol.slots import OrphanFinder
 from ..protocol.rebuild import LostFinder, coordinating, place_record
 from ..liveness.clock import StorageClock
 from ..liveness.reap import Reaper
@@ -77,6 +78,9 @@ class Worker(Claiming):
         self._short_since: dict[tuple[str, str], float] = {}
         self._reserved: tuple[str, str] | None = None
         self._deferred: dict[str, list[str]] = {}  # run -> jobs passed by for lack of room
+        self._full: dict[tuple[str, str], float] = {}  # (run, limit) -> when a claim found no free slot
+        self._slots: dict[str, list[tuple[RunLayout, str, int]]] = {}  # claim token -> the limit slots it holds
+        self.orphans = OrphanFinder()  # held slots whose claim is gone (see executioner.protocol.slots)
         self.exit_when_idle = exit_when_idle
         self.max_jobs = max_jobs
         self.heartbeat = heartbeat
@@ -293,6 +297,7 @@ class Worker(Claiming):
             log.exception("job %s of run %s: unexpected error", claim.job_id, claim.run.run_id)
             self._fail_internal(claim, e)
         finally:
+            self._release_slots(claim.token)  # every path that ends a try (those below did it already)
             store.close_logs(claim)
             with self._lock:
                 self._busy -= 1
@@ -341,7 +346,7 @@ class Worker(Claiming):
             if any(nb > now for nb in self._not_before.values()):
                 return True
             runs = list(self._runs)
-        if any(self.lost.pending(r) for r in runs) or self._refused:
+        if any(self.lost.pending(r) or self.orphans.pending(r) for r in runs) or self._refused:
             return True
         # A worker limited to some jobs waits only for those: an element of a Slurm array
         # must not outlive its own chunks while other elements' chunks run.
@@ -360,7 +365,7 @@ class Worker(Claiming):
                 now = time.monotonic()
                 with self._lock:
                     refused = run_id in self._refused
-                dormant = self._dormant(run_id) and not self.lost.pending(run_id)
+                dormant = self._dormant(run_id) and not self.lost.pending(run_id) and not self.orphans.pending(run_id)
                 every = 0.0 if refused else self.dormant_every if dormant else self.sweep_every
                 if now - self._last_sweep.get(run_id, -1e9) < every:
                     continue
@@ -397,6 +402,8 @@ class Worker(Claiming):
                         expected = int((self._records.get(run_id) or {}).get("jobs") or 0)
                         if self.lost.check(run, expected, now):
                             moved += store.sweep(run)  # a rebuilt job whose dependencies are done
+                    if "limits" in (self._records.get(run_id) or {}):
+                        self._free_orphans(run, now)
                     if now - self._last_scrub.get(run_id, -1e9) >= self.scrub_every * (
                             5 if self._dormant(run_id) else 1):
                         self._last_scrub[run_id] = now
@@ -417,6 +424,17 @@ class Worker(Claiming):
             return promoted
         finally:
             self._sweeping.release()
+
+    def _free_orphans(self, run: RunLayout, now: float) -> None:
+        """Free the slots held by claims no longer in running/ (seen so twice), and remove
+        the free ones a lowered limit retired; run.json is read again for the limits' N."""
+        try:
+            limits = slots.limits_of(store.read_run_record(run))
+            if self.orphans.check(run, limits, now):
+                with self._lock:
+                    self._full = {k: v for k, v in self._full.items() if k[0] != run.run_id}
+        except (OSError, ValueError) as e:
+            log.warning("run %s: cannot look at its limits' slots: %s", run.run_id, e)
 
     # ---- running ------------------------------------------------------------------
     def give_back(self, held: Assignment) -> None:
@@ -465,6 +483,7 @@ class Worker(Claiming):
             result = run_command(argv, cwd, env, out_fd, err_fd, spec["timeout"], spec["kill_grace"], claim.token,
                                  keep_going=lambda: not self._abort.is_set() and claim.still_held(),
                                  tick=min(self.heartbeat, 1.0), cores=held.cores if held else ())
+        self._release_slots(claim.token)  # the command has ended: its limit's slot is free now
         status: TryStatus = result.status
         reason = result.reason
         if status == "failed" and not self._abort.is_set() and (result.signal in STOP_SIGNALS or self.in_slurm):
