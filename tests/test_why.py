@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import re
 import shlex
 import subprocess
@@ -150,19 +151,21 @@ def test_a_full_limit_names_the_jobs_holding_it(pool: Path, make_workflow: Any) 
     jobs = [{"id": f"dl{i}", "command": "true", "limit": "download"} for i in range(3)]
     run = submit(pool, make_workflow(jobs, limits={"download": 2}))
     heartbeat(pool, "w1")
-    assert "limit" not in kinds(explain(run, "dl2"))  # absent folder: no slot taken
     root = Path(run.root) / "limits" / "download"
-    (root / "held").mkdir(parents=True)
+    assert sorted(os.listdir(root / "free")) == ["0", "1"]  # the submit made the slots
+    assert "limit" not in kinds(explain(run, "dl2"))  # both free
     tokens = [hold(run, job).token for job in ("dl0", "dl1")]
-    (root / "held" / f"0@{tokens[0]}").touch()
-    assert "limit" not in kinds(explain(run, "dl2"))  # no free/ yet, 1 of 2 held
-    (root / "free").mkdir()
-    (root / "held" / f"1@{tokens[1]}").touch()
+    (root / "free" / "0").rename(root / "held" / f"0@{tokens[0]}")  # taken as a worker takes it
+    assert "limit" not in kinds(explain(run, "dl2"))  # 1 of 2 held
+    (root / "free" / "1").rename(root / "held" / f"1@{tokens[1]}")
     data = explain(run, "dl2")
     assert texts(data) == ["limit `download` is full (2/2: jobs dl0, dl1)"]
     assert data["causes"][0]["jobs"] == ["dl0", "dl1"] and data["causes"][0]["size"] == 2
     (root / "held" / f"1@{tokens[1]}").rename(root / "free" / "1")  # one given back
     assert "limit" not in kinds(explain(run, "dl2"))
+    shutil.rmtree(root.parent)  # a run made before limits were enforced: workers hold its jobs back
+    assert texts(explain(run, "dl2")) == [f"limit `download` has no slots yet (the run was made before limits were "
+                                          f"enforced): `exec-submit --resume {run.run_id}` makes them"]
 
 
 def test_queued_behind_jobs_of_higher_priority(pool: Path, make_workflow: Any) -> None:

@@ -67,12 +67,18 @@ def never_fits(needs: dict[str, float], tags: list[str], workers: list[WorkerVie
 def limit_cause(run: RunLayout, run_record: dict[str, Any], name: str) -> Cause | None:
     """The job's group limit when it is full: ``RUN/limits/<name>/free/<i>`` are its free
     slots, ``held/<i>@<token>`` the taken ones (the token is a claim's: ``running/<job>@<token>``);
-    an absent folder means no slot is taken."""
+    no ``limits/<name>`` at all: no slot exists yet, and workers hold the job back."""
     limits = run_record.get("limits")
     size = limits.get(name) if isinstance(limits, dict) else None
     if type(size) is not int:
         return None
-    root = os.path.join(run.root, "limits", name)
+    root = run.limit_dir(name)  # one object owns every path
+    if not os.path.isdir(root):
+        # made before limits were enforced (or its folder removed): workers hold its jobs
+        # back until a resume makes the slots
+        return cause("limit", f"limit `{name}` has no slots yet (the run was made before limits were "
+                     f"enforced): `exec-submit --resume {run.run_id}` makes them", limit=name, held=0, size=size,
+                     jobs=[], missing=True)
     try:
         held = sorted(n for n in os.listdir(os.path.join(root, "held")) if not n.startswith("."))
     except (FileNotFoundError, NotADirectoryError):
