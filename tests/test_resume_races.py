@@ -354,3 +354,32 @@ def test_an_idle_pool_worker_leaves_a_run_moved_to_the_slurm_backend(pool: Path,
         worker.kill()
     assert ledger.read_text().split() == ["a"]  # the pool worker did not run it again
     assert files(run, "queued") == ["a.json"]
+
+
+def test_a_claim_taken_back_cannot_be_claimed_again_before_the_change_grabs_it(
+        pool: Path, make_workflow, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RACE (coordinator.change.TAKEN_INTO): a claim taken back by --force was put in queued/
+    and grabbed from there; an idle worker slot claimed it in between, the change was planned
+    again and the job got a second lost try. A worker's claim right after the take now finds
+    nothing to claim."""
+    from executioner.coordinator import change
+
+    run = submit(pool, make_workflow([{"id": "s", "command": "true"}]))
+    claim = store.claim(run, "s", store.Owner.current("w-live"))
+    assert claim is not None
+    store.write_lock(claim)  # live: this process holds it
+    real = change.requeue_lost
+    raced: list[object] = []
+
+    def take_then_race(*a, **kw):
+        state = real(*a, **kw)
+        raced.append(store.claim(run, "s", store.Owner.current("w-idle-slot")))  # a worker, at once
+        return state
+
+    monkeypatch.setattr(change, "requeue_lost", take_then_race)
+    workflow = workflow_for_resume(run, None)
+    apply(run, lambda: plan_resume(PoolLayout(str(pool)), run, workflow, Options(force=True, rollback_to=("s",))))
+    assert raced == [None]  # nothing in queued/ to claim while the change held the job
+    record = json.loads(Path(run.job("s", "queued")).read_text())
+    assert [(t["try"], t["status"]) for t in record["tries"]] == [(1, "lost")]
+    assert record["attempt"] == 2

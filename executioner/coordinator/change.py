@@ -181,17 +181,26 @@ def _grab_all(stage: _Stage, steps: list[Step]) -> dict[str, tuple[str, dict[str
     return grabbed
 
 
+# RACE: a claim taken back is placed where the grab that follows takes it from. In queued/ an
+# idle slot of any worker (woken by the rename's event) claimed it first, so the change had to
+# be planned again and the job got a second lost try; no worker claims from waiting/, and only
+# a sweep (which needs the job's dependencies done, and its lease) could promote it meanwhile:
+# then the grab fails the same way, and the change is planned again.
+TAKEN_INTO = "waiting"
+
+
 def _take_claim(run: RunLayout, step: Step) -> str:
     """Requeue a running job (stale, or live with --force); its worker's fence then fails.
-    Returns the state to grab the job from: queued/, or wherever its worker just put it."""
+    Returns the state to grab the job from: waiting/ (see TAKEN_INTO), or wherever its worker
+    just put it."""
     token = step.token or ""
     if step.private is not None:
         private = fence.Private.parse(run, step.private)
         assert private is not None
         # RACE: its owner may finish this instant: one rename of the folder wins.
-        if recover_private(run, private, step.take or "taken back", into="queued") is None:
+        if recover_private(run, private, step.take or "taken back", into=TAKEN_INTO) is None:
             return _went(run, step)
-        return "queued"
+        return TAKEN_INTO
     path = run.running(step.job, token)
     try:
         record, _ = read_checked(path, step.job)
@@ -202,9 +211,9 @@ def _take_claim(run: RunLayout, step: Step) -> str:
     claim = store.claim_lock(run, step.job, token, record)
     # RACE: its worker may finish this instant; exactly one of the two renames of the
     # claim wins. If the worker's did, we grab the job from where it put it.
-    if not requeue_lost(run, step.job, token, record, step.take or "taken back", claim, into="queued"):
+    if not requeue_lost(run, step.job, token, record, step.take or "taken back", claim, into=TAKEN_INTO):
         return _went(run, step)
-    return "queued"
+    return TAKEN_INTO
 
 
 def _went(run: RunLayout, step: Step) -> str:

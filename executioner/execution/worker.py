@@ -229,7 +229,7 @@ class Worker(Claiming):
             for cache in (self._candidates, self._cursor, self._records, self._last_sweep, self._last_scrub,
                           self._last_reap, self._last_lost, self._listed, self._deferred):
                 cache.pop(run_id, None)  # type: ignore[attr-defined]
-            for keyed in (self._not_before, self._short_since):
+            for keyed in (self._not_before, self._short_since, self._full):
                 for key in [k for k in keyed if k[0] == run_id]:
                     keyed.pop(key, None)  # type: ignore[attr-defined]
             self._wont_fit = {k for k in self._wont_fit if k[0] != run_id}
