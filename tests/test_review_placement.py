@@ -1,0 +1,176 @@
+"""An adversarial review of placement (issue 12's core): a hostile user, hostile files and a
+hostile environment. Each test pins one problem found (see the commit naming it); each failed
+on the code before its fix."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from executioner import Worker
+from executioner.execution.capacity import Capacity, Ledger, detect
+
+from .conftest import cli, files
+from .test_hostile_records import _set, assert_rebuilt, reasons, three_jobs, work
+from .test_placement_run import RECORD, job, overlapping, read_ledger, submit
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+# ---- a resume while workers run ---------------------------------------------------------
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("before,after", [
+    pytest.param({"resources": {"cpus": 2}}, {}, id="fewer-cpus"),
+    pytest.param({"tags": ["a100"]}, {}, id="tag-dropped"),
+])
+def test_a_resume_that_makes_a_job_fit_lets_a_running_worker_take_it(
+        pool: Path, tmp_path: Path, before: dict[str, Any], after: dict[str, Any]) -> None:
+    """A job this worker could never hold is left for another; a resume that makes it fit
+    (fewer CPUs, a tag dropped) must reach the workers already running, not only new ones."""
+    workflow = tmp_path / "wf.yaml"
+    import yaml
+    workflow.write_text(yaml.safe_dump({"name": "wf", "jobs": [{"id": "j", "command": "true", **before}]}))
+    out = cli("exec-submit", str(workflow), "--pool", str(pool))
+    assert out.returncode == 0, out.stderr
+    run_id = out.stdout.split()[0]
+    worker = Worker(str(pool), slots=1, poll_min=0.02, poll_max=0.2, sweep_every=0.1, dormant_every=0.5,
+                    capacity=Capacity(cpus=1))
+    t = threading.Thread(target=worker.run, daemon=True)
+    t.start()
+    try:
+        assert wait_for(lambda: (run_id, "j") in worker._wont_fit)  # "left for another worker"
+        workflow.write_text(yaml.safe_dump({"name": "wf", "jobs": [{"id": "j", "command": "true", **after}]}))
+        out = cli("exec-submit", str(workflow), "--pool", str(pool), "--resume", run_id)
+        assert out.returncode == 0, out.stderr
+        done = pool / run_id / "done" / "j.json"
+        assert wait_for(done.exists, 15), "the running worker never took the job the resume made fit"
+    finally:
+        worker.stop_claiming()
+        worker._abort.set()
+        t.join(timeout=20)
+
+
+# ---- crafted job files and indexes ------------------------------------------------------
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("resources", [
+    pytest.param({"cpus": "8"}, id="cpus-text"),
+    pytest.param({"cpus": -3}, id="cpus-negative"),
+    pytest.param({"gpus": True}, id="gpus-bool"),
+    pytest.param({"mem_gb": [1]}, id="mem-list"),
+])
+def test_a_job_file_with_unusable_resources_is_quarantined_not_an_internal_error(
+        pool: Path, make_workflow, resources: dict[str, Any]) -> None:
+    """spec.resources of a job file is read by the ledger: a text, a negative (which would
+    *add* room: overcommit), a bool or a list must be refused like any record of the wrong
+    shape (quarantined with a reason, rebuilt from the workflow), never an internal error."""
+    run = three_jobs(pool, make_workflow)
+    _set(run.job("b", "queued"), **{"spec.resources": resources})
+    work(pool, run, slots=1)
+    assert_rebuilt(run, "b")
+    why = reasons(run)
+    assert "b@" in why and "resources" in why and "internal error" not in why
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("index", [
+    pytest.param({"neg": {"needs": {"cpus": -7}}}, id="negative"),
+    pytest.param({"neg": {"needs": {"cpus": "x"}}}, id="text"),
+    pytest.param({"neg": {"needs": [1, 2]}}, id="list"),
+    pytest.param({"neg": {"needs": {"cpus": True}}}, id="bool"),
+    pytest.param({"neg": {"needs": {"cpus": 1e308}}}, id="huge"),
+    pytest.param({"neg": {"tags": "a100"}}, id="tags-text"),
+])
+def test_a_crafted_placement_index_neither_overcommits_nor_breaks_the_worker(
+        pool: Path, tmp_path: Path, index: dict[str, Any]) -> None:
+    """run.json's placement index is a hint (the job file has the last word): an entry of the
+    wrong shape or sign must not give the worker room it has not (a negative need took
+    room *back*: every slot could start a job), nor raise in the claim walk, nor keep a job
+    that fits from running."""
+    ledger = tmp_path / "ledger"
+    run = submit(pool, tmp_path, [job("neg", ledger, 0.3)] + [job(f"s{i}", ledger, 0.3) for i in range(3)])
+    record = json.loads(Path(run.record).read_text())
+    record["placement"] = index
+    Path(run.record).write_text(json.dumps(record))
+    worker = Worker(str(pool), slots=4, exit_when_idle=0.5, poll_min=0.02, poll_max=0.2, sweep_every=0.1,
+                    capacity=Capacity(cpus=1))
+    worker._record(run.run_id)
+    held = worker._place(run.run_id, "neg")  # what the claim walk takes before the claim's rename
+    assert worker.ledger.free()["cpus"] <= 1
+    if held is not None:
+        worker.ledger.give(held)
+    errors: list[str] = []
+    import logging
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.ERROR:
+                errors.append(record.getMessage())
+
+    handler = Catch()
+    logging.getLogger("executioner").addHandler(handler)
+    try:
+        worker.run()
+    finally:
+        logging.getLogger("executioner").removeHandler(handler)
+    assert errors == []
+    assert len(files(run, "done")) == 4
+    assert max(len(o) for o in overlapping(read_ledger(ledger))) == 1  # one CPU: one job at a time
+
+
+def test_an_assignment_given_back_twice_frees_its_room_once() -> None:
+    """The claim walk's error path gave back what _check_needs had already given back: the
+    ledger then counted more free CPUs and GPUs than the worker has (two jobs on one GPU's
+    count, one of them with no id). A second give of one assignment is a no-op."""
+    ledger = Ledger(Capacity(cpus=2, gpus=("0",)))
+    held = ledger.take({"cpus": 1, "gpus": 1})
+    assert held is not None and held.gpus == ("0",)
+    ledger.give(held)
+    ledger.give(held)
+    assert ledger.free() == {"cpus": 2, "gpus": 1, "mem_gb": 0.0}
+    first, second = ledger.take({"cpus": 1, "gpus": 1}), ledger.take({"cpus": 1, "gpus": 1})
+    assert first is not None and first.gpus == ("0",) and second is None
+
+
+# ---- Slurm elements: what Slurm placed --------------------------------------------------
+@pytest.mark.timeout(60)
+def test_a_slurm_element_runs_tasks_with_custom_resources_side_by_side(pool: Path, tmp_path: Path) -> None:
+    """A worker of the Slurm backend ignores custom resources and tags (Slurm placed the
+    job): the chunk's first task ignored them, but every further runner asked the ledger for
+    them, found none, and the chunk's tasks ran one at a time in a 4-CPU element."""
+    ledger = tmp_path / "ledger"
+    jobs = [{"id": "sweep", "command": f"{RECORD} 0.4 '{ledger}'", "array": 8, "chunk": 8,
+             "resources": {"cpus": 1, "licenses": 1}}]
+    run = submit(pool, tmp_path, jobs)
+    record = json.loads(Path(run.record).read_text())
+    record["backend"] = "slurm"
+    Path(run.record).write_text(json.dumps(record))
+    worker = Worker(str(pool), slots=4, exit_when_idle=0.5, poll_min=0.02, poll_max=0.2, sweep_every=0.1,
+                    capacity=Capacity(cpus=4), slurm_dag=True)
+    worker.run()
+    rows = read_ledger(ledger)
+    assert len(rows) == 8 and files(run, "done")
+    assert max(len(o) for o in overlapping(rows)) >= 2, "the element's tasks ran one at a time"
+
+
+# ---- odd environments -------------------------------------------------------------------
+@pytest.mark.parametrize("value,expected", [
+    ("-1", ()),  # the common idiom to hide every GPU (CUDA stops at the first invalid id)
+    ("0,-1,1", ("0",)),
+    ("0,,1", ("0", "1")),
+    ("", ()),
+    ("GPU-8f2a,GPU-77c1", ("GPU-8f2a", "GPU-77c1")),
+])
+def test_cuda_visible_devices_as_cuda_reads_it(value: str, expected: tuple[str, ...]) -> None:
+    assert detect({"CUDA_VISIBLE_DEVICES": value}).gpus == expected
