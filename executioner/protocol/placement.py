@@ -27,6 +27,7 @@ from typing import Any, Final, Iterable
 
 DEFAULT_NEEDS: Final = {"cpus": 1}
 SLURM_RESOURCES: Final = ("cpus", "gpus", "mem_gb")
+INDEX_MAX: Final = 1_000_000  # the most of anything validation lets a job ask for
 
 
 def needs(spec: dict[str, Any]) -> dict[str, float]:
@@ -73,9 +74,24 @@ def run_fields(specs: Iterable[tuple[str, dict[str, Any]]], limits: dict[str, in
 
 def lookup(run_record: dict[str, Any], job: str) -> dict[str, Any]:
     """The index entry of ``job`` (an array's name for a chunk), {} when it has none or the
-    record's index is not a mapping (a damaged or hand-edited run.json costs only order)."""
+    record's index is not a mapping (a damaged or hand-edited run.json costs only order); an
+    entry's needs or tags of the wrong shape, sign or size are left out of it."""
     found = run_record.get("placement")
     if type(found) is not dict:
         return {}
     e = found.get(job)
-    return e if type(e) is dict else {}
+    if type(e) is not dict:
+        return {}
+    needs_ok = "needs" not in e or _usable_needs(e["needs"])
+    tags = e.get("tags")
+    if needs_ok and (tags is None or (type(tags) is list and all(type(t) is str for t in tags))):
+        return e
+    # a hand-edited or damaged entry: what is wrong in it is left out (the job file decides at
+    # the claim); a negative need would add room to the ledger, a text would raise in it
+    return {k: v for k, v in e.items() if (k != "needs" or needs_ok) and (k != "tags" or type(v) is list
+                                                                          and all(type(t) is str for t in v))}
+
+
+def _usable_needs(value: Any) -> bool:
+    """Needs as an index may hold them: names to numbers from 0 to what validation allows."""
+    return type(value) is dict and all(type(v) in (int, float) and 0 <= v <= INDEX_MAX for v in value.values())
