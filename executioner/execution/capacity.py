@@ -153,6 +153,7 @@ class Ledger:
         self._free = capacity.total()
         self._gpus = list(capacity.gpus)
         self._cores = list(capacity.cores)
+        self._out: dict[int, Assignment] = {}  # what is held now, by identity: a second give is a no-op
 
     def missing(self, needs: Mapping[str, float]) -> str | None:
         """What of ``needs`` this worker could never give, even idle ("2 gpus; it has 1"), or None."""
@@ -177,10 +178,16 @@ class Ledger:
             gpus, self._gpus = tuple(self._gpus[:n_gpus]), self._gpus[n_gpus:]
             cores = tuple(self._cores[:min(n_cores, len(self._cores))])
             self._cores = self._cores[len(cores):]
-            return Assignment(dict(needs), gpus, cores)
+            held = Assignment(dict(needs), gpus, cores)
+            self._out[id(held)] = held
+            return held
 
     def give(self, held: Assignment) -> None:
+        """Return what ``held`` took; once only (an error path that gives back what was
+        already given back must not make room the worker has not)."""
         with self._lock:
+            if self._out.pop(id(held), None) is None:
+                return
             for k, v in held.needs.items():
                 self._free[k] += v
             self._gpus = [g for g in self.capacity.gpus if g in set(self._gpus) | set(held.gpus)]
