@@ -51,7 +51,7 @@ class ChunkTry:
         self.running = 0
         self.checked = time.monotonic()  # claimed just now: first checked HELD_CHECK from now
         self.held = True
-        self.needs = placement.needs(self.spec)  # of each task
+        self.needs = worker._fitted(placement.needs(self.spec))  # of each task, as the claim counted them
 
     # ---- running ----------------------------------------------------------------
     def run(self) -> list[tuple[str, str, dict[str, Any]]] | None:
