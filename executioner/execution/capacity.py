@@ -108,8 +108,12 @@ def detect_gpus(env: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def parse_gpus(text: str) -> tuple[str, ...]:
-    """``"0,1,3"`` -> its ids; ``"4"`` alone is a list of one id (``--gpus`` says how many)."""
-    return tuple(dict.fromkeys(g.strip() for g in text.split(",") if g.strip() and g.strip() != "NoDevFiles"))
+    """``"0,1,3"`` -> its ids; ``"4"`` alone is a list of one id (``--gpus`` says how many).
+    As CUDA reads CUDA_VISIBLE_DEVICES, a negative id ends the list: ``"-1"``, the common
+    way to hide every GPU, names none (not a GPU called "-1")."""
+    ids = [g.strip() for g in text.split(",") if g.strip() and g.strip() != "NoDevFiles"]
+    end = next((i for i, g in enumerate(ids) if g.startswith("-") and g[1:].isdigit()), len(ids))
+    return tuple(dict.fromkeys(ids[:end]))
 
 
 @dataclass(frozen=True)
