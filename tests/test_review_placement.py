@@ -32,7 +32,7 @@ def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
 # ---- a resume while workers run ---------------------------------------------------------
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("before,after", [
-    pytest.param({"resources": {"cpus": 2}}, {}, id="fewer-cpus"),
+    pytest.param({"resources": {"cpus": 2}}, {"resources": {"cpus": 1}}, id="fewer-cpus"),
     pytest.param({"tags": ["a100"]}, {}, id="tag-dropped"),
 ])
 def test_a_resume_that_makes_a_job_fit_lets_a_running_worker_take_it(
@@ -60,6 +60,24 @@ def test_a_resume_that_makes_a_job_fit_lets_a_running_worker_take_it(
         worker.stop_claiming()
         worker._abort.set()
         t.join(timeout=20)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("key,value", [("resources", {"cpus": 2}), ("tags", ["a100"]), ("priority", 5)])
+def test_a_resume_sees_a_placement_key_removed(pool: Path, make_workflow, key: str, value: Any) -> None:
+    """A job file stores resources, priority and tags only when not the default; the resume's
+    diff walked the new spec's keys only, so removing one (back to the default) was 'nothing
+    to do' and the queued job kept its tag or its CPUs for ever."""
+    path = make_workflow([{"id": "j", "command": "true", key: value}])
+    out = cli("exec-submit", str(path), "--pool", str(pool))
+    assert out.returncode == 0, out.stderr
+    run_id = out.stdout.split()[0]
+    make_workflow([{"id": "j", "command": "true"}])
+    out = cli("exec-submit", str(path), "--pool", str(pool), "--resume", run_id)
+    assert out.returncode == 0 and f"j: {key}: " in out.stderr + out.stdout, out.stdout + out.stderr
+    record = json.loads((pool / run_id / "queued" / "j.json").read_text())
+    assert key not in record["spec"]
+    assert "placement" not in json.loads((pool / run_id / "run.json").read_text())
 
 
 # ---- crafted job files and indexes ------------------------------------------------------
