@@ -132,6 +132,7 @@ class Claiming(Placing):
             if need_listing:
                 if listings >= 3:
                     return None  # others keep beating us to every job: let them, for now
+                self._recheck_index(run_id)
                 names = sorted(store.list_jobs(run, "queued"))
                 if self.only_jobs is not None:
                     names = [n for n in names if self._wanted(n)]
@@ -333,6 +334,9 @@ class Claiming(Placing):
                     log.warning("skipping run %s: %s", run_id, problem)
                 return None
             try:
+                # RACE: a resume may replace run.json between this stat and the read: then
+                # the next check finds a newer file than the one we stat'ed, and reads it again
+                self._record_seen[run_id] = self._record_stat(run_id) or (0, 0, 0)
                 self._records[run_id] = store.read_run_record(run)
             except (OSError, ValueError) as e:
                 if run_id not in self._skipped:  # say it once, not on every poll

@@ -8,11 +8,13 @@ resources, priorities, tags"); what the worker has and holds is
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any
 
 from ..protocol import placement, store
+from ..protocol.layout import PoolLayout
 from .capacity import Assignment, Ledger
 
 log = logging.getLogger("executioner.worker")
@@ -36,6 +38,7 @@ def entry_of(run_record: dict[str, Any], unit: str) -> dict[str, Any]:
 class Placing:
     """State and methods of placement; the attributes are set by Worker.__init__."""
 
+    pool: PoolLayout
     ledger: Ledger
     reserve_after: float
     slurm_dag: bool
@@ -48,6 +51,7 @@ class Placing:
     _short_since: dict[tuple[str, str], float]
     _reserved: tuple[str, str] | None
     _deferred: dict[str, list[str]]
+    _record_seen: dict[str, tuple[int, int, int]]
 
     def _place(self, run_id: str, job_id: str) -> Assignment | None:
         """Take what the job needs of our free capacity, as the run's placement index says
@@ -135,6 +139,30 @@ class Placing:
                 self._reserved = None
                 self._short_since.pop(key or ("", ""), None)
         self._wake.set()
+
+    def _record_stat(self, run_id: str) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.pool.run(run_id).record)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def _recheck_index(self, run_id: str) -> None:
+        """Before a listing of a run where we left jobs for other workers: has run.json
+        changed since we read it (a resume rewrote it, with new needs or tags)? Then read it
+        again and judge those jobs anew: a resume that makes a job fit reaches the workers
+        already running. A run where every job fits here pays nothing (no stat)."""
+        with self._lock:
+            if not any(r == run_id for r, _ in self._wont_fit):
+                return
+        now = self._record_stat(run_id)
+        if now is None or now == self._record_seen.get(run_id):
+            return
+        with self._lock:
+            self._records.pop(run_id, None)
+            self._wont_fit = {k for k in self._wont_fit if k[0] != run_id}
+            self._candidates.pop(run_id, None)
+        self._record(run_id)  # type: ignore[attr-defined]
 
     def _check_needs(self, run_id: str, job_id: str, claim: store.Claim, held: Assignment) -> Assignment | None:
         """The job file is what counts: a spec whose needs or tags differ from the index (a
