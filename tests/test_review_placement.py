@@ -192,3 +192,38 @@ def test_a_slurm_element_runs_tasks_with_custom_resources_side_by_side(pool: Pat
 ])
 def test_cuda_visible_devices_as_cuda_reads_it(value: str, expected: tuple[str, ...]) -> None:
     assert detect({"CUDA_VISIBLE_DEVICES": value}).gpus == expected
+
+
+# ---- the starvation guard ---------------------------------------------------------------
+@pytest.mark.timeout(60)
+def test_a_reserved_job_whose_file_needs_more_than_the_worker_has_does_not_stall_it(
+        pool: Path, tmp_path: Path) -> None:
+    """The index says the job fits (2 CPUs), its file says 16 (hand-edited, or a resume
+    since): reserved for lack of room, claimed once room came, put back by the file's check
+    and reserved still: the worker claimed and released it for ever and started nothing
+    else. The file's verdict ('never here') must end the reservation and the re-claims."""
+    ledger = tmp_path / "ledger"
+    jobs = [job("long", ledger, 1.0, priority=5), job("grew", ledger, 0, resources={"cpus": 16}, priority=4)]
+    jobs += [job(f"s{i}", ledger, 0) for i in range(4)]
+    run = submit(pool, tmp_path, jobs)
+    record = json.loads(Path(run.record).read_text())
+    record["placement"]["grew"]["needs"] = {"cpus": 2}  # the index as it was before the job grew
+    Path(run.record).write_text(json.dumps(record))
+    from executioner.protocol import store
+    claims: list[str] = []
+    real = store.claim
+
+    def counting(run_: Any, job_id: str, *a: Any, **kw: Any) -> Any:
+        claims.append(job_id)
+        return real(run_, job_id, *a, **kw)
+
+    store.claim = counting  # type: ignore[assignment]
+    try:
+        worker = Worker(str(pool), slots=2, exit_when_idle=1.0, poll_min=0.02, poll_max=0.2, sweep_every=0.1,
+                        capacity=Capacity(cpus=2), reserve_after=0.0)
+        worker.run()
+    finally:
+        store.claim = real  # type: ignore[assignment]
+    assert sorted(files(run, "done")) == ["long.json"] + [f"s{i}.json" for i in range(4)]
+    assert files(run, "queued") == ["grew.json"]
+    assert claims.count("grew") <= 2, f"claimed and put back {claims.count('grew')} times"

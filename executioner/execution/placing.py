@@ -172,10 +172,16 @@ class Placing:
         if needs == dict(held.needs) and (not spec.get("tags") or self._never(needs, spec["tags"]) is None):
             return held
         self.ledger.give(held)
-        again = None if self._never(needs, spec.get("tags")) else self.ledger.take(needs)
+        never = self._never(needs, spec.get("tags"))
+        again = None if never else self.ledger.take(needs)
         if again is None:
             store.release(claim)  # RACE: not locked yet, ours alone to put back
             with self._lock:
                 self._records.pop(run_id, None)  # its index is out of date: read run.json again
                 self._candidates.pop(run_id, None)
+                if never:  # the file says never here: claim it no more (until run.json changes)
+                    self._wont_fit.add((run_id, job_id))
+            if never:
+                log.info("job %s of run %s: its file needs %s: left for another worker", job_id, run_id, never)
+                self._unreserve((run_id, job_id))
         return again
