@@ -227,3 +227,24 @@ def test_a_reserved_job_whose_file_needs_more_than_the_worker_has_does_not_stall
     assert sorted(files(run, "done")) == ["long.json"] + [f"s{i}.json" for i in range(4)]
     assert files(run, "queued") == ["grew.json"]
     assert claims.count("grew") <= 2, f"claimed and put back {claims.count('grew')} times"
+
+
+@pytest.mark.timeout(60)
+def test_a_reserved_job_waits_for_one_task_of_a_chunk_not_the_whole_chunk(pool: Path, tmp_path: Path) -> None:
+    """Once a big job is reserved, a chunk's borrowed runners stopped at their task's end,
+    but the runner on the slot that claimed the chunk went on through every task left: the
+    big job waited for the whole chunk (40 tasks here) with the rest of the worker idle.
+    The chunk stops at its current task; its tasks not started go back to queued/."""
+    ledger = tmp_path / "ledger"
+    jobs = [job("short", ledger, 0.3, priority=10),
+            {"id": "sweep", "command": f"{RECORD} 0.1 '{ledger}'", "array": 40, "chunk": 40, "priority": 5},
+            job("big", ledger, 0, resources={"cpus": 2}, priority=1)]
+    run = submit(pool, tmp_path, jobs)
+    worker = Worker(str(pool), slots=2, exit_when_idle=1.0, poll_min=0.02, poll_max=0.2, sweep_every=0.1,
+                    capacity=Capacity(cpus=2), reserve_after=0.0)
+    worker.run()
+    rows = read_ledger(ledger)
+    assert len(rows) == 42 and files(run, "queued") == [] and files(run, "failed") == []
+    big = next(r for r in rows if r[2] == "big")
+    tasks_after = [r for r in rows if r[2] == "sweep" and r[0] >= big[1]]
+    assert len(tasks_after) >= 20, "the big job waited for the whole chunk"
