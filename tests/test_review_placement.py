@@ -248,3 +248,20 @@ def test_a_reserved_job_waits_for_one_task_of_a_chunk_not_the_whole_chunk(pool: 
     big = next(r for r in rows if r[2] == "big")
     tasks_after = [r for r in rows if r[2] == "sweep" and r[0] >= big[1]]
     assert len(tasks_after) >= 20, "the big job waited for the whole chunk"
+
+
+# ---- validation -------------------------------------------------------------------------
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name,meant", [("Cpus", "cpus"), ("gpu", "gpus"), ("CPU", "cpus"), ("memory_gb", "mem_gb"),
+                                        ("mem", "mem_gb"), ("memory", "mem_gb")])
+def test_a_misspelt_builtin_resource_is_refused_not_a_custom_one(pool: Path, make_workflow, name: str,
+                                                                  meant: str) -> None:
+    """Any name is a custom resource, so `gpu: 1` asked for a resource no worker declares
+    (`--resource` never names gpus): the job sat in queued/ for ever, each worker leaving it
+    for another. A name that is a built-in's case or plural away is a typo: one line, exit 2."""
+    path = make_workflow([{"id": "a", "command": "true", "resources": {name: 1}}])
+    out = cli("exec-submit", str(path), "--pool", str(pool))
+    assert out.returncode == 2 and f"did you mean '{meant}'" in out.stderr, out.stdout + out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not pool.exists()
+    ok = make_workflow([{"id": "a", "command": "true", "resources": {"licenses": 1, "tpus": 2}}])
+    assert cli("exec-submit", str(ok), "--pool", str(pool), "--dry-run").returncode == 0
