@@ -265,3 +265,36 @@ def test_a_misspelt_builtin_resource_is_refused_not_a_custom_one(pool: Path, mak
     assert len(out.stderr.strip().splitlines()) == 1 and not pool.exists()
     ok = make_workflow([{"id": "a", "command": "true", "resources": {"licenses": 1, "tpus": 2}}])
     assert cli("exec-submit", str(ok), "--pool", str(pool), "--dry-run").returncode == 0
+
+
+# ---- a worker killed outright -----------------------------------------------------------
+@pytest.mark.timeout(60)
+def test_the_command_of_a_worker_killed_outright_is_killed_before_its_job_runs_again(
+        pool: Path, tmp_path: Path) -> None:
+    """A command runs in a session of its own, so SIGKILL to its worker leaves it running,
+    holding its GPU ids; the same host's next worker requeued the job at once (its worker's
+    pid is gone) and ran it again on the same GPU: two jobs on GPU 0, the job twice at once.
+    The reaper on the dead worker's host kills what carries the claim's marker first."""
+    import signal
+    import subprocess
+    import sys
+    ledger = tmp_path / "ledger"
+    code = ("import os,sys,time; w=lambda s: os.write(os.open(sys.argv[1], os.O_WRONLY|os.O_APPEND|os.O_CREAT), "
+            "(s+' '+os.environ['CUDA_VISIBLE_DEVICES']+' '+str(os.getpid())+' '+repr(time.time())+chr(10)).encode()); "
+            "w('start'); time.sleep(4); w('end')")
+    run = submit(pool, tmp_path, [{"id": "g", "command": f"python3 -c \"{code}\" '{ledger}'", "resources": {"gpus": 1}}])
+    worker = [sys.executable, "-c", "import sys; from executioner.cli import worker_main; sys.exit(worker_main())",
+              "--pool", str(pool), "--gpus", "0,", "--heartbeat", "1", "--stale-after", "30", "-q"]
+    first = subprocess.Popen(worker + ["--exit-when-idle", "30"])
+    try:
+        assert wait_for(lambda: ledger.exists() and ledger.read_text().count("start") == 1, 30)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    second = subprocess.run(worker + ["--exit-when-idle", "1"], timeout=50)
+    assert second.returncode == 0
+    lines = [line.split() for line in ledger.read_text().splitlines()]
+    starts = [x for x in lines if x[0] == "start"]
+    assert len(starts) == 2 and files(run, "done") == ["g.json"]
+    orphan = starts[0][2]
+    assert ["end", "0", orphan] not in [x[:3] for x in lines], "the dead worker's command ran on beside its rerun"
