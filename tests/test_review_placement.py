@@ -298,3 +298,25 @@ def test_the_command_of_a_worker_killed_outright_is_killed_before_its_job_runs_a
     assert len(starts) == 2 and files(run, "done") == ["g.json"]
     orphan = starts[0][2]
     assert ["end", "0", orphan] not in [x[:3] for x in lines], "the dead worker's command ran on beside its rerun"
+
+
+@pytest.mark.timeout(60)
+def test_a_reserved_job_whose_retry_is_not_due_does_not_stall_the_worker(pool: Path, tmp_path: Path) -> None:
+    """The reserved job, once room came, was claimed and put back (its retry is due in an
+    hour): the reservation stayed, so the worker started nothing else for that hour."""
+    ledger = tmp_path / "ledger"
+    jobs = [job("long", ledger, 1.0, priority=5), job("big", ledger, 0, resources={"cpus": 2}, priority=4)]
+    jobs += [job(f"s{i}", ledger, 0) for i in range(4)]
+    run = submit(pool, tmp_path, jobs)
+    _set(run.job("big", "queued"), not_before=time.time() + 3600, retry_delay_s=3600.0)
+    worker = Worker(str(pool), slots=2, poll_min=0.02, poll_max=0.2, sweep_every=0.1,
+                    capacity=Capacity(cpus=2), reserve_after=0.0)
+    t = threading.Thread(target=worker.run, daemon=True)
+    t.start()
+    try:
+        ran = wait_for(lambda: len(files(run, "done")) == 5, 20)
+    finally:
+        worker.stop_claiming()
+        t.join(timeout=20)
+    assert ran, f"done: {files(run, 'done')}"
+    assert files(run, "queued") == ["big.json"]

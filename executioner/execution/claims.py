@@ -217,6 +217,7 @@ class Claiming(Placing):
             store.release(claim)
             with self._lock:
                 self._not_before[(run_id, job_id)] = time.monotonic() + wait
+            self._unreserve((run_id, job_id))  # reserved, it would hold the worker idle until then
             return False
         record = claim.record
         limit = record["spec"].get("max_retry_time")
