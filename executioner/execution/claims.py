@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable
 
 from ..errors import ForeignFile
-from ..protocol import store
+from ..protocol import placement, store
 from ..protocol.pieces import is_chunk
 from ..protocol.scrub import folder_problem
 from .events import Events
@@ -338,7 +338,7 @@ class Claiming(Placing):
                 # RACE: a resume may replace run.json between this stat and the read: then
                 # the next check finds a newer file than the one we stat'ed, and reads it again
                 self._record_seen[run_id] = self._record_stat(run_id) or (0, 0, 0)
-                self._records[run_id] = store.read_run_record(run)
+                self._records[run_id] = placement.cleaned(store.read_run_record(run))
             except (OSError, ValueError) as e:
                 if run_id not in self._skipped:  # say it once, not on every poll
                     self._skipped.add(run_id)
