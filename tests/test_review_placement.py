@@ -320,3 +320,15 @@ def test_a_reserved_job_whose_retry_is_not_due_does_not_stall_the_worker(pool: P
         t.join(timeout=20)
     assert ran, f"done: {files(run, 'done')}"
     assert files(run, "queued") == ["big.json"]
+
+
+def test_a_slurm_task_narrower_than_its_node_allocation_declares_its_own_cpus(monkeypatch) -> None:
+    """`srun -n 4 --cpus-per-task 2 exec-worker`: each task sees SLURM_CPUS_ON_NODE=8 (the
+    node's part of the allocation) but an affinity mask of its own 2 CPUs; each declared 8,
+    and four workers ran 32 one-CPU jobs on 8 CPUs. A mask narrower than the machine wins."""
+    from executioner.execution import capacity
+    monkeypatch.setattr(capacity, "_affinity", lambda: (4, 5))
+    monkeypatch.setattr(capacity.os, "cpu_count", lambda: 64)
+    assert detect({"SLURM_CPUS_ON_NODE": "8"}).cpus == 2
+    monkeypatch.setattr(capacity, "_affinity", lambda: tuple(range(64)))  # no mask: Slurm's count
+    assert detect({"SLURM_CPUS_ON_NODE": "8"}).cpus == 8

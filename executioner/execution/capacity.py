@@ -57,7 +57,10 @@ def detect(env: Mapping[str, str] | None = None) -> Capacity:
     """The capacity of where we run, with nothing declared."""
     env = os.environ if env is None else env
     cores = _affinity()
-    return Capacity(cpus=slurm_cpus(env) or len(cores) or (os.cpu_count() or 1), gpus=detect_gpus(env),
+    cpus = slurm_cpus(env) or len(cores) or (os.cpu_count() or 1)
+    if cores and len(cores) < (os.cpu_count() or 0):  # a mask narrower than the machine (an srun
+        cpus = min(cpus, len(cores))                   # task of several on a node) is ours alone
+    return Capacity(cpus=cpus, gpus=detect_gpus(env),
                     mem_gb=slurm_mem_gb(env) or psutil.virtual_memory().total / GIB, cores=cores)
 
 
