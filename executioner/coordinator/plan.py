@@ -14,7 +14,7 @@ import graphlib
 import os
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Final
 
 from ..protocol import attempts, fence
 from ..protocol.attempts import DEFINITION_FIELDS
@@ -33,6 +33,9 @@ from ..workflow.arrays import chunk_size, chunks
 from ..workflow import JobSpec, Workflow
 
 Build = Callable[[dict[str, Any] | None], dict[str, Any]]
+# spec keys a job file stores only when they differ from their defaults (JobSpec.placement):
+# one set before and gone now is a change (back to the default), though the new spec lacks it
+DROPPED_WHEN_DEFAULT: Final = ("resources", "priority", "tags", "limit")
 
 
 @dataclass(frozen=True)
@@ -546,6 +549,7 @@ def _diff_arrays(plan: Plan, specs: dict[str, JobSpec], units: dict[str, list[tu
         stored = record["spec"]
         old = {**SPEC_DEFAULTS, **stored, "dependencies": sorted(record["dependencies"])}
         new = {**spec.to_spec(), "dependencies": sorted(spec.dependencies)}
+        new.update({k: None for k in DROPPED_WHEN_DEFAULT if k in stored and k not in new})
         for key in new:
             a, b = old.get(key), new[key]
             if key == "tasks" and isinstance(a, dict) and isinstance(b, dict):
@@ -680,6 +684,7 @@ def _diff(plan: Plan, specs: dict[str, JobSpec], current: dict[str, Current],
             continue
         old = {**SPEC_DEFAULTS, **cur.record["spec"], "dependencies": sorted(cur.record["dependencies"])}
         new = {**spec.to_spec(), "dependencies": sorted(spec.dependencies)}
+        new.update({k: None for k in DROPPED_WHEN_DEFAULT if k in cur.record["spec"] and k not in new})
         for key in new:
             if old.get(key) != new[key]:
                 plan.changes.append({"job": j, "field": key, "old": old.get(key), "new": new[key],

@@ -57,7 +57,10 @@ def detect(env: Mapping[str, str] | None = None) -> Capacity:
     """The capacity of where we run, with nothing declared."""
     env = os.environ if env is None else env
     cores = _affinity()
-    return Capacity(cpus=slurm_cpus(env) or len(cores) or (os.cpu_count() or 1), gpus=detect_gpus(env),
+    cpus = slurm_cpus(env) or len(cores) or (os.cpu_count() or 1)
+    if cores and len(cores) < (os.cpu_count() or 0):  # a mask narrower than the machine (an srun
+        cpus = min(cpus, len(cores))                   # task of several on a node) is ours alone
+    return Capacity(cpus=cpus, gpus=detect_gpus(env),
                     mem_gb=slurm_mem_gb(env) or psutil.virtual_memory().total / GIB, cores=cores)
 
 
@@ -108,8 +111,12 @@ def detect_gpus(env: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def parse_gpus(text: str) -> tuple[str, ...]:
-    """``"0,1,3"`` -> its ids; ``"4"`` alone is a list of one id (``--gpus`` says how many)."""
-    return tuple(dict.fromkeys(g.strip() for g in text.split(",") if g.strip() and g.strip() != "NoDevFiles"))
+    """``"0,1,3"`` -> its ids; ``"4"`` alone is a list of one id (``--gpus`` says how many).
+    As CUDA reads CUDA_VISIBLE_DEVICES, a negative id ends the list: ``"-1"``, the common
+    way to hide every GPU, names none (not a GPU called "-1")."""
+    ids = [g.strip() for g in text.split(",") if g.strip() and g.strip() != "NoDevFiles"]
+    end = next((i for i, g in enumerate(ids) if g.startswith("-") and g[1:].isdigit()), len(ids))
+    return tuple(dict.fromkeys(ids[:end]))
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,7 @@ class Ledger:
         self._free = capacity.total()
         self._gpus = list(capacity.gpus)
         self._cores = list(capacity.cores)
+        self._out: dict[int, Assignment] = {}  # what is held now, by identity: a second give is a no-op
 
     def missing(self, needs: Mapping[str, float]) -> str | None:
         """What of ``needs`` this worker could never give, even idle ("2 gpus; it has 1"), or None."""
@@ -177,10 +185,16 @@ class Ledger:
             gpus, self._gpus = tuple(self._gpus[:n_gpus]), self._gpus[n_gpus:]
             cores = tuple(self._cores[:min(n_cores, len(self._cores))])
             self._cores = self._cores[len(cores):]
-            return Assignment(dict(needs), gpus, cores)
+            held = Assignment(dict(needs), gpus, cores)
+            self._out[id(held)] = held
+            return held
 
     def give(self, held: Assignment) -> None:
+        """Return what ``held`` took; once only (an error path that gives back what was
+        already given back must not make room the worker has not)."""
         with self._lock:
+            if self._out.pop(id(held), None) is None:
+                return
             for k, v in held.needs.items():
                 self._free[k] += v
             self._gpus = [g for g in self.capacity.gpus if g in set(self._gpus) | set(held.gpus)]

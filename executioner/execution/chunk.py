@@ -52,7 +52,7 @@ class ChunkTry:
         self.running = 0
         self.checked = time.monotonic()  # claimed just now: first checked HELD_CHECK from now
         self.held = True
-        self.needs = placement.needs(self.spec)  # of each task
+        self.needs = worker._fitted(placement.needs(self.spec))  # of each task, as the claim counted them
         self.limit = slots.limit_of(self.spec)  # each runner holds one slot of it (see _wait_for_permit)
         self.slot_looked = 0.0  # when a runner last looked for a free slot of it
 
@@ -118,6 +118,8 @@ class ChunkTry:
             while True:
                 if self.left <= self.running or self._stopping():
                     return None
+                if self.running == 0 and w._reserved is not None:
+                    return None  # every runner stopped for the reservation: the chunk ends here
                 now = time.monotonic()
                 if w._reserved is None and (self.limit is None or now - self.slot_looked >= SLOT_LOOK) \
                         and w._permits.acquire(blocking=False):
@@ -165,6 +167,9 @@ class ChunkTry:
             self.held = self.claim.still_held()
         return self.held
 
+    def _yield_to_reservation(self, borrowed: bool) -> bool:
+        return self.worker._reserved is not None and (borrowed or not self.worker.slurm_dag)
+
     def _runner(self, k: int, borrowed: bool, held: Assignment | None, slot: int | None = None) -> None:
         """Run tasks one after another until none is left: a thread per slot in use, not per
         task, and one pair of spool files it empties for each task."""
@@ -174,8 +179,11 @@ class ChunkTry:
             for path in paths:
                 fds.append(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600))
             env = self.worker.placed_env(held, self.base_env)  # once per runner, not per task
-            # a borrowed runner stops at a reservation (see Claiming._short), freeing its room
-            while not (borrowed and self.worker._reserved is not None) and (p := self._next()) is not None:
+            # every runner stops at a reservation (see Claiming._short), freeing its room: the
+            # reserved job waits for one task, not the whole chunk; the tasks not started go
+            # back to queued/ as a piece (a Slurm element's first runner goes on: its pieces
+            # must stay its own)
+            while not self._yield_to_reservation(borrowed) and (p := self._next()) is not None:
                 self._task(p, (fds[0], fds[1]), held, env)
         except Exception:  # ours (no spool file): the tasks not started stay for the pieces
             log.exception("chunk %s of run %s: internal error", self.claim.job_id, self.claim.run.run_id)

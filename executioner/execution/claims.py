@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable
 
 from ..errors import ForeignFile
-from ..protocol import store
+from ..protocol import placement, store
 from ..protocol.pieces import is_chunk
 from ..protocol.scrub import folder_problem
 from .events import Events
@@ -136,6 +136,7 @@ class Claiming(Placing):
             if need_listing:
                 if listings >= 3:
                     return None  # others keep beating us to every job: let them, for now
+                self._recheck_index(run_id)
                 names = sorted(store.list_jobs(run, "queued"))
                 if self.only_jobs is not None:
                     names = [n for n in names if self._wanted(n)]
@@ -221,6 +222,7 @@ class Claiming(Placing):
             store.release(claim)
             with self._lock:
                 self._not_before[(run_id, job_id)] = time.monotonic() + wait
+            self._unreserve((run_id, job_id))  # reserved, it would hold the worker idle until then
             return False
         record = claim.record
         limit = record["spec"].get("max_retry_time")
@@ -343,7 +345,10 @@ class Claiming(Placing):
                     log.warning("skipping run %s: %s", run_id, problem)
                 return None
             try:
-                self._records[run_id] = store.read_run_record(run)
+                # RACE: a resume may replace run.json between this stat and the read: then
+                # the next check finds a newer file than the one we stat'ed, and reads it again
+                self._record_seen[run_id] = self._record_stat(run_id) or (0, 0, 0)
+                self._records[run_id] = placement.cleaned(store.read_run_record(run))
             except (OSError, ValueError) as e:
                 if run_id not in self._skipped:  # say it once, not on every poll
                     self._skipped.add(run_id)

@@ -39,6 +39,7 @@ def entry_of(run_record: dict[str, Any], unit: str) -> dict[str, Any]:
 class Placing:
     """State and methods of placement; the attributes are set by Worker.__init__."""
 
+    pool: PoolLayout
     ledger: Ledger
     reserve_after: float
     slurm_dag: bool
@@ -56,6 +57,7 @@ class Placing:
     pool: PoolLayout
     poll_min: float
     _rng: random.Random
+    _record_seen: dict[str, tuple[int, int, int]]
 
     def _place(self, run_id: str, job_id: str) -> Assignment | None:
         """Take what the job needs of our free capacity, as the run's placement index says
@@ -214,6 +216,30 @@ class Placing:
                 self._short_since.pop(key or ("", ""), None)
         self._wake.set()
 
+    def _record_stat(self, run_id: str) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.pool.run(run_id).record)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def _recheck_index(self, run_id: str) -> None:
+        """Before a listing of a run where we left jobs for other workers: has run.json
+        changed since we read it (a resume rewrote it, with new needs or tags)? Then read it
+        again and judge those jobs anew: a resume that makes a job fit reaches the workers
+        already running. A run where every job fits here pays nothing (no stat)."""
+        with self._lock:
+            if not any(r == run_id for r, _ in self._wont_fit):
+                return
+        now = self._record_stat(run_id)
+        if now is None or now == self._record_seen.get(run_id):
+            return
+        with self._lock:
+            self._records.pop(run_id, None)
+            self._wont_fit = {k for k in self._wont_fit if k[0] != run_id}
+            self._candidates.pop(run_id, None)
+        self._record(run_id)  # type: ignore[attr-defined]
+
     def _check_needs(self, run_id: str, job_id: str, claim: store.Claim, held: Assignment) -> Assignment | None:
         """The job file is what counts: a spec whose needs or tags differ from the index (a
         resume changed them since we read run.json) is placed again, or put back."""
@@ -222,10 +248,16 @@ class Placing:
         if needs == dict(held.needs) and (not spec.get("tags") or self._never(needs, spec["tags"]) is None):
             return held
         self.ledger.give(held)
-        again = None if self._never(needs, spec.get("tags")) else self.ledger.take(needs)
+        never = self._never(needs, spec.get("tags"))
+        again = None if never else self.ledger.take(needs)
         if again is None:
             store.release(claim)  # RACE: not locked yet, ours alone to put back
             with self._lock:
                 self._records.pop(run_id, None)  # its index is out of date: read run.json again
                 self._candidates.pop(run_id, None)
+                if never:  # the file says never here: claim it no more (until run.json changes)
+                    self._wont_fit.add((run_id, job_id))
+            if never:
+                log.info("job %s of run %s: its file needs %s: left for another worker", job_id, run_id, never)
+                self._unreserve((run_id, job_id))
         return again

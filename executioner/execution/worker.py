@@ -126,6 +126,7 @@ class Worker(Claiming):
         self._sweeping = threading.Lock()
         self._not_before: dict[tuple[str, str], float] = {}  # (run, job) -> monotonic deadline
         self._records: dict[str, dict[str, Any]] = {}
+        self._record_seen: dict[str, tuple[int, int, int]] = {}  # run -> run.json's (inode, mtime, size) when read
         self._last_sweep: dict[str, float] = {}
         self._last_scrub: dict[str, float] = {}
         self._last_reap: dict[str, float] = {}

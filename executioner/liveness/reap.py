@@ -76,6 +76,26 @@ def owner_dead_here(claim: dict[str, Any]) -> bool:
         return False
 
 
+def kill_orphans(token: str) -> int:
+    """SIGKILL the processes of this host carrying claim ``token``'s marker (``EXEC_CLAIM``,
+    see :func:`executioner.execution.execute.run_command`): a command runs in a session of
+    its own, so a worker killed outright (SIGKILL, the OOM killer) leaves it running, with
+    the GPU ids and cores it was given. Killed before its job is requeued, it never runs
+    beside its own rerun, nor shares a GPU with it. Only when a claim's worker died on this
+    host (a scan of our processes, on that rare event only); the count killed."""
+    killed = 0
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("EXEC_CLAIM") == token:
+                p.kill()
+                killed += 1
+        except (psutil.Error, OSError):  # gone, or not ours to read
+            continue
+    if killed:
+        log.warning("killed %d process(es) left running by the dead worker of claim %s", killed, token)
+    return killed
+
+
 class Reaper:
     """Judges the claims of a pool; one per worker (or per ``exec-submit --wait``).
 
@@ -228,6 +248,9 @@ class Reaper:
         verdict = self.judge(run, job, record, mono, {})
         if not verdict.stale:
             return None
+        claim = self._claims.get(job.path)
+        if claim is not None and owner_dead_here(claim):
+            kill_orphans(job.token)
         return requeue_lost(run, job.job_id, job.token, record, verdict.reason, self._claims.get(job.path))
 
 

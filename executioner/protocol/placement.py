@@ -27,6 +27,7 @@ from typing import Any, Final, Iterable
 
 DEFAULT_NEEDS: Final = {"cpus": 1}
 SLURM_RESOURCES: Final = ("cpus", "gpus", "mem_gb")
+INDEX_MAX: Final = 1_000_000  # the most of anything validation lets a job ask for
 
 
 def needs(spec: dict[str, Any]) -> dict[str, float]:
@@ -73,9 +74,36 @@ def run_fields(specs: Iterable[tuple[str, dict[str, Any]]], limits: dict[str, in
 
 def lookup(run_record: dict[str, Any], job: str) -> dict[str, Any]:
     """The index entry of ``job`` (an array's name for a chunk), {} when it has none or the
-    record's index is not a mapping (a damaged or hand-edited run.json costs only order)."""
+    record's index is not a mapping (a damaged or hand-edited run.json costs only order).
+    A worker reads the index through :func:`cleaned` first."""
     found = run_record.get("placement")
     if type(found) is not dict:
         return {}
     e = found.get(job)
     return e if type(e) is dict else {}
+
+
+def cleaned(run_record: dict[str, Any]) -> dict[str, Any]:
+    """``run_record`` with each index entry's needs or tags of the wrong shape, sign or size
+    left out (a hand-edited or damaged run.json; the job file decides at the claim): a
+    negative need would add room to a worker's ledger, a text would raise in it, a huge one
+    would keep a job that fits from ever being claimed. Once per read of run.json, so a
+    lookup stays a dict access."""
+    found = run_record.get("placement")
+    if type(found) is not dict:
+        return run_record
+    fixed: dict[str, Any] = {}
+    for job, e in found.items():
+        if type(e) is not dict:
+            continue
+        tags = e.get("tags")
+        bad_needs = "needs" in e and not _usable_needs(e["needs"])
+        bad_tags = tags is not None and not (type(tags) is list and all(type(t) is str for t in tags))
+        if bad_needs or bad_tags:
+            fixed[job] = {k: v for k, v in e.items() if not (k == "needs" and bad_needs or k == "tags" and bad_tags)}
+    return {**run_record, "placement": {**found, **fixed}} if fixed else run_record
+
+
+def _usable_needs(value: Any) -> bool:
+    """Needs as an index may hold them: names to numbers from 0 to what validation allows."""
+    return type(value) is dict and all(type(v) in (int, float) and 0 <= v <= INDEX_MAX for v in value.values())

@@ -118,7 +118,7 @@ _SPEC_KEYS: Final = {
     "retry_backoff": ("pos_num", False), "max_retries": ("any_int", False), "max_lost": ("any_int", False),
     "retry_on_exit_codes": ("int_list", True), "retry_on_status": ("str_list", False),
     "outputs": ("str_list", False), "always_rerun": ("bool", False), "slurm": ("object", True),
-    "resources": ("object", False), "priority": ("any_int", False), "tags": ("str_list", False),
+    "resources": ("amounts", False), "priority": ("any_int", False), "tags": ("str_list", False),
     "limit": (_STR, True),
 }
 
@@ -137,7 +137,21 @@ def _spec_kind_ok(kind: str, value: Any) -> bool:
         return isinstance(value, bool)
     if kind == "object":
         return isinstance(value, dict)
+    if kind == "amounts":
+        return amounts_ok(value)
     return isinstance(value, str)
+
+
+def amounts_ok(value: Any) -> bool:
+    """A mapping of names to amounts a worker's ledger can count: numbers >= 0 (not a bool,
+    not a text; a negative amount would *add* room to the ledger: overcommit)."""
+    return type(value) is dict and all(type(v) in (int, float) and v >= 0 for v in value.values())
+
+
+def _slurm_amounts_ok(slurm: Any) -> bool:
+    """A plain job's ``slurm: {cpus, gpus, mem_gb}`` count as its resources (runs written
+    before ``resources`` existed): the same rule."""
+    return type(slurm) is not dict or amounts_ok({k: slurm[k] for k in ("cpus", "gpus", "mem_gb") if k in slurm})
 
 
 def spec_problem(spec: Any) -> str | None:
@@ -154,8 +168,10 @@ def spec_problem(spec: Any) -> str | None:
         if key in spec and not (spec[key] is None and nullable) and not _spec_kind_ok(kind, spec[key]):
             what = {"any_num": "a number", "pos_num": "a number > 0", "any_int": "a whole number",
                     "int_list": "a list of whole numbers", "str_list": "a list of strings", "bool": "true or false",
-                    "object": "an object", _STR: "a string"}[kind]
+                    "object": "an object", "amounts": "a mapping of names to numbers >= 0", _STR: "a string"}[kind]
             return f"spec.{key} is {_show(spec[key])}, not {what}"
+    if not _slurm_amounts_ok(spec.get("slurm")):
+        return f"spec.slurm is {_show(spec['slurm'])}: its cpus, gpus and mem_gb must be numbers >= 0"
     return None
 
 
@@ -232,7 +248,7 @@ _QUICK_JOB: Final = _quick_table(_JOB_KEYS)
 _QUICK_TRY: Final = _quick_table(_TRY_KEYS)
 _QUICK_SPEC: Final = {  # spec key -> allowed types, and what the values of a list must be
     key: ({"any_num": (int, float), "pos_num": (int, float), "any_int": (int,), "int_list": (list,),
-           "str_list": (list,), "bool": (bool,), "object": (dict,), _STR: (str,)}[kind] + ((_NONE,) if nullable else ()),
+           "str_list": (list,), "bool": (bool,), "object": (dict,), "amounts": (dict,), _STR: (str,)}[kind] + ((_NONE,) if nullable else ()),
           {"int_list": int, "str_list": str}.get(kind), kind == "pos_num")
     for key, (kind, nullable) in _SPEC_KEYS.items()
 }
@@ -298,6 +314,8 @@ def _plain_job_ok(record: Any, job_id: str) -> bool:
                     return False
         elif rule[2] and value <= 0:
             return False
+    if ("resources" in spec and not amounts_ok(spec["resources"])) or not _slurm_amounts_ok(spec.get("slurm")):
+        return False
     for entry in tries:
         if type(entry) is not dict or type(entry.get("status")) is not str or not _quick_typed(entry, _QUICK_TRY):
             return False

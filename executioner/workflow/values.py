@@ -218,6 +218,18 @@ def check_slurm(v: Any) -> Any:
     return dict(v)
 
 
+def _builtin_meant(name: str) -> str | None:
+    """The built-in resource a custom name is a typo of (``Cpus``, ``gpu``, ``memory_gb``):
+    any name is a custom resource, which a job would wait for in queued/ for ever."""
+    if name in SLURM_RESOURCES:
+        return None
+    low = name.lower()
+    if low in ("mem", "memory", "ram"):
+        return "mem_gb"
+    close = difflib.get_close_matches(low, SLURM_RESOURCES, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
 def check_resources(v: Any) -> Any:
     """A ``resources:`` mapping: what one job (or one task of an array) needs of a worker."""
     if not isinstance(v, dict):
@@ -226,6 +238,8 @@ def check_resources(v: Any) -> Any:
     for k, x in v.items():
         if not isinstance(k, str) or not RESOURCE_NAME.fullmatch(k):
             return Problem(f"{show(k)} is not a resource name ({RESOURCE_NAME.pattern})")
+        if (meant := _builtin_meant(k)) is not None:
+            return Problem(f"{show(k)}: no worker declares such a resource (did you mean {meant!r}?)")
         if k == "mem_gb":
             if not (is_number(x) and 0 <= x <= MAX_MEM_GB):
                 return Problem(f"mem_gb must be a number of GB from 0 to {MAX_MEM_GB:g}, not {show(x)}")
