@@ -300,3 +300,19 @@ def test_array_tasks_get_gpus_of_their_own(pool: Path, tmp_path: Path) -> None:
         ids = [r[3][0] for r in group]
         assert len(ids) == len(set(ids)) and len(ids) <= 3
     assert max(len(g) for g in overlapping(rows)) >= 2
+
+
+@pytest.mark.timeout(60)
+def test_thread_counts_only_for_jobs_that_declare_cpus(pool: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every plain job got OMP_NUM_THREADS=1: a multi-threaded job that asks for nothing was
+    made single-threaded on a big node. Only a job declaring cpus gets its thread counts."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    ledger = tmp_path / "ledger"
+    submit(pool, tmp_path, [job("plain", ledger, 0, "OMP_NUM_THREADS", "MKL_NUM_THREADS"),
+                            job("four", ledger, 0, "OMP_NUM_THREADS", "MKL_NUM_THREADS", resources={"cpus": 4}),
+                            job("sweep", ledger, 0, "OMP_NUM_THREADS", array=2)])
+    in_process(pool, Capacity(cpus=8), slots=2)
+    seen = {r[2]: r[3] for r in read_ledger(ledger)}
+    assert seen == {"plain": ["-", "-"], "four": ["4", "4"], "sweep": ["-"]}, seen

@@ -178,7 +178,7 @@ class ChunkTry:
         try:
             for path in paths:
                 fds.append(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600))
-            env = self.worker.placed_env(held, self.base_env)  # once per runner, not per task
+            env = self.worker.placed_env(held, self.base_env, self.spec)  # once per runner, not per task
             # every runner stops at a reservation (see Claiming._short), freeing its room: the
             # reserved job waits for one task, not the whole chunk; the tasks not started go
             # back to queued/ as a piece (a Slurm element's first runner goes on: its pieces

@@ -447,18 +447,23 @@ class Worker(Claiming):
         if waiting:
             self._wake.set()
 
-    def placed_env(self, held: Assignment | None,
-                   base: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    def placed_env(self, held: Assignment | None, base: dict[str, str] | None = None,
+                   spec: dict[str, Any] | None = None) -> tuple[dict[str, str], dict[str, str]]:
         """The environment a command starts from, and the variables of its placement that
         nothing may override: thread counts (OMP_NUM_THREADS, ...) go in the first, which the
-        workflow's env may change; its GPUs and EXEC_RESOURCES in the second."""
+        workflow's env may change; its GPUs and EXEC_RESOURCES in the second. Thread counts
+        only for a job that declares its ``cpus`` (or one pinned to its cores by --bind): a
+        job asking nothing keeps the threads it always had, rather than one."""
         base = dict(os.environ if base is None else base)
         if held is None:
             return base, {}
         placed = held.env(bool(self.capacity.gpus))
+        declared = "cpus" in ((spec or {}).get("resources") or {}) or bool(held.cores)
         for name in THREAD_VARS:
             if name in placed:
-                base[name] = placed.pop(name)
+                value = placed.pop(name)
+                if declared:
+                    base[name] = value
         return base, placed
 
     def _execute(self, claim: store.Claim) -> None:
@@ -469,7 +474,7 @@ class Worker(Claiming):
         cwd = os.path.normpath(os.path.join(run_record["workdir"], spec["workdir"] or ""))
         out, err = run.log(claim.job_id, try_number, "out"), run.log(claim.job_id, try_number, "err")
         held = self._assigned.get(claim.token)
-        base, placed = self.placed_env(held)
+        base, placed = self.placed_env(held, spec=spec)
         try:
             env = build_env(base, [run_record["env"], spec["env"]], {
                 "EXEC_RUN_ID": run.run_id, "EXEC_JOB_ID": claim.job_id, "EXEC_TRY": str(try_number),
