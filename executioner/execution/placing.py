@@ -160,17 +160,23 @@ class Placing:
     def _note_short(self, run_id: str, names: list[str]) -> None:
         """At a listing, the jobs that need more than is free now start waiting (and are
         tried first when room frees), wherever the listing's order puts them: a big job's
-        wait is counted from when we first saw it, not from when a slot came to it."""
+        wait is counted from when we first saw it, not from when a slot came to it (also
+        for one that fits at the listing, whose clock stops when it is claimed)."""
         record = self._records.get(run_id) or {}
         for name in names:
             needs = entry_of(record, name).get("needs")
-            if needs and (run_id, name) not in self._wont_fit and not self.ledger.fits(needs) \
-                    and self.ledger.missing(needs) is None:
+            if needs and (run_id, name) not in self._wont_fit and self.ledger.missing(needs) is None:
+                # Its wait starts now even if it fits now: the listing's order may bring a
+                # slot to it only after smaller jobs have taken the room (then its wait
+                # was counted from that late moment, and the guard came too late).
+                fits = self.ledger.fits(needs)
                 with self._lock:
+                    self._short_since.setdefault((run_id, name), time.monotonic())
+                    if fits:
+                        continue
                     waiting = self._deferred.setdefault(run_id, [])
                     if name not in waiting and len(waiting) < MAX_DEFERRED:
                         waiting.append(name)
-                    self._short_since.setdefault((run_id, name), time.monotonic())
 
     def _undefer(self, run_id: str, job_id: str) -> None:
         with self._lock:
