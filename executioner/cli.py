@@ -489,6 +489,17 @@ def _log_flags(a: argparse.Namespace) -> str | None:
     return None
 
 
+def _view_flags(a: argparse.Namespace) -> str | None:
+    """Why the views asked for do not go together, or None (each of these views goes alone)."""
+    views = [f for f, v in (("--joblog", a.joblog), ("--log", a.log), ("--attempts", a.attempts),
+                            ("--job", a.job)) if v]
+    if a.joblog and len(views) > 1:
+        return f"--joblog goes alone: not with {views[1]}"
+    if a.joblog and a.json:
+        return "--joblog prints GNU parallel's joblog format: not with --json"
+    return None
+
+
 def _status_main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="exec-status", description="Show the runs of a pool, or the jobs of a run.")
     p.add_argument("dir", nargs="?", help="a pool directory or a run directory (default: $EXEC_POOL); "
@@ -504,6 +515,8 @@ def _status_main(argv: list[str] | None = None) -> int:
                         "skipped, held, lost)")
     p.add_argument("--all", action="store_true",
                    help=f"every row, even above {LIMIT} (else a summary: failures, running jobs, arrays)")
+    p.add_argument("--joblog", action="store_true",
+                   help="every ended try in GNU parallel's --joblog format (tab-separated, one line per try)")
     g = p.add_argument_group("logs")
     g.add_argument("--log", metavar="JOB", help="the output of JOB's last try (or of task sim:4), "
                    "or of try N with --try")
@@ -514,7 +527,7 @@ def _status_main(argv: list[str] | None = None) -> int:
     g.add_argument("--tail", type=int, metavar="N", help="with --log: its last N lines only")
     g.add_argument("--follow", action="store_true", help="with --log: follow a running try until it ends")
     a = p.parse_args(argv)
-    bad = _log_flags(a)
+    bad = _log_flags(a) or _view_flags(a)
     if bad:
         return _fail(p.prog, bad)
     # A short-lived reader: the cyclic collector would walk every job record read so far
@@ -534,6 +547,12 @@ def _status_main(argv: list[str] | None = None) -> int:
             if not is_run_dir(path):
                 raise PoolError("no such run (no run.json)", path)
             run = RunLayout(os.path.abspath(path))
+            if a.joblog:
+                from .views.joblog import write_joblog
+
+                write_joblog(run, sys.stdout)
+                sys.stdout.flush()
+                return EXIT_OK
             if a.log:
                 from .views.show import print_logs
 
@@ -564,8 +583,9 @@ def _status_main(argv: list[str] | None = None) -> int:
             else:  # plain text: rich takes minutes for 100,000 rows
                 sys.stdout.write(run_text(data, sys.stdout.isatty() and not os.environ.get("NO_COLOR")))
                 sys.stdout.flush()
-        elif a.attempts or a.job or a.log:
-            raise PoolError("--attempts, --job and --log need a run: exec-status POOL RUN_ID --attempts", a.dir)
+        elif a.attempts or a.job or a.log or a.joblog:
+            raise PoolError("--attempts, --job, --log and --joblog need a run: exec-status POOL RUN_ID --attempts",
+                            a.dir)
         else:
             pool = PoolLayout(os.path.abspath(a.dir))
             data = pool_status(pool)
