@@ -491,10 +491,10 @@ def _log_flags(a: argparse.Namespace) -> str | None:
 
 def _view_flags(a: argparse.Namespace) -> str | None:
     """Why the views asked for do not go together, or None (each of these views goes alone)."""
-    views = [f for f, v in (("--joblog", a.joblog), ("--log", a.log), ("--attempts", a.attempts),
-                            ("--job", a.job)) if v]
-    if a.joblog and len(views) > 1:
-        return f"--joblog goes alone: not with {views[1]}"
+    views = [f for f, v in (("--joblog", a.joblog), ("--workers", a.workers), ("--log", a.log),
+                            ("--attempts", a.attempts), ("--job", a.job)) if v]
+    if (a.joblog or a.workers) and len(views) > 1:
+        return f"{views[0]} goes alone: not with {views[1]}"
     if a.joblog and a.json:
         return "--joblog prints GNU parallel's joblog format: not with --json"
     return None
@@ -517,6 +517,9 @@ def _status_main(argv: list[str] | None = None) -> int:
                    help=f"every row, even above {LIMIT} (else a summary: failures, running jobs, arrays)")
     p.add_argument("--joblog", action="store_true",
                    help="every ended try in GNU parallel's --joblog format (tab-separated, one line per try)")
+    p.add_argument("--workers", action="store_true",
+                   help="every worker seen in the pool: host, pid, runs, claims held, capacity, last heartbeat, "
+                        "alive or dead (with a run: those serving it)")
     g = p.add_argument_group("logs")
     g.add_argument("--log", metavar="JOB", help="the output of JOB's last try (or of task sim:4), "
                    "or of try N with --try")
@@ -542,6 +545,8 @@ def _status_main(argv: list[str] | None = None) -> int:
     elif a.run_id is None and env_pool and os.sep not in a.dir and not os.path.lexists(a.dir):
         a.dir, a.run_id = env_pool, a.dir  # `exec-status RUN`: a run of $EXEC_POOL
     try:
+        if a.workers:
+            return _workers_view(a)
         if a.run_id or is_run_dir(a.dir):
             path = os.path.join(a.dir, a.run_id) if a.run_id else a.dir
             if not is_run_dir(path):
@@ -594,6 +599,28 @@ def _status_main(argv: list[str] | None = None) -> int:
         return _fail(p.prog, e)
     return EXIT_OK
 
+
+
+def _workers_view(a: argparse.Namespace) -> int:
+    """``exec-status POOL [RUN] --workers [--json] [--all]``."""
+    from .views.workers import workers_status, workers_text
+
+    run = None
+    if a.run_id or is_run_dir(a.dir):
+        path = os.path.join(a.dir, a.run_id) if a.run_id else a.dir
+        if not is_run_dir(path):
+            raise PoolError("no such run (no run.json)", path)
+        run = RunLayout(os.path.abspath(path))
+        pool = PoolLayout(os.path.dirname(run.root))
+    else:
+        pool = PoolLayout(os.path.abspath(a.dir))
+    data = workers_status(pool, run, everything=a.all)
+    if a.json:
+        emit(data, True, None)
+    else:
+        sys.stdout.write(workers_text(data, pool))
+        sys.stdout.flush()
+    return EXIT_OK
 
 
 submit_main = _command("exec-submit", _submit_main)
