@@ -491,9 +491,15 @@ def _log_flags(a: argparse.Namespace) -> str | None:
 
 def _view_flags(a: argparse.Namespace) -> str | None:
     """Why the views asked for do not go together, or None (each of these views goes alone)."""
-    views = [f for f, v in (("--joblog", a.joblog), ("--workers", a.workers), ("--log", a.log),
-                            ("--attempts", a.attempts), ("--job", a.job)) if v]
-    if (a.joblog or a.workers) and len(views) > 1:
+    views = [f for f, v in (("--watch", a.watch), ("--joblog", a.joblog), ("--workers", a.workers),
+                            ("--log", a.log), ("--attempts", a.attempts), ("--job", a.job)) if v]
+    if not (math.isfinite(a.interval) and 0.05 <= a.interval <= 3600):
+        return f"--interval must be a number of seconds from 0.05 to 3600, not {a.interval:g}"
+    if a.interval != 1.0 and not a.watch:
+        return "--interval goes with --watch"
+    if a.watch and a.json:
+        return "--watch is a live view: not with --json"
+    if (a.watch or a.joblog or a.workers) and len(views) > 1:
         return f"{views[0]} goes alone: not with {views[1]}"
     if a.joblog and a.json:
         return "--joblog prints GNU parallel's joblog format: not with --json"
@@ -520,6 +526,11 @@ def _status_main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", action="store_true",
                    help="every worker seen in the pool: host, pid, runs, claims held, capacity, last heartbeat, "
                         "alive or dead (with a run: those serving it)")
+    p.add_argument("--watch", action="store_true",
+                   help="a live view of the run (or the pool) until it ends (exit 0 done, 1 failed), q or Ctrl-C "
+                        "(130); without a terminal, one line per change")
+    p.add_argument("--interval", type=float, default=1.0, metavar="S",
+                   help="with --watch: seconds between looks while the run changes (default 1; idle: up to 10)")
     g = p.add_argument_group("logs")
     g.add_argument("--log", metavar="JOB", help="the output of JOB's last try (or of task sim:4), "
                    "or of try N with --try")
@@ -547,6 +558,8 @@ def _status_main(argv: list[str] | None = None) -> int:
     try:
         if a.workers:
             return _workers_view(a)
+        if a.watch:
+            return _watch_view(a)
         if a.run_id or is_run_dir(a.dir):
             path = os.path.join(a.dir, a.run_id) if a.run_id else a.dir
             if not is_run_dir(path):
@@ -599,6 +612,28 @@ def _status_main(argv: list[str] | None = None) -> int:
         return _fail(p.prog, e)
     return EXIT_OK
 
+
+
+def _watch_view(a: argparse.Namespace) -> int:
+    """``exec-status POOL [RUN] --watch [--interval S]``."""
+    from .views.live import watch
+
+    run = None
+    if a.run_id or is_run_dir(a.dir):
+        path = os.path.join(a.dir, a.run_id) if a.run_id else a.dir
+        if not is_run_dir(path):
+            raise PoolError("no such run (no run.json)", path)
+        run = RunLayout(os.path.abspath(path))
+        pool = PoolLayout(os.path.dirname(run.root))
+    elif not os.path.isdir(a.dir):
+        raise PoolError("no such pool directory", a.dir)
+    else:
+        pool = PoolLayout(os.path.abspath(a.dir))
+    try:
+        return watch(pool, run, a.interval)
+    except KeyboardInterrupt:  # a second Ctrl-C before the first was handled
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return 130
 
 
 def _workers_view(a: argparse.Namespace) -> int:

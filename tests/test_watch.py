@@ -1,0 +1,147 @@
+"""exec-status POOL RUN --watch: a live view on a pseudo-terminal (read back by stripping the
+ANSI sequences), one line per change without one, and its exit codes."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from executioner.protocol.fsio import HOST
+
+from .conftest import submit
+from .test_faults import start_worker
+
+STATUS = "import sys; from executioner.cli import status_main; sys.exit(status_main(sys.argv[1:]))"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>78]")
+
+
+class Screen:
+    """A command on a pseudo-terminal of 140 x 50, its output collected by a thread."""
+
+    def __init__(self, *args: str):
+        self.leader, follower = pty.openpty()
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 140, 0, 0))
+        self.proc = subprocess.Popen([sys.executable, "-c", STATUS, *args], stdin=follower, stdout=follower,
+                                     stderr=follower, close_fds=True, env={**os.environ, "TERM": "xterm"})
+        os.close(follower)
+        self.chunks: list[bytes] = []
+        self.reader = threading.Thread(target=self._drain, daemon=True)
+        self.reader.start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                data = os.read(self.leader, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            self.chunks.append(data)
+
+    def text(self) -> str:
+        return ANSI.sub("", b"".join(self.chunks).decode(errors="replace"))
+
+    def wait_text(self, *words: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.text()
+            if all(w in text for w in words):
+                return text
+            assert time.monotonic() < deadline, f"never showed {words}: {text[-3000:]}"
+            assert self.proc.poll() is None, f"exited {self.proc.returncode}: {text[-3000:]}"
+            time.sleep(0.05)
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.leader, keys)
+
+    def close(self) -> int:
+        code = self.proc.wait(timeout=30)
+        self.reader.join(5)
+        os.close(self.leader)
+        return code
+
+
+def test_watch_shows_counts_and_a_running_job_then_exits_0_when_the_run_is_done(pool: Path, make_workflow) -> None:
+    run = submit(pool, make_workflow([{"id": f"j{i}", "command": "sleep 1.5"} for i in range(4)]))
+    screen = Screen(str(pool), run.run_id, "--watch", "--interval", "0.2")
+    try:
+        screen.wait_text(run.run_id, "queued 4", "workers (0 alive", "no live worker")
+        worker = start_worker(pool, "-j", "2", "--exit-when-idle", "1", "--heartbeat", "1", "--stale-after", "5")
+        text = screen.wait_text("running 2", "running (2)", HOST, "1 alive")
+        assert re.search(r"j[0-3]\s+1\s+" + re.escape(HOST), text), text[-2000:]  # job, try 1, its host
+        assert worker.wait(timeout=60) == 0
+        assert screen.close() == 0
+    finally:
+        screen.proc.kill()
+    text = screen.text()
+    assert "done 4" in text and "4/4" in text and "Traceback" not in text
+    assert text.rstrip().endswith(f"{run.run_id}: done  waiting 0  queued 0  running 0  done 4  failed 0  blocked 0")
+
+
+def test_q_exits_and_failures_show_their_last_stderr_line(pool: Path, make_workflow) -> None:
+    run = submit(pool, make_workflow([{"id": "bad", "command": "echo first >&2; echo the last words >&2; exit 3"},
+                                      {"id": "later", "command": "sleep 30", "dependencies": []}]))
+    worker = start_worker(pool, "-j", "2", "--heartbeat", "1", "--stale-after", "5")
+    screen = Screen(str(pool), run.run_id, "--watch", "--interval", "0.2")
+    try:
+        text = screen.wait_text("latest failures (1)", "the last words", "running (1)")
+        assert re.search(r"bad\s+3\s+the last words", text)
+        screen.type(b"q")
+        assert screen.close() == 0
+    finally:
+        screen.proc.kill()
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
+def test_watch_of_a_removed_run_is_one_line_and_exit_1(pool: Path, make_workflow) -> None:
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
+    screen = Screen(str(pool), run.run_id, "--watch", "--interval", "0.1")
+    try:
+        screen.wait_text("queued 1")
+        shutil.rmtree(run.root)
+        assert screen.close() == 1
+    finally:
+        screen.proc.kill()
+    text = screen.text()
+    assert "Traceback" not in text and "the run was removed" in text
+
+
+def test_watch_without_a_terminal_prints_a_line_per_change_and_exits_1_when_the_run_failed(
+        pool: Path, make_workflow) -> None:
+    run = submit(pool, make_workflow([{"id": "a", "command": "exit 2"},
+                                      {"id": "b", "command": "true", "dependencies": ["a"]}]))
+    proc = subprocess.Popen([sys.executable, "-c", STATUS, str(pool), run.run_id, "--watch", "--interval", "0.1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    time.sleep(0.5)  # it has printed its first line (a test of output, not of timing: any moment works)
+    worker = start_worker(pool, "--exit-when-idle", "0.5")
+    out, err = proc.communicate(timeout=60)
+    worker.wait(timeout=60)
+    assert proc.returncode == 1, err
+    lines = out.splitlines()
+    assert any(f"{run.run_id}: running  waiting 1  queued 1" in line for line in lines)
+    assert lines[-1].endswith(f"{run.run_id}: failed  waiting 0  queued 0  running 0  done 0  failed 1  blocked 1")
+    assert len(set(lines)) == len(lines) and "\x1b" not in out and err == ""
+
+
+@pytest.mark.parametrize("args", [["--watch", "--json"], ["--interval", "2"], ["--watch", "--interval", "0"],
+                                  ["--watch", "--joblog"]])
+def test_watch_flags(pool: Path, make_workflow, args: list[str]) -> None:
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
+    out = subprocess.run([sys.executable, "-c", STATUS, str(pool), run.run_id, *args], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
+
+
