@@ -19,7 +19,7 @@ from .errors import ChangeIncomplete, CorruptFileError, ExecutionerError, PoolEr
 from .protocol.layout import PoolLayout, RunLayout
 from .views.select import LIMIT, parse_states
 from .views.show import attempts_table, emit, job_table, pool_table, run_text
-from .views.status import is_run_dir, pool_status, run_status
+from .views.status import is_run_dir, pool_and_run, pool_status, run_status
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: what a shell reports for `yes | head -1`
@@ -618,19 +618,8 @@ def _watch_view(a: argparse.Namespace) -> int:
     """``exec-status POOL [RUN] --watch [--interval S]``."""
     from .views.live import watch
 
-    run = None
-    if a.run_id or is_run_dir(a.dir):
-        path = os.path.join(a.dir, a.run_id) if a.run_id else a.dir
-        if not is_run_dir(path):
-            raise PoolError("no such run (no run.json)", path)
-        run = RunLayout(os.path.abspath(path))
-        pool = PoolLayout(os.path.dirname(run.root))
-    elif not os.path.isdir(a.dir):
-        raise PoolError("no such pool directory", a.dir)
-    else:
-        pool = PoolLayout(os.path.abspath(a.dir))
     try:
-        return watch(pool, run, a.interval)
+        return watch(*pool_and_run(a.dir, a.run_id), a.interval)
     except KeyboardInterrupt:  # a second Ctrl-C before the first was handled
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         return 130
@@ -640,15 +629,7 @@ def _workers_view(a: argparse.Namespace) -> int:
     """``exec-status POOL [RUN] --workers [--json] [--all]``."""
     from .views.workers import workers_status, workers_text
 
-    run = None
-    if a.run_id or is_run_dir(a.dir):
-        path = os.path.join(a.dir, a.run_id) if a.run_id else a.dir
-        if not is_run_dir(path):
-            raise PoolError("no such run (no run.json)", path)
-        run = RunLayout(os.path.abspath(path))
-        pool = PoolLayout(os.path.dirname(run.root))
-    else:
-        pool = PoolLayout(os.path.abspath(a.dir))
+    pool, run = pool_and_run(a.dir, a.run_id)
     data = workers_status(pool, run, everything=a.all)
     if a.json:
         emit(data, True, None)

@@ -145,3 +145,81 @@ def test_watch_flags(pool: Path, make_workflow, args: list[str]) -> None:
     assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
 
 
+
+
+def test_an_idle_look_reads_no_file_and_the_view_slows_down_while_nothing_changes(
+        pool: Path, make_workflow, monkeypatch) -> None:
+    from executioner.protocol import fsio as fsio_module
+    from executioner.views import looking
+    from executioner.views.live import IDLE_EVERY, _Pacer
+    from executioner.protocol.layout import PoolLayout
+
+    run = submit(pool, make_workflow([{"id": f"j{i}", "command": "true"} for i in range(50)]
+                                     + [{"id": "bad", "command": "exit 1"}]))
+    from .conftest import work
+    work(pool, run, max_jobs=20)
+    layout = PoolLayout(str(pool))
+    looker = looking.Looker(layout, run)
+    first = looker.look()
+    assert first.counts["done"] + first.counts["failed"] == 20 and first.counts["queued"] == 31
+    reads: list[str] = []
+    real_read_job, real_read_json = looking.read_job, fsio_module.read_json
+    monkeypatch.setattr(looking, "read_job", lambda path, unit: reads.append(path) or real_read_job(path, unit))
+    monkeypatch.setattr(fsio_module, "read_json", lambda path, *a, **k: reads.append(path) or real_read_json(path, *a, **k))
+    listed: list[str] = []
+    real_listdir = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda path=".": listed.append(str(path)) or real_listdir(path))
+    for _ in range(5):
+        again = looker.look()
+    assert reads == [] and listed == [] and again.counts == first.counts
+    pacer = _Pacer(0.5)
+    waits = []
+    for _ in range(8):
+        pacer.looked(0.0, False)
+        waits.append(pacer.delay)
+    assert waits[0] == 1.0 and waits[-1] == IDLE_EVERY and sorted(waits) == waits
+    pacer.looked(0.0, True)
+    assert pacer.delay == 0.5
+
+
+def test_the_hook_for_jobs_that_fit_no_worker_is_shown(pool: Path, make_workflow) -> None:
+    from executioner.protocol.layout import PoolLayout
+    from executioner.views.looking import Looker
+
+    run = submit(pool, make_workflow([{"id": "big", "command": "true", "resources": {"gpus": 8}}]))
+    layout = PoolLayout(str(pool))
+    os.makedirs(layout.workers_dir, exist_ok=True)
+    from executioner.protocol.fsio import atomic_write_json
+    atomic_write_json(layout.heartbeat("w-1"), {"worker": "w-1", "host": HOST, "pid": os.getpid(),
+                                               "pid_start": __import__("psutil").Process().create_time()})
+    seen = Looker(layout, run, why=lambda r: [f"big of {r.run_id} needs 8 gpus: no live worker has them"]).look()
+    assert seen.warnings == [f"big of {run.run_id} needs 8 gpus: no live worker has them"]
+    broken = Looker(layout, run, why=lambda r: 1 / 0).look()
+    assert broken.warnings and "cannot tell which jobs fit no worker" in broken.warnings[0]
+
+
+def test_a_pool_view_shows_runs_as_they_come_and_end_and_ctrl_c_exits_130(pool: Path, make_workflow) -> None:
+    import signal
+
+    first = submit(pool, make_workflow([{"id": "a", "command": "true"}], name="one"))
+    proc = subprocess.Popen([sys.executable, "-c", STATUS, str(pool), "--watch", "--interval", "0.1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+
+    def shown(text: str) -> None:
+        deadline = time.monotonic() + 30
+        while not any(text in line for line in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, lines
+            time.sleep(0.05)
+    shown(f"{first.run_id} running (0/1 done, 0 failed)")
+    second = submit(pool, make_workflow([{"id": "b", "command": "exit 1"}], name="two"))
+    shown(f"{second.run_id} running (0/1 done, 0 failed)")
+    from .conftest import work
+    work(pool)
+    shown(f"{first.run_id} done (1/1 done, 0 failed) | {second.run_id} failed (0/1 done, 1 failed)")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130
+    reader.join(5)
+    assert "Traceback" not in proc.stderr.read()

@@ -29,7 +29,7 @@ from typing import Any, Callable, Final
 from ..liveness.clock import StorageClock
 from ..liveness.reap import owner_dead_here
 from ..protocol import fsio
-from ..protocol.layout import JOB_SUFFIX, PoolLayout, RunLayout
+from ..protocol.layout import JOB_SUFFIX, PoolLayout, RunLayout, run_sort_key
 from ..protocol.ready import arrays_of
 from ..protocol.records import read_job
 from ..protocol.snapshot import snapshot
@@ -45,7 +45,7 @@ from .workers import _patience
 SHOWN: Final = 8  # running jobs, failures and workers shown at most
 HEARTBEAT_MAX: Final = 1 << 16
 DURATIONS: Final = 32  # finished jobs sampled for the ETA
-NO_WORKER_GRACE: Final = 10.0  # seconds a view waits before it warns that no worker is alive
+NO_WORKER_GRACE: Final = 2.0  # seconds a view waits before it warns that no worker is alive
 
 
 @dataclass
@@ -107,6 +107,8 @@ class Looker:
         self._beats: dict[str, dict[str, Any]] = {}  # heartbeat name -> record
         self._started = time.monotonic()
         self._pool_rows: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self._root_stamp: Any = None
+        self._run_dirs: list[str] = []
         self._took: list[float] = []
         self._note: str | None = None
         self._counts: dict[str, int] = {}
@@ -251,19 +253,39 @@ class Looker:
 
     # ---- a pool -----------------------------------------------------------------------
     def _pool_runs(self) -> list[dict[str, Any]]:
+        """Every run's row; the pool is listed again only when its mtime changes (a run dir
+        came or went), a run still being built is looked for by its run.json, a finished run
+        (nothing queued or running) is looked at through its run.json alone (a resume
+        rewrites it), a running one through its state folders."""
+        try:
+            root = os.stat(self.pool.root).st_mtime_ns
+        except FileNotFoundError:
+            return []
+        if root != self._root_stamp:
+            self._root_stamp = root
+            try:
+                names = os.listdir(self.pool.root)
+            except FileNotFoundError:
+                names = []
+            self._run_dirs = sorted((n for n in names if not n.startswith(".") and n != "workers"), key=run_sort_key)
         rows = []
-        for run_id in self.pool.run_ids():
+        for run_id in self._run_dirs:
             run = self.pool.run(run_id)
             try:
-                stamp = (folders_stamp(run), os.stat(run.record).st_mtime_ns)
+                st = os.stat(run.record)
             except OSError:
-                continue  # removed meanwhile
+                self._pool_rows.pop(run_id, None)
+                continue  # not published yet, or removed meanwhile
             cached = self._pool_rows.get(run_id)
+            finished = cached is not None and cached[1].get("state") not in ("running", None)
+            stamp: Any = (st.st_ino, st.st_mtime_ns) if finished else (folders_stamp(run), st.st_ino, st.st_mtime_ns)
             if cached is None or cached[0] != stamp:
                 try:
                     status = run_status(run, jobs=False)
                 except (OSError, ValueError) as e:
                     status = {"run_id": run_id, "state": "corrupt", "counts": {}, "reason": str(e)}
+                done = status.get("state") not in ("running", None)
+                stamp = (st.st_ino, st.st_mtime_ns) if done else (folders_stamp(run), st.st_ino, st.st_mtime_ns)
                 cached = self._pool_rows[run_id] = (stamp, status)
             rows.append(cached[1])
         return rows
@@ -308,7 +330,7 @@ class Looker:
             return
         live = [w for w in sample.workers if w["alive"]]
         waiting = sample.counts.get("queued", 0)
-        if waiting and not live and time.monotonic() - self._started >= min(NO_WORKER_GRACE, 2.0):
+        if waiting and not live and time.monotonic() - self._started >= NO_WORKER_GRACE:
             sample.warnings.append(f"no live worker: {waiting} queued wait; start "
                                    f"`exec-worker --pool {self.pool.root}`")
         if self.why is not None and waiting and live:
