@@ -223,3 +223,29 @@ def test_a_pool_view_shows_runs_as_they_come_and_end_and_ctrl_c_exits_130(pool: 
     assert proc.wait(timeout=30) == 130
     reader.join(5)
     assert "Traceback" not in proc.stderr.read()
+
+
+def test_a_crashed_resume_is_a_warning_and_it_follows_the_coordinator(pool: Path, make_workflow) -> None:
+    from executioner.protocol import fsio
+    from executioner.protocol.layout import PoolLayout
+    from executioner.views.looking import Looker
+
+    from .test_status_change import chain_done
+
+    run = chain_done(pool, make_workflow)
+    code = ("import os, sys\nimport executioner.coordinator.change as c\nc._stage = lambda *a: os._exit(9)\n"
+            "from executioner.cli import submit_main\nsys.exit(submit_main(sys.argv[1:]))\n")
+    assert subprocess.run([sys.executable, "-c", code, "--pool", str(pool), "--resume", run.run_id,
+                           "--rollback-to", "j2"]).returncode == 9
+    out = subprocess.run([sys.executable, "-c", STATUS, str(pool), run.run_id, "--watch"], capture_output=True,
+                         text=True, timeout=30)
+    assert f"{run.run_id}: a resume of this run was interrupted: 2 jobs are waiting in" in out.stdout, out.stdout
+    # the coordinator's lock names a live process: in progress; then a dead one: interrupted
+    # again, though no state folder changed in between
+    fsio.atomic_write_json(run.coordinator_info, {"user": "ann", "host": fsio.HOST, "pid": os.getpid(),
+                                                  "action": "from-job", "since": 0})
+    looker = Looker(PoolLayout(str(pool)), run)
+    assert any("is in progress (ann@" in w for w in looker.look().warnings)
+    fsio.atomic_write_json(run.coordinator_info, {"user": "ann", "host": fsio.HOST, "pid": 999_999_999,
+                                                  "action": "from-job", "since": 0})
+    assert any("was interrupted" in w for w in looker.look().warnings)

@@ -152,6 +152,10 @@ class Looker:
             self._note = change_note(run)  # a resume grabs jobs out of the folders: their stamp changes
             self._stamp = stamp
             self._durations(run)
+        elif self._note:
+            # A change staged in .coord/ goes from "in progress" to "interrupted" (or ends) with no
+            # state folder changing: looked at again while there is one (a listing of .coord/)
+            self._note = change_note(run)
         counts = self._counts
         if not counts["queued"] and not counts["running"]:
             if self._status is None:  # blocked and held told apart, and the run's end (graph.json)
