@@ -7,6 +7,7 @@ import fcntl
 import os
 import pty
 import re
+import shlex
 import shutil
 import struct
 import subprocess
@@ -249,3 +250,22 @@ def test_a_crashed_resume_is_a_warning_and_it_follows_the_coordinator(pool: Path
     fsio.atomic_write_json(run.coordinator_info, {"user": "ann", "host": fsio.HOST, "pid": 999_999_999,
                                                   "action": "from-job", "since": 0})
     assert any("was interrupted" in w for w in looker.look().warnings)
+
+
+def test_running_claims_of_dead_workers_are_a_warning(pool: Path, make_workflow, monkeypatch) -> None:
+    from executioner.liveness.clock import storage_now
+    from executioner.protocol.layout import PoolLayout
+    from executioner.views import looking
+
+    from .test_faults import fake_remote_claim
+
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}]))
+    layout = PoolLayout(str(pool))
+    fake_remote_claim(pool, run, "a", worker="far-1-abcd", host="far-away-host")
+    os.utime(layout.heartbeat("far-1-abcd"), (storage_now(layout) - 600,) * 2)
+    monkeypatch.setattr(looking, "NO_WORKER_GRACE", 0.0)
+    sample = looking.Looker(layout, run).look()
+    assert sample.running[0]["job"] == "a" and sample.running[0]["host"] == "far-away-host"
+    assert [w["alive"] for w in sample.workers] == [False]
+    assert sample.warnings == ["no live worker: 1 running belong to workers that look dead (a reaper requeues "
+                               f"them); 0 queued wait; start `exec-worker --pool {shlex.quote(str(pool))}`"]

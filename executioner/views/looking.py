@@ -22,6 +22,7 @@ one per heartbeat. The caller spaces looks out (see executioner.views.live).
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Final
@@ -333,10 +334,15 @@ class Looker:
         if self.run is None or sample.gone or sample.state != "running":
             return
         live = [w for w in sample.workers if w["alive"]]
-        waiting = sample.counts.get("queued", 0)
-        if waiting and not live and time.monotonic() - self._started >= NO_WORKER_GRACE:
-            sample.warnings.append(f"no live worker: {waiting} queued wait; start "
-                                   f"`exec-worker --pool {self.pool.root}`")
+        waiting, running = sample.counts.get("queued", 0), sample.counts.get("running", 0)
+        if (waiting or running) and not live and time.monotonic() - self._started >= NO_WORKER_GRACE:
+            held = f"{running} running belong to workers that look dead (a reaper requeues them); " if running else ""
+            if os.path.exists(self.run.slurm_record):  # its workers or jobs may wait in Slurm's queue
+                sample.warnings.append(f"no live worker yet: {held}the run's Slurm jobs may still be pending "
+                                       f"(see squeue; ids in {self.run.slurm_record})")
+            else:
+                sample.warnings.append(f"no live worker: {held}{waiting} queued wait; start "
+                                       f"`exec-worker --pool {shlex.quote(self.pool.root)}`")
         if self.why is not None and waiting and live:
             # HOOK: which queued jobs fit no live worker (views.why, written apart): its lines as they are
             try:
