@@ -269,3 +269,17 @@ def test_running_claims_of_dead_workers_are_a_warning(pool: Path, make_workflow,
     assert [w["alive"] for w in sample.workers] == [False]
     assert sample.warnings == ["no live worker: 1 running belong to workers that look dead (a reaper requeues "
                                f"them); 0 queued wait; start `exec-worker --pool {shlex.quote(str(pool))}`"]
+
+
+def test_running_and_failed_tasks_of_an_array_are_named_as_tasks(pool: Path, make_workflow) -> None:
+    from executioner.protocol.layout import PoolLayout
+    from executioner.views.looking import Looker
+
+    from .test_faults import fake_remote_claim
+
+    run = submit(pool, make_workflow([{"id": "sim", "array": {"start": 10, "stop": 13}, "command": "exit 0"}]))
+    units = sorted(n[:-5] for n in os.listdir(run.state_dir("queued")))
+    assert units == ["sim.0", "sim.1", "sim.2"]
+    fake_remote_claim(pool, run, "sim.1")
+    sample = Looker(PoolLayout(str(pool)), run).look()
+    assert [r["job"] for r in sample.running] == ["sim:11"] and sample.running[0]["try"] == 1

@@ -72,6 +72,23 @@ def _tasks(unit: str, arrays: dict[str, int]) -> int:
     return len(chunk) if chunk is not None else 1
 
 
+def shown_name(unit: str, record: dict[str, Any]) -> str:
+    """A chunk of an array by its tasks' names (``sim:7``, ``sim:0..63``), as the run view
+    names tasks; a plain job by its id."""
+    tasks = record.get("tasks")
+    job = record.get("job")
+    if not (isinstance(tasks, list) and len(tasks) == 2 and isinstance(job, str)):
+        return unit
+    from ..execution.tasks import task_set
+
+    try:
+        names = task_set(record["spec"], None, tasks[0])
+        lo, hi = names.index(tasks[0]), names.index(tasks[1])
+    except (KeyError, TypeError, ValueError):
+        return unit
+    return f"{job}:{lo}" if lo == hi else f"{job}:{lo}..{hi}"
+
+
 class Clock:
     """The storage's clock for ages of files (a worker's heartbeat, a claim's lock); our own
     on a read-only pool. Measured through our probe at most once a minute, as workers do."""
@@ -195,6 +212,7 @@ class Looker:
         if record is None:
             return row
         row["try"] = len(record["tries"]) + 1
+        row["job"] = shown_name(unit, record)
         token = token_of(path)
         lock = claim_lock(run, unit, token, record) if token else None
         if lock is not None:
@@ -229,6 +247,7 @@ class Looker:
         if record is None:
             row["reason"] = problem
             return row
+        row["job"] = shown_name(unit, record)
         last = record["tries"][-1] if record["tries"] else {}
         row.update(exit_code=last.get("exit_code"), reason=record.get("reason") or last.get("reason"))
         err = log_path(run, last.get("stderr"))
