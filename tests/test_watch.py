@@ -283,3 +283,35 @@ def test_running_and_failed_tasks_of_an_array_are_named_as_tasks(pool: Path, mak
     fake_remote_claim(pool, run, "sim.1")
     sample = Looker(PoolLayout(str(pool)), run).look()
     assert [r["job"] for r in sample.running] == ["sim:11"] and sample.running[0]["try"] == 1
+
+
+def test_events_wake_the_view_for_moves_only_not_for_reads_or_heartbeats(tmp_path: Path) -> None:
+    """A heartbeat (a utime every few seconds per worker) or the view's own reads of job files
+    must not wake the view: each would cost a look, and its reads would wake it again."""
+    from executioner.views.live import Wakeup
+
+    folder = tmp_path / "queued"
+    folder.mkdir()
+    (folder / "a.json").write_text("{}")
+    wakeup = Wakeup([str(folder)])
+    if wakeup._observer is None:
+        pytest.skip("no filesystem events here")
+    try:
+        def woke(act) -> bool:
+            act()
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                if wakeup.drain():
+                    return True
+                time.sleep(0.02)
+            return False
+        assert not woke(lambda: (folder / "a.json").read_text())
+        assert not woke(lambda: os.utime(folder / "a.json"))
+        assert not woke(lambda: os.listdir(folder))
+        (folder / ".tmp-x").write_text("{}")
+        assert not woke(lambda: os.rename(folder / ".tmp-x", folder / ".watch-host-boot.json"))
+        assert woke(lambda: os.rename(folder / "a.json", folder / "b.json"))
+        assert woke(lambda: (folder / "c.json").write_text("{}"))
+        assert woke(lambda: os.unlink(folder / "b.json"))
+    finally:
+        wakeup.close()

@@ -71,8 +71,23 @@ class Wakeup:
             wake = self
 
             class Handler(FileSystemEventHandler):
-                def on_any_event(self, event: Any) -> None:
-                    if not fsio.is_temp(os.path.basename(str(event.src_path))):
+                """Moves only: a heartbeat's utime, a write in place or an open (our own reads
+                of job files among them) would wake us for nothing, or again and again."""
+
+                def on_created(self, event: Any) -> None:
+                    self._maybe(str(event.src_path))
+
+                def on_deleted(self, event: Any) -> None:
+                    self._maybe(str(event.src_path))
+
+                def on_moved(self, event: Any) -> None:
+                    self._maybe(str(event.dest_path))
+
+                def _maybe(self, path: str) -> None:
+                    name = os.path.basename(path)
+                    # not a temp file, nor workers/' probes and .watch-* files (rewritten by
+                    # rename every few seconds by every worker)
+                    if not (fsio.is_temp(name) or name.startswith(".")):
                         wake.wake()
 
             _quiet_watchdog_deaths()
