@@ -45,6 +45,7 @@ from .workers import _patience
 
 SHOWN: Final = 8  # running jobs, failures and workers shown at most
 HEARTBEAT_MAX: Final = 1 << 16
+RELIST_WORKERS: Final = 30.0  # seconds between two listings of workers/ (its mtime moves all the time)
 DURATIONS: Final = 32  # finished jobs sampled for the ETA
 NO_WORKER_GRACE: Final = 2.0  # seconds a view waits before it warns that no worker is alive
 
@@ -122,6 +123,8 @@ class Looker:
         self._failed: dict[str, dict[str, Any]] = {}  # failed path -> shown row (never changes)
         self._failed_seen: list[str] = []  # failed units, in the order they were first seen
         self._workers_stamp: Any = None
+        self._listed = 0.0
+        self._moved = False  # the last look saw a run change
         self._beats: dict[str, dict[str, Any]] = {}  # heartbeat name -> record
         self._started = time.monotonic()
         self._pool_rows: dict[str, tuple[Any, dict[str, Any]]] = {}
@@ -155,6 +158,7 @@ class Looker:
 
     def _run_part(self, sample: Sample, run: RunLayout) -> None:
         stamp = folders_stamp(run)  # a folder gone (the run removed) changes it too
+        self._moved = stamp != self._stamp
         if stamp != self._stamp:
             read_run_record(run)  # a run removed or broken under us ends the view, said in one line
             arrays = arrays_of(run)
@@ -293,6 +297,7 @@ class Looker:
                 names = []
             self._run_dirs = sorted((n for n in names if not n.startswith(".") and n != "workers"), key=run_sort_key)
         rows = []
+        self._moved = False
         for run_id in self._run_dirs:
             run = self.pool.run(run_id)
             try:
@@ -308,6 +313,7 @@ class Looker:
                     status = run_status(run, jobs=False)
                 except (OSError, ValueError) as e:
                     status = {"run_id": run_id, "state": "corrupt", "counts": {}, "reason": str(e)}
+                self._moved = True
                 done = status.get("state") not in ("running", None)
                 stamp = (st.st_ino, st.st_mtime_ns) if done else (folders_stamp(run), st.st_ino, st.st_mtime_ns)
                 cached = self._pool_rows[run_id] = (stamp, status)
@@ -321,8 +327,14 @@ class Looker:
         except FileNotFoundError:
             self._beats = {}
             return []
-        if stamp != self._workers_stamp:
-            self._workers_stamp = stamp
+        mono = time.monotonic()
+        # Every worker rewrites its host's .watch file (and touches its probe) in workers/ every
+        # few seconds, so its mtime moves all the time: listed again when the run (or a run of
+        # the pool) changed too (a new worker claims), else at most every RELIST_WORKERS seconds;
+        # a worker that went is seen at its heartbeat's next stat.
+        if stamp != self._workers_stamp and (self._workers_stamp is None or self._moved
+                                             or mono - self._listed >= RELIST_WORKERS):
+            self._workers_stamp, self._listed = stamp, mono
             try:
                 names = {n for n in os.listdir(self.pool.workers_dir) if n.endswith(JOB_SUFFIX) and not n.startswith(".")}
             except FileNotFoundError:
@@ -342,6 +354,7 @@ class Looker:
             try:
                 age = max(0.0, now - os.stat(os.path.join(self.pool.workers_dir, name)).st_mtime)
             except FileNotFoundError:
+                self._workers_stamp = None  # it went: list again at the next look
                 continue
             alive = not owner_dead_here(record) and (record.get("host") == fsio.HOST and "pid" in record
                                                      or age <= _patience(record))
