@@ -616,12 +616,12 @@ def _status_main(argv: list[str] | None = None) -> int:
 
 def _watch_view(a: argparse.Namespace) -> int:
     """``exec-status POOL [RUN] --watch [--interval S]``."""
-    from .views.live import watch
+    from .views.live import leaving_on_interrupt, watch
 
     try:
         return watch(*pool_and_run(a.dir, a.run_id), a.interval)
     except KeyboardInterrupt:  # a second Ctrl-C before the first was handled
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        leaving_on_interrupt()
         return 130
 
 

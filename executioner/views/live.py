@@ -42,6 +42,16 @@ RATE_WINDOW: Final = 60.0  # seconds of finished counts the rate is measured ove
 EXIT_DONE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
+def leaving_on_interrupt() -> None:
+    """After a Ctrl-C, a second one (or `timeout -s INT`, which signals the child and then its
+    group) while we leave must not show a traceback nor kill us with SIGINT: a handler of ours
+    that does nothing takes one already caught (not SIG_IGN: Python then raises "OSError:
+    Signal 2 ignored due to race condition"), and SIGINT is blocked from then on (Python puts
+    the default handler back while it shuts down)."""
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
 def why_hook() -> Callable[[RunLayout], list[str]] | None:
     """HOOK for "a job fits no live worker": ``views/why.py``'s ``no_fit(run) -> list[str]``
     (one warning line per job, or per kind of job, that no live worker can take), written
@@ -91,12 +101,18 @@ class Wakeup:
                         wake.wake()
 
             _quiet_watchdog_deaths()
-            observer = Observer()
-            observer.daemon = True
-            for folder in folders:
-                if os.path.isdir(folder):
-                    observer.schedule(Handler(), folder)
-            observer.start()
+            # Its threads are made with SIGINT blocked (they inherit our mask): a Ctrl-C goes to
+            # the main thread alone, even while Python shuts down (see leaving_on_interrupt).
+            before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                observer = Observer()
+                observer.daemon = True
+                for folder in folders:
+                    if os.path.isdir(folder):
+                        observer.schedule(Handler(), folder)
+                observer.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, before)
             self._observer = observer
         except Exception:  # no inotify here, or out of watches: polling alone
             self._observer = None
@@ -275,9 +291,7 @@ def watch(pool: PoolLayout, run: RunLayout | None, interval: float = 1.0, out: I
             return _on_terminal(looker, wakeup, title, interval, out, keys)
         return _plain(looker, wakeup, title, interval, out)
     except KeyboardInterrupt:
-        # A second Ctrl-C (or `timeout -s INT`, which signals the child and then its group)
-        # while we leave must not show a traceback: from now on Ctrl-C is ignored.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        leaving_on_interrupt()
         return EXIT_INTERRUPTED
     finally:
         wakeup.close()
