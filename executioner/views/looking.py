@@ -125,6 +125,7 @@ class Looker:
         self._workers_stamp: Any = None
         self._listed = 0.0
         self._moved = False  # the last look saw a run change
+        self._slurm = False  # the run has Slurm jobs (RUN/slurm.json), as of the last change
         self._beats: dict[str, dict[str, Any]] = {}  # heartbeat name -> record
         self._started = time.monotonic()
         self._pool_rows: dict[str, tuple[Any, dict[str, Any]]] = {}
@@ -172,6 +173,7 @@ class Looker:
             self._counts, self._by_state = counts, by_state
             self._status = None
             self._note = change_note(run)  # a resume grabs jobs out of the folders: their stamp changes
+            self._slurm = os.path.exists(run.slurm_record)
             self._stamp = stamp
             self._durations(run)
         elif self._note:
@@ -369,7 +371,7 @@ class Looker:
         waiting, running = sample.counts.get("queued", 0), sample.counts.get("running", 0)
         if (waiting or running) and not live and time.monotonic() - self._started >= NO_WORKER_GRACE:
             held = f"{running} running belong to workers that look dead (a reaper requeues them); " if running else ""
-            if os.path.exists(self.run.slurm_record):  # its workers or jobs may wait in Slurm's queue
+            if self._slurm:  # its workers or jobs may wait in Slurm's queue
                 sample.warnings.append(f"no live worker yet: {held}the run's Slurm jobs may still be pending "
                                        f"(see squeue; ids in {self.run.slurm_record})")
             else:
