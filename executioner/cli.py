@@ -627,7 +627,7 @@ def _watch_view(a: argparse.Namespace) -> int:
 
 def _workers_view(a: argparse.Namespace) -> int:
     """``exec-status POOL [RUN] --workers [--json] [--all]``."""
-    from .views.workers import workers_status, workers_text
+    from .views.workerlist import workers_status, workers_text
 
     pool, run = pool_and_run(a.dir, a.run_id)
     data = workers_status(pool, run, everything=a.all)

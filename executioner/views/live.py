@@ -34,7 +34,7 @@ from ..protocol.layout import STATES
 from .looking import Looker, Sample
 from .rows import JOB_STATES
 from .text import clean
-from .workers import age_text
+from .workerlist import age_text
 
 IDLE_EVERY: Final = 10.0  # seconds between two looks while nothing changes
 DRAW_EVERY: Final = 1.0  # seconds between two redraws of the screen (no filesystem access)

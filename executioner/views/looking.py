@@ -41,7 +41,7 @@ from .progress import serves
 from .reading import token_of
 from .rows import JOB_STATES
 from .status import change_note, run_status
-from .workers import _patience
+from .workerlist import _patience
 
 SHOWN: Final = 8  # running jobs, failures and workers shown at most
 HEARTBEAT_MAX: Final = 1 << 16

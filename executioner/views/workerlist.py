@@ -1,5 +1,8 @@
 """``exec-status POOL --workers``: every worker seen in the pool, from ``POOL/workers/*.json``.
 
+(Named workerlist, not workers: a module views/workers.py of the same purpose for ``--why``
+was written apart at the same time; after both are merged, one should read for the other.)
+
 A row per heartbeat file: host, pid, the runs it serves (``null``: every run), what it holds
 (its claims in ``running/`` of every run, found through each claim's lock, which names its
 worker), its capacity (the ``capacity`` its heartbeat records since placement; ``null`` in
