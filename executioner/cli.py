@@ -120,8 +120,8 @@ def _submit_main(argv: list[str] | None = None) -> int:
                    "with --resume, default: the run's own copy")
     p.add_argument("--pool", help="pool directory (default: $EXEC_POOL)")
     p.add_argument("--workers", type=int, default=0, metavar="N", help="start N local workers for this run")
-    p.add_argument("-j", "--jobs-per-worker", type=int, default=1, metavar="K",
-                   help="jobs each local worker runs at once (default 1)")
+    p.add_argument("-j", "--jobs", "--jobs-per-worker", dest="jobs_per_worker", type=int, default=1, metavar="K",
+                   help="jobs each local worker runs at once (default 1; exec-worker's -j)")
     p.add_argument("--wait", action="store_true", help="wait for the run to end; exit 1 if any job failed")
     p.add_argument("--priority", type=_priority, metavar="N",
                    help="the run's priority: workers take jobs of runs of higher priority first (default 0; "
@@ -158,6 +158,11 @@ def _submit_main(argv: list[str] | None = None) -> int:
     sl.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
                     help="any other sbatch option, e.g. account=proj or qos=long (repeatable)")
     sl.add_argument("--cancel", metavar="RUN_ID", help="cancel the run's Slurm jobs; the run stays resumable")
+    rm = p.add_argument_group("removing a run")
+    rm.add_argument("--delete", metavar="RUN_ID",
+                    help="remove the run from the pool (refused while it has running jobs, unless --force)")
+    rm.add_argument("--archive", nargs=2, metavar=("RUN_ID", "FILE.tar.gz"),
+                    help="write the run into a new .tar.gz, check it, then remove the run as --delete does")
     a = p.parse_args(argv)
     from .coordinator.plan import Options
 
@@ -175,6 +180,12 @@ def _submit_main(argv: list[str] | None = None) -> int:
         return _fail(p.prog, e)
     if a.cancel:
         return _cancel(p.prog, PoolLayout(os.path.abspath(pool_dir)), a.cancel, a.dry_run)
+    if a.delete or a.archive:
+        if a.delete and a.archive:
+            return _fail(p.prog, "--delete and --archive exclude each other (--archive removes the run too)")
+        run_id, archive = (a.delete, None) if a.delete else (a.archive[0], a.archive[1])
+        return _remove(p.prog, PoolLayout(os.path.abspath(pool_dir)), run_id, archive, a.force, a.stale_after,
+                       a.dry_run)
     if a.backend == "slurm" and a.slurm_workers:
         return _fail(p.prog, "--backend slurm runs each job as its own Slurm job: no --slurm-workers")
     if a.resume and a.shared_group:
@@ -216,10 +227,15 @@ def _submit_main(argv: list[str] | None = None) -> int:
         if plan.nothing_to_do:
             print(plan.idle_text(), flush=True)
         return EXIT_REFUSED if plan.refused else EXIT_OK
+    backend = _backend(run)
+    # a new Slurm-DAG run is kept only if sbatch takes it: its line is printed after that
+    run_line = None if plan.nothing_to_do else f"{run.run_id} {run.root}"
+    deferred = not a.resume and backend == "slurm"
     if plan.nothing_to_do:  # nothing was written; workers asked for are still started
         print(plan.idle_text(), flush=True)
     else:
-        print(f"{run.run_id} {run.root}", flush=True)
+        if not deferred:
+            print(run_line, flush=True)
         if a.shared_group:
             from .execution.worker import pool_is_shared
 
@@ -230,7 +246,6 @@ def _submit_main(argv: list[str] | None = None) -> int:
             print(plan.text(a.verbose), file=sys.stderr, flush=True)
     from .backends.slurm import SlurmError
 
-    backend = _backend(run)
     try:
         if backend == "slurm":
             from .backends.slurm import submit_dag
@@ -242,6 +257,8 @@ def _submit_main(argv: list[str] | None = None) -> int:
                              heartbeat=a.stale_after / 6, stale_after=a.stale_after, left_running=left, notes=notes)
             for note in notes:
                 print(f"{p.prog}: note: {note}", file=sys.stderr, flush=True)
+            if deferred and run_line:
+                print(run_line, flush=True)
             print(f"slurm: {len(ids)} job(s): " + " ".join(f"{j}={i}" for j, i in ids.items()),
                   file=sys.stderr, flush=True)
         if a.slurm_workers:
@@ -278,16 +295,22 @@ def _submit_main(argv: list[str] | None = None) -> int:
     from .views.progress import wait_for_run
 
     try:
-        status = wait_for_run(run, total=len(plan.workflow.jobs), stale_after=a.stale_after)
+        from .views.advice import Advisor
+
+        status = wait_for_run(run, total=len(plan.workflow.jobs), stale_after=a.stale_after,
+                              advisor=Advisor(run, a.stale_after, alone_after=None))
     except KeyboardInterrupt:
         if a.workers:
             print(f"\n{p.prog}: stopped waiting; the local workers go on and exit once the run is idle",
                   file=sys.stderr, flush=True)
         return 130
     c = status["counts"]
+    held = "; the jobs held by --failed-only wait for a plain --resume" if status["state"] == "held" else ""
     print(f"{run.run_id}: {status['state']} (done {c['done']}, failed {c['failed']}, "
-          f"blocked {c['blocked']})", flush=True)
-    return EXIT_OK if status["state"] == "done" else EXIT_FAILED
+          f"blocked {c['blocked']}{held})", flush=True)
+    # held: every job allowed to run is done (a failure would make the run 'failed'), the
+    # rest is kept waiting on purpose by --failed-only: what was asked for succeeded
+    return EXIT_OK if status["state"] in ("done", "held") else EXIT_FAILED
 
 
 def _slurm_options(a: argparse.Namespace) -> Any:
@@ -317,6 +340,30 @@ def _backend(run: RunLayout) -> str:
     return str(read_run_record(run).get("backend") or "workers")
 
 
+def _remove(prog: str, pool: PoolLayout, run_id: str, archive: str | None, force: bool, stale_after: float,
+            dry_run: bool) -> int:
+    from .backends.slurm import SlurmError
+    from .coordinator.remove import remove_run
+
+    try:
+        done = remove_run(pool, run_id, force=force, archive=archive, stale_after=stale_after, dry_run=dry_run)
+    except (PoolError, SlurmError) as e:
+        return _fail(prog, e)
+    except (Refused, RunBusy) as e:
+        print(f"{prog}: {e}", file=sys.stderr, flush=True)
+        return EXIT_REFUSED
+    except OSError as e:  # the rename out of the pool itself (a read-only pool): nothing changed
+        return _fail(prog, f"{e.filename or pool.root}: cannot remove run {run_id}: {e.strerror or e}; nothing changed")
+    took = "".join(f"; {what}: {' '.join(items)}" for what, items in
+                   (("stops", done.stopped), ("cancels Slurm jobs", done.cancelled)) if items)
+    if dry_run:
+        print(f"{run_id}: would {'archive into ' + archive + ' and ' if archive else ''}remove{took}", flush=True)
+        return EXIT_OK
+    print(f"{run_id}: {'archived into ' + str(done.archive) + ' and ' if archive else ''}removed"
+          f"{took.replace('stops', 'stopped').replace('cancels', 'cancelled')}", flush=True)
+    return EXIT_OK
+
+
 def _cancel(prog: str, pool: PoolLayout, run_id: str, dry_run: bool) -> int:
     from .backends.slurm import SlurmError, cancel_run
 
@@ -341,9 +388,22 @@ def _submit(pool: PoolLayout, path: str, options: Any, dry_run: bool,
     from .workflow import load_workflow
 
     workflow = load_workflow(path)
+    _no_limits_on_slurm(workflow, options.backend == "slurm")
     if dry_run:
         return None, plan_submit(workflow, options)
     return create_run_planned(pool, workflow, options, shared_group)
+
+
+def _no_limits_on_slurm(workflow: Any, slurm: bool) -> None:
+    """The Slurm-DAG backend does not enforce ``limits`` (README "Placement"): refused, one
+    line, exit 2, rather than run N+many downloads at once while the workflow says N."""
+    if slurm and workflow.limits:
+        from .errors import WorkflowError
+
+        raise WorkflowErrors([WorkflowError(
+            "the Slurm-DAG backend (--backend slurm) does not enforce limits (each job is a Slurm job of its "
+            "own); run it with pool workers (exec-worker, --workers, --slurm-workers), or drop limits",
+            workflow.path, key="limits")])
 
 
 def _resume(pool: PoolLayout, run_id: str, path: str | None, options: Any,
@@ -361,6 +421,7 @@ def _resume(pool: PoolLayout, run_id: str, path: str | None, options: Any,
                       run.run_id)
     workflow = workflow_for_resume(run, path)
     slurm = (options.backend or _backend(run)) == "slurm"
+    _no_limits_on_slurm(workflow, slurm)
     held: list[str] = []
     if slurm:
         from .backends.slurm import array_claims, pool_worker_claims
@@ -384,7 +445,7 @@ def _worker_main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="exec-worker", description="Claim and run jobs from the runs of a pool.")
     p.add_argument("--pool", help="pool directory (default: $EXEC_POOL)")
     p.add_argument("--run", action="append", dest="runs", metavar="RUN_ID", help="only this run (repeatable)")
-    p.add_argument("-j", "--jobs", type=int, metavar="K",
+    p.add_argument("-j", "--jobs", "--jobs-per-worker", dest="jobs", type=int, metavar="K",
                    help="at most K jobs (or tasks) at once (default: as many as its CPUs hold)")
     pl = p.add_argument_group("capacity (default: what the node or the Slurm allocation has)")
     pl.add_argument("--cpus", type=int, metavar="N", help="CPUs this worker gives its jobs")
@@ -490,9 +551,10 @@ def _log_flags(a: argparse.Namespace) -> str | None:
 
 
 def _view_flags(a: argparse.Namespace) -> str | None:
-    """Why the views asked for do not go together, or None (each of these views goes alone)."""
+    """Why --watch, --joblog, --workers and --interval do not go with the other flags, or None."""
     views = [f for f, v in (("--watch", a.watch), ("--joblog", a.joblog), ("--workers", a.workers),
-                            ("--log", a.log), ("--attempts", a.attempts), ("--job", a.job)) if v]
+                            ("--log", a.log), ("--attempts", a.attempts), ("--job", a.job), ("--why", a.why),
+                            ("--wait", a.wait), ("--report", a.report is not None)) if v]
     if not (math.isfinite(a.interval) and 0.05 <= a.interval <= 3600):
         return f"--interval must be a number of seconds from 0.05 to 3600, not {a.interval:g}"
     if a.interval != 1.0 and not a.watch:
@@ -503,6 +565,23 @@ def _view_flags(a: argparse.Namespace) -> str | None:
         return f"{views[0]} goes alone: not with {views[1]}"
     if a.joblog and a.json:
         return "--joblog prints GNU parallel's joblog format: not with --json"
+    return None
+
+
+def _alone_flags(a: argparse.Namespace) -> str | None:
+    """Why --why, --wait or --report do not go with the other flags, or None."""
+    for flag, value in (("--why", a.why), ("--wait", a.wait), ("--report", a.report is not None)):
+        if not value:
+            continue
+        others = [f for f, v in (("--why", a.why), ("--wait", a.wait), ("--report", a.report is not None),
+                                 ("--log", a.log), ("--attempts", a.attempts), ("--job", a.job), ("--state", a.state),
+                                 ("--all", a.all)) if v and f != flag]
+        if others:
+            return f"{flag} goes alone: not with {others[0]}"
+        if flag == "--wait" and a.json:
+            return "--wait prints progress as it goes: not with --json"
+        if flag == "--report" and a.json:
+            return "--report goes alone: not with --json"
     return None
 
 
@@ -540,8 +619,14 @@ def _status_main(argv: list[str] | None = None) -> int:
     which.add_argument("--both", action="store_true", help="with --log: stdout, then stderr")
     g.add_argument("--tail", type=int, metavar="N", help="with --log: its last N lines only")
     g.add_argument("--follow", action="store_true", help="with --log: follow a running try until it ends")
+    p.add_argument("--why", metavar="JOB", help="why JOB (or task sim:4, or chunk sim.0-63) is not running: "
+                   "a line per cause (what it waits for, what no live worker has, a full limit, ...)")
+    p.add_argument("--wait", action="store_true", help="follow the run until it ends (exit 1 if a job failed), "
+                   "warning once when a queued job fits no live worker or no worker is live for a minute")
+    p.add_argument("--report", metavar="FILE.html", help="write one self-contained HTML page about the run: "
+                   "summary, DAG, timeline of every try, failures (needs executioner[report])")
     a = p.parse_args(argv)
-    bad = _log_flags(a) or _view_flags(a)
+    bad = _log_flags(a) or _view_flags(a) or _alone_flags(a)
     if bad:
         return _fail(p.prog, bad)
     # A short-lived reader: the cyclic collector would walk every job record read so far
@@ -570,6 +655,25 @@ def _status_main(argv: list[str] | None = None) -> int:
 
                 write_joblog(run, sys.stdout)
                 sys.stdout.flush()
+                return EXIT_OK
+            if a.why:
+                from .views.why import explain, why_text
+
+                data = explain(run, a.why)
+                if a.json:
+                    emit(data, True, None)
+                else:
+                    sys.stdout.write(why_text(data))
+                    sys.stdout.flush()
+                return EXIT_OK
+            if a.wait:
+                return _wait_status(p.prog, run)
+            if a.report is not None:
+                from .views.report import write_report
+
+                info = write_report(run, a.report)
+                print(f"{info['path']}: {info['bytes'] / 1e6:.1f} MB, {info['jobs']:,} jobs, {info['tries']:,} "
+                      f"tries, written in {info['seconds']:.1f} s")
                 return EXIT_OK
             if a.log:
                 from .views.show import print_logs
@@ -601,9 +705,9 @@ def _status_main(argv: list[str] | None = None) -> int:
             else:  # plain text: rich takes minutes for 100,000 rows
                 sys.stdout.write(run_text(data, sys.stdout.isatty() and not os.environ.get("NO_COLOR")))
                 sys.stdout.flush()
-        elif a.attempts or a.job or a.log or a.joblog:
-            raise PoolError("--attempts, --job, --log and --joblog need a run: exec-status POOL RUN_ID --attempts",
-                            a.dir)
+        elif a.attempts or a.job or a.log or a.joblog or a.why or a.wait or a.report is not None:
+            raise PoolError("--attempts, --job, --log, --joblog, --why, --wait and --report need a run: "
+                            "exec-status POOL RUN_ID --attempts", a.dir)
         else:
             pool = PoolLayout(os.path.abspath(a.dir))
             data = pool_status(pool)
@@ -612,6 +716,23 @@ def _status_main(argv: list[str] | None = None) -> int:
         return _fail(p.prog, e)
     return EXIT_OK
 
+
+def _wait_status(prog: str, run: RunLayout) -> int:
+    """``exec-status POOL RUN --wait``: follow the run as ``exec-submit --wait`` does, but only
+    reading (no reaping: exec-status works on a read-only pool), with the Advisor's warnings."""
+    from .protocol.store import read_run_record
+    from .views.advice import Advisor
+    from .views.progress import wait_for_run
+
+    try:
+        status = wait_for_run(run, total=int(read_run_record(run).get("jobs") or 0), reap=False,
+                              advisor=Advisor(run))
+    except KeyboardInterrupt:
+        return 130
+    c = status["counts"]
+    print(f"{run.run_id}: {status['state']} (done {c['done']}, failed {c['failed']}, "
+          f"blocked {c['blocked']})", flush=True)
+    return EXIT_OK if status["state"] == "done" else EXIT_FAILED
 
 
 def _watch_view(a: argparse.Namespace) -> int:

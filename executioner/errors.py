@@ -103,3 +103,30 @@ class ForeignFile(ExecutionerError, FileNotFoundError):
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class UnknownJob(ExecutionerError, KeyError):
+    """``exec-status --why JOB`` (or another view) named a job, task or chunk the run has
+    not: the run, the name, and the closest names it has (exit 2)."""
+
+    def __init__(self, run_id: str, job: str, close: list[str] | None = None):
+        self.run_id = run_id
+        self.job = job
+        self.close = list(close or [])
+        super().__init__(run_id, job, self.close)
+
+    def __str__(self) -> str:
+        hint = f" (closest: {', '.join(self.close)})" if self.close else ""
+        return f"run {self.run_id}: no job, task or chunk {self.job!r}{hint}"
+
+
+class MissingExtra(ExecutionerError, ImportError):
+    """An optional extra (``pip install 'executioner[report]'``) is not installed."""
+
+    def __init__(self, message: str, extra: str = ""):
+        self.message = message
+        self.extra = extra
+        super().__init__(message, extra)
+
+    def __str__(self) -> str:
+        return self.message

@@ -7,7 +7,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "installing executioner into .venv (log: .venv/pip.log)" >&2
 if ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip &&
-       .venv/bin/python -m pip install --disable-pip-version-check -e ".[test]"; } > .venv/pip.log 2>&1; then
+       .venv/bin/python -m pip install --disable-pip-version-check -e ".[test,report]"; } > .venv/pip.log 2>&1; then
   cat .venv/pip.log >&2
   echo "pip install failed" >&2
   exit 1

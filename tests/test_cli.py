@@ -59,7 +59,8 @@ def test_pool_from_environment_and_run_ids_are_sequential(pool: Path, tmp_path: 
 def test_wait_with_local_workers_exit_codes(pool: Path, tmp_path: Path) -> None:
     ok = write(tmp_path, "jobs:\n  - {id: a, command: 'true'}\n  - {id: b, command: 'true', dependencies: [a]}\n",
                name="ok.yaml")
-    result = cli("exec-submit", str(ok), "--pool", str(pool), "--workers", "2", "--wait")
+    # -j has one long name in both commands (it was --jobs-per-worker here, --jobs in exec-worker)
+    result = cli("exec-submit", str(ok), "--pool", str(pool), "--workers", "2", "--jobs", "2", "--wait")
     assert result.returncode == 0, result.stderr
     assert "done (done 2, failed 0, blocked 0)" in result.stdout
     bad = write(tmp_path, "jobs:\n  - {id: a, command: 'exit 4'}\n  - {id: b, command: 'true', dependencies: [a]}\n",

@@ -174,3 +174,21 @@ def test_control_characters_in_a_reason_cannot_reach_the_terminal(tmp_path: Path
     [line] = [x for x in result.stdout.splitlines() if x.startswith("a ")]
     assert line.endswith("oops\\x1b]0;pwned\\x07\\x1b[2J\\x0anext line"), line
     assert len(result.stdout.splitlines()) == 4  # title, header, a, b: one line per job
+
+
+def test_a_slurm_dag_submit_refused_by_sbatch_prints_no_run_line(tmp_path: Path) -> None:
+    """The run line came first and then "the run was not kept": a script reading the first
+    line of stdout took a run that does not exist."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: Invalid partition name specified' >&2\nexit 1\n")
+    (fake / "sbatch").chmod(0o755)
+    wf = tmp_path / "wf.yaml"
+    wf.write_text("jobs:\n  - {id: a, command: 'true'}\n")
+    out = subprocess.run(command("exec-submit", str(wf), "--pool", str(tmp_path / "pool"), "--backend", "slurm"),
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"})
+    assert out.returncode != 0 and out.stdout == "", out.stdout
+    assert "Invalid partition" in out.stderr and "the run was not kept" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert [p.name for p in (tmp_path / "pool").iterdir() if not p.name.startswith(".")] == ["workers"]

@@ -186,3 +186,15 @@ def test_resume_updates_the_index_and_keeps_or_sets_the_run_priority(tmp_path: P
     out = cli("exec-submit", "--pool", str(pool), "--resume", run_id, "--priority", "-2")
     assert out.returncode == 0, out.stderr
     assert record()["priority"] == -2
+
+
+def test_dag_backend_asks_slurm_for_licenses_and_features() -> None:
+    """Custom resources and tags were ignored by the Slurm-DAG backend."""
+    params = from_mapping({}, {"cpus": 2, "licenses": 1, "dl": 2.5}, ("a100", "ib")).executor_parameters()
+    extra = params["slurm_additional_parameters"]
+    assert extra["licenses"] == "dl:2.5,licenses:1" and extra["constraint"] == "a100&ib"
+    assert params["cpus_per_task"] == 2
+    # the user's own spelling in additional_parameters wins
+    mine = from_mapping({"additional_parameters": {"constraint": "a100|h100"}}, {"dl": 1}, ("a100",))
+    assert mine.additional_parameters == {"constraint": "a100|h100", "licenses": "dl:1"}
+    assert "slurm_additional_parameters" not in from_mapping({}, {"cpus": 1}, ()).executor_parameters()

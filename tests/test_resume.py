@@ -169,6 +169,9 @@ def test_from_job_in_a_chain_of_four_runs_the_last_two(pool: Path, tmp_path: Pat
     assert data["state"] == "done" and data["counts"]["done"] == 4
     out = cli("exec-submit", str(wf), "--pool", str(pool), "--from-job", "cc")
     assert out.returncode == 2 and "no job 'cc'" in out.stderr and "did you mean 'c'" in out.stderr
+    # a resume with no workflow file: the error names the option, not a file the user did not pass
+    out = resume(pool, run, "--rollback-to", "x")
+    assert out.returncode == 2 and out.stderr.strip() == "exec-submit: error: --rollback-to x: no job 'x' in the workflow"
 
 
 def test_from_job_on_a_resume_skips_ancestors_that_never_ran(pool: Path, tmp_path: Path) -> None:
@@ -290,8 +293,10 @@ def test_failed_only_holds_jobs_that_never_ran_until_a_plain_resume(pool: Path, 
         {"id": "after", "command": f"echo after >> '{log}'", "dependencies": ["bad"]},
         {"id": "other", "command": f"echo other >> '{log}'", "dependencies": ["slow"]},
         {"id": "slow", "command": "true"}])
-    assert resume(pool, run, str(wf), "--failed-only").returncode == 0
-    work(pool, run)
+    # --wait with local workers: what --failed-only let run succeeded, so exit 0 (not 1)
+    out = resume(pool, run, str(wf), "--failed-only", "--workers", "1", "--wait")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "held" in out.stdout and "plain --resume" in out.stdout
     assert ran(tmp_path) == []
     data = status(run)
     assert data["state"] == "held"

@@ -152,6 +152,8 @@ def diamond(tmp_path: Path, fail: str | None = None) -> Path:
              **({"dependencies": deps} if deps else {})}
             for j, deps in (("a", []), ("b", ["a"]), ("c", ["a"]), ("d", ["b", "c"]))]
     jobs[2]["slurm"] = {"cpus": 1, "additional_parameters": {"comment": "from the workflow"}}
+    # a custom resource is a Slurm license, a tag a node feature (the test cluster has both)
+    jobs[1].update(resources={"dl": 1}, tags=["a100"])
     return write(tmp_path, jobs, "diamond")
 
 
@@ -168,6 +170,8 @@ def test_a_diamond_runs_as_slurm_jobs_in_dependency_order(slurm: None, slurm_poo
     shown = subprocess.run(["scontrol", "show", "job", c_id], capture_output=True, text=True, timeout=20).stdout
     assert "Comment=from the workflow" in shown  # the job's own slurm: settings reached sbatch
     b_id = record(run, "b", "done")["slurm"]["job_id"]
+    shown = subprocess.run(["scontrol", "show", "job", b_id], capture_output=True, text=True, timeout=20).stdout
+    assert "Licenses=dl:1" in shown and "Features=a100" in shown, shown
     assert f"afterok:{record(run, 'a', 'done')['slurm']['job_id']}" in \
         Path(run.slurm_dir, b_id, f"{b_id}_submission.sh").read_text()
 
@@ -206,6 +210,7 @@ def test_cancel_leaves_the_run_resumable_and_resume_reuses_pending_jobs(
     assert dry.returncode == 0 and "would cancel 2 Slurm job(s)" in dry.stdout, dry.stdout + dry.stderr
     out = cli("exec-submit", "--pool", str(slurm_pool), "--cancel", run.run_id)
     assert out.returncode == 0 and "cancelled 2 Slurm job(s)" in out.stdout, out.stdout + out.stderr
+    assert os.path.exists(run.slurm_cancelled)  # the views say cancelled, not "queued / Slurm job N"
     until("first to be handed back", lambda: os.path.exists(run.job("first", "failed")), 60)
     tries = record(run, "first", "failed")["tries"]
     assert [t["status"] for t in tries] == ["preempted"] and "exec-submit --resume` runs it again" in tries[0]["reason"]
@@ -214,6 +219,7 @@ def test_cancel_leaves_the_run_resumable_and_resume_reuses_pending_jobs(
     out = cli("exec-submit", "--pool", str(slurm_pool), "--resume", run.run_id)
     assert out.returncode == 0, out.stderr
     until("the resumed run to finish", lambda: status(run)["state"] == "done")
+    assert not os.path.exists(run.slurm_cancelled)  # submitted again: no longer cancelled
 
 
 def test_a_pool_workers_claim_stops_a_slurm_submission(slurm_pool: Path, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -322,3 +323,94 @@ def test_log_of_a_job_caught_leaving_running_is_its_last_try(logged_run: RunLayo
     found = find_logs(logged_run, "flaky", None, ("stdout",))
     assert found.try_number == 2 and read_part(found.logs[0])[0] == b"out 2\nmore 2\n"
     assert cli("exec-status", logged_run.root, "--log", "flaky").stdout == "out 2\nmore 2\n"
+
+
+def test_a_running_job_counts_its_try_under_way(pool: Path, make_workflow: Any) -> None:
+    """A running job's first try showed `tries 0` and `--job` said "no tries yet"."""
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}], name="one"))
+    _claim(run, "a")
+    out = cli("exec-status", run.root, "--json")
+    assert out.returncode == 0, out.stderr
+    assert [(j["id"], j["state"], j["tries"]) for j in json.loads(out.stdout)["jobs"]] == [("a", "running", 1)]
+    out = cli("exec-status", run.root, "--job", "a", "--json")
+    assert out.returncode == 0, out.stderr
+    tries = json.loads(out.stdout)["tries"]
+    assert [(t["try"], t["status"], t["host"]) for t in tries] == [(1, "running", os.uname().nodename)]
+    assert tries[0]["stdout"].endswith("a.1.out")
+
+
+def test_after_cancel_slurm_dag_jobs_are_not_shown_as_queued_for_a_slurm_job(pool: Path, make_workflow: Any) -> None:
+    """`exec-submit --cancel` left the run `running` and its jobs `queued / Slurm job N`
+    for ever. The cancel's marker (slurm-cancelled.json, as backends.slurm.cancel_run writes
+    it) makes the run `cancelled`, says how to resume, and names the cancelled Slurm jobs."""
+    from executioner.protocol import fsio
+
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"},
+                                      {"id": "b", "command": "true", "dependencies": ["a"]}], name="dag"))
+    record = json.loads(Path(run.record).read_text())
+    fsio.atomic_write_json(run.record, dict(record, backend="slurm"))
+    for job, state, slurm_id in (("a", "queued", "123"), ("b", "waiting", "124")):
+        job_file = json.loads(Path(run.job(job, state)).read_text())
+        fsio.atomic_write_json(run.job(job, state), dict(job_file, slurm={"job_id": slurm_id, "attempt": 1}))
+    before = json.loads(cli("exec-status", run.root, "--json").stdout)
+    assert before["state"] == "running" and before["jobs"][0]["reason"] == "Slurm job 123"
+    fsio.atomic_write_json(run.slurm_cancelled, {"at": 1796300000.0, "by": "me@login1", "ids": ["123", "124"]})
+    out = cli("exec-status", run.root, "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["state"] == "cancelled" and "by me@login1" in data["reason"]
+    assert f"--resume {run.run_id}` submits them again" in data["reason"]
+    assert [j["reason"] for j in data["jobs"]] == ["Slurm job 123 cancelled (exec-submit --cancel)",
+                                                   "Slurm job 124 cancelled (exec-submit --cancel)"]
+    pool_view = cli("exec-status", str(pool))
+    assert "cancelled" in pool_view.stdout, pool_view.stdout
+    # a broken marker says nothing (the run is shown as before), never a traceback
+    Path(run.slurm_cancelled).write_text("{not json")
+    assert json.loads(cli("exec-status", run.root, "--json").stdout)["state"] == "running"
+
+
+def test_a_finished_runs_last_update_stays_put_while_workers_sweep(pool: Path, make_workflow: Any) -> None:
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"},
+                                      {"id": "b", "command": "true", "dependencies": ["a"]}], name="fin"))
+    work(pool, run)
+    old = 1_700_000_000  # 2023: every folder of the finished run last changed then
+    for d in run.all_dirs():
+        os.utime(d, (old, old))
+    work(pool, run, idle=0.5)  # a worker serving the pool sweeps the finished run (its lease in waiting/)
+    assert os.stat(run.state_dir("waiting")).st_mtime > old  # the sweep did touch waiting/
+    out = cli("exec-status", str(pool))
+    assert out.returncode == 0, out.stderr
+    assert "2023-11-1" in out.stdout, out.stdout  # 1_700_000_000 is 2023-11-14/15 in any time zone
+
+
+def test_job_view_of_a_waiting_job_says_blocked_or_what_it_waits_for(pool: Path, make_workflow: Any) -> None:
+    """--job said `waiting` for a job the run view showed `blocked` (upstream failed)."""
+    jobs = [{"id": "a", "command": "exit 1"}, {"id": "b", "command": "true", "dependencies": ["a"]},
+            {"id": "c", "command": "true", "dependencies": ["b"]}]
+    fresh = submit(pool, make_workflow(jobs, name="fresh"))
+    data = json.loads(cli("exec-status", fresh.root, "--job", "c", "--json").stdout)
+    assert (data["state"], data["reason"]) == ("waiting", "waits for b")
+    run = submit(pool, make_workflow(jobs, name="blk"))
+    work(pool, run)
+    data = json.loads(cli("exec-status", run.root, "--job", "c", "--json").stdout)
+    assert (data["state"], data["reason"]) == ("blocked", "upstream failed: a")
+    out = cli("exec-status", run.root, "--job", "c")
+    assert "job c: blocked (upstream failed: a)" in out.stdout, out.stdout
+
+
+def test_a_run_nobody_serves_says_no_live_worker_and_for_how_long(pool: Path, make_workflow: Any) -> None:
+    """A run stayed `running` with no word that no worker was there to run it."""
+    run = submit(pool, make_workflow([{"id": "a", "command": "true"}], name="alone"))
+    data = json.loads(cli("exec-status", run.root, "--json").stdout)
+    assert data["state"] == "running" and data["warning"].startswith("no live worker: start `exec-worker --pool")
+    gone = pool / "workers" / "w-old.json"  # a worker of another host, its last heartbeat 5 min ago
+    gone.write_text(json.dumps({"worker": "w-old", "host": "elsewhere", "pid": 1, "runs": None,
+                                "heartbeat": 10, "stale_after": 60}))
+    os.utime(gone, (time.time() - 300, time.time() - 300))
+    out = cli("exec-status", str(pool))
+    assert "queued 1; no live worker for 5 min: start" in out.stdout, out.stdout
+    assert "no live worker for 5 min" in cli("exec-status", run.root).stdout.splitlines()[0]
+    os.utime(gone)  # it beats again: live, and serving every run
+    assert "warning" not in json.loads(cli("exec-status", run.root, "--json").stdout)
+    work(pool, run)
+    assert "warning" not in json.loads(cli("exec-status", str(pool), "--json").stdout)["runs"][0]

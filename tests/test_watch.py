@@ -334,3 +334,23 @@ def test_two_ctrl_c_in_a_row_exit_130_without_a_traceback(pool: Path, make_workf
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
         assert (proc.returncode, err) == (130, ""), (gap, err)
+
+
+def test_the_live_view_says_when_a_queued_job_fits_no_live_worker(pool: Path, make_workflow) -> None:
+    import psutil
+
+    from executioner.protocol.fsio import atomic_write_json
+    from executioner.protocol.layout import PoolLayout
+    from executioner.views.live import why_hook
+    from executioner.views.looking import Looker
+
+    run = submit(pool, make_workflow([{"id": "big", "command": "true", "resources": {"gpus": 8}}]))
+    layout = PoolLayout(str(pool))
+    os.makedirs(layout.workers_dir, exist_ok=True)
+    atomic_write_json(layout.heartbeat("w-1"), {
+        "worker": "w-1", "host": HOST, "pid": os.getpid(), "pid_start": psutil.Process().create_time(),
+        "capacity": {"cpus": 4, "gpus": [], "mem_gb": 8.0, "resources": {}, "tags": []}})
+    hook = why_hook()
+    assert hook is not None
+    warnings = Looker(layout, run, why=hook).look().warnings
+    assert any("`big` fits no live worker: needs 8 GPUs" in w for w in warnings), warnings

@@ -24,6 +24,7 @@ import graphlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -103,15 +104,24 @@ def merge_dependency(additional: dict[str, Any], ours: str | None) -> dict[str, 
     return out
 
 
-def from_mapping(value: dict[str, Any] | None, resources: dict[str, Any] | None = None) -> SlurmOptions:
+def from_mapping(value: dict[str, Any] | None, resources: dict[str, Any] | None = None,
+                 tags: list[str] | tuple[str, ...] | None = None) -> SlurmOptions:
     """A validated ``slurm:`` mapping of a workflow (see workflow.py) and the job's
-    ``resources`` as options: cpus, gpus and mem_gb come from ``resources`` (where the
-    validator moves them from ``slurm:``, their old spelling, still read for old runs)."""
+    ``resources`` and ``tags`` as options: cpus, gpus and mem_gb come from ``resources``
+    (where the validator moves them from ``slurm:``, their old spelling, still read for old
+    runs); every other resource is a Slurm license (``--licenses=name:N``: Slurm's own
+    countable, cluster-wide resource) and every tag a node feature (``--constraint=a&b``),
+    unless ``additional_parameters`` gives licenses or constraint itself."""
     v = value or {}
     r = {**{k: v[k] for k in ("cpus", "gpus", "mem_gb") if k in v}, **(resources or {})}
+    extra = dict(v.get("additional_parameters") or {})
+    custom = {k: n for k, n in r.items() if k not in ("cpus", "gpus", "mem_gb") and n}
+    if custom and "licenses" not in extra:
+        extra["licenses"] = ",".join(f"{k}:{int(n) if float(n).is_integer() else n}" for k, n in sorted(custom.items()))
+    if tags and "constraint" not in extra:
+        extra["constraint"] = "&".join(tags)
     return SlurmOptions(partition=v.get("partition"), time=v.get("time"), cpus=r.get("cpus") or None,
-                        mem_gb=r.get("mem_gb") or None, gpus=r.get("gpus") or None,
-                        additional_parameters=dict(v.get("additional_parameters") or {}))
+                        mem_gb=r.get("mem_gb") or None, gpus=r.get("gpus") or None, additional_parameters=extra)
 
 
 # ---- talking to Slurm --------------------------------------------------------------------
@@ -451,7 +461,7 @@ def submit_dag(pool: PoolLayout, run: RunLayout, workflow: Workflow, to_run: lis
             if old and state in ALIVE:
                 cancel([old])  # its afterok names replaced jobs, or its claim was taken back
             deps = [sa.whole_of(ids[d], arrays.get(d)) for d in specs[j].dependencies if d in ids]
-            params = from_mapping(specs[j].slurm, specs[j].resources).over(base).executor_parameters(
+            params = from_mapping(specs[j].slurm, specs[j].resources, specs[j].tags).over(base).executor_parameters(
                 "afterok:" + ":".join(deps) if deps else None, default_time=_job_minutes(specs[j]))
             # Held until its id is in its job file (below): no Slurm job starts unrecorded.
             params["slurm_additional_parameters"] = {**params.get("slurm_additional_parameters", {}), "hold": True}
@@ -474,6 +484,10 @@ def submit_dag(pool: PoolLayout, run: RunLayout, workflow: Workflow, to_run: lis
             log.warning("could not cancel the Slurm jobs just submitted: %s", e)
         raise
     release([i for j, i in new.items() if j not in arrays] + [i for a in arrays.values() for _, i, _ in a])
+    try:
+        os.unlink(run.slurm_cancelled)  # submitted again: no longer cancelled
+    except FileNotFoundError:
+        pass
     for held in reused_pending:  # held by a submission that died before releasing them
         try:
             release([held])
@@ -531,4 +545,8 @@ def cancel_run(run: RunLayout, dry_run: bool = False) -> list[str]:
     live = [i for i in ids if i in known or any(k.startswith(i + "_") for k in known)]
     if not dry_run:
         cancel(live)
+        # Said in the views: the run's jobs left in queued/ and waiting/ wait for Slurm
+        # jobs that will never start (until a resume submits them again, and removes it).
+        fsio.atomic_write_json(run.slurm_cancelled, {
+            "at": round(time.time(), 3), "by": f"{getpass.getuser()}@{socket.gethostname()}", "ids": ids})
     return live

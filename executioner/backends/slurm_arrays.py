@@ -232,7 +232,8 @@ def submit_array(pool: PoolLayout, run: RunLayout, workflow: Workflow, j: str, c
     specs = {s.id: s for s in workflow.jobs}
     spec, cut = specs[j], cuts[j]
     # slurm: sizes the element (tasks at once); else it asks what one task's resources say
-    options = from_mapping(spec.slurm, {k: v for k, v in spec.resources.items() if k not in spec.slurm}).over(base)
+    options = from_mapping(spec.slurm, {k: v for k, v in spec.resources.items() if k not in spec.slurm},
+                           spec.tags).over(base)
     limit = options.additional_parameters.get(LIMIT_KEY)
     slots = max(1, (options.cpus or 1) // max(1, int(spec.resources.get("cpus", 1))))
     minutes = options.time or element_minutes(spec, cut.size, slots, FIT_SLACK_S, DEFAULT_MINUTES)

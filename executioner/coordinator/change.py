@@ -37,7 +37,7 @@ import shutil
 import time
 from typing import Any, Callable
 
-from ..protocol import attempts, fence, fsio, placement, store
+from ..protocol import attempts, fence, fsio, placement, slots, store
 from ..protocol.graph import graph_record
 from .coord import abandoned, coordinating, refresh
 from ..errors import ChangeIncomplete, Refused, RunBusy
@@ -86,6 +86,7 @@ def apply(run: RunLayout, make: Callable[[], Plan]) -> Plan:
         # RACE: another coordinator may start a change right after this plan; ours moved
         # nothing, so it is as if we had run just before it. A plan made while one is at
         # work sees its grabbed jobs missing, and read_current says the run is busy.
+        slots.repair(run, slots.limits_of(store.read_run_record(run)))  # limits/ made if missing (rename: no lock)
         return first  # writes nothing, not even an attempt record; needs no lock
     # What we write keeps the run's mode: the group's too if it was made with --shared-group.
     fsio.share_with_group(fsio.is_group_shared(run.root))
@@ -326,6 +327,8 @@ def _commit(run: RunLayout, stage: str) -> None:
     if commit is None:
         return
     problems = []
+    new_record = any(name == "run.json" for name, _ in commit["files"])
+    before = _limits_before(run, stage) if new_record else None
     for name, target in commit["files"]:
         try:
             if os.path.exists(run.staged_file(stage, name)):
@@ -333,6 +336,14 @@ def _commit(run: RunLayout, stage: str) -> None:
                 os.rename(run.staged_file(stage, name), os.path.join(run.root, target))
         except OSError as e:
             problems.append(f"{target}: {e.strerror or e}")
+    if new_record:
+        try:
+            # Before the jobs are placed: a job placed in queued/ finds its limit's slots.
+            limits = slots.limits_of(store.read_run_record(run))
+            if limits:
+                slots.reconcile(run, limits, before)
+        except (OSError, ValueError) as e:
+            problems.append(f"{run.limits_dir}: {getattr(e, 'strerror', None) or e}")
     for p in commit["placements"]:
         try:
             _place(run, stage, p["job"], p["src"], p["dst"])
@@ -345,6 +356,18 @@ def _commit(run: RunLayout, stage: str) -> None:
     fsio.unlink_quietly(run.staging_commit(stage))
     shutil.rmtree(run.staging(stage), ignore_errors=True)
     _remove_if_empty(run.staging_root)
+
+
+def _limits_before(run: RunLayout, stage: str) -> dict[str, int] | None:
+    """The limits of run.json before this change publishes its own; None when unknown (it
+    was published already, by a coordinator interrupted after that): then every missing
+    slot of a limit is made, not only those a raised N adds."""
+    if not os.path.exists(run.staged_file(stage, "run.json")):
+        return None
+    try:
+        return slots.limits_of(store.read_run_record(run))
+    except (OSError, ValueError):
+        return None
 
 
 def _place(run: RunLayout, stage: str, job: str, src: str | None, dst: str) -> None:

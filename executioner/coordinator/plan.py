@@ -102,6 +102,7 @@ class Plan:
     checks: list[dict[str, Any]] = field(default_factory=list)
     backend_before: str = "workers"  # the run's backend now
     order: list[str] = field(default_factory=list)  # the workflow's jobs, each after those it needs
+    limits_before: dict[str, Any] = field(default_factory=dict)  # the run's limits now (run.json)
 
     @property
     def refused(self) -> bool:
@@ -112,10 +113,11 @@ class Plan:
         """A resume that would move no job and accept no change: it writes nothing, not even
         its attempt record (four resumes racing must not leave three ghost attempts). Never
         for the Slurm-DAG backend, whose resume also resubmits Slurm jobs cancelled meanwhile,
-        nor with ``--priority`` (run.json changes)."""
+        nor with ``--priority`` or changed ``limits`` (run.json and limits/ change)."""
         backend = self.options.backend or self.backend_before
         return (self.attempt > 1 and all(s.stays for s in self.steps) and not self.changes
-                and backend == self.backend_before == "workers" and self.options.priority is None)
+                and backend == self.backend_before == "workers" and self.options.priority is None
+                and dict(self.workflow.limits) == self.limits_before)
 
     def idle_text(self) -> str:
         """What a resume with nothing to do says."""
@@ -298,7 +300,8 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
     units, current = _split_units(current, old_sizes)
     why = options.why if (current or units) else ("from-job" if options.from_jobs else "submit")
     plan = Plan(run_id, attempt, why, options, workflow,
-                backend_before=str((run_level or {}).get("backend") or "workers"))
+                backend_before=str((run_level or {}).get("backend") or "workers"),
+                limits_before=dict((run_level or {}).get("limits") or {}) if run_level else dict(workflow.limits))
     dependents = workflow.dependents()
     order = static_order({s.id: s.dependencies for s in workflow.jobs})
     plan.order = order
@@ -429,7 +432,10 @@ def make_plan(run_id: str, attempt: int, workflow: Workflow, current: dict[str, 
         if change["job"] in missing and change["new"] == "added":
             change["old"], change["new"] = "missing", "recreated"
     _checks(plan, current, live, options, missing)
-    if plan.nothing_to_do and live:  # live claims are only left running: nothing to refuse
+    backend = options.backend or plan.backend_before
+    if live and all(s.stays for s in plan.steps) and not plan.changes and backend == plan.backend_before:
+        # live claims are only left running (nothing to do, or only run.json changes: the
+        # run's priority, its limits): nothing to refuse
         for c in plan.checks:
             if c["check"] == "claims":
                 c["ok"], c["detail"] = True, "left running: " + "; ".join(live)
@@ -634,17 +640,18 @@ def _check_names(workflow: Workflow, specs: dict[str, JobSpec], options: Options
             job, sep, index = name.partition(":")
             if sep and job in specs and flag == "--rollback-to":  # one task of an array: sim:4
                 tasks = specs[job].tasks
+                # Named by the option, not by a workflow file and key: on a resume the user
+                # may have passed no file at all (the run's own copy is used).
                 if tasks is None:
-                    errors.append(WorkflowError(f"{job!r} is not an array: roll back the job itself", workflow.path,
-                                                name, flag))
+                    errors.append(WorkflowError(f"{flag} {name}: {job!r} is not an array: roll back the job itself"))
                 elif not index.lstrip("-").isdigit() or tasks.position(int(index)) is None:
-                    errors.append(WorkflowError(f"no task {name!r} (its tasks are {job}:{tasks.index(0)} to "
-                                                f"{job}:{tasks.index(len(tasks) - 1)})", workflow.path, name, flag))
+                    errors.append(WorkflowError(f"{flag} {name}: no task {name!r} (its tasks are {job}:{tasks.index(0)}"
+                                                f" to {job}:{tasks.index(len(tasks) - 1)})"))
                 continue
             if name not in specs:
                 close = difflib.get_close_matches(name, list(specs), n=3)
                 hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-                errors.append(WorkflowError(f"no job {name!r} in the workflow{hint}", workflow.path, name, flag))
+                errors.append(WorkflowError(f"{flag} {name}: no job {name!r} in the workflow{hint}"))
     if errors:
         raise WorkflowErrors(errors)
 

@@ -8,7 +8,7 @@ import shutil
 import time
 from typing import Any
 
-from ..protocol import attempts, fsio, placement
+from ..protocol import attempts, fsio, placement, slots
 from ..protocol.graph import graph_record
 from ..errors import PoolError
 from ..protocol.layout import FORMAT_VERSION, PoolLayout, RunLayout, run_sort_key
@@ -90,6 +90,8 @@ def _build(run: RunLayout, workflow: Workflow, plan: Plan) -> None:
                                  [], [s.row() for s in plan.steps], plan.checks)
     fsio.write_unsynced(run.attempt_record(1), fsio.dumps(record))
     fsio.write_unsynced(run.graph, fsio.dumps(graph_record(workflow.needs(), 1, [], plan.order)))
+    if workflow.limits:  # no limits/ folder at all for a run without limits
+        slots.create(run, workflow.limits)
     # One syncfs makes every file above durable (instead of one fsync each) before
     # run.json publishes the run; nothing reads a run before that.
     fsio.sync_filesystem(run.root)

@@ -21,7 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import WorkflowError
-from ..protocol import placement, store
+from ..protocol import placement, slots, store
 from ..protocol.pieces import destination, results_columns, split
 from ..protocol.ready import Upstream
 from .execute import build_env, command_argv, missing_outputs, run_command, TryResult
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("executioner.worker")
 HELD_CHECK = 0.5  # seconds between two checks that the claim is still ours, between tasks
+SLOT_LOOK = 1.0  # seconds between two looks for a free slot of a full limit, by a chunk's runners
 
 
 class ChunkTry:
@@ -52,6 +53,8 @@ class ChunkTry:
         self.checked = time.monotonic()  # claimed just now: first checked HELD_CHECK from now
         self.held = True
         self.needs = placement.needs(self.spec)  # of each task
+        self.limit = slots.limit_of(self.spec)  # each runner holds one slot of it (see _wait_for_permit)
+        self.slot_looked = 0.0  # when a runner last looked for a free slot of it
 
     # ---- running ----------------------------------------------------------------
     def run(self) -> list[tuple[str, str, dict[str, Any]]] | None:
@@ -73,19 +76,21 @@ class ChunkTry:
         try:
             # the first runner uses the slot that claimed the chunk, and what the claim took
             held: Assignment | None = self.worker._assigned.get(claim.token)
+            # and the slot of its limit the claim took
+            slot = next((i for _r, _n, i in self.worker._slots.get(claim.token, ())), None)
             borrowed = False
             while True:
                 with self.cond:
                     if self.left <= self.running or self._stopping():
                         break  # every task left is taken by a runner, or no more may start
                     self.running += 1
-                t = threading.Thread(target=self._runner, args=(len(runners), borrowed, held), daemon=True)
+                t = threading.Thread(target=self._runner, args=(len(runners), borrowed, held, slot), daemon=True)
                 t.start()
                 runners.append(t)
                 more = self._wait_for_permit()
                 if more is None:
                     break
-                borrowed, held = True, more
+                borrowed, (held, slot) = True, more
             for t in runners:
                 t.join()
         finally:
@@ -102,21 +107,42 @@ class ChunkTry:
                                             "`exec-submit --resume` runs it again"})
         return self._pieces(start, time.time())
 
-    def _wait_for_permit(self) -> Assignment | None:
-        """A free slot of the worker and room for one more task (what it holds), or None
-        once no more runner is wanted: every task left is taken, or the chunk must stop.
-        While the worker holds a reservation (see Claiming._short) no runner is added."""
+    def _wait_for_permit(self) -> tuple[Assignment, int | None] | None:
+        """A free slot of the worker, room for one more task (what it holds) and, for an
+        array with a ``limit``, a slot of that limit (its number); None once no more runner
+        is wanted: every task left is taken, or the chunk must stop. While the worker holds
+        a reservation (see Claiming._short) no runner is added. A full limit is looked at
+        again (one listing of its free/) at most every SLOT_LOOK seconds."""
         w = self.worker
         with self.cond:
             while True:
                 if self.left <= self.running or self._stopping():
                     return None
-                if w._reserved is None and w._permits.acquire(blocking=False):
+                now = time.monotonic()
+                if w._reserved is None and (self.limit is None or now - self.slot_looked >= SLOT_LOOK) \
+                        and w._permits.acquire(blocking=False):
                     held = w.ledger.take(self.needs)
                     if held is not None:
-                        return held
+                        if self.limit is None:
+                            return held, None
+                        self.slot_looked = now
+                        slot = self._take_slot()
+                        if slot is not None:
+                            return held, slot
+                        w.ledger.give(held)
                     w._permits.release()
                 self.cond.wait(0.2)
+
+    def _take_slot(self) -> int | None:
+        """One more slot of the chunk's limit, with the chunk's claim token."""
+        w, claim = self.worker, self.claim
+        assert self.limit is not None
+        n = slots.limits_of(w._records.get(claim.run.run_id) or {}).get(self.limit)
+        i = slots.take(claim.run, self.limit, claim.token, n)
+        if i is not None:
+            with w._lock:
+                w._slots.setdefault(claim.token, []).append((claim.run, self.limit, i))
+        return i
 
     def _next(self) -> int | None:
         """The next task to start, or None when none is left or none may start."""
@@ -139,7 +165,7 @@ class ChunkTry:
             self.held = self.claim.still_held()
         return self.held
 
-    def _runner(self, k: int, borrowed: bool, held: Assignment | None) -> None:
+    def _runner(self, k: int, borrowed: bool, held: Assignment | None, slot: int | None = None) -> None:
         """Run tasks one after another until none is left: a thread per slot in use, not per
         task, and one pair of spool files it empties for each task."""
         paths = (os.path.join(self.spool, f"{k}.out"), os.path.join(self.spool, f"{k}.err"))
@@ -156,6 +182,8 @@ class ChunkTry:
         finally:
             for fd in fds:
                 os.close(fd)
+            if slot is not None:  # its last task has ended: the limit's slot is free now
+                self.worker._release_slots(self.claim.token, only=slot)
             if borrowed:
                 if held is not None:
                     self.worker.give_back(held)

@@ -65,11 +65,15 @@ class Claiming(Placing):
             names = os.listdir(self.pool.root)
         except FileNotFoundError:
             return []
+        present = set(names)
+        gone = [n for n in self._known if n not in present]
+        for name in gone:  # removed: forgotten, so that a new run of that name is examined afresh
+            self.forget(name)
         for name in names:
             if name not in self._known and not name.startswith(".") and name != "workers":
                 if os.path.exists(self.pool.run(name).record):
                     self._known.add(name)  # else: not published yet, look again next time
-        return sorted((n for n in self._known if n in set(names)), key=run_sort_key)
+        return sorted((n for n in self._known if n in present), key=run_sort_key)
 
     def _wanted(self, unit: str) -> bool:
         """Is this job (or chunk) one we may claim? Every one, unless ``only_jobs`` limits us."""
@@ -176,8 +180,8 @@ class Claiming(Placing):
                 continue
             # RACE: our slots share one ledger: what a job needs is taken before the claim's
             # rename, so two slots never both count the same free CPU or GPU; a lost rename
-            # gives it back. (A limit's slot, pool-wide, would be taken after the rename,
-            # with the claim's token: the hook for workflow limits.)
+            # gives it back. A limit's slot, pool-wide, is taken after the rename, with the
+            # claim's token, just before its lock (Placing._take_slot, called by _take).
             held = self._place(run_id, job_id)
             if held is None:
                 continue  # does not fit now (or here): the next candidate
@@ -197,6 +201,7 @@ class Claiming(Placing):
                     self._unreserve((run_id, job_id))
                     return claim
             except BaseException:
+                self._release_slots(claim.token)
                 store.release(claim)  # anything went wrong before it ran: give it back
                 if held is not None:
                     self.ledger.give(held)
@@ -258,13 +263,18 @@ class Claiming(Placing):
         logs = [run.log(job_id, claim.try_number, "out"), run.log(job_id, claim.try_number, "err")]
         if is_chunk(claim.record):
             logs.append(run.task_journal(job_id, claim.try_number))
+        if not self._take_slot(run_id, claim):  # its limit is full (see Placing._take_slot)
+            store.release(claim)  # RACE: not locked yet, ours alone to put back
+            return False
         try:
             store.write_lock(claim, logs)
         except ForeignFile as e:  # logs/ swapped for a symlink since we took the run up
+            self._release_slots(claim.token)
             store.release(claim)  # RACE: not locked: ours alone to put back
             self._leave_run(run_id, str(e))
             return False
         except OSError as e:  # a full disk, a quota, EIO: no lock, so no run; the job goes back as it was
+            self._release_slots(claim.token)
             store.release(claim)  # RACE: not locked: ours alone to put back
             log.warning("job %s of run %s: cannot write its claim's lock (%s: %s); put back in queued/",
                         job_id, run_id, e.filename or claim.lock, e.strerror or e)

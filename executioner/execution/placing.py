@@ -8,11 +8,14 @@ resources, priorities, tags"); what the worker has and holds is
 from __future__ import annotations
 
 import logging
+import os
+import random
 import threading
 import time
 from typing import Any
 
-from ..protocol import placement, store
+from ..protocol import placement, slots, store
+from ..protocol.layout import PoolLayout, RunLayout
 from .capacity import Assignment, Ledger
 
 log = logging.getLogger("executioner.worker")
@@ -48,6 +51,11 @@ class Placing:
     _short_since: dict[tuple[str, str], float]
     _reserved: tuple[str, str] | None
     _deferred: dict[str, list[str]]
+    _full: dict[tuple[str, str], float]
+    _slots: dict[str, list[tuple[RunLayout, str, int]]]
+    pool: PoolLayout
+    poll_min: float
+    _rng: random.Random
 
     def _place(self, run_id: str, job_id: str) -> Assignment | None:
         """Take what the job needs of our free capacity, as the run's placement index says
@@ -61,6 +69,8 @@ class Placing:
         with self._lock:
             if self._reserved is not None and self._reserved != key:
                 return None
+        if entry.get("limit") and not self._limit_open(run_id, entry["limit"]):
+            return None  # its limit was full at the last look: not claimed (see _limit_open)
         why = self._never(needs, entry.get("tags"))
         if why is not None:
             log.info("job %s of run %s: needs %s: left for another worker", job_id, run_id, why)
@@ -76,6 +86,74 @@ class Placing:
             if self.ledger.fits(placement.DEFAULT_NEEDS):
                 self._short(key)  # a one-CPU job could start now and overtake it (a full worker overtakes no one)
         return held
+
+    def _limit_open(self, run_id: str, name: Any) -> bool:
+        """May a job of limit ``name`` be claimed? Yes, unless a claim of ours found every
+        slot held; then one listing of its free/ at most every ``poll_min`` seconds says
+        when one is free again (our own release says so at once). A run whose jobs name no
+        limit never gets here: the plain path lists and stats nothing under limits/."""
+        key = (run_id, str(name))
+        now = time.monotonic()
+        with self._lock:
+            full_at = self._full.get(key)
+            if full_at is None:
+                return True
+            if now - full_at < self.poll_min:
+                return False
+            self._full[key] = now  # looked at now, whatever we find
+        if slots.has_free(self.pool.run(run_id), str(name), slots.limits_of(self._records.get(run_id) or {}).get(
+                str(name))):
+            with self._lock:
+                self._full.pop(key, None)
+            return True
+        return False
+
+    def _take_slot(self, run_id: str, claim: store.Claim) -> bool:
+        """Take a slot of the claimed job's limit with the claim's token (after the claim's
+        rename, before its lock: nothing has started), or False when none is free (the
+        caller puts the claim back: ours alone, not locked yet). A job of no limit: True."""
+        name = slots.limit_of(claim.record["spec"])
+        if name is None:
+            return True
+        n = slots.limits_of(self._records.get(run_id) or {}).get(name)
+        i = slots.take(claim.run, name, claim.token, n, self._rng)
+        if i is None and not os.path.isdir(claim.run.slots_free(name)) and (run_id, name) not in self._full:
+            log.warning("run %s: limit %s has no slots (%s is missing: a run submitted before limits were "
+                        "enforced?); its jobs wait: `exec-submit --resume %s` makes them", run_id, name,
+                        claim.run.slots_free(name), run_id)
+        with self._lock:
+            if i is None:
+                self._full[(run_id, name)] = time.monotonic()
+                return False
+            self._slots.setdefault(claim.token, []).append((claim.run, name, i))
+        return True
+
+    def _release_slots(self, token: str, only: int | None = None) -> None:
+        """Give back the slots the claim ``token`` holds (``only``: that one slot, a chunk
+        runner's), as soon as their command ended; never raises. RACE: a reaper that took
+        the claim meanwhile may have given them back already: our rename then finds its
+        held name gone and frees nothing (it never frees the slot another claim holds now)."""
+        with self._lock:
+            held = self._slots.get(token)
+            if not held:
+                return
+            mine = [h for h in held if only is None or h[2] == only]
+            rest = [h for h in held if h not in mine]
+            if rest:
+                self._slots[token] = rest
+            else:
+                self._slots.pop(token, None)
+        for run, name, i in mine:
+            n = slots.limits_of(self._records.get(run.run_id) or {}).get(name)
+            try:
+                slots.release(run, name, i, token, n)
+            except OSError as e:  # EIO, EACCES: the sweep frees it once its claim is gone
+                log.warning("run %s: cannot give back slot %d of limit %s (%s); freed by a sweep later",
+                            run.run_id, i, name, e)
+            with self._lock:
+                was_full = self._full.pop((run.run_id, name), None) is not None
+            if was_full:
+                self._wake.set()  # a job of that limit may start now
 
     def _note_short(self, run_id: str, names: list[str]) -> None:
         """At a listing, the jobs that need more than is free now start waiting (and are

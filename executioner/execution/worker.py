@@ -16,12 +16,13 @@ from typing import Any, Callable
 
 import filelock
 
-from ..protocol import fsio, store
+from ..protocol import fsio, slots, store
 from .claims import Claiming
 from .events import Events
 from ..errors import PoolError, WorkflowError
 from .execute import TryResult, TryStatus, build_env, command_argv, missing_outputs, run_command
-from ..protocol.layout import PoolLayout
+from ..protocol.layout import PoolLayout, RunLayout
+from ..protocol.slots import OrphanFinder
 from ..protocol.rebuild import LostFinder, coordinating, place_record
 from ..liveness.clock import StorageClock
 from ..liveness.reap import Reaper
@@ -77,6 +78,9 @@ class Worker(Claiming):
         self._short_since: dict[tuple[str, str], float] = {}
         self._reserved: tuple[str, str] | None = None
         self._deferred: dict[str, list[str]] = {}  # run -> jobs passed by for lack of room
+        self._full: dict[tuple[str, str], float] = {}  # (run, limit) -> when a claim found no free slot
+        self._slots: dict[str, list[tuple[RunLayout, str, int]]] = {}  # claim token -> the limit slots it holds
+        self.orphans = OrphanFinder()  # held slots whose claim is gone (see executioner.protocol.slots)
         self.exit_when_idle = exit_when_idle
         self.max_jobs = max_jobs
         self.heartbeat = heartbeat
@@ -216,6 +220,33 @@ class Worker(Claiming):
             self._wake.clear()
             delay = min(self.poll_max, delay * 2)
 
+    def forget(self, run_id: str) -> None:
+        """The run was removed: nothing of it is kept, and its name, if a new run takes it,
+        is examined afresh (published only once it has a run.json)."""
+        with self._lock:
+            self._runs = [r for r in self._runs if r != run_id]
+            self._known.discard(run_id)
+            for cache in (self._candidates, self._cursor, self._records, self._last_sweep, self._last_scrub,
+                          self._last_reap, self._last_lost, self._listed, self._deferred):
+                cache.pop(run_id, None)  # type: ignore[attr-defined]
+            for keyed in (self._not_before, self._short_since):
+                for key in [k for k in keyed if k[0] == run_id]:
+                    keyed.pop(key, None)  # type: ignore[attr-defined]
+            self._wont_fit = {k for k in self._wont_fit if k[0] != run_id}
+            self._refused.discard(run_id)
+            self._queued_empty.discard(run_id)
+        log.info("run %s: removed from the pool; forgotten", run_id)
+
+    def _unghost(self, run: RunLayout) -> None:
+        """Remove what our sweep's lease made of a run removed under it: RUN/waiting/ and RUN
+        itself, each only if empty (rmdir never removes anything else)."""
+        for path in (run.state_dir("waiting"), run.root):
+            try:
+                os.rmdir(path)
+            except OSError:
+                return  # not empty (a new run of that name is being made) or gone: leave it
+        self.forget(run.run_id)
+
     def stop_claiming(self) -> None:
         """Idle exit: the other slots finish what they run, then stop too."""
         self._stop.set()
@@ -266,6 +297,7 @@ class Worker(Claiming):
             log.exception("job %s of run %s: unexpected error", claim.job_id, claim.run.run_id)
             self._fail_internal(claim, e)
         finally:
+            self._release_slots(claim.token)  # every path that ends a try (those below did it already)
             store.close_logs(claim)
             with self._lock:
                 self._busy -= 1
@@ -314,7 +346,7 @@ class Worker(Claiming):
             if any(nb > now for nb in self._not_before.values()):
                 return True
             runs = list(self._runs)
-        if any(self.lost.pending(r) for r in runs) or self._refused:
+        if any(self.lost.pending(r) or self.orphans.pending(r) for r in runs) or self._refused:
             return True
         # A worker limited to some jobs waits only for those: an element of a Slurm array
         # must not outlive its own chunks while other elements' chunks run.
@@ -333,17 +365,23 @@ class Worker(Claiming):
                 now = time.monotonic()
                 with self._lock:
                     refused = run_id in self._refused
-                dormant = self._dormant(run_id) and not self.lost.pending(run_id)
+                dormant = self._dormant(run_id) and not self.lost.pending(run_id) and not self.orphans.pending(run_id)
                 every = 0.0 if refused else self.dormant_every if dormant else self.sweep_every
                 if now - self._last_sweep.get(run_id, -1e9) < every:
                     continue
                 self._last_sweep[run_id] = now
                 run = self.pool.run(run_id)
+                if not os.path.exists(run.record):  # removed (rm -r, --delete) under us
+                    self.forget(run_id)
+                    continue
                 # One sweeper per run at a time; a lease, so a dead sweeper's marker expires.
                 # Overlap after expiry is harmless: promotion is idempotent.
                 lease_path = os.path.join(run.state_dir("waiting"), ".sweep.lock")
                 lease = filelock.SoftFileLease(lease_path, lease_duration=30.0, timeout=0, mode=fsio.file_mode())
                 try:
+                    # RACE: filelock makes the lease's missing parents: a run removed between
+                    # the check above and here comes back as a ghost RUN/waiting/; it is
+                    # removed again below (see _unghost).
                     lease.acquire()
                 except (filelock.Timeout, OSError) as e:
                     # Another sweeper holds it (over sshfs an O_EXCL loser may see EPERM); or
@@ -364,6 +402,8 @@ class Worker(Claiming):
                         expected = int((self._records.get(run_id) or {}).get("jobs") or 0)
                         if self.lost.check(run, expected, now):
                             moved += store.sweep(run)  # a rebuilt job whose dependencies are done
+                    if "limits" in (self._records.get(run_id) or {}):
+                        self._free_orphans(run, now)
                     if now - self._last_scrub.get(run_id, -1e9) >= self.scrub_every * (
                             5 if self._dormant(run_id) else 1):
                         self._last_scrub[run_id] = now
@@ -372,6 +412,8 @@ class Worker(Claiming):
                         self.scrubber.scrub(run, self.clock.now(), contents=self._dormant(run_id))
                 finally:
                     lease.release()
+                    if not os.path.exists(run.record):
+                        self._unghost(run)
                 if moved:
                     with self._lock:
                         self._candidates.pop(run_id, None)
@@ -382,6 +424,17 @@ class Worker(Claiming):
             return promoted
         finally:
             self._sweeping.release()
+
+    def _free_orphans(self, run: RunLayout, now: float) -> None:
+        """Free the slots held by claims no longer in running/ (seen so twice), and remove
+        the free ones a lowered limit retired; run.json is read again for the limits' N."""
+        try:
+            limits = slots.limits_of(store.read_run_record(run))
+            if self.orphans.check(run, limits, now):
+                with self._lock:
+                    self._full = {k: v for k, v in self._full.items() if k[0] != run.run_id}
+        except (OSError, ValueError) as e:
+            log.warning("run %s: cannot look at its limits' slots: %s", run.run_id, e)
 
     # ---- running ------------------------------------------------------------------
     def give_back(self, held: Assignment) -> None:
@@ -430,6 +483,7 @@ class Worker(Claiming):
             result = run_command(argv, cwd, env, out_fd, err_fd, spec["timeout"], spec["kill_grace"], claim.token,
                                  keep_going=lambda: not self._abort.is_set() and claim.still_held(),
                                  tick=min(self.heartbeat, 1.0), cores=held.cores if held else ())
+        self._release_slots(claim.token)  # the command has ended: its limit's slot is free now
         status: TryStatus = result.status
         reason = result.reason
         if status == "failed" and not self._abort.is_set() and (result.signal in STOP_SIGNALS or self.in_slurm):
@@ -446,6 +500,8 @@ class Worker(Claiming):
                 status, reason = "failed", f"missing outputs: {', '.join(missing)}"
         if status == "lost":
             if not claim.still_held():
+                if self._removed(claim):  # exec-submit --delete --force, rm -r
+                    return
                 log.warning("lost %s of run %s (try %d): claim lost; wrote nothing", claim.job_id, run.run_id,
                             try_number)
                 self._vanished(claim, "its job file disappeared from running/ while it ran")
@@ -549,6 +605,8 @@ class Worker(Claiming):
                 self._vanished(claim, "its job file disappeared from running/ before its result was recorded")
                 return False
             except OSError as e:
+                if self._removed(claim):
+                    return False
                 if time.monotonic() >= deadline:
                     return self._hand_back(claim, e)
                 log.warning("job %s of run %s: cannot record its result (%s); trying again in %.1f s",
@@ -556,6 +614,15 @@ class Worker(Claiming):
             if self._abort.wait(delay):
                 deadline = 0.0  # stopping: hand it back now
             delay = min(delay * 2, 10.0)
+
+    def _removed(self, claim: store.Claim) -> bool:
+        """The claim's run was removed (exec-submit --delete --force, rm -r): say so once and
+        forget the run, rather than retrying writes into a folder that is gone."""
+        if os.path.exists(claim.run.record):
+            return False
+        log.warning("job %s of run %s: the run was removed; nothing recorded", claim.job_id, claim.run.run_id)
+        self.forget(claim.run.run_id)
+        return True
 
     def _hand_back(self, claim: store.Claim, error: OSError) -> bool:
         """Give the claim back untouched after its result could not be written: one rename."""
@@ -567,6 +634,8 @@ class Worker(Claiming):
                               "without a record of this try", claim.job_id, claim.run.run_id, error, back)
                 return False
             except OSError as e:
+                if self._removed(claim):
+                    return False
                 log.error("job %s of run %s: cannot hand it back either (%s); trying again", claim.job_id,
                           claim.run.run_id, e)
             if self._abort.wait(10.0):
@@ -581,9 +650,9 @@ class Worker(Claiming):
         Not for a chunk of an array: whoever took it placed it as pieces under other names
         (its unit name is then nowhere, rightly), and tasks truly missing are found by
         coverage and rebuilt (executioner.protocol.rebuild.array_gaps)."""
-        if is_chunk(claim.record):
+        if is_chunk(claim.record) or not os.path.exists(claim.run.record):
             # RACE: a reaper split our chunk while we committed; recreating it by its old
-            # name would run (and complete) its tasks twice.
+            # name would run (and complete) its tasks twice. (A removed run: nothing to put back.)
             return
         for pause in (0.0, 0.5):
             time.sleep(pause)

@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 
 from ..errors import ForeignFile
-from ..protocol import fence, fsio, records, store
+from ..protocol import fence, fsio, records, slots, store
 from ..protocol.layout import PoolLayout, RunLayout
 from ..protocol.rebuild import rebuilt
 from ..protocol.scrub import bad_file_reason, quarantine, read_checked
@@ -284,9 +284,30 @@ def requeue_lost(run: RunLayout, job_id: str, token: str, record: dict[str, Any]
 
     state = store.take(run, job_id, token, build)
     if state is not None:
+        free_slots(run, record, token)
         log.warning("run %s: job %s %s: %s", run.run_id, job_id, "failed" if state == "failed" else "requeued",
                     reason)
     return state
+
+
+def free_slots(run: RunLayout, record: dict[str, Any] | None, token: str) -> None:
+    """Give back the limit's slots the claim ``token`` held (see executioner.protocol.slots);
+    never raises. RACE: its worker, slow but alive, may give them back this instant: one
+    rename of each held name wins, the other finds it gone. ``record`` None: the job's
+    limit is not known here (a recovered private folder), so every limit of the run is
+    looked at; a run without limits has no limits/ folder, and costs one failed listing."""
+    try:
+        name = slots.limit_of(record["spec"]) if record is not None else None
+        if record is not None and name is None:
+            return
+        names = [name] if name else os.listdir(run.limits_dir)
+        for limit in names:
+            if slots.release_token(run, limit, token):
+                log.info("run %s: gave back the slots of limit %s held by claim %s", run.run_id, limit, token)
+    except FileNotFoundError:
+        return
+    except (OSError, KeyError, TypeError) as e:
+        log.warning("run %s: cannot give back the slots of claim %s: %s", run.run_id, token, e)
 
 
 def recover_private(run: RunLayout, private: fence.Private, reason: str, into: str | None = None) -> str | None:
@@ -301,13 +322,16 @@ def recover_private(run: RunLayout, private: fence.Private, reason: str, into: s
                 return None
             return into or "waiting", record
         assert content is not None
+        seen.append(content)
         claim = store.claim_lock(run, private.job_id, private.token, content)
         if into is None and fence.completed(content, private, (claim or {}).get("try")):
             return private.intent, content
         return lost_record(run, content, reason, claim, into)
 
+    seen: list[dict[str, Any]] = []  # the job's record, as the recovery found it
     state = fence.recover(private, build)
     if state is not None:
+        free_slots(run, seen[0] if seen else None, private.token)
         log.warning("run %s: job %s placed in %s/: %s", run.run_id, private.job_id, state, reason)
     return state
 

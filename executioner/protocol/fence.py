@@ -189,7 +189,7 @@ def _publish(private: Private, build: Build, put_back: str | None, read: bool = 
     if pause:
         time.sleep(pause)
     if dst == "removed":
-        fsio.make_dirs(run.removed_dir)
+        fsio.make_dir(run.removed_dir, exist_ok=True)  # never the run's own folder: a removed run stays removed
     try:
         os.rename(private.job_file, run.job(private.job_id, dst))  # RACE: as above
     except FileNotFoundError:
@@ -232,7 +232,7 @@ def _publish_pieces(private: Private, pieces: list[tuple[str, str, dict[str, Any
 def _place_pieces(private: Private, placed: list[tuple[str, str]]) -> str | None:
     """Rename committed pieces out of the folder, then remove it; None if it was taken."""
     if any(os.path.dirname(dst) == private.run.removed_dir for _, dst in placed):
-        fsio.make_dirs(private.run.removed_dir)  # with the run's mode, as _publish makes it
+        fsio.make_dir(private.run.removed_dir, exist_ok=True)  # with the run's mode, as _publish makes it
     for piece, dst in placed:
         try:
             os.rename(piece, dst)  # RACE: as in _publish

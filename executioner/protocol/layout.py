@@ -53,6 +53,9 @@ Format version 1. A *pool* is a directory of runs::
                                      workflow's sha256, parent, accepted changes, plan
         attempts/NNNN.workflow.yaml  the workflow that attempt used (.json if JSON)
         removed/<job>.json           jobs taken out of the run by a forced resume
+        limits/<name>/free/<i>       a free slot of workflow limit <name> (empty files,
+                                     i = 0..N-1; see executioner.protocol.slots)
+        limits/<name>/held/<i>@<token>   slot i, held by the claim <token> (running/<job>@<token>.json)
         coordinator.lock / .json     present only while a resume or rollback changes the run:
                                      who, doing what, since when
         .coord/<token>/              a coordinator's staging folder (see executioner.coordinator.change);
@@ -213,6 +216,12 @@ class RunLayout:
     def slurm_record(self) -> str:
         return os.path.join(self.root, "slurm.json")
 
+    @property
+    def slurm_cancelled(self) -> str:
+        """Written by ``exec-submit --cancel`` (when, by whom, which Slurm jobs); removed by
+        the next submission to Slurm. Views say the run is cancelled rather than queued."""
+        return os.path.join(self.root, "slurm-cancelled.json")
+
     def slurm_array_script(self, job: str, attempt: int, part: int) -> str:
         """The sbatch script that submitted part ``part`` of array ``job``'s Slurm array in
         attempt ``attempt`` (kept for reading by hand; Slurm keeps its own copy)."""
@@ -272,6 +281,28 @@ class RunLayout:
 
     def log(self, job_id: str, try_number: int, stream: Literal["out", "err"]) -> str:
         return os.path.join(self.root, "logs", f"{job_id}.{try_number}.{stream}")
+
+    @property
+    def limits_dir(self) -> str:
+        """``limits/``: one folder per workflow limit (see executioner.protocol.slots)."""
+        return os.path.join(self.root, "limits")
+
+    def limit_dir(self, name: str) -> str:
+        return os.path.join(self.root, "limits", name)
+
+    def slots_free(self, name: str) -> str:
+        """``limits/<name>/free/``: one empty file ``<i>`` per free slot of the limit."""
+        return os.path.join(self.root, "limits", name, "free")
+
+    def slots_held(self, name: str) -> str:
+        """``limits/<name>/held/``: ``<i>@<token>`` per slot held by the claim ``<token>``."""
+        return os.path.join(self.root, "limits", name, "held")
+
+    def slot_free(self, name: str, i: int) -> str:
+        return os.path.join(self.root, "limits", name, "free", str(i))
+
+    def slot_held(self, name: str, i: int, token: str) -> str:
+        return os.path.join(self.root, "limits", name, "held", f"{i}{TOKEN_SEP}{token}")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,9 @@ slots reading at once. run.json carries the workflow's env: it gets the same cap
 from __future__ import annotations
 
 import os
+from functools import partial
+from itertools import chain
+from operator import is_not
 from typing import Any, Final
 
 from . import fsio
@@ -348,6 +351,8 @@ def _columns_problem(results: dict[str, Any]) -> str | None:
             continue
         if not isinstance(values, list) or len(values) != length:
             return f"{column} is {_show(values)}, not one value per task"
+        if _column_fast_ok(kind, values):
+            continue
         for v in values:
             if v is None:
                 continue
@@ -356,6 +361,29 @@ def _columns_problem(results: dict[str, Any]) -> str | None:
             if not ok:
                 return f"{column} holds {_show(v)}, not {'[offset, length]' if kind == 'span' else kind}"
     return None
+
+
+_FAST_TYPES: Final = {_STR: {str, type(None)}, _INT: {int, type(None)}, _NUM: {int, float, type(None)}}
+_BOUND: Final = {_INT: MAX_INT, _NUM: MAX_NUM}
+
+
+def _column_fast_ok(kind: str, values: list[Any]) -> bool:
+    """True if every value of a column is of its kind, checked a column at a time in C (the
+    value by value loop took 8 s for the 2,000 chunk files of a 1,000,000-task array). False
+    says nothing: the caller's loop then finds the value and names it. ``type()``, not
+    isinstance: a bool is not a number here."""
+    if kind == "span":
+        spans = list(filter(None, values))  # null and [] are fine
+        if not set(map(type, spans)) <= {list} or not set(map(len, spans)) <= {2}:
+            return False
+        flat = list(chain.from_iterable(spans))
+        return set(map(type, flat)) <= {int} and min(flat, default=0) >= 0
+    if not set(map(type, values)) <= _FAST_TYPES[kind]:
+        return False
+    if kind not in _BOUND:
+        return True
+    numbers = list(filter(partial(is_not, None), values))
+    return -_BOUND[kind] <= min(numbers, default=0) and max(numbers, default=0) <= _BOUND[kind]
 
 
 def _whole(value: Any) -> bool:
@@ -460,6 +488,15 @@ def slurm_ids(data: Any) -> dict[str, list[str]]:
         return {}
     return {k: [i for i in v if isinstance(i, str)] for k, v in data.items()
             if k in ("workers", "dag") and isinstance(v, list)}
+
+
+def cancelled_info(data: Any) -> dict[str, Any] | None:
+    """slurm-cancelled.json (``{"at": epoch, "by": "user@host", "ids": [Slurm ids]}``), or
+    None if it is not of that shape (a broken marker says nothing)."""
+    if not isinstance(data, dict) or not _kind_ok(_NUM, data.get("at")) or not isinstance(data.get("ids"), list):
+        return None
+    return {"at": data["at"], "by": data.get("by") if isinstance(data.get("by"), str) else None,
+            "ids": [i for i in data["ids"] if isinstance(i, str)]}
 
 
 def holder_info(data: Any) -> dict[str, Any] | None:

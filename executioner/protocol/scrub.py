@@ -84,7 +84,10 @@ def quarantine(run: RunLayout, path: str, reason: str) -> bool:
     if os.path.islink(run.quarantine_dir):
         log.error("run %s: not quarantining %s (%s): quarantine/ is a symlink", run.run_id, path, reason)
         return False
-    fsio.make_dirs(run.quarantine_dir)
+    try:
+        fsio.make_dir(run.quarantine_dir, exist_ok=True)  # never its parents: a removed run stays removed
+    except FileNotFoundError:
+        return False  # the run itself is gone, and what was to be quarantined with it
     state = os.path.basename(os.path.dirname(path))
     target = os.path.join(run.quarantine_dir, f"{state}--{os.path.basename(path)}--{secrets.token_hex(3)}")
     try:

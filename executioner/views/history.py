@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from typing import Any
 
@@ -89,10 +90,13 @@ def job_history(run: RunLayout, job_id: str) -> dict[str, Any]:
         raise PoolError(f"the file of job {job_id!r} cannot be used: {e.message}", path) from None
     except OSError as e:
         raise PoolError(f"cannot read the file of job {job_id!r}: {e.strerror or e}", path) from None
+    reason = None
     if state == "waiting" and record.get("held"):
         state = "held"
     elif state == "done" and record.get("skipped"):
         state = "skipped"
+    elif state == "waiting":  # blocked when something upstream failed: as the run view judges it
+        state, reason = _waiting_state(run, job_id)
     tries = []
     for t in record.get("tries", []):
         logs = {k: os.path.join(run.root, t[k]) if t.get(k) else None for k in ("stdout", "stderr")}
@@ -100,8 +104,44 @@ def job_history(run: RunLayout, job_id: str) -> dict[str, Any]:
                       "host": t.get("host"), "worker": t.get("worker"), "start": t.get("start"),
                       "duration": t.get("duration"), "exit_code": t.get("exit_code"),
                       "reason": t.get("reason"), **logs})
-    return {"run_id": run.run_id, "job": job_id, "state": state, "attempt": record.get("attempt", 1),
+    if state == "running":  # the try under way is one too: from its claim's lock, if written yet
+        from .reading import token_of
+        from ..protocol.store import claim_lock
+
+        token = token_of(path)
+        lock = claim_lock(run, job_id, token, record) if token else None
+        number = len(record.get("tries", [])) + 1
+        if lock is None or lock.get("try") == number:
+            started = (lock or {}).get("claimed_at")
+            tries.append({"attempt": record.get("attempt", 1), "try": number, "status": "running",
+                          "host": (lock or {}).get("host"), "worker": (lock or {}).get("worker"), "start": started,
+                          "duration": round(time.time() - started, 3) if isinstance(started, (int, float)) else None,
+                          "exit_code": None, "reason": None, "stdout": run.log(job_id, number, "out"),
+                          "stderr": run.log(job_id, number, "err")})
+    return {"run_id": run.run_id, "job": job_id, "state": state, "reason": reason, "attempt": record.get("attempt", 1),
             "skipped": record.get("skipped"), "held": bool(record.get("held")), "tries": tries}
+
+
+def _waiting_state(run: RunLayout, job_id: str) -> tuple[str, str | None]:
+    """``blocked`` (upstream failed: ...) or ``waiting`` (for: ...), from the listings and
+    graph.json as the run view says it (no job file but this one's is read for that)."""
+    from ..protocol.store import read_run_record
+    from .jobs import job_views
+
+    try:
+        record = read_run_record(run)
+    except (OSError, ValueError, ExecutionerError):
+        return "waiting", None
+    views = job_views(run, record.get("jobs", 0), details=False, may_hold=record.get("attempt") != 1,
+                      attempt=record.get("attempt", 1))
+    v = next((v for v in views if v.id == job_id), None)
+    if v is None or v.state not in ("blocked", "waiting"):
+        return "waiting", None
+    if v.state == "waiting" and not v.reason:
+        by_id = {x.id: x for x in views}
+        left = [d for d in v.needs() if isinstance(d, str) and (d not in by_id or by_id[d].state != "done")]
+        return "waiting", f"waits for {', '.join(left[:5])}{' ...' if len(left) > 5 else ''}" if left else None
+    return v.state, v.reason
 
 
 Unit = tuple[str, Chunk, "dict[str, Any] | None", "str | None"]  # state, chunk, record, why unusable

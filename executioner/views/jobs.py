@@ -10,10 +10,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ..protocol import fsio
 from ..protocol.graph import read_graph
 from ..protocol.layout import RunLayout
 from ..protocol.ready import arrays_of
 from ..protocol.rebuild import known_jobs, quarantine_reason
+from ..protocol.records import RUN_RECORD_MAX, cancelled_info
 from ..protocol.snapshot import snapshot
 from ..protocol.units import Chunk, parse_unit
 from .blocking import mark_blocked, mark_blocked_tasks, mark_held
@@ -66,9 +68,10 @@ def job_views(run: RunLayout, expected: int = 0, details: bool = True, may_hold:
     order = graph.order if graph is not None else None
     mark_blocked(views, order)
     mark_held(views, order)
+    cancelled = _cancelled_ids(run)
     for v in views.values():
         if v.record is not None and not isinstance(v, ArrayView):  # nothing to say without one
-            _explain(run, v, views)
+            _explain(run, v, views, cancelled)
     return sorted(views.values(), key=lambda v: v.id) if details else list(views.values())
 
 
@@ -81,9 +84,10 @@ def detail(run: RunLayout, views: list[JobView], chosen: list[JobView]) -> None:
         return
     read = read_jobs(run, [(v.id, "running" if v.state == "running" else "", v.path or "") for v in todo])
     by_id = {v.id: v for v in views}
+    cancelled = _cancelled_ids(run)
     for v in todo:
         _read_view(v, read[v.id], keep=v.state in ("blocked", "held"))
-        _explain(run, v, by_id)
+        _explain(run, v, by_id, cancelled)
 
 
 def _read_view(v: JobView, read: Read, keep: bool = False) -> JobView:
@@ -95,7 +99,17 @@ def _read_view(v: JobView, read: Read, keep: bool = False) -> JobView:
     return v
 
 
-def _explain(run: RunLayout, v: JobView, views: dict[str, JobView]) -> None:
+def _cancelled_ids(run: RunLayout) -> frozenset[str]:
+    """The Slurm jobs ``exec-submit --cancel`` cancelled (none when it was not used, or a
+    resume submitted the run again)."""
+    try:
+        info = cancelled_info(fsio.read_json(run.slurm_cancelled, RUN_RECORD_MAX))
+    except (OSError, ValueError):
+        return frozenset()
+    return frozenset(info["ids"]) if info else frozenset()
+
+
+def _explain(run: RunLayout, v: JobView, views: dict[str, JobView], cancelled: frozenset[str] = frozenset()) -> None:
     """The reason a job's row gives (a failed job's: its record's, and the last line of
     its last try's stderr), and ``skipped`` for a done job marked so."""
     r = v.record or {}
@@ -118,4 +132,8 @@ def _explain(run: RunLayout, v: JobView, views: dict[str, JobView]) -> None:
         if lost:
             v.reason = f"waits for {', '.join(lost)}, which is lost (a worker rebuilds it)"
     if v.state in ("waiting", "queued") and (r.get("slurm") or {}).get("job_id"):
-        v.reason = f"Slurm job {r['slurm']['job_id']}" + (f"; {v.reason}" if v.reason else "")
+        slurm_id = str(r["slurm"]["job_id"])
+        # an array element's id is 123_4: cancelled with its array 123
+        gone = slurm_id in cancelled or slurm_id.split("_")[0] in cancelled
+        said = f"Slurm job {slurm_id} cancelled (exec-submit --cancel)" if gone else f"Slurm job {slurm_id}"
+        v.reason = said + (f"; {v.reason}" if v.reason else "")

@@ -52,16 +52,32 @@ def leaving_on_interrupt() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
+ADVICE_EVERY: Final = 30.0  # seconds between two checks of which queued jobs fit no live worker
+ADVICE_KEEP: Final = 600.0  # seconds a warning of that check stays on the screen
+
+
 def why_hook() -> Callable[[RunLayout], list[str]] | None:
-    """HOOK for "a job fits no live worker": ``views/why.py``'s ``no_fit(run) -> list[str]``
-    (one warning line per job, or per kind of job, that no live worker can take), written
-    apart; None until it exists. Adapt the name here when it is merged."""
+    """HOOK for "a job fits no live worker": views.advice's Advisor (written apart, for
+    ``exec-status --wait``), asked at most every ADVICE_EVERY seconds (it lists queued/ and
+    reads every heartbeat) with its own no-worker line off (the view has its own); it says
+    each line once, so a line stays shown for ADVICE_KEEP seconds. None without it."""
     try:
-        from . import why  # type: ignore[attr-defined]
+        from .advice import Advisor
     except ImportError:
         return None
-    hook = getattr(why, "no_fit", None)
-    return hook if callable(hook) else None
+    advisors: dict[str, Any] = {}
+    said: list[tuple[float, str]] = []
+    last = [-ADVICE_EVERY]
+
+    def hook(run: RunLayout) -> list[str]:
+        mono = time.monotonic()
+        if mono - last[0] >= ADVICE_EVERY:
+            last[0] = mono
+            advisor = advisors.setdefault(run.root, Advisor(run, alone_after=None))
+            said.extend((mono, line) for line in advisor.check())
+        said[:] = [(t, line) for t, line in said if mono - t < ADVICE_KEEP]
+        return [line for _, line in said]
+    return hook
 
 
 class Wakeup:

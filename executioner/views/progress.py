@@ -71,8 +71,11 @@ class LiveWorkers:
 class _Watchman:
     """While waiting: reap the run's stale claims, and say so when no worker is alive."""
 
-    def __init__(self, run: RunLayout, stale_after: float, say: Callable[[str], None]):
+    def __init__(self, run: RunLayout, stale_after: float, say: Callable[[str], None], reap: bool = True,
+                 advisor: Any = None):
         self.pool = PoolLayout(os.path.dirname(run.root))
+        self.reap = reap  # exec-status only reads: it neither reaps nor judges by its own watch
+        self.advisor = advisor  # views.advice.Advisor: warnings about placement and workers
         self.run = run
         self.reaper = Reaper(self.pool, stale_after)
         self.live = LiveWorkers(self.pool, stale_after, run.run_id)
@@ -90,6 +93,11 @@ class _Watchman:
         if time.monotonic() - self.last < self.every:
             return
         self.last = time.monotonic()
+        if self.advisor is not None:
+            for line in self.advisor.check():
+                self.say(line)
+        if not self.reap:
+            return
         for job in self.reaper.reap(self.run):
             self.say(f"{self.run.run_id}: requeued {job}: its worker is gone")
         if counts["running"] == 0 and (counts["queued"] or counts["waiting"]):
@@ -127,15 +135,18 @@ class _Watchman:
 
 
 def wait_for_run(run: RunLayout, total: int, interval: float = 0.5, stream: Any = None,
-                 stale_after: float = 60.0) -> dict[str, Any]:
+                 stale_after: float = 60.0, reap: bool = True, advisor: Any = None) -> dict[str, Any]:
     """Block until the run is done or failed; show progress; return the final run status.
 
-    Meanwhile it reaps the run's stale claims itself, and says when queued jobs have no
-    live worker to run them, rather than waiting silently forever.
+    Meanwhile (with ``reap``) it reaps the run's stale claims itself, and says when queued
+    jobs have no live worker to run them, rather than waiting silently forever; ``advisor``
+    (:class:`executioner.views.advice.Advisor`) adds its warnings (a job no live worker
+    fits; no live worker for a minute).
     """
     stream = stream or sys.stderr
     console = Console(file=stream)
-    watchman = _Watchman(run, stale_after, lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+    watchman = _Watchman(run, stale_after, lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
+                         reap, advisor)
     if console.is_terminal:
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console,

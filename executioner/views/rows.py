@@ -37,7 +37,10 @@ class JobView:
         tries = r.get("tries", [])
         last = tries[-1] if tries else {}
         host = (self.claim or {}).get("host") if self.state == "running" else last.get("host")
-        return {"id": self.id, "state": self.state, "tries": len(tries) if self.count is None else self.count,
+        count = len(tries) if self.count is None else self.count
+        if self.state == "running":
+            count += 1  # the try under way counts (a first try showed 0)
+        return {"id": self.id, "state": self.state, "tries": count,
                 "exit_code": r.get("last_exit_code"), "duration": last.get("duration"),
                 "host": host, "reason": self.reason}
 

@@ -45,7 +45,7 @@ def emit(data: dict[str, Any], as_json: bool, table: Any) -> None:
 
 
 _COLORS = {"corrupt": "red", "done": "green", "failed": "red", "blocked": "magenta", "running": "cyan",
-           "queued": "yellow", "held": "blue", "skipped": "green", "lost": "yellow", "timeout": "red"}
+           "queued": "yellow", "cancelled": "magenta", "held": "blue", "skipped": "green", "lost": "yellow", "timeout": "red"}
 
 
 def _paint(state: str) -> str:
@@ -102,7 +102,8 @@ def job_table(data: dict[str, Any]) -> Any:
                       "" if r["exit_code"] is None else str(r["exit_code"]), dur, _plain(r["host"]),
                       _plain(r["reason"]))
         return t
-    extra = f", {data['skipped']['reason']}" if data.get("skipped") else ", held" if data.get("held") else ""
+    extra = f", {data['skipped']['reason']}" if data.get("skipped") else ", held" if data.get("held") else \
+        f" ({data['reason']})" if data.get("reason") else ""
     t = Table("attempt", "try", "status", "host", "start", "duration", "exit", "reason", "logs",
               title=f"{data['run_id']} job {data['job']}: {data['state']}{extra}")
     for r in data["tries"]:
@@ -127,6 +128,8 @@ def pool_table(data: dict[str, Any], pool: PoolLayout) -> Any:
     for r in data["runs"]:
         updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last_update(pool.run(r["run_id"]))))
         jobs = r.get("reason") or counts_text(r["counts"])
+        if r.get("warning"):
+            jobs += f"; {r['warning']}"
         t.add_row(r["run_id"], r["name"] or "", _paint(r["state"]), jobs, updated)
     if not data["runs"]:
         t.caption = "no runs yet"
@@ -137,6 +140,8 @@ def run_text(data: dict[str, Any], color: bool) -> str:
     from .text import render
 
     summary = data.get("reason") or counts_text(data["counts"])
+    if data.get("warning"):
+        summary += f"  -  {data['warning']}"
     slurm = data.get("slurm") or {}
     if slurm.get("workers"):
         summary += f"  -  Slurm workers {' '.join(slurm['workers'])}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shlex
+import time
 from collections import Counter
 from typing import Any
 
@@ -11,7 +13,7 @@ from ..errors import CorruptFileError, PoolError
 from ..liveness.watch import Watch
 from ..protocol import fsio
 from ..protocol.layout import PoolLayout, RunLayout
-from ..protocol.records import RUN_RECORD_MAX, slurm_ids
+from ..protocol.records import RUN_RECORD_MAX, cancelled_info, slurm_ids
 from ..protocol.snapshot import staged_jobs
 from ..protocol.store import read_run_record
 from .counts import plain_counts
@@ -32,7 +34,8 @@ def run_state(states: dict[str, int]) -> str:
 
 
 def run_status(run: RunLayout, jobs: bool = True, lazy: bool = False, states: frozenset[str] | None = None,
-               limit: int | None = None, problems_first: bool = False) -> dict[str, Any]:
+               limit: int | None = None, problems_first: bool = False,
+               workers: list[Any] | None = None) -> dict[str, Any]:
     """The run's state and jobs (without ``jobs``: its state and counts only, which reads
     far fewer files); state ``corrupt`` (with ``reason``) if run.json is broken. With
     ``lazy``, ``jobs`` is an iterator making each row as it is taken (100,000 rows are
@@ -90,10 +93,46 @@ def run_status(run: RunLayout, jobs: bool = True, lazy: bool = False, states: fr
             out["slurm"] = slurm  # Slurm job ids of the run's workers ("workers") or jobs ("dag")
     except (OSError, ValueError):
         pass
+    cancelled = cancelled_of(run, record)
+    if cancelled is not None and out["state"] == "running":
+        # its jobs wait in queued/ and waiting/ for Slurm jobs that will never start
+        out["state"] = "cancelled"
+        out["reason"] = (f"its Slurm jobs were cancelled at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(cancelled['at']))}"
+                         f"{' by ' + cancelled['by'] if cancelled['by'] else ''}; `exec-submit --pool "
+                         f"{shlex.quote(os.path.dirname(run.root))} --resume {run.run_id}` submits them again")
     note = change_note(run)
     if note:
         out["reason"] = note
+    if out["state"] == "running" and not counts["running"] and record.get("backend") != "slurm":
+        out.update(_stranded(run, workers))
     return out
+
+
+def _stranded(run: RunLayout, workers: list[Any] | None) -> dict[str, str]:
+    """``{"warning": ...}`` when no live worker serves a run that has work left and nothing
+    running (not for the Slurm-DAG backend: Slurm runs its jobs; Slurm workers may be pending
+    in Slurm's queue, which is said instead)."""
+    from .advice import idle_note
+    from .workers import read_workers
+
+    pool = PoolLayout(os.path.dirname(run.root))
+    note = idle_note(pool, run, read_workers(pool) if workers is None else workers)
+    if note is None:
+        return {}
+    if os.path.exists(run.slurm_record):
+        note = (f"no live worker yet: its Slurm workers may be pending (squeue; ids in {run.slurm_record})")
+    return {"warning": note}
+
+
+def cancelled_of(run: RunLayout, record: dict[str, Any]) -> dict[str, Any] | None:
+    """What ``exec-submit --cancel`` recorded, for a run still on the Slurm-DAG backend
+    (a resume onto pool workers leaves the marker, but the run is no longer Slurm's)."""
+    if record.get("backend") != "slurm":
+        return None
+    try:
+        return cancelled_info(fsio.read_json(run.slurm_cancelled, RUN_RECORD_MAX))
+    except (OSError, ValueError):
+        return None
 
 
 def change_note(run: RunLayout, watch: Watch | None = None, mono: float | None = None) -> str | None:
@@ -116,8 +155,14 @@ def change_note(run: RunLayout, watch: Watch | None = None, mono: float | None =
 
 
 def last_update(run: RunLayout) -> float:
+    """When a job last moved (or a try started, or an attempt was recorded). Not waiting/:
+    a worker's sweep takes and drops its lease file there every minute even in a finished
+    run, which would move a finished run's last update forward for ever; a job leaving
+    waiting/ changes the folder it enters too."""
     stamps = []
     for d in run.all_dirs():
+        if d == run.state_dir("waiting"):
+            continue
         try:
             stamps.append(os.stat(d).st_mtime)
         except FileNotFoundError:
@@ -128,17 +173,21 @@ def last_update(run: RunLayout) -> float:
 def pool_status(pool: PoolLayout) -> dict[str, Any]:
     if not os.path.isdir(pool.root):
         raise PoolError("no such pool directory", pool.root)
+    from .workers import read_workers
+
+    workers = read_workers(pool)  # once for every run (a stranded run says so)
     runs = []
     for run_id in pool.run_ids():
         try:
-            status = run_status(pool.run(run_id), jobs=False)
+            status = run_status(pool.run(run_id), jobs=False, workers=workers)
         except (PoolError, OSError) as e:  # one run we cannot read never hides the others
             why = e.message if isinstance(e, PoolError) else f"{e.filename or run_id}: {e.strerror or e}"
             status = {"run_id": run_id, "name": None, "state": "corrupt", "counts": {s: 0 for s in JOB_STATES},
                       "reason": f"cannot be read: {why}"}
         row = {k: status[k] for k in ("run_id", "name", "state", "counts")}
-        if "reason" in status:
-            row["reason"] = status["reason"]
+        for key in ("reason", "warning"):
+            if key in status:
+                row[key] = status[key]
         runs.append(row)
     return {"runs": runs}
 
