@@ -19,7 +19,7 @@ from .errors import ChangeIncomplete, CorruptFileError, ExecutionerError, PoolEr
 from .protocol.layout import PoolLayout, RunLayout
 from .views.select import LIMIT, parse_states
 from .views.show import attempts_table, emit, job_table, pool_table, run_text
-from .views.status import is_run_dir, pool_status, run_status
+from .views.status import is_run_dir, pool_and_run, pool_status, run_status
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: what a shell reports for `yes | head -1`
@@ -550,6 +550,24 @@ def _log_flags(a: argparse.Namespace) -> str | None:
     return None
 
 
+def _view_flags(a: argparse.Namespace) -> str | None:
+    """Why --watch, --joblog, --workers and --interval do not go with the other flags, or None."""
+    views = [f for f, v in (("--watch", a.watch), ("--joblog", a.joblog), ("--workers", a.workers),
+                            ("--log", a.log), ("--attempts", a.attempts), ("--job", a.job), ("--why", a.why),
+                            ("--wait", a.wait), ("--report", a.report is not None)) if v]
+    if not (math.isfinite(a.interval) and 0.05 <= a.interval <= 3600):
+        return f"--interval must be a number of seconds from 0.05 to 3600, not {a.interval:g}"
+    if a.interval != 1.0 and not a.watch:
+        return "--interval goes with --watch"
+    if a.watch and a.json:
+        return "--watch is a live view: not with --json"
+    if (a.watch or a.joblog or a.workers) and len(views) > 1:
+        return f"{views[0]} goes alone: not with {views[1]}"
+    if a.joblog and a.json:
+        return "--joblog prints GNU parallel's joblog format: not with --json"
+    return None
+
+
 def _alone_flags(a: argparse.Namespace) -> str | None:
     """Why --why, --wait or --report do not go with the other flags, or None."""
     for flag, value in (("--why", a.why), ("--wait", a.wait), ("--report", a.report is not None)):
@@ -582,6 +600,16 @@ def _status_main(argv: list[str] | None = None) -> int:
                         "skipped, held, lost)")
     p.add_argument("--all", action="store_true",
                    help=f"every row, even above {LIMIT} (else a summary: failures, running jobs, arrays)")
+    p.add_argument("--joblog", action="store_true",
+                   help="every ended try in GNU parallel's --joblog format (tab-separated, one line per try)")
+    p.add_argument("--workers", action="store_true",
+                   help="every worker seen in the pool: host, pid, runs, claims held, capacity, last heartbeat, "
+                        "alive or dead (with a run: those serving it)")
+    p.add_argument("--watch", action="store_true",
+                   help="a live view of the run (or the pool) until it ends (exit 0 done, 1 failed), q or Ctrl-C "
+                        "(130); without a terminal, one line per change")
+    p.add_argument("--interval", type=float, default=1.0, metavar="S",
+                   help="with --watch: seconds between looks while the run changes (default 1; idle: up to 10)")
     g = p.add_argument_group("logs")
     g.add_argument("--log", metavar="JOB", help="the output of JOB's last try (or of task sim:4), "
                    "or of try N with --try")
@@ -598,7 +626,7 @@ def _status_main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", metavar="FILE.html", help="write one self-contained HTML page about the run: "
                    "summary, DAG, timeline of every try, failures (needs executioner[report])")
     a = p.parse_args(argv)
-    bad = _log_flags(a) or _alone_flags(a)
+    bad = _log_flags(a) or _view_flags(a) or _alone_flags(a)
     if bad:
         return _fail(p.prog, bad)
     # A short-lived reader: the cyclic collector would walk every job record read so far
@@ -613,11 +641,21 @@ def _status_main(argv: list[str] | None = None) -> int:
     elif a.run_id is None and env_pool and os.sep not in a.dir and not os.path.lexists(a.dir):
         a.dir, a.run_id = env_pool, a.dir  # `exec-status RUN`: a run of $EXEC_POOL
     try:
+        if a.workers:
+            return _workers_view(a)
+        if a.watch:
+            return _watch_view(a)
         if a.run_id or is_run_dir(a.dir):
             path = os.path.join(a.dir, a.run_id) if a.run_id else a.dir
             if not is_run_dir(path):
                 raise PoolError("no such run (no run.json)", path)
             run = RunLayout(os.path.abspath(path))
+            if a.joblog:
+                from .views.joblog import write_joblog
+
+                write_joblog(run, sys.stdout)
+                sys.stdout.flush()
+                return EXIT_OK
             if a.why:
                 from .views.why import explain, why_text
 
@@ -667,8 +705,8 @@ def _status_main(argv: list[str] | None = None) -> int:
             else:  # plain text: rich takes minutes for 100,000 rows
                 sys.stdout.write(run_text(data, sys.stdout.isatty() and not os.environ.get("NO_COLOR")))
                 sys.stdout.flush()
-        elif a.attempts or a.job or a.log or a.why or a.wait or a.report is not None:
-            raise PoolError("--attempts, --job, --log, --why, --wait and --report need a run: "
+        elif a.attempts or a.job or a.log or a.joblog or a.why or a.wait or a.report is not None:
+            raise PoolError("--attempts, --job, --log, --joblog, --why, --wait and --report need a run: "
                             "exec-status POOL RUN_ID --attempts", a.dir)
         else:
             pool = PoolLayout(os.path.abspath(a.dir))
@@ -695,6 +733,31 @@ def _wait_status(prog: str, run: RunLayout) -> int:
     print(f"{run.run_id}: {status['state']} (done {c['done']}, failed {c['failed']}, "
           f"blocked {c['blocked']})", flush=True)
     return EXIT_OK if status["state"] == "done" else EXIT_FAILED
+
+
+def _watch_view(a: argparse.Namespace) -> int:
+    """``exec-status POOL [RUN] --watch [--interval S]``."""
+    from .views.live import leaving_on_interrupt, watch
+
+    try:
+        return watch(*pool_and_run(a.dir, a.run_id), a.interval)
+    except KeyboardInterrupt:  # a second Ctrl-C before the first was handled
+        leaving_on_interrupt()
+        return 130
+
+
+def _workers_view(a: argparse.Namespace) -> int:
+    """``exec-status POOL [RUN] --workers [--json] [--all]``."""
+    from .views.workerlist import workers_status, workers_text
+
+    pool, run = pool_and_run(a.dir, a.run_id)
+    data = workers_status(pool, run, everything=a.all)
+    if a.json:
+        emit(data, True, None)
+    else:
+        sys.stdout.write(workers_text(data, pool))
+        sys.stdout.flush()
+    return EXIT_OK
 
 
 submit_main = _command("exec-submit", _submit_main)

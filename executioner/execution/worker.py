@@ -508,7 +508,8 @@ class Worker(Claiming):
             if not claim.still_held():
                 if self._removed(claim):  # exec-submit --delete --force, rm -r
                     return
-                log.warning("job %s of run %s: claim lost; wrote nothing", claim.job_id, run.run_id)
+                log.warning("lost %s of run %s (try %d): claim lost; wrote nothing", claim.job_id, run.run_id,
+                            try_number)
                 self._vanished(claim, "its job file disappeared from running/ while it ran")
                 return
             status, reason = "preempted", f"{self.stop_reason}; job put back in queued/"
@@ -534,6 +535,7 @@ class Worker(Claiming):
                     with self._lock:  # we made work: the run is not dormant, whatever we last saw
                         self._queued_empty.discard(run.run_id)
             return
+        ended = f"{claim.job_id} of run {run.run_id} (try {try_number}, {reason or status})"
         if status == "preempted":
             lost, max_lost = losses(store.attempt_tries(new)), spec.get("max_lost", 3)
             if lost >= max_lost:
@@ -541,11 +543,13 @@ class Worker(Claiming):
                                  "its own worker, or one longer than any worker's allocation")
                 if self._finish(claim, new, "failed"):
                     self._count_finished()
+                    log.info("preempted %s: failed, %s", ended, new["reason"])
             elif self.slurm_dag:
                 new["reason"] = reason
-                self._finish(claim, new, "failed")
-            else:
-                self._finish(claim, new, "queued")
+                if self._finish(claim, new, "failed"):
+                    log.info("preempted %s: failed", ended)
+            elif self._finish(claim, new, "queued"):
+                log.info("preempted %s: put back in queued/", ended)
             return
         decision = decide(spec, store.attempt_tries(new), self.clock.now(), self._rng)
         if decision.retry:
@@ -556,10 +560,12 @@ class Worker(Claiming):
             if self._finish(claim, new, "queued"):
                 with self._lock:
                     self._not_before[(run.run_id, claim.job_id)] = time.monotonic() + decision.delay
+                log.info("%s %s: queued for a retry in %.1f s", status, ended, decision.delay)
             return
         new["reason"] = f"{reason}; {decision.reason}"
         if self._finish(claim, new, "failed"):
             self._count_finished()
+            log.info("%s %s: failed/, %s", status, ended, decision.reason)
 
     def _execute_chunk(self, claim: store.Claim) -> None:
         """Run a chunk's tasks and commit its pieces (see executioner.execution.chunk)."""

@@ -194,3 +194,17 @@ def pool_status(pool: PoolLayout) -> dict[str, Any]:
 
 def is_run_dir(path: str) -> bool:
     return os.path.exists(os.path.join(path, "run.json"))
+
+
+def pool_and_run(directory: str, run_id: str | None) -> tuple[PoolLayout, RunLayout | None]:
+    """``exec-status DIR [RUN_ID]`` as a pool and a run of it (None: the pool's view);
+    PoolError (exit 2) for a run or a pool that is not there."""
+    if run_id or is_run_dir(directory):
+        path = os.path.join(directory, run_id) if run_id else directory
+        if not is_run_dir(path):
+            raise PoolError("no such run (no run.json)", path)
+        run = RunLayout(os.path.abspath(path))
+        return PoolLayout(os.path.dirname(run.root)), run
+    if not os.path.isdir(directory):
+        raise PoolError("no such pool directory", directory)
+    return PoolLayout(os.path.abspath(directory)), None
