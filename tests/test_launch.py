@@ -15,7 +15,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+import yaml
+
 from executioner import RunLayout
+
+from .conftest import cli
 
 SUBMIT = "import sys; from executioner.cli import submit_main; sys.exit(submit_main(sys.argv[1:]))"
 
@@ -129,3 +133,25 @@ def test_workers_started_without_wait_finish_the_run_after_the_terminal_hangs_up
             os.waitpid(pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
+
+
+def test_local_workers_each_get_gpus_of_their_own(pool: Path, tmp_path: Path) -> None:
+    """exec-submit --workers 2 on a machine with GPUs 0 and 1: each worker declared both, and
+    two jobs ran on GPU 0 at once (one per worker). They now split the GPUs between them."""
+    ledger = tmp_path / "ledger"
+    rec = tmp_path / "rec.py"
+    rec.write_text("import os, sys, time\ns = time.time(); time.sleep(0.4)\n"
+                   "with open(sys.argv[1], 'a') as f:\n"
+                   "    f.write(f\"{s} {time.time()} {os.environ['CUDA_VISIBLE_DEVICES']}\\n\")\n")
+    wf = tmp_path / "gpus.yaml"
+    wf.write_text(yaml.safe_dump({"jobs": [{"id": f"g{i}", "command": [sys.executable, str(rec), str(ledger)],
+                                            "resources": {"gpus": 1}} for i in range(6)]}))
+    out = cli("exec-submit", str(wf), "--pool", str(pool), "--workers", "2", "--wait",
+              env={"CUDA_VISIBLE_DEVICES": "0,1"}, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = [line.split() for line in ledger.read_text().splitlines()]
+    assert len(rows) == 6 and {r[2] for r in rows} == {"0", "1"}, rows
+    for a in rows:
+        for b in rows:
+            if a is not b and float(a[0]) < float(b[1]) and float(b[0]) < float(a[1]):
+                assert a[2] != b[2], rows  # two jobs at once never share a GPU

@@ -29,6 +29,7 @@ import psutil
 
 from ..protocol import fsio
 from ..protocol.layout import PoolLayout, RunLayout
+from .capacity import Capacity, detect
 
 
 @dataclass(frozen=True)
@@ -104,4 +105,21 @@ def start_local_workers(pool: PoolLayout, run: RunLayout, count: int, slots: int
     """Start ``count`` detached local workers for one run; they exit once it is idle.
     Returns their pids (as strings)."""
     argv = worker_command(pool, run, slots, exit_when_idle, heartbeat, stale_after)
-    return [str(start_detached(argv, run).pid) for _ in range(count)]
+    shares = split_capacity(count)
+    return [str(start_detached(argv + share, run).pid) for share in shares]
+
+
+def split_capacity(count: int, found: Capacity | None = None) -> list[list[str]]:
+    """Flags that give each of ``count`` workers on this machine GPUs of its own: each would
+    otherwise declare every GPU of the machine, and two of them would hand GPU 0 to two jobs
+    at once. GPUs go round-robin (a worker may get none). CPUs and memory are not split: a
+    job asking for all of them must still fit a worker, and sharing a CPU slows jobs down
+    where sharing a GPU can make them fail. One worker, or no GPU: no flag."""
+    found = detect() if found is None and count > 1 else found
+    if count <= 1 or found is None or not found.gpus:
+        return [[] for _ in range(max(count, 0))]
+    out = []
+    for i in range(count):
+        mine = found.gpus[i::count]
+        out.append(["--gpus", ",".join(mine) + "," if mine else "0"])  # "2," is GPU 2; "0" a count of none
+    return out
