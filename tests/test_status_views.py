@@ -414,3 +414,16 @@ def test_a_run_nobody_serves_says_no_live_worker_and_for_how_long(pool: Path, ma
     assert "warning" not in json.loads(cli("exec-status", run.root, "--json").stdout)
     work(pool, run)
     assert "warning" not in json.loads(cli("exec-status", str(pool), "--json").stdout)["runs"][0]
+
+
+def test_the_run_view_says_when_queued_jobs_fit_no_live_worker(pool: Path, make_workflow: Any) -> None:
+    run = submit(pool, make_workflow([{"id": "train", "command": "true", "resources": {"gpus": 2}},
+                                      {"id": "any", "command": "true"}], name="gpu"))
+    beat = pool / "workers" / "w-cpu.json"  # a live worker of this host with no GPU
+    beat.write_text(json.dumps({"worker": "w-cpu", "host": os.uname().nodename, "pid": os.getpid(),
+                                "pid_start": None, "runs": None, "heartbeat": 10, "stale_after": 60,
+                                "capacity": {"cpus": 4, "gpus": [], "mem_gb": 8, "resources": {}, "tags": []}}))
+    data = json.loads(cli("exec-status", run.root, "--json").stdout)
+    assert data["warning"] == ("queued job `train` fits no live worker: needs 2 GPUs and no live worker "
+                               "has declared more than 0 (see --why)"), data
+    assert "fits no live worker" in cli("exec-status", str(pool)).stdout

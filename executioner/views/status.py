@@ -103,9 +103,22 @@ def run_status(run: RunLayout, jobs: bool = True, lazy: bool = False, states: fr
     note = change_note(run)
     if note:
         out["reason"] = note
-    if out["state"] == "running" and not counts["running"] and record.get("backend") != "slurm":
-        out.update(_stranded(run, workers))
+    if out["state"] == "running" and record.get("backend") != "slurm":
+        if not counts["running"]:
+            out.update(_stranded(run, workers))
+        if "warning" not in out and record.get("placement") and counts["queued"]:
+            out.update(_unfit(run))
     return out
+
+
+def _unfit(run: RunLayout) -> dict[str, str]:
+    """``{"warning": ...}`` when queued jobs need what no live worker has (GPUs, a tag), from
+    the run's placement index, one listing of queued/ and the workers' files (as --wait)."""
+    from .advice import Advisor
+
+    lines = Advisor(run, alone_after=None).check()
+    said = [line.split(": warning: ", 1)[-1] for line in lines]
+    return {"warning": "; ".join(said) + " (see --why)"} if said else {}
 
 
 def _stranded(run: RunLayout, workers: list[Any] | None) -> dict[str, str]:
