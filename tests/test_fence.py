@@ -297,8 +297,9 @@ def test_owner_vs_resume_the_resume_fences_first(pool, run, monkeypatch) -> None
                   lambda: taken.append(resume_takes(run, claim)))
     assert store.finish(claim, result(claim), "done") is False
     monkeypatch.undo()
-    assert taken == ["queued"] and everywhere(run) == ["queued/a.json"]
-    [lost] = read_json(run.job("a", "queued"))["tries"]
+    # taken into waiting/ (TAKEN_INTO), where no worker claims it before the resume grabs it
+    assert taken == ["waiting"] and everywhere(run) == ["waiting/a.json"]
+    [lost] = read_json(run.job("a", "waiting"))["tries"]
     assert lost["status"] == "lost" and "taken back" in lost["reason"]
 
 
@@ -308,6 +309,6 @@ def test_owner_vs_resume_the_owner_is_inside_its_commit(pool, run, monkeypatch) 
     claim = remote_claim(pool, run)
     taken: list[str] = []
     assert frozen_after_swap(run, claim, monkeypatch, lambda: taken.append(resume_takes(run, claim, True))) is False
-    assert taken == ["queued"] and everywhere(run) == ["queued/a.json"]
-    [lost] = read_json(run.job("a", "queued"))["tries"]
+    assert taken == ["waiting"] and everywhere(run) == ["waiting/a.json"]
+    [lost] = read_json(run.job("a", "waiting"))["tries"]
     assert lost["status"] == "lost" and "never committed" in lost["reason"]

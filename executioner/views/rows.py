@@ -39,7 +39,11 @@ class JobView:
         host = (self.claim or {}).get("host") if self.state == "running" else last.get("host")
         count = len(tries) if self.count is None else self.count
         if self.state == "running":
-            count += 1  # the try under way counts (a first try showed 0)
+            # the try under way counts (a first try showed 0): its lock says which it is (its
+            # owner may have written its result into the record already); a claim with no
+            # lock yet (a moment old, or its owner died before writing it) counts as before
+            number = (self.claim or {}).get("try")
+            count = max(count, number) if type(number) is int else count
         return {"id": self.id, "state": self.state, "tries": count,
                 "exit_code": r.get("last_exit_code"), "duration": last.get("duration"),
                 "host": host, "reason": self.reason}
