@@ -257,3 +257,29 @@ def test_a_whole_chunk_killed_before_its_result_was_swapped_in_keeps_its_journal
     assert counts == {"0": 1, "1": 1, "2": 1}
     assert run_status(run)["counts"]["done"] == 3
     assert run_status(run)["state"] == "done"
+
+
+def test_a_task_killed_by_slurms_signal_before_our_handler_is_preempted(pool: Path, tmp_path: Path) -> None:
+    """RACE (chunk.ChunkTry._run_task): Slurm signals every process of a job at once; a task
+    that died of SIGTERM a moment before the worker's own handler marked it stopping was
+    recorded failed (a fresh CI saw it on a real Slurm), not preempted as a plain job is."""
+    import os
+    import threading
+
+    from executioner import Worker
+
+    marker = tmp_path / "marker"
+    run = submit(pool, tmp_path, [{"id": "sim", "command": f"touch '{marker}'; kill -TERM $$", "array": 1}])
+    worker = Worker(str(pool), slots=1, exit_when_idle=5, poll_min=0.02, poll_max=0.2)
+
+    def signal_later() -> None:  # our SIGTERM handler, 0.1 s after the task died of its own
+        while not marker.exists():
+            time.sleep(0.01)
+        time.sleep(0.1)
+        worker.stop("stopped by Slurm (SIGTERM)")
+
+    threading.Thread(target=signal_later, daemon=True).start()
+    worker.run()
+    [record] = [json.loads((Path(run.state_dir(s)) / n).read_text())
+                for s in ("queued", "failed") for n in os.listdir(run.state_dir(s))]
+    assert record["tries"][-1]["status"] == "preempted", record["tries"]

@@ -24,7 +24,7 @@ from ..errors import WorkflowError
 from ..protocol import placement, slots, store
 from ..protocol.pieces import destination, results_columns, split
 from ..protocol.ready import Upstream
-from .execute import build_env, command_argv, missing_outputs, run_command, TryResult
+from .execute import STOP_SIGNALS, build_env, command_argv, missing_outputs, run_command, TryResult
 from .capacity import Assignment
 from .tasks import TaskResult, TryLog, render, task_set
 
@@ -243,6 +243,11 @@ class ChunkTry:
                                  keep_going=lambda: not w._abort.is_set() and claim.still_held(),
                                  tick=min(w.heartbeat, 1.0), cores=held.cores if held else ())
         status, reason = result.status, result.reason
+        if status == "failed" and not w._abort.is_set() and (result.signal in STOP_SIGNALS or w.in_slurm):
+            # RACE: as for a plain job (see Worker._execute): Slurm signals every process of
+            # the job at once, so the task may die of it before our handler marks us as
+            # stopping; give it a moment, or the task is recorded failed, not preempted
+            w._abort.wait(0.5)
         if status in ("failed", "timeout", "lost") and w._abort.is_set():
             status, reason = "preempted", (f"{w.stop_reason}; `exec-submit --resume` runs it again" if w.slurm_dag
                                            else f"{w.stop_reason}; task put back in queued/")

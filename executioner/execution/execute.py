@@ -20,6 +20,9 @@ from ..errors import ForeignFile, WorkflowError
 from ..workflow.env import MAX_VALUE, env_items, human
 
 TryStatus = Literal["done", "failed", "timeout", "lost", "preempted"]
+# signals that end a command because its worker is being stopped (Slurm: scancel,
+# preemption, the time limit), not because it failed
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGKILL", "SIGUSR2")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 

@@ -20,7 +20,7 @@ from ..protocol import fsio, slots, store
 from .claims import Claiming
 from .events import Events
 from ..errors import PoolError, WorkflowError
-from .execute import TryResult, TryStatus, build_env, command_argv, missing_outputs, run_command
+from .execute import STOP_SIGNALS, TryResult, TryStatus, build_env, command_argv, missing_outputs, run_command
 from ..protocol.layout import PoolLayout, RunLayout
 from ..protocol.slots import OrphanFinder
 from ..protocol.rebuild import LostFinder, coordinating, place_record
@@ -35,7 +35,6 @@ from ..protocol.scrub import Scrubber, clear_foreign_lease
 from ..protocol.retry import decide
 
 log = logging.getLogger("executioner.worker")
-STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGKILL", "SIGUSR2")
 
 
 def slurm_job_id() -> str | None:
